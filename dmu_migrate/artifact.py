@@ -1,0 +1,133 @@
+"""The upgrade artifact: a directory with ``manifest.json`` and ONNX files.
+
+    adapters/<name>/
+      manifest.json     versions, dims, metric, checksums, training summary
+      adapter.onnx      stored old vector -> evolved vector (input "old", output "evolved")
+      new_model.onnx    new-model input -> new embedding (input "x", output "embedding")
+
+Both models L2-normalise their output, so the store's metric is cosine / IP.
+Reading an artifact checks every file against its recorded checksum, so a
+truncated copy or a swapped file is refused before any vector is written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dmu_migrate import __version__
+from dmu_migrate.data import file_sha256
+from dmu_migrate.errors import ArtifactError, InputError
+
+FORMAT = "dmu-migrate/1"
+MANIFEST = "manifest.json"
+ADAPTER = "adapter.onnx"
+NEW_MODEL = "new_model.onnx"
+_VERSION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+
+def check_version_id(value: str, what: str) -> str:
+    """Version ids become collection-name suffixes, so they follow Milvus's name rules."""
+    if not _VERSION_RE.match(value):
+        raise InputError(
+            f"{what} '{value}' is not a valid version id; use a letter then letters, digits "
+            f"or '_' (at most 64), e.g. 'v2'"
+        )
+    return value
+
+
+@dataclass
+class Manifest:
+    name: str
+    from_version: str
+    to_version: str
+    method: str
+    old_dim: int
+    new_dim: int
+    input_dim: int | None  # None when no new_model.onnx ships in the artifact
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    metric: str = "cosine"
+    normalized: bool = True
+    opset: int = 17
+    training: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, float] = field(default_factory=dict)
+    format: str = FORMAT
+    tool_version: str = __version__
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    manifest: Manifest
+
+    @property
+    def adapter_path(self) -> Path:
+        return self.path / ADAPTER
+
+    @property
+    def new_model_path(self) -> Path | None:
+        return self.path / NEW_MODEL if NEW_MODEL in self.manifest.files else None
+
+    @property
+    def label(self) -> str:
+        return (
+            f"'{self.manifest.name}' ({self.manifest.from_version} -> {self.manifest.to_version})"
+        )
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    """Record checksums of the files present and write the manifest last.
+
+    The manifest is written to a temporary name and renamed, so a crash leaves
+    either no artifact or a complete one, never a manifest pointing at
+    half-written models.
+    """
+    manifest.files = {
+        name: file_sha256(directory / name)
+        for name in (ADAPTER, NEW_MODEL)
+        if (directory / name).exists()
+    }
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(manifest.to_json() + "\n")
+    tmp.replace(directory / MANIFEST)
+    return directory / MANIFEST
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(
+            f"'{path}' is not an upgrade artifact (no {MANIFEST}); "
+            f"point --adapter at a directory written by 'dmu-migrate train'"
+        )
+    try:
+        raw = json.loads(manifest_path.read_text())
+        manifest = Manifest(**raw)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ArtifactError(
+            f"manifest '{manifest_path}' is unreadable ({exc}); re-run train"
+        ) from exc
+    if manifest.format != FORMAT:
+        raise ArtifactError(
+            f"artifact '{path}' has format '{manifest.format}', this tool reads '{FORMAT}'; "
+            f"re-export it with this version of dmu-migrate"
+        )
+    if ADAPTER not in manifest.files:
+        raise ArtifactError(f"artifact '{path}' lists no {ADAPTER}; re-run train")
+    for name, digest in manifest.files.items():
+        file = path / name
+        if not file.is_file():
+            raise ArtifactError(f"artifact '{path}' is missing {name}; copy the whole directory")
+        if file_sha256(file) != digest:
+            raise ArtifactError(
+                f"{name} in '{path}' does not match the checksum in its manifest "
+                f"(changed or truncated); copy the artifact again or re-run train"
+            )
+    return Artifact(path, manifest)

@@ -1,0 +1,36 @@
+"""Exception tree of dmu-migrate.
+
+Every error a user can cause is a ``DmuError`` whose message is one line that
+names the object, what is wrong and the fix. The CLI prints that line and exits
+with the class's ``exit_code``; anything else is a bug and keeps its traceback.
+
+    DmuError                 exit 1
+    +-- InputError           exit 2  bad flags, tables or files given by the user
+    +-- ArtifactError        exit 3  missing, corrupt or inconsistent upgrade artifact
+    +-- StoreError           exit 4  vector store unreachable, missing collection, bad schema
+    +-- VerificationError    exit 5  written data does not match what was expected
+"""
+
+from __future__ import annotations
+
+
+class DmuError(Exception):
+    """Base of every error that is the user's to fix."""
+
+    exit_code = 1
+
+
+class InputError(DmuError):
+    exit_code = 2
+
+
+class ArtifactError(DmuError):
+    exit_code = 3
+
+
+class StoreError(DmuError):
+    exit_code = 4
+
+
+class VerificationError(DmuError):
+    exit_code = 5

@@ -1,0 +1,103 @@
+"""The loss terms of ../shared/method.md, one small module each.
+
+Notation: f = normalised new embedding, o = normalised stored old embedding,
+e = normalised evolved embedding psi(o), y = class code, s = logit scale.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def class_prototypes(old: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """P_c = normalize(mean of old embeddings of class c): the old model's view of each class.
+
+    Built from stored embeddings, so no old classifier head is needed and
+    classes the old model never saw still get a prototype (as BCT does).
+    """
+    sums = torch.zeros(num_classes, old.shape[1], dtype=old.dtype, device=old.device)
+    sums.index_add_(0, labels, F.normalize(old, dim=1))
+    return F.normalize(sums, dim=1)
+
+
+def discriminativeness(
+    old: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """q_i = softmax_c(s * P_c . o_i)[y_i]: how recognisable the old feature is as its class."""
+    logits = scale * F.normalize(old, dim=1) @ prototypes.T
+    return logits.softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
+
+
+class CosFaceLoss(nn.Module):
+    """Normalised-softmax with an additive cosine margin on a trainable classifier W."""
+
+    def __init__(self, dim: int, num_classes: int, scale: float, margin: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, dim) * 0.01)
+        self.scale = scale
+        self.margin = margin
+
+    def logits(self, emb: torch.Tensor, detach_weight: bool = False) -> torch.Tensor:
+        weight = self.weight.detach() if detach_weight else self.weight
+        return F.normalize(emb, dim=1) @ F.normalize(weight, dim=1).T
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cos = self.logits(emb)
+        margin = F.one_hot(labels, cos.shape[1]).to(cos.dtype) * self.margin
+        return F.cross_entropy(self.scale * (cos - margin), labels)
+
+
+class SelectiveCompatibilityLoss(nn.Module):
+    """L_sbc = sum_i w_i CE(s * P . f_i, y_i) / sum_i w_i with w_i = q_i ** gamma.
+
+    gamma = 0 weights every sample equally (plain BCT with prototypes); gamma > 0
+    inherits old knowledge only where the old feature was discriminative.
+    """
+
+    def __init__(self, scale: float, gamma: float) -> None:
+        super().__init__()
+        self.scale = scale
+        self.gamma = gamma
+
+    def forward(
+        self, new: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, q: torch.Tensor
+    ) -> torch.Tensor:
+        logits = self.scale * F.normalize(new, dim=1) @ prototypes.T
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        w = q.pow(self.gamma)
+        return (w * ce).sum() / w.sum().clamp_min(1e-12)
+
+
+def info_nce(anchor: torch.Tensor, positive: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per-sample InfoNCE of anchor_i -> positive_i against the other positives in the batch."""
+    logits = F.normalize(anchor, dim=1) @ F.normalize(positive, dim=1).T / tau
+    target = torch.arange(len(anchor), device=anchor.device)
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+class ForwardAdaptationLoss(nn.Module):
+    """L_fa = sum_i v_i [CE(s * W . e_i, y_i) + InfoNCE(e_i -> f_i)] / sum_i v_i.
+
+    v_i = 1 + beta (1 - q_i) gives poor old features more of the adapter's
+    capacity. With ``detach`` the new embeddings and the classifier are
+    targets only: the adapter follows the new space and cannot drag it back.
+    """
+
+    def __init__(self, classifier: CosFaceLoss, tau: float, beta: float, detach: bool) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.tau = tau
+        self.beta = beta
+        self.detach = detach
+
+    def forward(
+        self, evolved: torch.Tensor, new: torch.Tensor, labels: torch.Tensor, q: torch.Tensor
+    ) -> torch.Tensor:
+        target = new.detach() if self.detach else new
+        cls_logits = self.classifier.scale * self.classifier.logits(evolved, self.detach)
+        per_sample = F.cross_entropy(cls_logits, labels, reduction="none")
+        per_sample = per_sample + info_nce(evolved, target, self.tau)
+        v = 1.0 + self.beta * (1.0 - q)
+        return (v * per_sample).sum() / v.sum()
