@@ -305,9 +305,9 @@ def demo(
         s = result.search
         out.print(scores_table(result.evaluation, "held-out digits"))
         out.print(
-            f"Milvus search, new-model queries, top-1 label correct: "
-            f"alias '{result.evolve.alias}' (evolved) {s.evolved_hits}/{s.queries}, "
-            f"old collection '{result.evolve.source}' {s.old_hits}/{s.queries}"
+            f"Milvus search with new-model queries, top-{s.k} results with the query's label: "
+            f"alias '{result.evolve.alias}' (evolved) {s.evolved_hits}/{s.possible}, "
+            f"old collection '{result.evolve.source}' {s.old_hits}/{s.possible}"
         )
         for label, top_evolved, top_old in s.examples:
             out.print(f"  query digit {label}: evolved top-1 {top_evolved}, old top-1 {top_old}")

@@ -8,8 +8,10 @@ embedding, the new model's input ``x``, and for evaluation an optional
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -117,7 +119,7 @@ def read_table(path: str | Path, columns: Columns = Columns(), need_x: bool = Tr
     return Table(path, codes.astype(np.int64), classes, old, x, role, file_sha256(path))
 
 
-def write_table(path: str | Path, data: dict[str, np.ndarray | list]) -> None:
+def write_table(path: str | Path, data: Mapping[str, Any]) -> None:
     """Write arrays as a Parquet table; 2-D arrays become fixed-size list columns."""
     arrays = {}
     for name, values in data.items():

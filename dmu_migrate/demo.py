@@ -44,9 +44,10 @@ OLD_COLLECTION = "digits__v1"
 
 @dataclass(frozen=True)
 class SearchCheck:
-    """Top-1 label matches of new-model queries searched through Milvus."""
+    """New-model queries searched through Milvus: how many of the top-k share the query's label."""
 
-    queries: int
+    k: int
+    possible: int  # queries x k
     evolved_hits: int  # searched through the alias, now on the evolved collection
     old_hits: int  # the same queries against the untouched old collection
     examples: list[tuple[int, int, int]]  # (query label, top-1 label evolved, top-1 label old)
@@ -117,19 +118,24 @@ def store_gallery(db: Path, vectors: np.ndarray, labels: np.ndarray) -> None:
         client.close()
 
 
-def search_check(db: Path, queries: np.ndarray, labels: np.ndarray) -> SearchCheck:
+def search_check(db: Path, queries: np.ndarray, labels: np.ndarray, k: int = 10) -> SearchCheck:
     client = MilvusClient(str(db))
     try:
-        top1 = {}
+        found = {}
         for name in (ALIAS, OLD_COLLECTION):
-            hits = client.search(name, data=queries, limit=1, output_fields=["label"])
-            top1[name] = np.asarray([h[0]["entity"]["label"] for h in hits])
+            client.load_collection(name)
+            hits = client.search(name, data=queries, limit=k, output_fields=["label"])
+            found[name] = np.asarray([[h["entity"]["label"] for h in row] for row in hits])
     finally:
         client.close()
-    evolved, old = top1[ALIAS], top1[OLD_COLLECTION]
-    examples = [(int(labels[i]), int(evolved[i]), int(old[i])) for i in range(5)]
+    evolved, old = found[ALIAS], found[OLD_COLLECTION]
+    examples = [(int(labels[i]), int(evolved[i, 0]), int(old[i, 0])) for i in range(5)]
     return SearchCheck(
-        len(labels), int((evolved == labels).sum()), int((old == labels).sum()), examples
+        k,
+        evolved.size,
+        int((evolved == labels[:, None]).sum()),
+        int((old == labels[:, None]).sum()),
+        examples,
     )
 
 

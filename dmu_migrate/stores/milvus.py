@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus.client.types import LoadState
 
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.stores.base import TAG_FIELDS, Batch, CollectionInfo
@@ -20,6 +21,16 @@ class MilvusStore:
     def __init__(self, client: MilvusClient, uri: str) -> None:
         self.client = client
         self.uri = uri
+        self._loaded: set[str] = set()
+
+    def _ensure_loaded(self, name: str) -> None:
+        """Queries need a loaded collection; Milvus Lite starts every process with none loaded."""
+        if name in self._loaded:
+            return
+        state = self.client.get_load_state(name)["state"]
+        if state != LoadState.Loaded:
+            self.client.load_collection(name)
+        self._loaded.add(name)
 
     @classmethod
     def connect(cls, uri: str, token: str | None = None) -> MilvusStore:
@@ -90,12 +101,14 @@ class MilvusStore:
         return None
 
     def count(self, name: str) -> int:
+        self._ensure_loaded(name)
         rows = self.client.query(
             name, filter="", output_fields=["count(*)"], consistency_level="Strong"
         )
         return int(rows[0]["count(*)"])
 
     def iter_batches(self, info: CollectionInfo, batch_size: int) -> Iterator[Batch]:
+        self._ensure_loaded(info.name)
         # query_iterator walks the collection in primary-key order; hand-rolled
         # "id > last" paging skips rows on Milvus Lite.
         iterator = self.client.query_iterator(
@@ -193,6 +206,7 @@ class MilvusStore:
         self.client.flush(name)
 
     def fetch_vectors(self, name: str, vector_field: str, ids: np.ndarray) -> np.ndarray:
+        self._ensure_loaded(name)
         rows = self.client.get(name, ids=ids.tolist(), output_fields=[vector_field])
         by_id = {r[self._pk_name(name)]: r[vector_field] for r in rows}
         missing = [i for i in ids.tolist() if i not in by_id]

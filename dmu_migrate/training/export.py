@@ -31,7 +31,7 @@ def export_onnx(
     something else than what was trained.
     """
     wrapped = Normalized(model).cpu().eval()
-    example = torch.as_tensor(sample[:2], dtype=torch.float32)
+    example = torch.tensor(sample[:2], dtype=torch.float32)
     tmp = path.with_suffix(".onnx.tmp")
     torch.onnx.export(
         wrapped,
@@ -45,7 +45,7 @@ def export_onnx(
     )
     tmp.replace(path)
     with torch.no_grad():
-        expected = wrapped(torch.as_tensor(sample, dtype=torch.float32)).numpy()
+        expected = wrapped(torch.tensor(sample, dtype=torch.float32)).numpy()
     got = OnnxModel(path)(sample)
     error = float(np.abs(expected - got).max())
     if not error <= PARITY_TOLERANCE:

@@ -1,0 +1,23 @@
+# The evolve image: onnxruntime, numpy and the store clients, no torch.
+# Scheduled upgrades run it from cron or a Kubernetes CronJob, e.g.
+#   docker run --rm -v /data:/data dmu-migrate \
+#     evolve --collection faces --adapter /data/adapters/faces-v2 --uri /data/faces.db
+#
+# Training variant (adds torch and onnx for `dmu-migrate train`):
+#   docker build --build-arg EXTRAS="[train]" -t dmu-migrate:train .
+# (install torch==2.13.0 first on hosts where an unpinned torch pulls a CUDA build)
+FROM python:3.11-slim
+
+ARG EXTRAS=""
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 GRPC_VERBOSITY=ERROR
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY dmu_migrate ./dmu_migrate
+RUN pip install --no-cache-dir ".${EXTRAS}" \
+    && useradd --create-home dmu
+USER dmu
+WORKDIR /data
+
+ENTRYPOINT ["dmu-migrate"]
+CMD ["evolve", "--help"]

@@ -1,0 +1,111 @@
+"""Shared fixtures: real data (scikit-learn digits), a trained artifact, a Milvus Lite gallery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pymilvus import DataType, MilvusClient
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from dmu_migrate.artifact import Artifact
+from dmu_migrate.data import write_table
+from dmu_migrate.demo import embed, fit_old_model
+from dmu_migrate.training.trainer import TrainConfig
+from dmu_migrate.training.upgrade import train_upgrade
+
+
+@dataclass(frozen=True)
+class Digits:
+    train_path: Path
+    eval_path: Path
+    x_te: np.ndarray
+    y_te: np.ndarray
+    old_te: np.ndarray
+    is_query: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
+    """The 30% -> 100% upgrade of the DMU paper on real handwritten digits."""
+    root = tmp_path_factory.mktemp("digits")
+    data = load_digits()
+    x = (data.data / 16.0).astype(np.float32)
+    y = data.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.4, stratify=y, random_state=1)
+    x_old, _, y_old, _ = train_test_split(x_tr, y_tr, train_size=0.3, stratify=y_tr, random_state=1)
+    old_model = fit_old_model(x_old, y_old, seed=1)
+    old_tr, old_te = embed(old_model, x_tr), embed(old_model, x_te)
+    is_query = np.arange(len(y_te)) % 4 == 0
+    role = np.where(is_query, "query", "gallery").astype(object)
+    write_table(root / "train.parquet", {"label": y_tr, "old": old_tr, "x": x_tr})
+    write_table(root / "eval.parquet", {"label": y_te, "old": old_te, "x": x_te, "role": role})
+    return Digits(root / "train.parquet", root / "eval.parquet", x_te, y_te, old_te, is_query)
+
+
+@pytest.fixture(scope="session")
+def artifact(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    out = tmp_path_factory.mktemp("adapters")
+    config = TrainConfig(epochs=20, batch_size=128, seed=0)
+    return train_upgrade(digits.train_path, out, "digits-v2", config).artifact
+
+
+@dataclass(frozen=True)
+class Gallery:
+    db: Path
+    ids: np.ndarray
+    vectors: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+
+
+def create_gallery(db: Path, digits: Digits, collection: str = "digits__v1") -> Gallery:
+    """Old vectors of the held-out gallery rows, with scalar fields, behind alias 'digits'."""
+    gallery = ~digits.is_query
+    vectors, labels = digits.old_te[gallery], digits.y_te[gallery]
+    ids = np.arange(1000, 1000 + len(labels))
+    names = [f"item-{i}" for i in ids]
+    client = MilvusClient(str(db))
+    try:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=vectors.shape[1])
+        schema.add_field("label", DataType.INT64)
+        schema.add_field("name", DataType.VARCHAR, max_length=32)
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
+        client.create_collection(collection, schema=schema, index_params=index)
+        rows = [
+            {"id": int(i), "vector": v, "label": int(c), "name": n}
+            for i, v, c, n in zip(ids, vectors, labels, names, strict=True)
+        ]
+        client.insert(collection, rows)
+        client.create_alias(collection, "digits")
+    finally:
+        client.close()
+    return Gallery(db, ids, vectors, labels, names)
+
+
+@pytest.fixture
+def gallery(tmp_path: Path, digits: Digits) -> Gallery:
+    return create_gallery(tmp_path / "gallery.db", digits)
+
+
+def read_all(db: Path, collection: str) -> dict[int, dict]:
+    """Every row of a collection by id (query_iterator: complete and pk-ordered)."""
+    client = MilvusClient(str(db))
+    try:
+        client.load_collection(collection)
+        it = client.query_iterator(collection, batch_size=1000, filter="", output_fields=["*"])
+        rows: dict[int, dict] = {}
+        while batch := it.next():
+            for row in batch:
+                assert row["id"] not in rows, "duplicate primary key"
+                rows[row["id"]] = row
+        it.close()
+        return rows
+    finally:
+        client.close()
