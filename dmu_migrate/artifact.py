@@ -26,12 +26,12 @@ FORMAT = "dmu-migrate/1"
 MANIFEST = "manifest.json"
 ADAPTER = "adapter.onnx"
 NEW_MODEL = "new_model.onnx"
-_VERSION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+_VERSION_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
 def check_version_id(value: str, what: str) -> str:
     """Version ids become collection-name suffixes, so they follow Milvus's name rules."""
-    if not _VERSION_RE.match(value):
+    if not _VERSION_RE.fullmatch(value):
         raise InputError(
             f"{what} '{value}' is not a valid version id; use a letter then letters, digits "
             f"or '_' (at most 64), e.g. 'v2'"

@@ -52,11 +52,15 @@ def vector_column(table: pa.Table, name: str, source: str) -> np.ndarray:
             f"rename it or pass the matching --*-col option"
         )
     col = table.column(name).combine_chunks()
-    if not (
+    is_list = (
         pa.types.is_list(col.type)
         or pa.types.is_large_list(col.type)
         or pa.types.is_fixed_size_list(col.type)
-    ):
+    )
+    numeric = is_list and (
+        pa.types.is_floating(col.type.value_type) or pa.types.is_integer(col.type.value_type)
+    )
+    if not numeric:
         raise InputError(
             f"column '{name}' of '{source}' is {col.type}, not a list of floats; "
             f"store each vector as one list<float> cell"
@@ -76,7 +80,15 @@ def vector_column(table: pa.Table, name: str, source: str) -> np.ndarray:
                 f"column '{name}' of '{source}' has vectors of different lengths "
                 f"(row 0: {dim}, row {bad}: {int(lengths[bad])}); every row needs the same dimension"
             )
-    values = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    if dim == 0:
+        raise InputError(f"column '{name}' of '{source}' holds empty vectors; store the embeddings")
+    flat = col.flatten()
+    if flat.null_count:
+        raise InputError(
+            f"column '{name}' of '{source}' has {flat.null_count} null numbers inside vectors; "
+            f"clean them"
+        )
+    values = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32)
     arr = values.reshape(len(col), dim)
     if not np.isfinite(arr).all():
         row = int(np.argmax(~np.isfinite(arr).all(axis=1)))
@@ -103,7 +115,13 @@ def read_table(path: str | Path, columns: Columns = Columns(), need_x: bool = Tr
             f"table '{path}' has no column '{columns.label}' (columns: {', '.join(raw.column_names)}); "
             f"pass --label-col"
         )
-    label_values = raw.column(columns.label).to_numpy(zero_copy_only=False)
+    label_column = raw.column(columns.label)
+    if label_column.null_count:
+        raise InputError(
+            f"column '{columns.label}' of '{path}' has {label_column.null_count} empty labels; "
+            f"drop those rows or label them"
+        )
+    label_values = label_column.to_numpy(zero_copy_only=False)
     classes, codes = np.unique(label_values, return_inverse=True)
     old = vector_column(raw, columns.old, str(path))
     x = vector_column(raw, columns.x, str(path)) if need_x else np.zeros((len(old), 0), np.float32)
