@@ -1,102 +1,29 @@
-"""The ``dmu-migrate`` command line: options in, library call, Rich output.
-
-Every user error is a DmuError: printed as one line on stderr, exit code by
-class (see errors.py). Results go to stdout (``--json`` for scripts); progress
-goes to stderr so that it never mixes with JSON.
-"""
+"""Commands that build and judge an upgrade: train, evaluate, demo."""
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
 from dmu_migrate.artifact import load_artifact
-from dmu_migrate.data import Columns
-from dmu_migrate.errors import DmuError, InputError
-
-app = typer.Typer(
-    help="Upgrade the embedding model behind a vector database without backfilling.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from dmu_migrate.cli.common import (
+    AsJson,
+    LabelCol,
+    OldCol,
+    XCol,
+    epoch_logger,
+    needs_train_extra,
+    out,
+    progress,
+    scores_table,
+    user_errors,
 )
-out = Console()
-err = Console(stderr=True)
-
-LabelCol = Annotated[str, typer.Option(help="Column with the identity / class label.")]
-OldCol = Annotated[str, typer.Option(help="Column with the stored old-model embedding.")]
-XCol = Annotated[str, typer.Option(help="Column with the new model's input features.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+from dmu_migrate.data import Columns
 
 
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn a DmuError into one line on stderr and its exit code, with no traceback."""
-    try:
-        yield
-    except DmuError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
-
-
-def needs_train_extra() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise InputError(
-            "this command needs torch; install the training extra: pip install 'dmu-migrate[train]'"
-        ) from None
-
-
-def progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
-
-
-def epoch_logger(bar: Progress, task: Any) -> Any:
-    def on_epoch(epoch: int, entry: dict[str, float]) -> None:
-        info = " ".join(f"{k}={entry[k]:.3f}" for k in ("loss", "new", "sbc", "fa"))
-        bar.update(task, completed=epoch, info=info)
-
-    return on_epoch
-
-
-def scores_table(report: Any, title: str) -> Table:
-    table = Table(title=title)
-    table.add_column("setting")
-    metrics = list(next(iter(report.scores.values())).as_dict())
-    for metric in metrics:
-        table.add_column(metric, justify="right")
-    for setting, scores in report.scores.items():
-        table.add_row(setting, *(f"{v:.4f}" for v in scores.as_dict().values()))
-    return table
-
-
-@app.command()
 def train(
     table: Annotated[Path, typer.Argument(help="Training table (Parquet).")],
     name: Annotated[str, typer.Option(help="Artifact name; written to OUT_DIR/NAME.")],
@@ -177,7 +104,6 @@ def train(
             out.print(f"  onnxruntime vs torch {key}: {value:.2e}")
 
 
-@app.command()
 def evaluate(
     table: Annotated[Path, typer.Argument(help="Held-out table (Parquet).")],
     adapter: Annotated[Path, typer.Option(help="Artifact directory written by train.")],
@@ -209,75 +135,6 @@ def evaluate(
         )
 
 
-@app.command()
-def evolve(
-    collection: Annotated[str, typer.Option(help="Collection or alias holding the old vectors.")],
-    adapter: Annotated[Path, typer.Option(help="Artifact directory written by train.")],
-    uri: Annotated[
-        str, typer.Option(help="Milvus Lite file (./x.db) or server URL.")
-    ] = "milvus.db",
-    token: Annotated[
-        str | None,
-        typer.Option(
-            help="Milvus token (user:password or API key).",
-            envvar="DMU_MILVUS_TOKEN",
-            show_default=False,
-        ),
-    ] = None,
-    alias: Annotated[
-        str | None,
-        typer.Option(
-            help="Alias to point at the evolved collection (default: --collection when it "
-            "is an alias)."
-        ),
-    ] = None,
-    vector_field: Annotated[str | None, typer.Option(help="Vector field to evolve.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per read/write batch.")] = 4096,
-    threads: Annotated[int, typer.Option(help="onnxruntime threads (0 = all cores).")] = 0,
-    as_json: AsJson = False,
-) -> None:
-    """Stream stored old vectors through the adapter into a new collection, verify, re-point.
-
-    Example: dmu-migrate evolve --collection faces --adapter adapters/faces-v2 --uri faces.db
-    """
-    with user_errors():
-        from dmu_migrate.evolve.pipeline import evolve as run_evolve
-        from dmu_migrate.stores.base import open_store
-
-        artifact = load_artifact(adapter)
-        store = open_store(uri, token)
-        try:
-            with progress() as bar:
-                task = bar.add_task("evolve", total=None, info="")
-
-                def on_progress(done: int, total: int) -> None:
-                    bar.update(task, completed=done, total=total, info="rows")
-
-                result = run_evolve(
-                    store,
-                    collection,
-                    artifact,
-                    alias,
-                    vector_field,
-                    batch_size,
-                    threads,
-                    on_progress,
-                )
-        finally:
-            store.close()
-        if as_json:
-            out.print_json(json.dumps(result.as_dict()))
-            return
-        rate = result.rows / result.seconds if result.seconds else 0.0
-        out.print(
-            f"evolved {result.rows} rows '{result.source}' -> '{result.target}' "
-            f"({rate:,.0f} rows/s); verified (max error {result.max_abs_error:.1e}); "
-            f"alias '{result.alias}' -> '{result.target}'. "
-            f"Old collection '{result.source}' is unchanged."
-        )
-
-
-@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Scratch directory for the demo's files.")] = Path(
         "dmu-demo"
@@ -312,8 +169,3 @@ def demo(
         for label, top_evolved, top_old in s.examples:
             out.print(f"  query digit {label}: evolved top-1 {top_evolved}, old top-1 {top_old}")
         out.print(f"artifact: {result.train.artifact.path}   database: {workdir / 'gallery.db'}")
-
-
-def main() -> None:
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    app()

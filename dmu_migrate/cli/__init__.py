@@ -1,0 +1,30 @@
+"""The ``dmu-migrate`` command line: options in, library call, Rich output.
+
+Every user error is a DmuError: printed as one line on stderr, exit code by
+class (see errors.py). Results go to stdout (``--json`` for scripts); progress
+goes to stderr so that it never mixes with JSON. The library never prints.
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from dmu_migrate.cli import migration, training
+
+app = typer.Typer(
+    help="Upgrade the embedding model behind a vector database without backfilling.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(training.train)
+app.command()(training.evaluate)
+app.command()(migration.evolve)
+app.command()(training.demo)
+
+
+def main() -> None:
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    app()
