@@ -11,7 +11,7 @@ import os
 
 import typer
 
-from dmu_migrate.cli import migration, training
+from dmu_migrate.cli import evaluation, migration, training
 
 app = typer.Typer(
     help="Upgrade the embedding model behind a vector database without backfilling.",
@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command()(training.train)
-app.command()(training.evaluate)
+app.command()(evaluation.evaluate)
 app.command()(migration.evolve)
 app.command()(training.demo)
 

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from dmu_migrate.artifact import load_artifact
 from dmu_migrate.cli.common import (
     AsJson,
     LabelCol,
@@ -102,37 +101,6 @@ def train(
         )
         for key, value in m.parity.items():
             out.print(f"  onnxruntime vs torch {key}: {value:.2e}")
-
-
-def evaluate(
-    table: Annotated[Path, typer.Argument(help="Held-out table (Parquet).")],
-    adapter: Annotated[Path, typer.Option(help="Artifact directory written by train.")],
-    label_col: LabelCol = "label",
-    old_col: OldCol = "old",
-    x_col: XCol = "x",
-    role_col: Annotated[
-        str, typer.Option(help="Column marking 'query'/'gallery' rows; without it, leave-one-out.")
-    ] = "role",
-    as_json: AsJson = False,
-) -> None:
-    """Score old->old, new->old, new->evolved and new->new retrieval on held-out data.
-
-    Example: dmu-migrate evaluate eval.parquet --adapter adapters/faces-v2
-    """
-    with user_errors():
-        from dmu_migrate.evaluation import evaluate as run_evaluation
-
-        report = run_evaluation(
-            table, load_artifact(adapter), Columns(label_col, old_col, x_col, role_col)
-        )
-        if as_json:
-            out.print_json(json.dumps(report.as_dict()))
-            return
-        out.print(
-            scores_table(
-                report, f"{report.protocol}: {report.queries} queries, {report.gallery} gallery"
-            )
-        )
 
 
 def demo(
