@@ -2,6 +2,9 @@
 
 Vectors cross this boundary as float32 arrays ``(n, d)`` beside an id array;
 each backend converts to and from its client's wire format internally.
+Every read that a migration relies on is in primary-key order, so that a
+cursor (the last id acknowledged) is enough to resume, and two id streams of
+the same store can be merge-joined to find missing rows.
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ import numpy as np
 
 from dmu_migrate.errors import InputError, StoreError
 
-# Version tags written on every evolved row; filterable scalar fields.
+# Version tags written on every evolved row; filterable scalar fields / payload keys.
 TAG_VERSION = "dmu_version"  # the embedding space the vector lives in now
 TAG_FROM = "dmu_from"  # the space it was evolved from
 TAG_ORIGIN = "dmu_origin"  # "evolved" (adapter output) or "native" (new model)
 TAG_FIELDS = (TAG_VERSION, TAG_FROM, TAG_ORIGIN)
+
+LEDGER_COLLECTION = "dmu_ledger"  # migration state, kept in the store it describes
+
+Id = int | str
 
 
 @dataclass(frozen=True)
@@ -30,47 +37,107 @@ class CollectionInfo:
     pk_field: str
     vector_field: str
     dim: int
-    metric: str
+    metric: str  # "COSINE", "IP" or "L2"
     count: int
+    vector_fields: dict[str, int] = field(default_factory=dict)  # every float vector field: dim
     schema: Any = field(repr=False, default=None)  # backend-specific, for copying
 
 
 @dataclass(frozen=True)
 class Batch:
-    ids: np.ndarray  # (n,) int64 or object (string keys)
+    ids: np.ndarray  # (n,) int64, or object for string keys
     vectors: np.ndarray  # (n, d) float32
-    fields: dict[str, list[Any]]  # every other stored field, column-wise
+    fields: dict[str, list[Any]]  # every other stored field / payload key, column-wise
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
 class VectorStore(Protocol):
+    """What a migration needs from a store. Names are concrete collections unless stated."""
+
     uri: str
 
-    def describe(self, name: str, vector_field: str | None = None) -> CollectionInfo: ...
+    # -- discovery ---------------------------------------------------------
+    def describe(self, name: str, vector_field: str | None = None) -> CollectionInfo:
+        """Schema of a collection or alias; refuses a missing one or an ambiguous vector field."""
+        ...
 
     def has_collection(self, name: str) -> bool: ...
 
-    def iter_batches(self, info: CollectionInfo, batch_size: int) -> Iterator[Batch]: ...
+    def count(self, name: str, filter: str | None = None) -> int:
+        """Exact row count with strong consistency."""
+        ...
 
-    def create_evolved(self, source: CollectionInfo, target: str, new_dim: int) -> None: ...
+    # -- reading (primary-key order) ----------------------------------------
+    def iter_batches(
+        self,
+        info: CollectionInfo,
+        batch_size: int,
+        after: Id | None = None,
+        filter: str | None = None,
+        vector_field: str | None = None,
+    ) -> Iterator[Batch]:
+        """Rows with id > ``after`` (all when None), every field, the chosen vector as vectors."""
+        ...
 
-    def target_matches(self, source: CollectionInfo, target: str, new_dim: int) -> str | None: ...
+    def iter_ids(self, name: str, batch_size: int, filter: str | None = None) -> Iterator[np.ndarray]:
+        """Only the ids, in order: cheap enough to diff two collections."""
+        ...
 
-    def upsert(
+    def fetch(self, info: CollectionInfo, ids: np.ndarray, vector_field: str) -> Batch:
+        """Rows by id, in the order given; StoreError when any is missing."""
+        ...
+
+    # -- writing -------------------------------------------------------------
+    def create_like(self, source: CollectionInfo, target: str, new_dim: int) -> None:
+        """A collection with the source's fields and index, the vector resized, plus tags."""
+        ...
+
+    def target_problem(self, source: CollectionInfo, target: str, new_dim: int) -> str | None:
+        """None when ``target`` can receive evolved rows of ``source``, else why not."""
+        ...
+
+    def add_vector_field(self, info: CollectionInfo, name: str, dim: int) -> None:
+        """A new vector field beside the old one; StoreError where the store cannot."""
+        ...
+
+    def write_rows(
         self, source: CollectionInfo, target: str, batch: Batch, tags: dict[str, str]
-    ) -> None: ...
+    ) -> None:
+        """Idempotent upsert of whole rows keyed by the source id."""
+        ...
+
+    def write_vectors(
+        self,
+        info: CollectionInfo,
+        field: str,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        tags: dict[str, str],
+    ) -> None:
+        """Overwrite one vector field (and the tags) of existing rows, keeping everything else."""
+        ...
+
+    def delete_ids(self, name: str, ids: np.ndarray) -> None: ...
 
     def flush(self, name: str) -> None: ...
 
-    def count(self, name: str) -> int: ...
+    def drop_collection(self, name: str) -> None: ...
 
-    def fetch_vectors(self, name: str, vector_field: str, ids: np.ndarray) -> np.ndarray: ...
-
+    # -- aliases -------------------------------------------------------------
     def alias_target(self, alias: str) -> str | None: ...
 
-    def point_alias(self, alias: str, target: str) -> None: ...
+    def point_alias(self, alias: str, target: str) -> None:
+        """Create or atomically move an alias."""
+        ...
+
+    # -- ledger --------------------------------------------------------------
+    def ledger_get(self, key: str) -> dict[str, Any] | None: ...
+
+    def ledger_put(self, key: str, record: dict[str, Any]) -> None: ...
+
+    def ledger_list(self) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
 
@@ -78,9 +145,15 @@ class VectorStore(Protocol):
 def open_store(uri: str, token: str | None = None) -> VectorStore:
     """Open the store a URI names.
 
-    ``./file.db``            Milvus Lite (embedded, the default)
-    ``http(s)://host:19530`` a Milvus server
+    ``./file.db``                   Milvus Lite (embedded, the default)
+    ``http(s)://host:19530``        a Milvus server
+    ``qdrant://host:6333``          a Qdrant server (``qdrants://`` for TLS)
+    ``qdrant:path/to/dir``          Qdrant local mode (embedded, for tests and small data)
     """
+    if uri.startswith(("qdrant://", "qdrants://", "qdrant:")):
+        from dmu_migrate.stores.qdrant import QdrantStore
+
+        return QdrantStore.connect(uri, token)
     if uri.startswith(("http://", "https://", "tcp://", "grpc://")):
         from dmu_migrate.stores.milvus import MilvusStore
 
@@ -89,7 +162,7 @@ def open_store(uri: str, token: str | None = None) -> VectorStore:
         scheme = uri.split("://", 1)[0]
         raise InputError(
             f"unknown store URI scheme '{scheme}://' in '{uri}'; use a Milvus Lite file "
-            f"(./gallery.db) or a Milvus server (http://host:19530)"
+            f"(./gallery.db), a Milvus server (http://host:19530) or Qdrant (qdrant://host:6333)"
         )
     if not uri.endswith(".db"):
         raise InputError(f"store URI '{uri}' is not a Milvus Lite file; it must end in '.db'")
