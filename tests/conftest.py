@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from backends import Backend, backend_kinds
 from pymilvus import DataType, MilvusClient
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -109,3 +112,64 @@ def read_all(db: Path, collection: str) -> dict[int, dict]:
         return rows
     finally:
         client.close()
+
+
+# -- store backends: one contract, every store (see tests/backends.py) ---------------
+
+MILVUS_SERVER_URI = "http://127.0.0.1:19530"
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory):
+    """The real Milvus 2.3.5 standalone server from the `milvus` package, once per session."""
+    import os
+    import signal
+
+    from milvus import default_server
+
+    default_server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+    default_server.start()
+    proc = default_server.server_proc
+    pid = proc.pid if proc is not None else None
+    try:
+        yield MILVUS_SERVER_URI
+    finally:
+        default_server.stop()
+        # The server ignores SIGTERM for a while; never leave it holding ports 19530/2379.
+        if pid is not None:
+            for _ in range(50):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(params=backend_kinds())
+def backend(request: pytest.FixtureRequest, tmp_path: Path):
+    """A store kind with a fresh namespace; server collections made by the test are dropped."""
+    kind = request.param
+    if kind == "milvus-lite":
+        uri = str(tmp_path / "store.db")
+    elif kind == "milvus-server":
+        uri = request.getfixturevalue("milvus_server")
+    elif kind == "qdrant-local":
+        uri = f"qdrant:{tmp_path / 'qdrant'}"
+    elif kind == "qdrant-server":
+        uri = (
+            os.environ["QDRANT_URL"]
+            .replace("https://", "qdrants://")
+            .replace("http://", "qdrant://")
+        )
+    else:
+        uri = f"parquet:{tmp_path / 'parquet'}"
+    harness = Backend(kind, uri, tmp_path)
+    before = harness.list_collections() if kind.endswith("-server") else set()
+    try:
+        yield harness
+    finally:
+        harness.close_stores()
+        if kind.endswith("-server"):
+            harness.drop_created(sorted(harness.list_collections() - before))

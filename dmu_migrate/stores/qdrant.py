@@ -1,0 +1,502 @@
+"""Qdrant backend (servers over gRPC, and local mode on a directory) over ``QdrantClient``.
+
+Conventions that map Qdrant onto the store protocol:
+
+- The primary key is reported as ``"id"``; ids are unsigned ints or UUID strings.
+- An unnamed (single) vector is the vector field ``""``; named vectors go by name.
+- Filters are Qdrant filter JSON (``models.Filter``), e.g.
+  ``{"must": [{"key": "label", "match": {"value": 3}}]}``.
+- Payload keys become ``Batch.fields``. A point's OTHER named vectors (those not
+  being read as ``Batch.vectors``) travel in ``Batch.fields`` under
+  ``VECTOR_KEY_PREFIX + name`` as float32 arrays (None where the point lacks one),
+  so that ``write_rows`` preserves them; payload keys and vector names live in
+  separate namespaces in Qdrant, hence a prefix rather than the bare name.
+- A payload value that is None is written back as an absent key.
+- Cosine collections store unit-normalised vectors (Qdrant normalises on write).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+from pydantic import ValidationError
+from qdrant_client import QdrantClient, models
+
+from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.stores.base import LEDGER_COLLECTION, TAG_FIELDS, Batch, CollectionInfo, Id
+
+log = logging.getLogger(__name__)
+
+VECTOR_KEY_PREFIX = "__vector__:"  # Batch.fields key of a non-evolved named vector
+_METRICS = {"Cosine": "COSINE", "Dot": "IP", "Euclid": "L2"}
+_DISTANCES = {v: k for k, v in _METRICS.items()}
+_LEDGER_NS = uuid.UUID("5b0f3c1e-6d3a-4f4e-9a55-0d6d6b1f7a10")  # ledger point ids: uuid5(key)
+
+
+def parse_filter(text: str | None) -> models.Filter | None:
+    """A Qdrant filter from its JSON text; InputError naming --filter when it is not one."""
+    if not text:
+        return None
+    try:
+        return models.Filter.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "top level"
+        raise InputError(
+            f"--filter '{text}' is not a Qdrant filter ({where}: {first['msg']}); "
+            f'give filter JSON such as {{"must": [{{"key": "label", "match": {{"value": 3}}}}]}}'
+        ) from exc
+
+
+def _plain(value: Any) -> Any:
+    """Payload values as JSON-able Python (rows may come from another store as numpy)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _ids_array(ids: list[Any]) -> np.ndarray:
+    if ids and all(isinstance(i, int) for i in ids):
+        return np.asarray(ids, dtype=np.int64)
+    return np.asarray(ids, dtype=object)
+
+
+class QdrantStore:
+    def __init__(self, client: QdrantClient, uri: str, local: bool) -> None:
+        self.client = client
+        self.uri = uri
+        self.local = local
+        self.closed = False
+
+    @classmethod
+    def connect(cls, uri: str, token: str | None = None) -> QdrantStore:
+        """``qdrant://host:6333`` (gRPC on 6334, or ``?grpc_port=N``), ``qdrants://`` for TLS,
+        ``qdrant:path/to/dir`` for local mode."""
+        if uri.startswith(("qdrant://", "qdrants://")):
+            parts = urlsplit(uri)
+            if not parts.hostname:
+                raise InputError(f"Qdrant URI '{uri}' names no host; use qdrant://host:6333")
+            port = parts.port or 6333
+            grpc_port = int(parse_qs(parts.query).get("grpc_port", [port + 1])[0])
+            try:
+                client = QdrantClient(
+                    host=parts.hostname,
+                    port=port,
+                    grpc_port=grpc_port,
+                    prefer_grpc=True,
+                    https=uri.startswith("qdrants://"),
+                    api_key=token or None,
+                )
+            except Exception as exc:  # bad ports/keys surface as several client types
+                raise StoreError(f"cannot open Qdrant at '{uri}' ({exc}); check --uri") from exc
+            store = cls(client, uri, local=False)
+            with store._errors("connect", "check --uri, --token and that the server is up"):
+                client.get_collections()  # the client is lazy: fail here, not mid-migration
+            return store
+        path = uri.removeprefix("qdrant:")
+        if not path:
+            raise InputError(f"Qdrant URI '{uri}' names no directory; use qdrant:path/to/dir")
+        try:
+            client = QdrantClient(path=path)
+        except RuntimeError as exc:  # local mode holds a lock on the directory
+            raise StoreError(
+                f"Qdrant directory '{path}' is open in another process; close it or use a server"
+            ) from exc
+        return cls(client, uri, local=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.client.close()  # releases the local-mode directory lock
+            self.closed = True
+
+    @contextmanager
+    def _errors(self, what: str, fix: str) -> Iterator[None]:
+        """Client failures as one-line StoreErrors naming the object and the fix."""
+        try:
+            yield
+        except (InputError, StoreError):
+            raise
+        except Exception as exc:  # grpc, http and local-mode errors share no base class
+            detail = getattr(exc, "details", None)
+            text = detail() if callable(detail) else str(exc)
+            text = " ".join(str(text).split())[:300]
+            raise StoreError(f"Qdrant at '{self.uri}' failed to {what} ({text}); {fix}") from exc
+
+    # -- discovery ---------------------------------------------------------------
+    def _aliases(self) -> dict[str, str]:
+        with self._errors("list aliases", "check --uri"):
+            found = self.client.get_aliases().aliases
+        return {a.alias_name: a.collection_name for a in found}
+
+    def has_collection(self, name: str) -> bool:
+        with self._errors(f"look up collection '{name}'", "check --uri"):
+            return bool(self.client.collection_exists(name)) or name in self._aliases()
+
+    def _require(self, name: str) -> str:
+        """The concrete collection behind a name or alias; StoreError when there is none."""
+        concrete = self._aliases().get(name, name)
+        with self._errors(f"look up collection '{name}'", "check --uri"):
+            if self.client.collection_exists(concrete):
+                return concrete
+            present = sorted(c.name for c in self.client.get_collections().collections)
+        raise StoreError(
+            f"collection '{name}' does not exist in '{self.uri}'; check --collection "
+            f"(present: {', '.join(present) or 'none'})"
+        )
+
+    def _vector_params(self, name: str) -> tuple[Any, dict[str, models.VectorParams]]:
+        with self._errors(f"describe collection '{name}'", "check --collection"):
+            params = self.client.get_collection(name).config.params
+        vectors = params.vectors
+        if isinstance(vectors, models.VectorParams):
+            return params, {"": vectors}
+        return params, dict(vectors or {})
+
+    def describe(self, name: str, vector_field: str | None = None) -> CollectionInfo:
+        concrete = self._require(name)
+        params, vectors = self._vector_params(concrete)
+        if vector_field is None:
+            if len(vectors) != 1:
+                names = ", ".join(repr(v) for v in vectors) or "none"
+                raise InputError(
+                    f"collection '{name}' has named vectors [{names}]; "
+                    f"name the one to evolve with --vector-field"
+                )
+            vector_field = next(iter(vectors))
+        if vector_field not in vectors:
+            raise InputError(
+                f"collection '{name}' has no dense vector '{vector_field}' (vectors: "
+                f"{', '.join(repr(v) for v in vectors) or 'none'}); fix --vector-field"
+            )
+        chosen = vectors[vector_field]
+        return CollectionInfo(
+            requested=name,
+            name=concrete,
+            alias=name if concrete != name else None,
+            pk_field="id",
+            vector_field=vector_field,
+            dim=int(chosen.size),
+            metric=_METRICS.get(str(models.Distance(chosen.distance).value), "COSINE"),
+            count=self.count(concrete),
+            vector_fields={k: int(v.size) for k, v in vectors.items()},
+            schema=params,
+        )
+
+    def count(self, name: str, filter: str | None = None) -> int:
+        parsed = parse_filter(filter)
+        with self._errors(f"count collection '{name}'", "check --collection and --filter"):
+            return int(self.client.count(name, count_filter=parsed, exact=True).count)
+
+    # -- reading -------------------------------------------------------------------
+    def iter_batches(
+        self,
+        info: CollectionInfo,
+        batch_size: int,
+        after: Id | None = None,
+        filter: str | None = None,
+        vector_field: str | None = None,
+    ) -> Iterator[Batch]:
+        field = info.vector_field if vector_field is None else vector_field
+        parsed = parse_filter(filter)
+        # scroll's offset is inclusive: start AT the cursor and drop that point.
+        offset: Any = after
+        skip = after
+        while True:
+            with self._errors(f"read collection '{info.name}'", "check --collection"):
+                records, offset = self.client.scroll(
+                    info.name,
+                    scroll_filter=parsed,
+                    limit=batch_size + (1 if skip is not None else 0),
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=True,
+                )
+            if skip is not None:
+                records = [r for r in records if str(r.id) != str(skip)]
+                skip = None
+            if records:
+                yield self._to_batch(info.name, records, field)
+            if offset is None:
+                return
+
+    def iter_ids(
+        self, name: str, batch_size: int, filter: str | None = None
+    ) -> Iterator[np.ndarray]:
+        parsed = parse_filter(filter)
+        offset: Any = None
+        while True:
+            with self._errors(f"read ids of collection '{name}'", "check --collection"):
+                records, offset = self.client.scroll(
+                    name,
+                    scroll_filter=parsed,
+                    limit=batch_size,
+                    offset=offset,
+                    with_payload=False,
+                    with_vectors=False,
+                )
+            if records:
+                yield _ids_array([r.id for r in records])
+            if offset is None:
+                return
+
+    def _to_batch(self, name: str, records: list[Any], field: str) -> Batch:
+        vectors: list[Any] = []
+        others: dict[str, list[Any]] = {}
+        payload_keys: dict[str, None] = {}
+        for r in records:
+            payload_keys.update(dict.fromkeys(r.payload or {}))
+        for i, r in enumerate(records):
+            named = r.vector if isinstance(r.vector, dict) else {"": r.vector}
+            if named.get(field) is None:
+                raise StoreError(
+                    f"point {r.id} of collection '{name}' has no vector '{field}'; "
+                    f"write it first or choose another --vector-field"
+                )
+            vectors.append(named[field])
+            for vname, vec in named.items():
+                if vname != field:
+                    column = others.setdefault(VECTOR_KEY_PREFIX + vname, [None] * len(records))
+                    column[i] = np.asarray(vec, dtype=np.float32)
+        fields = {k: [(r.payload or {}).get(k) for r in records] for k in payload_keys}
+        fields.update(others)
+        return Batch(
+            _ids_array([r.id for r in records]), np.asarray(vectors, dtype=np.float32), fields
+        )
+
+    def fetch(self, info: CollectionInfo, ids: np.ndarray, vector_field: str) -> Batch:
+        wanted = ids.tolist()
+        with self._errors(f"fetch points of collection '{info.name}'", "check --collection"):
+            records = self.client.retrieve(
+                info.name, ids=wanted, with_payload=True, with_vectors=True
+            )
+        by_id = {str(r.id): r for r in records}
+        missing = [i for i in wanted if str(i) not in by_id]
+        if missing:
+            raise StoreError(
+                f"collection '{info.name}' lacks ids {missing[:5]} ({len(missing)} missing); "
+                f"re-run the migration to write them"
+            )
+        return self._to_batch(info.name, [by_id[str(i)] for i in wanted], vector_field)
+
+    # -- writing -------------------------------------------------------------------
+    def _target_vectors(self, source: CollectionInfo, new_dim: int) -> Any:
+        """The source's vectors config with the evolved vector resized (distance kept)."""
+        params = source.schema if isinstance(source.schema, models.CollectionParams) else None
+        if params is not None and isinstance(params.vectors, models.VectorParams):
+            old: dict[str, models.VectorParams] = {"": params.vectors}
+        elif params is not None and params.vectors:
+            old = dict(params.vectors)
+        else:  # a source from another store kind: dims and metric only
+            distance = models.Distance(_DISTANCES[source.metric])
+            old = {
+                k: models.VectorParams(size=d, distance=distance)
+                for k, d in source.vector_fields.items()
+            }
+        new = {
+            k: v.model_copy(update={"size": new_dim}) if k == source.vector_field else v
+            for k, v in old.items()
+        }
+        return new[""] if list(new) == [""] else new
+
+    def create_like(self, source: CollectionInfo, target: str, new_dim: int) -> None:
+        if self.has_collection(target):
+            raise StoreError(
+                f"collection '{target}' already exists in '{self.uri}'; drop it or choose another target"
+            )
+        params = source.schema if isinstance(source.schema, models.CollectionParams) else None
+        extra: dict[str, Any] = {}
+        if params is not None and not self.local:
+            extra = {
+                "shard_number": params.shard_number,
+                "replication_factor": params.replication_factor,
+                "write_consistency_factor": params.write_consistency_factor,
+                "on_disk_payload": params.on_disk_payload,
+            }
+        with self._errors(f"create collection '{target}'", "check the server's logs and --uri"):
+            self.client.create_collection(
+                target, vectors_config=self._target_vectors(source, new_dim), **extra
+            )
+            if not self.local:  # local mode has no payload indexes (it warns and ignores them)
+                for tag in TAG_FIELDS:
+                    self.client.create_payload_index(
+                        target, tag, field_schema=models.PayloadSchemaType.KEYWORD
+                    )
+
+    def target_problem(self, source: CollectionInfo, target: str, new_dim: int) -> str | None:
+        if not self.has_collection(target):
+            return f"collection '{target}' does not exist"
+        _, vectors = self._vector_params(self._require(target))
+        expected = self._target_vectors(source, new_dim)
+        expected = {"": expected} if isinstance(expected, models.VectorParams) else expected
+        for vname, params in expected.items():
+            have = vectors.get(vname)
+            label = "the unnamed vector" if vname == "" else f"vector '{vname}'"
+            if have is None:
+                return f"it has no {label}"
+            if have.size != params.size or have.distance != params.distance:
+                return (
+                    f"its {label} is {have.size}-d {have.distance}, "
+                    f"not {params.size}-d {params.distance}"
+                )
+        return None
+
+    def add_vector_field(self, info: CollectionInfo, name: str, dim: int) -> None:
+        _, vectors = self._vector_params(info.name)
+        if name in vectors:
+            if vectors[name].size == dim:
+                return  # a resumed run: the field is already there
+            raise StoreError(
+                f"collection '{info.name}' already has a {vectors[name].size}-d vector '{name}'; "
+                f"choose another --vector-field name"
+            )
+        config = models.DenseVectorNameConfig(
+            dense=models.DenseVectorConfig(
+                size=dim, distance=models.Distance(_DISTANCES[info.metric])
+            )
+        )
+        with self._errors(
+            f"add vector '{name}' to collection '{info.name}'",
+            "a Qdrant server >= 1.18 is needed; otherwise evolve into a new collection",
+        ):
+            self.client.create_vector_name(info.name, name, config)
+
+    def write_rows(
+        self, source: CollectionInfo, target: str, batch: Batch, tags: dict[str, str]
+    ) -> None:
+        field = source.vector_field
+        vectors = batch.vectors.astype(np.float32).tolist()
+        named = {
+            k.removeprefix(VECTOR_KEY_PREFIX): v
+            for k, v in batch.fields.items()
+            if k.startswith(VECTOR_KEY_PREFIX)
+        }
+        payload_cols = {
+            k: v for k, v in batch.fields.items() if not k.startswith(VECTOR_KEY_PREFIX)
+        }
+        points = []
+        for i, row_id in enumerate(batch.ids.tolist()):
+            payload = {k: _plain(v[i]) for k, v in payload_cols.items() if v[i] is not None}
+            payload.update(tags)
+            vec: Any = vectors[i]
+            if named or field != "":
+                vec = {field: vectors[i]}
+                vec.update({k: _plain(v[i]) for k, v in named.items() if v[i] is not None})
+            points.append(models.PointStruct(id=row_id, vector=vec, payload=payload))
+        # Upsert keyed by the source id: a batch written twice leaves one point.
+        with self._errors(f"write points to collection '{target}'", "check --target"):
+            self.client.upsert(target, points, wait=True)
+
+    def write_vectors(
+        self,
+        info: CollectionInfo,
+        field: str,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        tags: dict[str, str],
+    ) -> None:
+        wanted = ids.tolist()
+        with self._errors(f"update points of collection '{info.name}'", "check --collection"):
+            found = self.client.retrieve(info.name, ids=wanted, with_payload=False)
+            missing = {str(i) for i in wanted} - {str(r.id) for r in found}
+            if missing:
+                raise StoreError(
+                    f"collection '{info.name}' lacks ids {sorted(missing)[:5]}; "
+                    f"only existing points can get a new vector"
+                )
+            rows = vectors.astype(np.float32).tolist()
+            # update_vectors and set_payload keep the point's other vectors and payload.
+            points = [
+                models.PointVectors(id=i, vector=v if field == "" else {field: v})
+                for i, v in zip(wanted, rows, strict=True)
+            ]
+            self.client.update_vectors(info.name, points, wait=True)
+            self.client.set_payload(info.name, payload=dict(tags), points=wanted, wait=True)
+
+    def delete_ids(self, name: str, ids: np.ndarray) -> None:
+        with self._errors(f"delete points of collection '{name}'", "check --collection"):
+            self.client.delete(
+                name, points_selector=models.PointIdsList(points=ids.tolist()), wait=True
+            )
+
+    def tag_filter(self, tag: str, value: str) -> str:
+        return json.dumps({"must": [{"key": tag, "match": {"value": value}}]})
+
+    def flush(self, name: str) -> None:
+        """Every write above waits for the server's acknowledgement; nothing is buffered."""
+
+    def drop_collection(self, name: str) -> None:
+        with self._errors(f"drop collection '{name}'", "check --collection"):
+            self.client.delete_collection(name)
+
+    # -- aliases ---------------------------------------------------------------------
+    def alias_target(self, alias: str) -> str | None:
+        return self._aliases().get(alias)
+
+    def point_alias(self, alias: str, target: str) -> None:
+        create = models.CreateAliasOperation(
+            create_alias=models.CreateAlias(collection_name=target, alias_name=alias)
+        )
+        ops: list[Any] = [create]
+        if self.alias_target(alias) is not None:
+            # Delete + create in one request: Qdrant applies the list atomically.
+            delete = models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+            ops = [delete, create]
+        with self._errors(f"point alias '{alias}' at '{target}'", "check that the target exists"):
+            self.client.update_collection_aliases(change_aliases_operations=ops)
+
+    # -- ledger ------------------------------------------------------------------------
+    def _ledger_ready(self, create: bool) -> bool:
+        with self._errors(f"open the ledger collection '{LEDGER_COLLECTION}'", "check --uri"):
+            if self.client.collection_exists(LEDGER_COLLECTION):
+                return True
+            if create:
+                # Qdrant needs a vector per point; a 1-d constant one costs nothing.
+                self.client.create_collection(
+                    LEDGER_COLLECTION,
+                    vectors_config=models.VectorParams(size=1, distance=models.Distance.DOT),
+                )
+            return create
+
+    @staticmethod
+    def _ledger_id(key: str) -> str:
+        return str(uuid.uuid5(_LEDGER_NS, key))
+
+    def ledger_get(self, key: str) -> dict[str, Any] | None:
+        if not self._ledger_ready(create=False):
+            return None
+        with self._errors(f"read ledger entry '{key}'", "check --uri"):
+            found = self.client.retrieve(LEDGER_COLLECTION, ids=[self._ledger_id(key)])
+        return json.loads(found[0].payload["record"]) if found and found[0].payload else None
+
+    def ledger_put(self, key: str, record: dict[str, Any]) -> None:
+        self._ledger_ready(create=True)
+        point = models.PointStruct(
+            id=self._ledger_id(key),
+            vector=[1.0],
+            payload={"key": key, "record": json.dumps(record, sort_keys=True)},
+        )
+        with self._errors(f"write ledger entry '{key}'", "check --uri"):
+            self.client.upsert(LEDGER_COLLECTION, [point], wait=True)
+
+    def ledger_list(self) -> list[dict[str, Any]]:
+        if not self._ledger_ready(create=False):
+            return []
+        entries: list[tuple[str, dict[str, Any]]] = []
+        offset: Any = None
+        while True:
+            with self._errors("read the ledger", "check --uri"):
+                records, offset = self.client.scroll(LEDGER_COLLECTION, limit=256, offset=offset)
+            entries += [
+                (r.payload["key"], json.loads(r.payload["record"])) for r in records if r.payload
+            ]
+            if offset is None:
+                return [record for _, record in sorted(entries, key=lambda e: e[0])]
