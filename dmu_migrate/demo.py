@@ -28,7 +28,7 @@ from dmu_migrate.artifact import NEW_MODEL
 from dmu_migrate.data import write_table
 from dmu_migrate.errors import InputError
 from dmu_migrate.evaluation import EvalReport, evaluate
-from dmu_migrate.evolve.pipeline import EvolveResult, evolve
+from dmu_migrate.evolve.pipeline import EvolveResult, evolve_collection
 from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.stores.milvus import MilvusStore
 from dmu_migrate.training.losses import CosFaceLoss
@@ -177,7 +177,7 @@ def run_demo(
     step("evolve: old vectors -> adapter -> new collection, then the alias moves")
     store = MilvusStore.connect(str(db))
     try:
-        result = evolve(store, ALIAS, report.artifact)
+        result = evolve_collection(store, ALIAS, [report.artifact])
     finally:
         store.close()
 

@@ -93,7 +93,7 @@ def test_evolve_happy_path(gallery: Gallery, artifact: Artifact) -> None:
     )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output[result.output.index("{") :])
-    assert payload["target"] == "digits__v2" and payload["rows"] == len(gallery.ids)
+    assert payload["target"] == "digits__v2" and payload["rows_written"] == len(gallery.ids)
     client = MilvusClient(str(gallery.db))
     assert client.describe_alias("digits")["collection_name"] == "digits__v2"
     client.close()

@@ -12,15 +12,18 @@ from pymilvus import DataType, MilvusClient
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.demo import search_check
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.evolve.pipeline import evolve, target_name
+from dmu_migrate.evolve.pipeline import EvolveOptions, evolve_collection
+from dmu_migrate.evolve.plan import target_name
 from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.stores.base import open_store
 
 
-def run_evolve(db: Path, collection: str, artifact: Artifact, **kwargs):
+def run_evolve(
+    db: Path, collection: str, artifact: Artifact, alias: str | None = None, batch_size: int = 4096
+):  # type: ignore[no-untyped-def]
     store = open_store(str(db))
     try:
-        return evolve(store, collection, artifact, **kwargs)
+        return evolve_collection(store, collection, [artifact], alias, EvolveOptions(batch_size))
     finally:
         store.close()
 
@@ -32,7 +35,7 @@ def test_evolve_writes_adapter_output_and_moves_alias(
     result = run_evolve(gallery.db, "digits", artifact, batch_size=100)
 
     assert result.target == "digits__v2"
-    assert result.rows == len(gallery.ids)
+    assert result.rows_written == len(gallery.ids)
     after_old = read_all(gallery.db, "digits__v1")
     assert after_old.keys() == before.keys()
     for row_id, row in before.items():
@@ -132,7 +135,7 @@ def test_string_primary_keys(tmp_path: Path, digits: Digits, artifact: Artifact)
     client.insert("docs", [{"key": f"k{i}", "emb": v} for i, v in enumerate(digits.old_te[:50])])
     client.close()
     result = run_evolve(db, "docs", artifact, alias="docs_live")
-    assert result.target == "docs__v2" and result.rows == 50
+    assert result.target == "docs__v2" and result.rows_written == 50
     client = MilvusClient(str(db))
     client.load_collection("docs__v2")
     got = client.get("docs__v2", ids=["k7"], output_fields=["emb"])

@@ -22,6 +22,11 @@ app = typer.Typer(
 app.command()(training.train)
 app.command()(evaluation.evaluate)
 app.command()(migration.evolve)
+app.command()(migration.verify)
+app.command()(migration.status)
+app.command()(migration.history)
+app.command()(migration.rollback)
+app.command()(migration.prune)
 app.command()(training.demo)
 
 

@@ -1,165 +1,227 @@
-"""``dmu-migrate evolve``: stream old vectors through the adapter into a new collection.
+"""``dmu-migrate evolve``: stream old vectors through the adapters into the target.
 
-    source (old vectors) --read batch--> adapter.onnx --upsert--> <base>__<to_version>
-    verify counts + a sample of vectors, then move the alias users query
+    ledger (resume point) -> read batch after cursor -> adapters -> write -> ledger
+    -> catch-up (source ids not yet at the target version) -> verify -> cut-over
 
-The source collection is never written. Writes are upserts keyed by the
-source id, so re-running after an interruption converges to the same state.
+The source is never written except by the in-place strategy, which
+snapshots first. Writes are keyed by source id, and the cursor advances only
+after a batch is acknowledged, so a crash anywhere resumes to the same state.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from dmu_migrate.artifact import Artifact
-from dmu_migrate.errors import InputError, StoreError, VerificationError
-from dmu_migrate.evolve.transform import OnnxModel
-from dmu_migrate.stores.base import TAG_FROM, TAG_ORIGIN, TAG_VERSION, CollectionInfo, VectorStore
-
-VERIFY_SAMPLE = 256
-VERIFY_TOLERANCE = 1e-5
+from dmu_migrate.errors import DmuError, InputError
+from dmu_migrate.evolve.ledger import DONE, FAILED, RUNNING, Ledger, Record, now_iso
+from dmu_migrate.evolve.plan import IN_PLACE, Plan, make_plan
+from dmu_migrate.evolve.strategies import ID_BATCH, InPlace, Strategy, make_strategy
+from dmu_migrate.evolve.transform import AdapterChain
+from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, VerifyReport, diff_sorted, verify
+from dmu_migrate.stores.base import VectorStore
 
 ProgressCallback = Callable[[int, int], None]  # (rows done, rows total)
 
+# Outcomes, with the exit codes schedulers see.
+COMPLETED, REMAINING = "done", "remaining"
+EXIT_REMAINING = 75  # EX_TEMPFAIL: stopped at --max-seconds, run again to continue
+CATCH_UP_BATCH = 4096
+
 
 @dataclass(frozen=True)
+class EvolveOptions:
+    batch_size: int = 4096
+    max_seconds: float | None = None  # stop (resumably) after this much work
+    take_over: bool = False  # take the lease of a run that died
+    restart: bool = False  # forget the ledger record and start from the beginning
+    snapshot_root: Path = Path("dmu-snapshots")
+
+
+@dataclass
 class EvolveResult:
+    migration: str
+    outcome: str  # COMPLETED or REMAINING
+    strategy: str
     source: str
     target: str
-    alias: str
-    rows: int
+    target_field: str
+    alias: str | None
+    rows_written: int  # in this run
+    rows_done: int  # over the whole migration
+    rows_total: int
+    caught_up: int  # rows found missing by the id diff and written
+    resumed: bool
     seconds: float
-    max_abs_error: float  # largest |stored - adapter(old)| over the verified sample
+    cut_over: str = ""
+    verify: VerifyReport | None = None
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
-
-
-def target_name(source: str, from_version: str, to_version: str) -> str:
-    """``faces__v1`` -> ``faces__v2``; ``faces`` -> ``faces__v2``."""
-    suffix = f"__{from_version}"
-    base = source[: -len(suffix)] if source.endswith(suffix) else source
-    return f"{base}__{to_version}"
-
-
-def resolve_alias(store: VectorStore, info: CollectionInfo, alias: str | None) -> str:
-    """The alias to move at the end: the one the user queried through, or --alias."""
-    alias = alias or info.alias
-    if alias is None:
-        raise InputError(
-            f"'{info.requested}' is a collection, not an alias, so there is nothing to re-point; "
-            f"pass --alias NAME to create the alias your queries will use"
-        )
-    if store.alias_target(alias) is None and store.has_collection(alias):
-        raise InputError(
-            f"--alias '{alias}' is the name of a collection, not an alias; choose another name"
-        )
-    return alias
+        out = dict(self.__dict__)
+        out["verify"] = self.verify.as_dict() if self.verify else None
+        return out
 
 
 def evolve(
     store: VectorStore,
-    collection: str,
-    artifact: Artifact,
-    alias: str | None = None,
-    vector_field: str | None = None,
-    batch_size: int = 4096,
-    threads: int = 0,
+    plan: Plan,
+    options: EvolveOptions = EvolveOptions(),
     on_progress: ProgressCallback | None = None,
 ) -> EvolveResult:
+    if options.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {options.batch_size}")
     start = time.perf_counter()
-    m = artifact.manifest
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
-    info = store.describe(collection, vector_field)
-    if info.dim != m.old_dim:
+    ledger = Ledger(store)
+    record = ledger.load(plan.key)
+    if record is not None and options.restart:
+        record = None
+    if record is not None and record.checksum != plan.chain.checksum:
         raise InputError(
-            f"collection '{collection}' has {info.dim}-d vectors in '{info.vector_field}' but "
-            f"adapter '{m.name}' expects {m.old_dim}-d; use the adapter trained for this collection"
+            f"migration '{plan.key}' was started with adapters {record.adapters} "
+            f"({record.checksum}); resume with the same artifacts, or pass --restart"
         )
-    if info.count == 0:
-        raise InputError(f"collection '{collection}' is empty; there is nothing to evolve")
-    alias = resolve_alias(store, info, alias)
-    target = target_name(info.name, m.from_version, m.to_version)
-    if target == info.name:
-        raise InputError(
-            f"collection '{info.name}' already holds version '{m.to_version}'; nothing to evolve"
-        )
-    adapter = OnnxModel(artifact.adapter_path, threads)
-
-    if store.has_collection(target):
-        problem = store.target_matches(info, target, m.new_dim)
-        if problem:
-            raise StoreError(
-                f"target collection '{target}' exists but {problem}; drop or rename it, "
-                f"then run evolve again"
-            )
-    else:
-        store.create_evolved(info, target, m.new_dim)
-
-    tags = {TAG_VERSION: m.to_version, TAG_FROM: m.from_version, TAG_ORIGIN: "evolved"}
-    done = 0
+    resumed = record is not None and record.status != DONE
+    record = record or plan.new_record()
+    ledger.acquire(record, options.take_over)
+    record.status = RUNNING
+    strategy = make_strategy(store, plan, options.snapshot_root)
+    result = EvolveResult(
+        plan.key,
+        COMPLETED,
+        plan.strategy,
+        plan.source.name,
+        plan.target,
+        plan.target_field,
+        plan.alias,
+        0,
+        record.rows_done,
+        plan.rows,
+        0,
+        resumed,
+        0.0,
+    )
     sample = Reservoir(VERIFY_SAMPLE)
-    for batch in store.iter_batches(info, batch_size):
-        store.upsert(info, target, replace(batch, vectors=adapter(batch.vectors)), tags)
+    try:
+        strategy.prepare(record)
+        if isinstance(strategy, InPlace) and record.pending:
+            # Died between snapshot and overwrite: replay that part, then move on.
+            strategy.apply(record.pending)
+            record.cursor = record.pending["last_id"]
+            record.pending = None
+            ledger.save(record)
+        if not record.main_pass_done:
+            if not main_pass(
+                store, plan, strategy, ledger, record, options, result, sample, on_progress, start
+            ):
+                result.outcome = REMAINING
+                return result
+            record.main_pass_done = True
+            ledger.save(record)
+        if plan.strategy != IN_PLACE:
+            result.caught_up, extra, sample = catch_up(store, plan, strategy, record)
+            if extra:
+                result.notes.append(
+                    f"{extra} rows of '{plan.target}' are no longer in the source (deleted "
+                    f"there); they were left in place"
+                )
+        else:
+            result.notes.append("in-place does not catch up rows added after its pass")
+        result.verify = verify(store, plan, strategy, sample.ids())
+        result.cut_over = strategy.cut_over(record)
+        record.status, record.finished_at, record.error = DONE, now_iso(), None
+        record.runs.append(
+            {
+                "finished_at": record.finished_at,
+                "rows": result.rows_written,
+                "caught_up": result.caught_up,
+            }
+        )
+        record.runs = record.runs[-20:]
+    except DmuError as exc:
+        record.status, record.error = FAILED, str(exc)
+        raise
+    finally:
+        ledger.release(record)
+        result.rows_done = record.rows_done
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def main_pass(
+    store: VectorStore,
+    plan: Plan,
+    strategy: Strategy,
+    ledger: Ledger,
+    record: Record,
+    options: EvolveOptions,
+    result: EvolveResult,
+    sample: Reservoir,
+    on_progress: ProgressCallback | None,
+    start: float,
+) -> bool:
+    """Stream every row after the cursor; False when stopped by the time budget."""
+    batches = store.iter_batches(
+        plan.source, options.batch_size, after=record.cursor, filter=plan.filter
+    )
+    for batch in batches:
+        evolved = plan.chain(batch.vectors)
+        pending = strategy.write(record, batch, evolved)
+        if pending is not None and isinstance(strategy, InPlace):
+            record.pending = pending
+            ledger.save(record)  # the snapshot must be on record before the overwrite
+            strategy.apply(pending)
+            record.pending = None
+        record.cursor = batch.ids[-1].item()
+        record.rows_done += len(batch)
+        result.rows_written += len(batch)
+        ledger.save(record)
         sample.add(batch.ids)
-        done += len(batch)
         if on_progress is not None:
-            on_progress(done, info.count)
-    store.flush(target)
+            on_progress(record.rows_done, plan.rows)
+        if options.max_seconds is not None and time.perf_counter() - start > options.max_seconds:
+            return False
+    store.flush(plan.target)
+    return True
 
-    error = verify(store, info, target, adapter, sample.ids())
-    store.point_alias(alias, target)
-    return EvolveResult(info.name, target, alias, done, time.perf_counter() - start, error)
 
+def catch_up(
+    store: VectorStore, plan: Plan, strategy: Strategy, record: Record
+) -> tuple[int, int, Reservoir]:
+    """Write source rows that the target lacks: rows inserted since the pass, or lost writes.
 
-def verify(
-    store: VectorStore, source: CollectionInfo, target: str, adapter: OnnxModel, ids: np.ndarray
-) -> float:
-    """Counts must match, and a random sample of stored vectors must equal adapter(old).
-
-    ``ids`` is the sample to re-read. Raises before the alias moves, so readers
-    never see an unverified collection.
+    Both id streams come from the same store in its own key order, so a
+    merge-join finds the difference in one pass. The same scan draws the
+    verification sample uniformly over every source row (a cron re-run
+    writes few rows itself). Returns (rows written, rows only in the target, sample).
     """
-    source_count, target_count = store.count(source.name), store.count(target)
-    if source_count != target_count:
-        raise VerificationError(
-            f"collection '{target}' has {target_count} rows but source '{source.name}' has "
-            f"{source_count}; the alias was not moved, run evolve again to finish"
-        )
-    expected = adapter(store.fetch_vectors(source.name, source.vector_field, ids))
-    stored = store.fetch_vectors(target, source.vector_field, ids)
-    error = float(np.abs(expected - stored).max()) if len(ids) else 0.0
-    if not error <= VERIFY_TOLERANCE:
-        raise VerificationError(
-            f"evolved vectors in '{target}' differ from the adapter output by {error:.2e} "
-            f"(limit {VERIFY_TOLERANCE:.0e}); the alias was not moved"
-        )
-    return error
+    sample = Reservoir(VERIFY_SAMPLE)
+    written = strategy.written_ids()
+    source_ids = store.iter_ids(plan.source.name, ID_BATCH, plan.filter)
+    missing, extra = diff_sorted(sample.tee(source_ids), written)
+    for start in range(0, len(missing), CATCH_UP_BATCH):
+        ids = np.asarray(missing[start : start + CATCH_UP_BATCH])
+        batch = store.fetch(plan.source, ids, plan.source.vector_field)
+        strategy.write(record, batch, plan.chain(batch.vectors))
+    if missing:
+        store.flush(plan.target)
+        record.rows_done += len(missing)
+    return len(missing), len(extra), sample
 
 
-class Reservoir:
-    """A uniform random sample of k ids from a stream (Algorithm R), seeded for repeatability."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.seen = 0
-        self.chosen: list[object] = []
-        self.rng = np.random.default_rng(0)
-
-    def add(self, ids: np.ndarray) -> None:
-        for row_id in ids.tolist():
-            self.seen += 1
-            if len(self.chosen) < self.k:
-                self.chosen.append(row_id)
-            else:
-                j = int(self.rng.integers(self.seen))
-                if j < self.k:
-                    self.chosen[j] = row_id
-
-    def ids(self) -> np.ndarray:
-        return np.asarray(self.chosen)
+def evolve_collection(
+    store: VectorStore,
+    collection: str,
+    artifacts: list[Artifact],
+    alias: str | None = None,
+    options: EvolveOptions = EvolveOptions(),
+    on_progress: ProgressCallback | None = None,
+) -> EvolveResult:
+    """The default path in one call: new collection, alias moved after verification."""
+    plan = make_plan(store, collection, AdapterChain(artifacts), alias=alias)
+    return evolve(store, plan, options, on_progress)

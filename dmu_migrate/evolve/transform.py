@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import ArtifactError, InputError
 
 
@@ -44,3 +45,36 @@ class OnnxModel:
             return np.zeros((0, out_dim if isinstance(out_dim, int) else 0), np.float32)
         (out,) = self.session.run([self.output_name], {self.input_name: batch})
         return np.asarray(out, dtype=np.float32)
+
+
+class AdapterChain:
+    """One or more adapters applied in turn: v1 -> v2 -> v3 without storing v2.
+
+    Chained upgrades let rows that were never evolved to v2 go straight to v3;
+    the chain must be contiguous in versions and dimensions.
+    """
+
+    def __init__(self, artifacts: list[Artifact], threads: int = 0) -> None:
+        if not artifacts:
+            raise InputError("give at least one --adapter")
+        for prev, nxt in zip(artifacts, artifacts[1:], strict=False):
+            a, b = prev.manifest, nxt.manifest
+            if a.to_version != b.from_version or a.new_dim != b.old_dim:
+                raise InputError(
+                    f"adapters '{a.name}' ({a.from_version}->{a.to_version}, {a.new_dim}-d) and "
+                    f"'{b.name}' ({b.from_version}->{b.to_version}, {b.old_dim}-d) do not chain; "
+                    f"order --adapter from the oldest version to the newest"
+                )
+        self.artifacts = artifacts
+        self.models = [OnnxModel(a.adapter_path, threads) for a in artifacts]
+        first, last = artifacts[0].manifest, artifacts[-1].manifest
+        self.from_version, self.to_version = first.from_version, last.to_version
+        self.in_dim, self.out_dim = first.old_dim, last.new_dim
+        self.name = "+".join(a.manifest.name for a in artifacts)
+        # Identifies exactly which models produced a stored vector (resume checks it).
+        self.checksum = "+".join(a.manifest.files["adapter.onnx"][:16] for a in artifacts)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        for model in self.models:
+            batch = model(batch)
+        return batch

@@ -81,7 +81,9 @@ class VectorStore(Protocol):
         """Rows with id > ``after`` (all when None), every field, the chosen vector as vectors."""
         ...
 
-    def iter_ids(self, name: str, batch_size: int, filter: str | None = None) -> Iterator[np.ndarray]:
+    def iter_ids(
+        self, name: str, batch_size: int, filter: str | None = None
+    ) -> Iterator[np.ndarray]:
         """Only the ids, in order: cheap enough to diff two collections."""
         ...
 
@@ -121,6 +123,10 @@ class VectorStore(Protocol):
 
     def delete_ids(self, name: str, ids: np.ndarray) -> None: ...
 
+    def tag_filter(self, tag: str, value: str) -> str:
+        """This store's filter text for ``tag == value`` (for counts per version)."""
+        ...
+
     def flush(self, name: str) -> None: ...
 
     def drop_collection(self, name: str) -> None: ...
@@ -149,7 +155,12 @@ def open_store(uri: str, token: str | None = None) -> VectorStore:
     ``http(s)://host:19530``        a Milvus server
     ``qdrant://host:6333``          a Qdrant server (``qdrants://`` for TLS)
     ``qdrant:path/to/dir``          Qdrant local mode (embedded, for tests and small data)
+    ``parquet:path/to/dir``         a directory of Parquet files (offline evolve, snapshots)
     """
+    if uri.startswith("parquet:"):
+        from dmu_migrate.stores.parquet import ParquetStore
+
+        return ParquetStore.connect(uri, token)
     if uri.startswith(("qdrant://", "qdrants://", "qdrant:")):
         from dmu_migrate.stores.qdrant import QdrantStore
 

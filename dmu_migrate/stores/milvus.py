@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -11,10 +13,22 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.client.types import LoadState
 
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.stores.base import TAG_FIELDS, Batch, CollectionInfo
+from dmu_migrate.stores.base import LEDGER_COLLECTION, TAG_FIELDS, Batch, CollectionInfo, Id
 
 _VECTOR_TYPES = {DataType.FLOAT_VECTOR}
 _TAG_MAX_LENGTH = 64
+_LEDGER_MAX_LENGTH = 65535
+_GET_CHUNK = 1000  # ids per get(): keeps the filter expression within server limits
+_INDEX_KEYS = ("index_type", "metric_type")
+
+
+def _literal(value: Id) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(int(value))
+
+
+def _and(*exprs: str | None) -> str:
+    parts = [f"({e})" for e in exprs if e]
+    return " and ".join(parts)
 
 
 class MilvusStore:
@@ -23,20 +37,11 @@ class MilvusStore:
         self.uri = uri
         self._loaded: set[str] = set()
 
-    def _ensure_loaded(self, name: str) -> None:
-        """Queries need a loaded collection; Milvus Lite starts every process with none loaded."""
-        if name in self._loaded:
-            return
-        state = self.client.get_load_state(name)["state"]
-        if state != LoadState.Loaded:
-            self.client.load_collection(name)
-        self._loaded.add(name)
-
     @classmethod
     def connect(cls, uri: str, token: str | None = None) -> MilvusStore:
         if uri.endswith(".db"):
             # Milvus Lite has no MVCC snapshot and pymilvus warns about it on every
-            # iterator; evolve verifies counts instead of relying on a snapshot.
+            # iterator; migrations verify counts and id sets instead of relying on one.
             logging.getLogger("pymilvus").setLevel(logging.ERROR)
         try:
             client = MilvusClient(uri=uri, token=token or "")
@@ -49,87 +54,139 @@ class MilvusStore:
     def close(self) -> None:
         self.client.close()
 
+    # -- discovery ---------------------------------------------------------
     def has_collection(self, name: str) -> bool:
         return bool(self.client.has_collection(name))
 
+    def _ensure_loaded(self, name: str) -> None:
+        """Queries need a loaded collection; Milvus Lite starts every process with none loaded."""
+        if name in self._loaded:
+            return
+        if self.client.get_load_state(name)["state"] != LoadState.Loaded:
+            self.client.load_collection(name)
+        self._loaded.add(name)
+
     def describe(self, name: str, vector_field: str | None = None) -> CollectionInfo:
         if not self.client.has_collection(name):
+            present = [c for c in self.client.list_collections() if c != LEDGER_COLLECTION]
             raise StoreError(
                 f"collection '{name}' does not exist in '{self.uri}'; check --collection "
-                f"(present: {', '.join(self.client.list_collections()) or 'none'})"
+                f"(present: {', '.join(present) or 'none'})"
             )
         desc = self.client.describe_collection(name)
         concrete = desc["collection_name"]
-        fields = desc["fields"]
-        vectors = [f for f in fields if f["type"] in _VECTOR_TYPES]
+        vectors = {
+            f["name"]: int(f["params"]["dim"]) for f in desc["fields"] if f["type"] in _VECTOR_TYPES
+        }
         if vector_field is None:
             if len(vectors) != 1:
-                names = ", ".join(f["name"] for f in vectors) or "none"
                 raise InputError(
-                    f"collection '{name}' has float vector fields [{names}]; "
+                    f"collection '{name}' has float vector fields [{', '.join(vectors) or 'none'}]; "
                     f"name the one to evolve with --vector-field"
                 )
-            vf = vectors[0]
-        else:
-            matches = [f for f in vectors if f["name"] == vector_field]
-            if not matches:
-                raise InputError(
-                    f"collection '{name}' has no float vector field '{vector_field}' (float vector "
-                    f"fields: {', '.join(f['name'] for f in vectors) or 'none'}); fix --vector-field"
-                )
-            vf = matches[0]
-        pk = next(f for f in fields if f.get("is_primary"))
+            vector_field = next(iter(vectors))
+        elif vector_field not in vectors:
+            raise InputError(
+                f"collection '{name}' has no float vector field '{vector_field}' (float vector "
+                f"fields: {', '.join(vectors) or 'none'}); fix --vector-field"
+            )
+        pk = next(f for f in desc["fields"] if f.get("is_primary"))
+        index = self._index_params(concrete, vector_field) or {}
         return CollectionInfo(
             requested=name,
             name=concrete,
             alias=name if concrete != name else None,
             pk_field=pk["name"],
-            vector_field=vf["name"],
-            dim=int(vf["params"]["dim"]),
-            metric=self._metric(concrete, vf["name"]),
+            vector_field=vector_field,
+            dim=vectors[vector_field],
+            metric=str(index.get("metric_type", "COSINE")),
             count=self.count(concrete),
+            vector_fields=vectors,
             schema=desc,
         )
 
-    def _metric(self, collection: str, vector_field: str) -> str:
-        index = self._index_params(collection, vector_field)
-        return str(index.get("metric_type", "COSINE")) if index else "COSINE"
-
-    def _index_params(self, collection: str, vector_field: str) -> dict[str, Any] | None:
-        for index_name in self.client.list_indexes(collection, field_name=vector_field):
+    def _index_params(self, collection: str, field: str) -> dict[str, Any] | None:
+        for index_name in self.client.list_indexes(collection, field_name=field):
             return dict(self.client.describe_index(collection, index_name))
         return None
 
-    def count(self, name: str) -> int:
+    def count(self, name: str, filter: str | None = None) -> int:
         self._ensure_loaded(name)
-        rows = self.client.query(
-            name, filter="", output_fields=["count(*)"], consistency_level="Strong"
-        )
+        try:
+            rows = self.client.query(
+                name, filter=filter or "", output_fields=["count(*)"], consistency_level="Strong"
+            )
+        except MilvusException as exc:
+            raise InputError(
+                f"filter '{filter}' is not valid for '{name}' ({exc.message}); fix --filter"
+            ) from exc
         return int(rows[0]["count(*)"])
 
-    def iter_batches(self, info: CollectionInfo, batch_size: int) -> Iterator[Batch]:
-        self._ensure_loaded(info.name)
+    # -- reading -------------------------------------------------------------
+    def _iterate(
+        self, name: str, batch_size: int, expr: str, fields: list[str]
+    ) -> Iterator[list[dict[str, Any]]]:
+        self._ensure_loaded(name)
         # query_iterator walks the collection in primary-key order; hand-rolled
-        # "id > last" paging skips rows on Milvus Lite.
+        # "id > last" paging with plain query() skips rows on Milvus Lite.
         iterator = self.client.query_iterator(
-            info.name, batch_size=batch_size, filter="", output_fields=["*"]
+            name, batch_size=batch_size, filter=expr, output_fields=fields
         )
         try:
             while rows := iterator.next():
-                yield self._to_batch(rows, info)
+                yield rows
         finally:
             iterator.close()
 
+    def iter_batches(
+        self,
+        info: CollectionInfo,
+        batch_size: int,
+        after: Id | None = None,
+        filter: str | None = None,
+        vector_field: str | None = None,
+    ) -> Iterator[Batch]:
+        field = vector_field or info.vector_field
+        cursor = None if after is None else f"{info.pk_field} > {_literal(after)}"
+        for rows in self._iterate(info.name, batch_size, _and(filter, cursor), ["*"]):
+            yield self._to_batch(rows, info.pk_field, field)
+
+    def iter_ids(
+        self, name: str, batch_size: int, filter: str | None = None
+    ) -> Iterator[np.ndarray]:
+        pk = self._pk(name)
+        for rows in self._iterate(name, batch_size, filter or "", [pk]):
+            yield np.asarray([r[pk] for r in rows])
+
     @staticmethod
-    def _to_batch(rows: list[dict[str, Any]], info: CollectionInfo) -> Batch:
-        pk, vf = info.pk_field, info.vector_field
+    def _to_batch(rows: list[dict[str, Any]], pk: str, field: str) -> Batch:
         ids = np.asarray([r[pk] for r in rows])
-        vectors = np.asarray([r[vf] for r in rows], dtype=np.float32)
-        other = [k for k in rows[0] if k not in (pk, vf)]
+        vectors = np.asarray([r[field] for r in rows], dtype=np.float32)
+        other = [k for k in rows[0] if k not in (pk, field)]
         return Batch(ids, vectors, {k: [r.get(k) for r in rows] for k in other})
 
-    def create_evolved(self, source: CollectionInfo, target: str, new_dim: int) -> None:
-        """A collection with the source's schema, the vector resized, and the tag fields."""
+    def fetch(self, info: CollectionInfo, ids: np.ndarray, vector_field: str) -> Batch:
+        self._ensure_loaded(info.name)
+        pk = self._pk(info.name)
+        by_id: dict[Any, dict[str, Any]] = {}
+        wanted = ids.tolist()
+        for start in range(0, len(wanted), _GET_CHUNK):
+            chunk = wanted[start : start + _GET_CHUNK]
+            for row in self.client.get(info.name, ids=chunk, output_fields=["*"]):
+                by_id[row[pk]] = row
+        missing = [i for i in wanted if i not in by_id]
+        if missing:
+            raise StoreError(
+                f"collection '{info.name}' lacks {len(missing)} expected ids (first: {missing[:3]})"
+            )
+        return self._to_batch([by_id[i] for i in wanted], pk, vector_field)
+
+    def _pk(self, name: str) -> str:
+        fields = self.client.describe_collection(name)["fields"]
+        return str(next(f["name"] for f in fields if f.get("is_primary")))
+
+    # -- writing -------------------------------------------------------------
+    def create_like(self, source: CollectionInfo, target: str, new_dim: int) -> None:
         desc = source.schema
         schema = MilvusClient.create_schema(
             auto_id=False,  # evolved rows keep their source ids
@@ -144,36 +201,21 @@ class MilvusStore:
         for tag in TAG_FIELDS:
             if tag not in present:
                 schema.add_field(tag, DataType.VARCHAR, max_length=_TAG_MAX_LENGTH)
-        index = self._index_params(source.name, source.vector_field) or {}
         index_params = self.client.prepare_index_params()
-        extra = {
-            k: v
-            for k, v in index.items()
-            if k
-            not in (
-                "index_type",
-                "metric_type",
-                "field_name",
-                "index_name",
-                "total_rows",
-                "indexed_rows",
-                "pending_index_rows",
-                "state",
+        for field in source.vector_fields:
+            index = self._index_params(source.name, field) or {}
+            index_params.add_index(
+                field_name=field,
+                index_type=index.get("index_type", "AUTOINDEX"),
+                metric_type=index.get("metric_type", "COSINE"),
+                params=index.get("params") if isinstance(index.get("params"), dict) else {},
             )
-        }
-        index_params.add_index(
-            field_name=source.vector_field,
-            index_type=index.get("index_type", "AUTOINDEX"),
-            metric_type=index.get("metric_type", "COSINE"),
-            params=extra.get("params", {}) if isinstance(extra.get("params"), dict) else {},
-        )
         try:
             self.client.create_collection(target, schema=schema, index_params=index_params)
         except MilvusException as exc:
             raise StoreError(f"cannot create collection '{target}' ({exc.message})") from exc
 
-    def target_matches(self, source: CollectionInfo, target: str, new_dim: int) -> str | None:
-        """None when ``target`` can receive evolved rows of ``source``, else the reason."""
+    def target_problem(self, source: CollectionInfo, target: str, new_dim: int) -> str | None:
         desc = self.client.describe_collection(target)
         fields = {f["name"]: f for f in desc["fields"]}
         missing = [t for t in TAG_FIELDS if t not in fields]
@@ -187,7 +229,18 @@ class MilvusStore:
             return f"its fields {sorted(fields)} differ from the source's plus tags"
         return None
 
-    def upsert(
+    def add_vector_field(self, info: CollectionInfo, name: str, dim: int) -> None:
+        try:
+            self.client.add_collection_field(
+                info.name, field_name=name, data_type=DataType.FLOAT_VECTOR, dim=dim, nullable=True
+            )
+        except Exception as exc:  # Lite raises UNIMPLEMENTED, 2.x servers a schema error
+            raise StoreError(
+                f"Milvus at '{self.uri}' cannot add a vector field to collection '{info.name}' "
+                f"(needs Milvus >= 3.0); use --strategy new-collection"
+            ) from exc
+
+    def write_rows(
         self, source: CollectionInfo, target: str, batch: Batch, tags: dict[str, str]
     ) -> None:
         pk, vf = source.pk_field, source.vector_field
@@ -202,22 +255,37 @@ class MilvusStore:
         # or a re-run) leaves one row, never a duplicate.
         self.client.upsert(target, rows)
 
+    def write_vectors(
+        self,
+        info: CollectionInfo,
+        field: str,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        tags: dict[str, str],
+    ) -> None:
+        # Milvus upsert overwrites whole rows, so the other fields are read back first.
+        current = self.fetch(info, ids, field)
+        columns = {f["name"] for f in self.client.describe_collection(info.name)["fields"]}
+        dynamic = bool(info.schema.get("enable_dynamic_field", False)) if info.schema else False
+        keep_tags = {k: v for k, v in tags.items() if k in columns or dynamic}
+        replaced = Batch(current.ids, vectors, current.fields)
+        self.write_rows(_with_vector_field(info, field), info.name, replaced, keep_tags)
+
+    def delete_ids(self, name: str, ids: np.ndarray) -> None:
+        if len(ids):
+            self.client.delete(name, ids=ids.tolist())
+
+    def tag_filter(self, tag: str, value: str) -> str:
+        return f"{tag} == {json.dumps(value)}"
+
     def flush(self, name: str) -> None:
         self.client.flush(name)
 
-    def fetch_vectors(self, name: str, vector_field: str, ids: np.ndarray) -> np.ndarray:
-        self._ensure_loaded(name)
-        rows = self.client.get(name, ids=ids.tolist(), output_fields=[vector_field])
-        by_id = {r[self._pk_name(name)]: r[vector_field] for r in rows}
-        missing = [i for i in ids.tolist() if i not in by_id]
-        if missing:
-            raise StoreError(f"collection '{name}' lacks ids {missing[:5]} that were just written")
-        return np.asarray([by_id[i] for i in ids.tolist()], dtype=np.float32)
+    def drop_collection(self, name: str) -> None:
+        self.client.drop_collection(name)
+        self._loaded.discard(name)
 
-    def _pk_name(self, name: str) -> str:
-        fields = self.client.describe_collection(name)["fields"]
-        return str(next(f["name"] for f in fields if f.get("is_primary")))
-
+    # -- aliases -------------------------------------------------------------
     def alias_target(self, alias: str) -> str | None:
         try:
             return str(self.client.describe_alias(alias)["collection_name"])
@@ -229,3 +297,40 @@ class MilvusStore:
             self.client.alter_alias(target, alias)  # one atomic switch for readers
         else:
             self.client.create_alias(target, alias)
+
+    # -- ledger --------------------------------------------------------------
+    def _ledger(self) -> str:
+        if not self.client.has_collection(LEDGER_COLLECTION):
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=512)
+            schema.add_field("record", DataType.VARCHAR, max_length=_LEDGER_MAX_LENGTH)
+            # Milvus requires a vector field in every collection; this one is unused.
+            schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
+            index = self.client.prepare_index_params()
+            index.add_index(field_name="unused", index_type="AUTOINDEX", metric_type="L2")
+            self.client.create_collection(LEDGER_COLLECTION, schema=schema, index_params=index)
+        self._ensure_loaded(LEDGER_COLLECTION)
+        return LEDGER_COLLECTION
+
+    def ledger_get(self, key: str) -> dict[str, Any] | None:
+        rows = self.client.get(self._ledger(), ids=[key], output_fields=["record"])
+        return json.loads(rows[0]["record"]) if rows else None
+
+    def ledger_put(self, key: str, record: dict[str, Any]) -> None:
+        text = json.dumps(record, sort_keys=True, default=str)
+        if len(text) > _LEDGER_MAX_LENGTH:
+            raise StoreError(f"ledger record '{key}' is {len(text)} bytes, over Milvus's limit")
+        self.client.upsert(self._ledger(), [{"key": key, "record": text, "unused": [0.0, 0.0]}])
+
+    def ledger_list(self) -> list[dict[str, Any]]:
+        if not self.client.has_collection(LEDGER_COLLECTION):
+            return []
+        records: list[dict[str, Any]] = []
+        for rows in self._iterate(self._ledger(), 1000, "", ["record"]):
+            records.extend(json.loads(r["record"]) for r in rows)
+        return records
+
+
+def _with_vector_field(info: CollectionInfo, field: str) -> CollectionInfo:
+    """The same collection, seen with ``field`` as the vector being written."""
+    return replace(info, vector_field=field)

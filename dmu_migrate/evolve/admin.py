@@ -1,0 +1,105 @@
+"""Operations on recorded migrations: status, history, rollback, prune."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from dmu_migrate.errors import InputError
+from dmu_migrate.evolve.ledger import DONE, ROLLED_BACK, Ledger, Record, now_iso
+from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION
+from dmu_migrate.evolve.strategies import STRATEGY_CLASSES
+from dmu_migrate.stores.base import VectorStore
+
+
+def _involves(record: Record, names: set[str]) -> bool:
+    return bool(names & {record.source, record.target, record.alias})
+
+
+def _lineage(store: VectorStore, collection: str | None) -> list[Record]:
+    records = Ledger(store).history()
+    if collection is None:
+        return records
+    names = {collection}
+    target = store.alias_target(collection)
+    if target:
+        names.add(target)
+    # Follow the chain both ways: v1 -> v2 -> v3 all belong to one lineage.
+    grew = True
+    while grew:
+        before = len(names)
+        for r in records:
+            if _involves(r, names):
+                names |= {n for n in (r.source, r.target, r.alias) if n}
+        grew = len(names) > before
+    return [r for r in records if _involves(r, names)]
+
+
+def migration_status(store: VectorStore, collection: str | None) -> list[dict[str, Any]]:
+    rows = []
+    for r in _lineage(store, collection):
+        row = r.to_dict()
+        row["alias_target"] = store.alias_target(r.alias) if r.alias else None
+        rows.append(row)
+    return rows
+
+
+def _latest_done(store: VectorStore, collection: str) -> Record:
+    done = [r for r in _lineage(store, collection) if r.status == DONE]
+    if not done:
+        raise InputError(
+            f"no finished migration of '{collection}' is recorded in this store; "
+            f"see 'dmu-migrate status'"
+        )
+    return done[-1]
+
+
+def rollback(store: VectorStore, collection: str) -> tuple[str, str]:
+    """Undo the newest finished migration of a lineage; the evolved data is kept."""
+    record = _latest_done(store, collection)
+    message = STRATEGY_CLASSES[record.strategy].rollback(store, record)
+    record.status = ROLLED_BACK
+    record.finished_at = now_iso()
+    Ledger(store).save(record)
+    return record.key, message
+
+
+def prune_plan(store: VectorStore, collection: str) -> tuple[Record, str]:
+    """What prune would delete; refuses anything still live or not verified."""
+    candidates = [
+        r
+        for r in Ledger(store).history()
+        if r.source == collection and r.status == DONE and r.strategy in (NEW_COLLECTION, IN_PLACE)
+    ]
+    if not candidates:
+        raise InputError(
+            f"no finished migration has '{collection}' as its source; prune only drops old "
+            f"data that a verified migration replaced"
+        )
+    record = candidates[-1]
+    if record.strategy == IN_PLACE:
+        return record, f"delete the snapshot {record.snapshot} of '{collection}'"
+    if record.alias and store.alias_target(record.alias) == collection:
+        raise InputError(
+            f"alias '{record.alias}' still points at '{collection}'; it is live, not pruned"
+        )
+    if record.filter:
+        raise InputError(
+            f"migration '{record.key}' covered only rows matching --filter; '{collection}' "
+            f"still holds rows that were not evolved"
+        )
+    return record, f"drop collection '{collection}' ({record.source_rows} old vectors)"
+
+
+def prune(store: VectorStore, record: Record) -> str:
+    if record.strategy == IN_PLACE:
+        if record.snapshot:
+            shutil.rmtree(Path(record.snapshot), ignore_errors=True)
+        message = f"deleted snapshot {record.snapshot}"
+    else:
+        store.drop_collection(record.source)
+        message = f"dropped '{record.source}'"
+    record.runs.append({"pruned_at": now_iso(), "what": message})
+    Ledger(store).save(record)
+    return message

@@ -1,0 +1,197 @@
+"""What an evolve run will do, decided and checked before anything is written."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from dmu_migrate.errors import InputError
+from dmu_migrate.evolve.ledger import Record
+from dmu_migrate.evolve.transform import AdapterChain
+from dmu_migrate.stores.base import TAG_FROM, TAG_ORIGIN, TAG_VERSION, CollectionInfo, VectorStore
+
+NEW_COLLECTION, NEW_FIELD, IN_PLACE = "new-collection", "new-field", "in-place"
+STRATEGIES = (NEW_COLLECTION, NEW_FIELD, IN_PLACE)
+
+
+@dataclass(frozen=True)
+class Plan:
+    key: str  # the ledger key of this migration
+    strategy: str
+    source: CollectionInfo
+    target: str  # collection written (new-collection) or the source itself
+    target_field: str  # vector field written
+    alias: str | None  # alias moved at cut-over (new-collection only)
+    chain: AdapterChain
+    filter: str | None
+    rows: int  # source rows the filter selects
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {
+            TAG_VERSION: self.chain.to_version,
+            TAG_FROM: self.chain.from_version,
+            TAG_ORIGIN: "evolved",
+        }
+
+    def new_record(self) -> Record:
+        return Record(
+            key=self.key,
+            source=self.source.name,
+            target=self.target
+            if self.strategy == NEW_COLLECTION
+            else f"{self.target}.{self.target_field}",
+            strategy=self.strategy,
+            alias=self.alias,
+            vector_field=self.source.vector_field,
+            target_field=self.target_field,
+            adapters=[a.manifest.name for a in self.chain.artifacts],
+            checksum=self.chain.checksum,
+            from_version=self.chain.from_version,
+            to_version=self.chain.to_version,
+            filter=self.filter,
+            source_rows=self.rows,
+        )
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "migration": self.key,
+            "strategy": self.strategy,
+            "source": self.source.name,
+            "vector_field": self.source.vector_field,
+            "target": self.target,
+            "target_field": self.target_field,
+            "alias": self.alias,
+            "adapters": [a.manifest.name for a in self.chain.artifacts],
+            "versions": f"{self.chain.from_version} -> {self.chain.to_version}",
+            "dims": f"{self.chain.in_dim} -> {self.chain.out_dim}",
+            "filter": self.filter,
+            "rows": self.rows,
+        }
+
+
+def target_name(source: str, from_version: str, to_version: str) -> str:
+    """``faces__v1`` -> ``faces__v2``; ``faces`` -> ``faces__v2``."""
+    suffix = f"__{from_version}"
+    base = source[: -len(suffix)] if source.endswith(suffix) else source
+    return f"{base}__{to_version}"
+
+
+def make_plan(
+    store: VectorStore,
+    collection: str,
+    chain: AdapterChain,
+    strategy: str = NEW_COLLECTION,
+    alias: str | None = None,
+    vector_field: str | None = None,
+    target_field: str | None = None,
+    filter: str | None = None,
+    yes_overwrite: bool = False,
+) -> Plan:
+    if strategy not in STRATEGIES:
+        raise InputError(f"unknown --strategy '{strategy}'; use one of {', '.join(STRATEGIES)}")
+    info = store.describe(collection, vector_field)
+    if info.dim != chain.in_dim:
+        raise InputError(
+            f"collection '{collection}' has {info.dim}-d vectors in '{info.vector_field or 'default'}' "
+            f"but adapter '{chain.name}' expects {chain.in_dim}-d; use the adapter trained for "
+            f"this collection"
+        )
+    rows = store.count(info.name, filter) if filter else info.count
+    if info.count == 0:
+        raise InputError(f"collection '{collection}' is empty; there is nothing to evolve")
+    if rows == 0:
+        raise InputError(f"--filter selects no rows of '{collection}'; check the expression")
+
+    if strategy == NEW_COLLECTION:
+        alias = resolve_alias(store, info, alias)
+        target = target_name(info.name, chain.from_version, chain.to_version)
+        if target == info.name:
+            raise InputError(
+                f"collection '{info.name}' already holds version '{chain.to_version}'; "
+                f"nothing to evolve"
+            )
+        return Plan(
+            f"{info.name}->{target}",
+            strategy,
+            info,
+            target,
+            info.vector_field,
+            alias,
+            chain,
+            filter,
+            rows,
+        )
+
+    if alias is not None:
+        raise InputError(f"--alias applies to --strategy new-collection only, not {strategy}")
+    if strategy == IN_PLACE:
+        if not yes_overwrite:
+            raise InputError(
+                f"--strategy in-place overwrites the vectors of '{info.name}'; pass "
+                f"--yes-overwrite to confirm (a Parquet snapshot is written first)"
+            )
+        if chain.out_dim != info.dim:
+            raise InputError(
+                f"in-place needs the evolved size to equal the stored one ({info.dim}-d), but "
+                f"adapter '{chain.name}' writes {chain.out_dim}-d; use --strategy new-collection"
+            )
+        field = info.vector_field
+    else:
+        default = (
+            f"{info.vector_field}_{chain.to_version}" if info.vector_field else chain.to_version
+        )
+        field = target_field or default
+        existing = info.vector_fields.get(field)
+        if existing is not None and existing != chain.out_dim:
+            raise InputError(
+                f"vector field '{field}' of '{info.name}' is {existing}-d but the adapter writes "
+                f"{chain.out_dim}-d; choose another --target-field"
+            )
+    return Plan(
+        f"{info.name}.{info.vector_field}->{field}@{chain.to_version}",
+        strategy,
+        info,
+        info.name,
+        field,
+        None,
+        chain,
+        filter,
+        rows,
+    )
+
+
+def resolve_alias(store: VectorStore, info: CollectionInfo, alias: str | None) -> str:
+    """The alias to move at the end: the one the user queried through, or --alias."""
+    alias = alias or info.alias
+    if alias is None:
+        raise InputError(
+            f"'{info.requested}' is a collection, not an alias, so there is nothing to re-point; "
+            f"pass --alias NAME to create the alias your queries will use"
+        )
+    if store.alias_target(alias) is None and store.has_collection(alias):
+        raise InputError(
+            f"--alias '{alias}' is the name of a collection, not an alias; choose another name"
+        )
+    return alias
+
+
+@dataclass(frozen=True)
+class Estimate:
+    rows: int
+    sample_rows: int
+    read_transform_rows_per_s: float
+    seconds_read_transform: float  # writes add to this; they are not timed in a dry run
+
+
+def estimate(store: VectorStore, plan: Plan, batch_size: int) -> Estimate:
+    """Time one real batch of reading and transforming (no writes) and extrapolate."""
+    start = time.perf_counter()
+    n = 0
+    for batch in store.iter_batches(plan.source, batch_size, filter=plan.filter):
+        plan.chain(batch.vectors)
+        n = len(batch)
+        break
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    rate = n / elapsed
+    return Estimate(plan.rows, n, rate, plan.rows / rate if rate else float("inf"))

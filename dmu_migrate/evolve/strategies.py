@@ -1,0 +1,226 @@
+"""Where evolved vectors go: a new collection, a new vector field, or in place.
+
+Each strategy knows how to prepare its target, write a batch, list the ids it
+has written (for catch-up and verification), read vectors back, cut over and
+roll back. The pipeline drives them all the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.evolve import snapshot
+from dmu_migrate.evolve.ledger import Record
+from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION, NEW_FIELD, Plan
+from dmu_migrate.stores.base import TAG_FROM, TAG_ORIGIN, TAG_VERSION, Batch, VectorStore
+
+ID_BATCH = 16384
+
+
+class Strategy:
+    def __init__(self, store: VectorStore, plan: Plan) -> None:
+        self.store = store
+        self.plan = plan
+
+    def prepare(self, record: Record) -> None:
+        raise NotImplementedError
+
+    def write(self, record: Record, batch: Batch, evolved: np.ndarray) -> dict[str, Any] | None:
+        """Write one batch; may return a pending marker the pipeline must persist first."""
+        raise NotImplementedError
+
+    def written_ids(self) -> Iterator[np.ndarray] | None:
+        """Ids already at the target version, in id order; None when the store cannot tell."""
+        raise NotImplementedError
+
+    def read_back(self, ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def expected(self, ids: np.ndarray) -> np.ndarray:
+        """adapter(old vectors) of these ids: what read_back must return."""
+        return self.plan.chain(
+            self.store.fetch(self.plan.source, ids, self.plan.source.vector_field).vectors
+        )
+
+    def cut_over(self, record: Record) -> str:
+        """Make the evolved vectors the live ones; returns a sentence for the user."""
+        raise NotImplementedError
+
+    @staticmethod
+    def rollback(store: VectorStore, record: Record) -> str:
+        """Undo the cut-over of a finished migration; needs no adapter."""
+        raise NotImplementedError
+
+
+class NewCollection(Strategy):
+    """Copy every row into ``<base>__<version>`` and move the alias at the end."""
+
+    def prepare(self, record: Record) -> None:
+        plan = self.plan
+        if self.store.has_collection(plan.target):
+            problem = self.store.target_problem(plan.source, plan.target, plan.chain.out_dim)
+            if problem:
+                raise StoreError(
+                    f"target collection '{plan.target}' exists but {problem}; drop or rename "
+                    f"it, then run evolve again"
+                )
+        else:
+            self.store.create_like(plan.source, plan.target, plan.chain.out_dim)
+
+    def write(self, record: Record, batch: Batch, evolved: np.ndarray) -> None:
+        self.store.write_rows(
+            self.plan.source, self.plan.target, replace(batch, vectors=evolved), self.plan.tags
+        )
+
+    def written_ids(self) -> Iterator[np.ndarray]:
+        return self.store.iter_ids(self.plan.target, ID_BATCH, self.plan.filter)
+
+    def read_back(self, ids: np.ndarray) -> np.ndarray:
+        target = replace(self.plan.source, name=self.plan.target)
+        return self.store.fetch(target, ids, self.plan.source.vector_field).vectors
+
+    def cut_over(self, record: Record) -> str:
+        plan = self.plan
+        if plan.filter:
+            return (
+                f"'{plan.target}' holds the filtered rows only, so alias '{plan.alias}' was "
+                f"not moved; run evolve without --filter to finish"
+            )
+        if plan.alias is None:
+            return f"'{plan.target}' is ready"
+        current = self.store.alias_target(plan.alias)
+        if current != plan.target:
+            record.previous_alias_target = current or plan.source.name
+        self.store.point_alias(plan.alias, plan.target)
+        return f"alias '{plan.alias}' -> '{plan.target}'"
+
+    @staticmethod
+    def rollback(store: VectorStore, record: Record) -> str:
+        if not record.alias:
+            raise InputError(
+                f"migration '{record.key}' moved no alias; there is nothing to roll back"
+            )
+        back = record.previous_alias_target or record.source
+        store.point_alias(record.alias, back)
+        return f"alias '{record.alias}' -> '{back}' (evolved collection '{record.target}' kept)"
+
+
+class NewField(Strategy):
+    """Write the evolved vector into a new vector field beside the old one."""
+
+    def prepare(self, record: Record) -> None:
+        plan = self.plan
+        if plan.target_field not in plan.source.vector_fields:
+            self.store.add_vector_field(plan.source, plan.target_field, plan.chain.out_dim)
+
+    def write(self, record: Record, batch: Batch, evolved: np.ndarray) -> None:
+        self.store.write_vectors(
+            self.plan.source, self.plan.target_field, batch.ids, evolved, self.plan.tags
+        )
+
+    def written_ids(self) -> Iterator[np.ndarray]:
+        tag = self.store.tag_filter(TAG_VERSION, self.plan.chain.to_version)
+        return self.store.iter_ids(self.plan.source.name, ID_BATCH, tag)
+
+    def read_back(self, ids: np.ndarray) -> np.ndarray:
+        return self.store.fetch(self.plan.source, ids, self.plan.target_field).vectors
+
+    def cut_over(self, record: Record) -> str:
+        return (
+            f"vector field '{self.plan.target_field}' of '{self.plan.source.name}' holds "
+            f"the evolved vectors; point your queries at it"
+        )
+
+    @staticmethod
+    def rollback(store: VectorStore, record: Record) -> str:
+        return (
+            f"vector field '{record.vector_field}' of '{record.source}' was never changed; "
+            f"point your queries back at it"
+        )
+
+
+class InPlace(Strategy):
+    """Overwrite the stored vectors, after snapshotting each batch to Parquet."""
+
+    def __init__(self, store: VectorStore, plan: Plan, snapshot_root: Path) -> None:
+        super().__init__(store, plan)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", plan.key)
+        self.directory = snapshot_root / safe
+
+    def prepare(self, record: Record) -> None:
+        if record.snapshot is None:
+            record.snapshot = str(self.directory.resolve())
+        self.directory = Path(record.snapshot)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: Record, batch: Batch, evolved: np.ndarray) -> dict[str, Any]:
+        seq = len(list(self.directory.glob("part-*.parquet")))
+        path = snapshot.part_path(self.directory, seq)
+        snapshot.write_part(path, batch.ids, batch.vectors)
+        return {"part": str(path), "last_id": batch.ids[-1].item()}
+
+    def apply(self, pending: dict[str, Any]) -> None:
+        """Overwrite from a snapshot part: the part, not the store, holds the old vectors."""
+        ids, old = snapshot.read_part(Path(pending["part"]))
+        self.store.write_vectors(
+            self.plan.source,
+            self.plan.source.vector_field,
+            ids,
+            self.plan.chain(old),
+            self.plan.tags,
+        )
+
+    def written_ids(self) -> Iterator[np.ndarray]:
+        for ids, _ in snapshot.iter_parts(self.directory):
+            yield ids
+
+    def expected(self, ids: np.ndarray) -> np.ndarray:
+        wanted = {i: n for n, i in enumerate(ids.tolist())}
+        out = np.zeros((len(ids), self.plan.chain.out_dim), np.float32)
+        for part_ids, old in snapshot.iter_parts(self.directory):
+            rows = [k for k, i in enumerate(part_ids.tolist()) if i in wanted]
+            if rows:
+                evolved = self.plan.chain(old[rows])
+                for k, row in zip(rows, evolved, strict=True):
+                    out[wanted[part_ids[k].item()]] = row
+        return out
+
+    def read_back(self, ids: np.ndarray) -> np.ndarray:
+        return self.store.fetch(self.plan.source, ids, self.plan.source.vector_field).vectors
+
+    def cut_over(self, record: Record) -> str:
+        return f"vectors of '{self.plan.source.name}' were replaced; snapshot in {self.directory}"
+
+    @staticmethod
+    def rollback(store: VectorStore, record: Record) -> str:
+        if not record.snapshot or not Path(record.snapshot).is_dir():
+            raise InputError(
+                f"snapshot of '{record.key}' is missing ({record.snapshot}); cannot restore"
+            )
+        tags = {TAG_VERSION: record.from_version, TAG_FROM: "", TAG_ORIGIN: "restored"}
+        info = store.describe(record.source, record.vector_field)
+        rows = 0
+        for ids, old in snapshot.iter_parts(Path(record.snapshot)):
+            store.write_vectors(info, record.vector_field, ids, old, tags)
+            rows += len(ids)
+        return f"restored {rows} vectors of '{record.source}' from {record.snapshot}"
+
+
+STRATEGY_CLASSES: dict[str, type[Strategy]] = {
+    NEW_COLLECTION: NewCollection,
+    NEW_FIELD: NewField,
+    IN_PLACE: InPlace,
+}
+
+
+def make_strategy(store: VectorStore, plan: Plan, snapshot_root: Path) -> Strategy:
+    if plan.strategy == IN_PLACE:
+        return InPlace(store, plan, snapshot_root)
+    return STRATEGY_CLASSES[plan.strategy](store, plan)
