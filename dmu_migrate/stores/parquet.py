@@ -1,0 +1,454 @@
+"""A store over a directory of Parquet files (``parquet:path/to/dir``): offline evolve, snapshots.
+
+Layout, one writer at a time::
+
+    dir/aliases.json               {alias: collection}
+    dir/ledger.json                {key: record}
+    dir/<collection>/schema.json   {"format": 1, "pk": "id", "metric": "COSINE",
+                                    "vector_fields": {"vector": 128}}
+    dir/<collection>/part-<h>.parquet   whole rows (pk, vector columns as fixed-size
+                                        float32 lists, scalar fields, tags)
+    dir/<collection>/del-<h>.parquet    tombstones (pk column only)
+
+Every file is written to a temporary name and renamed, so a reader never sees half a
+file. ``<h>`` is a hash of the batch's ids, so writing the same batch again replaces
+its file instead of adding one; each file records a write sequence number in its
+metadata (``dmu_seq``) and reads keep, per id, the row of the latest file.
+
+Filters use a subset of the Milvus expression syntax, so that one filter text reads
+the same on both: clauses ``field op value`` joined by ``and``, with ``==``, ``!=``,
+``<``, ``<=``, ``>``, ``>=``, ``in [...]``, ``not in [...]`` and JSON values
+(``dmu_version != "v2" and label in [1, 2]``). A row without the field matches only
+``!=`` and ``not in`` (a row not yet tagged is "not at version v2").
+Other vector fields travel in ``Batch.fields`` as in the Qdrant store
+(``VECTOR_KEY_PREFIX + name``), so snapshots of either store round-trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.stores.base import Batch, CollectionInfo, Id
+from dmu_migrate.stores.qdrant import VECTOR_KEY_PREFIX
+
+_SEQ = b"dmu_seq"
+_CLAUSE = re.compile(
+    r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|>=|<=|>|<|not\s+in\b|in\b)\s*"
+    r"(\[[^\]]*\]|\"(?:[^\"\\]|\\.)*\"|'[^']*'|[-+]?[0-9][0-9.eE+-]*|true|false)\s*"
+)
+_COMPARE = {"==": pc.equal, "!=": pc.not_equal, ">": pc.greater, ">=": pc.greater_equal}
+_COMPARE.update({"<": pc.less, "<=": pc.less_equal})
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _literal(text: str, expr: str) -> Any:
+    if text.startswith("'"):
+        return text[1:-1]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--filter '{expr}' has a bad value {text}; use JSON values") from exc
+
+
+def _mask(table: pa.Table, expr: str) -> pa.Array:
+    """Rows matching a Milvus-style filter (see the module docstring)."""
+    keep = pa.array(np.ones(len(table), dtype=bool))
+    pos = 0
+    while True:
+        m = _CLAUSE.match(expr, pos)
+        if m is None:
+            raise InputError(
+                f"--filter '{expr}' is not understood near '{expr[pos : pos + 20]}'; the Parquet "
+                f'store takes clauses like label == 3 and dmu_version != "v2" joined by "and"'
+            )
+        name, op, value = m.group(1), " ".join(m.group(2).split()), _literal(m.group(3), expr)
+        negated = op in ("!=", "not in")
+        if name not in table.column_names:
+            hit = pa.array(np.full(len(table), negated))
+        else:
+            column = table[name]
+            try:
+                if op in ("in", "not in"):
+                    hit = pc.is_in(column, value_set=pa.array(value))
+                    hit = pc.invert(hit) if negated else hit
+                else:
+                    hit = _COMPARE[op](column, pa.scalar(value))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
+                raise InputError(
+                    f"--filter '{expr}' compares field '{name}' ({column.type}) with {m.group(3)}; "
+                    f"use a value of the field's type"
+                ) from exc
+            hit = pc.fill_null(hit, negated)
+        keep = pc.and_(keep, hit)
+        pos = m.end()
+        if pos == len(expr):
+            return keep
+        connective = re.compile(r"and\s", re.IGNORECASE).match(expr, pos)
+        if connective is None:
+            raise InputError(
+                f"--filter '{expr}' joins clauses with something other than 'and' near "
+                f"'{expr[pos : pos + 20]}'; the Parquet store supports 'and' only"
+            )
+        pos = connective.end()
+
+
+def _vector_column(rows: list[Any], dim: int) -> pa.Array:
+    """Fixed-size float32 lists; None rows (a point without this vector) stay null."""
+    flat = np.zeros((len(rows), dim), dtype=np.float32)
+    present = np.ones(len(rows), dtype=bool)
+    for i, row in enumerate(rows):
+        if row is None:
+            present[i] = False
+        else:
+            flat[i] = np.asarray(row, dtype=np.float32)
+    values = pa.array(flat.reshape(-1), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(~present))
+
+
+class ParquetStore:
+    def __init__(self, root: Path, uri: str) -> None:
+        self.root = root
+        self.uri = uri
+        # Per part file: (mtime_ns, size) -> table, so a read after a write loads only new files.
+        self._parts: dict[Path, tuple[tuple[int, int], int, pa.Table]] = {}
+        self._last_seq = 0
+
+    @classmethod
+    def connect(cls, uri: str, token: str | None = None) -> ParquetStore:
+        path = uri.removeprefix("parquet:")
+        if not path:
+            raise InputError(
+                f"Parquet store URI '{uri}' names no directory; use parquet:path/to/dir"
+            )
+        root = Path(path)
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"Parquet store '{root}' is a file, not a directory; fix --uri")
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root, uri)
+
+    def close(self) -> None:
+        self._parts.clear()
+
+    # -- layout -------------------------------------------------------------------
+    def _aliases(self) -> dict[str, str]:
+        path = self.root / "aliases.json"
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+
+    def _concrete(self, name: str) -> str:
+        concrete = self._aliases().get(name, name)
+        if not (self.root / concrete / "schema.json").exists():
+            present = sorted(p.parent.name for p in self.root.glob("*/schema.json"))
+            raise StoreError(
+                f"collection '{name}' does not exist in '{self.uri}'; check --collection "
+                f"(present: {', '.join(present) or 'none'})"
+            )
+        return concrete
+
+    def _schema(self, name: str) -> dict[str, Any]:
+        return dict(json.loads((self.root / self._concrete(name) / "schema.json").read_text()))
+
+    def _next_seq(self) -> int:
+        # Strictly increasing within a process even when the clock does not move.
+        self._last_seq = max(time.time_ns(), self._last_seq + 1)
+        return self._last_seq
+
+    def _table(self, name: str) -> pa.Table:
+        """The collection's live rows: latest write per id, tombstones applied, id-ordered."""
+        directory = self.root / self._concrete(name)
+        pk = self._schema(name)["pk"]
+        tables = []
+        for path in directory.glob("*.parquet"):
+            stat = path.stat()
+            key = (stat.st_mtime_ns, stat.st_size)
+            cached = self._parts.get(path)
+            if cached is None or cached[0] != key:
+                table = pq.read_table(path)
+                seq = int((table.schema.metadata or {}).get(_SEQ, b"0"))
+                deleted = path.name.startswith("del-")
+                table = table.replace_schema_metadata(None).append_column(
+                    "__deleted", pa.array(np.full(len(table), deleted))
+                )
+                cached = (key, seq, table)
+                self._parts[path] = cached
+            tables.append((cached[1], path.name, cached[2]))
+        if not tables:
+            return pa.table({pk: pa.array([], pa.int64())})
+        ordered = [t for _, _, t in sorted(tables, key=lambda t: (t[0], t[1]))]
+        merged = pa.concat_tables(ordered, promote_options="permissive")
+        merged = merged.append_column("__order", pa.array(np.arange(len(merged))))
+        latest = merged.group_by(pk).aggregate([("__order", "max")])["__order_max"]
+        merged = merged.filter(pc.is_in(merged["__order"], value_set=latest))
+        merged = merged.filter(pc.invert(merged["__deleted"]))
+        return merged.drop_columns(["__order", "__deleted"]).sort_by(pk)
+
+    # -- discovery -------------------------------------------------------------------
+    def has_collection(self, name: str) -> bool:
+        target = self._aliases().get(name, name)
+        return (self.root / target / "schema.json").exists()
+
+    def describe(self, name: str, vector_field: str | None = None) -> CollectionInfo:
+        concrete = self._concrete(name)
+        schema = self._schema(concrete)
+        vectors: dict[str, int] = {k: int(v) for k, v in schema["vector_fields"].items()}
+        if vector_field is None:
+            if len(vectors) != 1:
+                raise InputError(
+                    f"collection '{name}' has float vector fields [{', '.join(vectors) or 'none'}]; "
+                    f"name the one to evolve with --vector-field"
+                )
+            vector_field = next(iter(vectors))
+        if vector_field not in vectors:
+            raise InputError(
+                f"collection '{name}' has no float vector field '{vector_field}' (float vector "
+                f"fields: {', '.join(vectors) or 'none'}); fix --vector-field"
+            )
+        return CollectionInfo(
+            requested=name,
+            name=concrete,
+            alias=name if concrete != name else None,
+            pk_field=schema["pk"],
+            vector_field=vector_field,
+            dim=vectors[vector_field],
+            metric=schema["metric"],
+            count=self.count(concrete),
+            vector_fields=vectors,
+            schema=schema,
+        )
+
+    def count(self, name: str, filter: str | None = None) -> int:
+        table = self._table(name)
+        return len(table.filter(_mask(table, filter))) if filter else len(table)
+
+    # -- reading -------------------------------------------------------------------
+    def _selected(self, name: str, after: Id | None, filter: str | None) -> pa.Table:
+        table = self._table(name)
+        if filter:
+            table = table.filter(_mask(table, filter))
+        if after is not None:
+            pk = self._schema(name)["pk"]
+            table = table.filter(pc.greater(table[pk], pa.scalar(after)))
+        return table
+
+    def iter_batches(
+        self,
+        info: CollectionInfo,
+        batch_size: int,
+        after: Id | None = None,
+        filter: str | None = None,
+        vector_field: str | None = None,
+    ) -> Iterator[Batch]:
+        table = self._selected(info.name, after, filter)
+        field = info.vector_field if vector_field is None else vector_field
+        for start in range(0, len(table), batch_size):
+            yield self._to_batch(info.name, table.slice(start, batch_size), field)
+
+    def iter_ids(
+        self, name: str, batch_size: int, filter: str | None = None
+    ) -> Iterator[np.ndarray]:
+        pk = self._schema(name)["pk"]
+        ids = self._selected(name, None, filter)[pk]
+        for start in range(0, len(ids), batch_size):
+            yield self._ids(ids.slice(start, batch_size))
+
+    @staticmethod
+    def _ids(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        if pa.types.is_integer(column.type):
+            return np.asarray(column.to_numpy(), dtype=np.int64)
+        return np.asarray(column.to_pylist(), dtype=object)
+
+    def _to_batch(self, name: str, table: pa.Table, field: str) -> Batch:
+        schema = self._schema(name)
+        pk, vector_fields = schema["pk"], schema["vector_fields"]
+        if field not in table.column_names or table[field].null_count:
+            raise StoreError(
+                f"collection '{name}' has rows without vector '{field}'; "
+                f"write it first or choose another --vector-field"
+            )
+        column = table[field].combine_chunks()
+        vectors = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        fields: dict[str, list[Any]] = {}
+        for cname in table.column_names:
+            if cname in (pk, field):
+                continue
+            values = table[cname].to_pylist()
+            if cname in vector_fields:
+                fields[VECTOR_KEY_PREFIX + cname] = [
+                    None if v is None else np.asarray(v, dtype=np.float32) for v in values
+                ]
+            else:
+                fields[cname] = values
+        dim = int(vector_fields[field])
+        return Batch(self._ids(table[pk]), vectors.reshape(len(table), dim), fields)
+
+    def fetch(self, info: CollectionInfo, ids: np.ndarray, vector_field: str) -> Batch:
+        return self._to_batch(info.name, self._rows(info.name, ids), vector_field)
+
+    def _rows(self, name: str, ids: np.ndarray) -> pa.Table:
+        table = self._table(name)
+        pk = self._schema(name)["pk"]
+        wanted = pa.array(ids.tolist())
+        positions = pc.index_in(wanted, value_set=table[pk])
+        if positions.null_count:
+            missing = [
+                i for i, p in zip(ids.tolist(), positions.to_pylist(), strict=True) if p is None
+            ]
+            raise StoreError(
+                f"collection '{name}' lacks ids {missing[:5]} ({len(missing)} missing); "
+                f"re-run the migration to write them"
+            )
+        return table.take(positions)
+
+    # -- writing -------------------------------------------------------------------
+    def _write_part(self, name: str, prefix: str, table: pa.Table) -> None:
+        pk = self._schema(name)["pk"]
+        digest = hashlib.sha1("\n".join(map(str, table[pk].to_pylist())).encode()).hexdigest()
+        path = self.root / self._concrete(name) / f"{prefix}-{digest[:20]}.parquet"
+        tmp = path.with_name(path.name + ".tmp")
+        table = table.replace_schema_metadata({_SEQ: str(self._next_seq())})
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)  # whole file or nothing, and a rewrite replaces it
+
+    def create_like(self, source: CollectionInfo, target: str, new_dim: int) -> None:
+        if self.has_collection(target):
+            raise StoreError(
+                f"collection '{target}' already exists in '{self.uri}'; drop it or choose another target"
+            )
+        vectors = dict(source.vector_fields) or {source.vector_field: source.dim}
+        vectors[source.vector_field] = new_dim
+        directory = self.root / target
+        directory.mkdir(parents=True)
+        schema = {
+            "format": 1,
+            "pk": source.pk_field,
+            "metric": source.metric,
+            "vector_fields": vectors,
+        }
+        _write_json(directory / "schema.json", schema)
+
+    def target_problem(self, source: CollectionInfo, target: str, new_dim: int) -> str | None:
+        if not self.has_collection(target):
+            return f"collection '{target}' does not exist"
+        schema = self._schema(target)
+        dim = schema["vector_fields"].get(source.vector_field)
+        if dim != new_dim:
+            return f"its vector field '{source.vector_field}' is not {new_dim}-d"
+        if schema["metric"] != source.metric:
+            return f"its metric is {schema['metric']}, not {source.metric}"
+        if schema["pk"] != source.pk_field:
+            return f"its primary key is '{schema['pk']}', not '{source.pk_field}'"
+        return None
+
+    def add_vector_field(self, info: CollectionInfo, name: str, dim: int) -> None:
+        schema = self._schema(info.name)
+        have = schema["vector_fields"].get(name)
+        if have == dim:
+            return  # a resumed run: the field is already there
+        if have is not None or name == schema["pk"]:
+            raise StoreError(
+                f"collection '{info.name}' already has a field '{name}'; choose another --vector-field name"
+            )
+        schema["vector_fields"][name] = dim
+        _write_json(self.root / info.name / "schema.json", schema)
+
+    def write_rows(
+        self, source: CollectionInfo, target: str, batch: Batch, tags: dict[str, str]
+    ) -> None:
+        schema = self._schema(target)
+        dims = schema["vector_fields"]
+        columns: dict[str, Any] = {schema["pk"]: pa.array(batch.ids.tolist())}
+        columns[source.vector_field] = _vector_column(list(batch.vectors), batch.vectors.shape[1])
+        for key, values in batch.fields.items():
+            vname = key.removeprefix(VECTOR_KEY_PREFIX)
+            if key.startswith(VECTOR_KEY_PREFIX) or vname in dims:
+                dim = dims.get(vname) or next(len(v) for v in values if v is not None)
+                columns[vname] = _vector_column(values, int(dim))
+            else:
+                columns[key] = pa.array(
+                    [v.tolist() if isinstance(v, np.ndarray) else v for v in values]
+                )
+        columns.update({k: pa.array([v] * len(batch), pa.string()) for k, v in tags.items()})
+        self._write_part(target, "part", pa.table(columns))
+
+    def write_vectors(
+        self,
+        info: CollectionInfo,
+        field: str,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        tags: dict[str, str],
+    ) -> None:
+        dims = self._schema(info.name)["vector_fields"]
+        if field not in dims:
+            raise StoreError(
+                f"collection '{info.name}' has no vector field '{field}'; add it first (add_vector_field)"
+            )
+        rows = self._rows(info.name, ids)  # whole rows: a part file replaces rows, not cells
+        updates = {field: _vector_column(list(vectors), int(dims[field]))}
+        updates.update({k: pa.array([v] * len(rows), pa.string()) for k, v in tags.items()})
+        for cname, column in updates.items():
+            if cname in rows.column_names:
+                rows = rows.set_column(rows.column_names.index(cname), cname, column)
+            else:
+                rows = rows.append_column(cname, column)
+        self._write_part(info.name, "part", rows)
+
+    def delete_ids(self, name: str, ids: np.ndarray) -> None:
+        pk = self._schema(name)["pk"]
+        self._write_part(name, "del", pa.table({pk: pa.array(ids.tolist())}))
+
+    def tag_filter(self, tag: str, value: str) -> str:
+        return f"{tag} == {json.dumps(value)}"
+
+    def flush(self, name: str) -> None:
+        """Every write is a renamed file; nothing is buffered."""
+
+    def drop_collection(self, name: str) -> None:
+        shutil.rmtree(self.root / self._concrete(name))
+
+    # -- aliases -------------------------------------------------------------------
+    def alias_target(self, alias: str) -> str | None:
+        return self._aliases().get(alias)
+
+    def point_alias(self, alias: str, target: str) -> None:
+        if not (self.root / target / "schema.json").exists():
+            raise StoreError(
+                f"cannot point alias '{alias}' at missing collection '{target}'; create it first"
+            )
+        aliases = self._aliases()
+        aliases[alias] = target
+        _write_json(self.root / "aliases.json", aliases)  # one rename: readers see old or new
+
+    # -- ledger --------------------------------------------------------------------
+    def _ledger(self) -> dict[str, Any]:
+        path = self.root / "ledger.json"
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+
+    def ledger_get(self, key: str) -> dict[str, Any] | None:
+        return self._ledger().get(key)
+
+    def ledger_put(self, key: str, record: dict[str, Any]) -> None:
+        ledger = self._ledger()
+        ledger[key] = record
+        _write_json(self.root / "ledger.json", ledger)
+
+    def ledger_list(self) -> list[dict[str, Any]]:
+        return [record for _, record in sorted(self._ledger().items())]
