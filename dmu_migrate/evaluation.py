@@ -1,27 +1,39 @@
 """``dmu-migrate evaluate``: what the upgrade buys, on held-out data.
 
-Four settings (query model -> gallery vectors):
+Settings (query model -> gallery vectors):
     old->old       today's system
     new->old       new queries against the untouched old gallery (compatibility)
     new->evolved   new queries against psi(old gallery): what evolve deploys
+    new->mixed     new queries against a gallery that is part evolved, part natively
+                   new: the store after evolve plus new inserts
     new->new       new queries against a re-embedded gallery (full backfill)
-Only onnxruntime is used, so evaluation runs wherever evolve runs.
+Only onnxruntime is used (matplotlib for the optional chart), so evaluation
+runs wherever evolve runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from dmu_migrate.artifact import Artifact
-from dmu_migrate.data import Columns, Table, read_table
-from dmu_migrate.errors import ArtifactError, InputError
+from dmu_migrate.data import Columns, Table, read_table, vector_column
+from dmu_migrate.errors import InputError
 from dmu_migrate.evolve.transform import OnnxModel
-from dmu_migrate.metrics import RetrievalScores, retrieval_scores
+from dmu_migrate.metrics import (
+    Derived,
+    RetrievalScores,
+    derived_figures,
+    retrieval_scores,
+    tar_at_far,
+)
 
-SETTINGS = ("old->old", "new->old", "new->evolved", "new->new")
+SETTINGS = ("old->old", "new->old", "new->evolved", "new->mixed", "new->new")
+FARS = (1e-3, 1e-4)
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,11 @@ class EvalReport:
     queries: int
     gallery: int
     scores: dict[str, RetrievalScores]
+    mixed_fraction: float = 0.5  # share of gallery items that are natively new in new->mixed
+    new_source: str = "new_model.onnx"  # or "column 'new'": where the new embeddings came from
+    reference: str | None = None  # full-backfill reference artifact, when given
+    reference_scores: RetrievalScores | None = None  # its new->new = M(new*->new*)
+    derived: Derived = field(default_factory=lambda: Derived({}, {}, {}))
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -40,57 +57,186 @@ class EvalReport:
             "protocol": self.protocol,
             "queries": self.queries,
             "gallery": self.gallery,
+            "mixed_fraction": self.mixed_fraction,
+            "new_embeddings": self.new_source,
             "settings": {name: s.as_dict() for name, s in self.scores.items()},
+            "reference": self.reference,
+            "reference_new_new": (
+                self.reference_scores.as_dict() if self.reference_scores is not None else None
+            ),
+            "derived": self.derived.as_dict(),
         }
 
 
-def embed(artifact: Artifact, table: Table) -> dict[str, np.ndarray]:
-    """The three embeddings of every row: old (stored), new (encoder), evolved (adapter)."""
+def _new_column(table: Table, name: str) -> np.ndarray | None:
+    """The table's precomputed new-model embeddings, if it has that column."""
+    if name not in pq.read_schema(table.path).names:
+        return None
+    return vector_column(pq.read_table(table.path, columns=[name]), name, str(table.path))
+
+
+def new_embeddings(
+    artifact: Artifact, table: Table, columns: Columns, need_x: bool, new_name: str = "new"
+) -> tuple[np.ndarray, str]:
+    """New-model embeddings of every row: the artifact's encoder over ``x``, else the
+    table's ``new`` column (an adapter-only artifact ships no encoder)."""
+    m = artifact.manifest
+    if artifact.new_model_path is not None and need_x:
+        if table.x.shape[1] != m.input_dim:
+            raise InputError(
+                f"column '{columns.x}' of '{table.path}' has {table.x.shape[1]} features but the "
+                f"new model of '{m.name}' takes {m.input_dim}; use the table the model was trained for"
+            )
+        return OnnxModel(artifact.new_model_path)(table.x), "new_model.onnx"
+    new = _new_column(table, new_name)
+    if new is None:
+        raise InputError(
+            f"artifact {artifact.label} has no new_model.onnx and '{table.path}' has no column "
+            f"'{new_name}'; add the new model's embeddings as column '{new_name}' (or pass "
+            f"--new-col) or use an artifact trained with a new model"
+        )
+    if new.shape[1] != m.new_dim:
+        raise InputError(
+            f"column '{new_name}' of '{table.path}' has {new.shape[1]}-d vectors but artifact "
+            f"'{m.name}' evolves into {m.new_dim}-d; use the new model's embeddings of this upgrade"
+        )
+    return new, f"column '{new_name}'"
+
+
+def embed(
+    artifact: Artifact, table: Table, columns: Columns = Columns(), new_name: str = "new"
+) -> tuple[dict[str, np.ndarray], str]:
+    """The embeddings of every row: old (stored), new (encoder or column), evolved (adapter)."""
     m = artifact.manifest
     if table.old.shape[1] != m.old_dim:
         raise InputError(
-            f"column 'old' of '{table.path}' has {table.old.shape[1]}-d vectors but adapter "
-            f"'{m.name}' expects {m.old_dim}-d; use the table of the matching old model"
+            f"column '{columns.old}' of '{table.path}' has {table.old.shape[1]}-d vectors but "
+            f"adapter '{m.name}' expects {m.old_dim}-d; use the table of the matching old model"
         )
-    if artifact.new_model_path is None:
-        raise ArtifactError(f"artifact {artifact.label} has no new_model.onnx to encode queries")
-    if table.x.shape[1] != m.input_dim:
+    new, source = new_embeddings(artifact, table, columns, table.x.shape[1] > 0, new_name)
+    vectors = {"old": table.old, "new": new, "evolved": OnnxModel(artifact.adapter_path)(table.old)}
+    return vectors, source
+
+
+def split_roles(table: Table, columns: Columns) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Query and gallery row indices, and whether the protocol is leave-one-out."""
+    if table.role is None:
+        every = np.arange(len(table))
+        return every, every, True
+    is_query = table.role == "query"
+    if not is_query.any() or is_query.all():
         raise InputError(
-            f"column 'x' of '{table.path}' has {table.x.shape[1]} features but the new model of "
-            f"'{m.name}' takes {m.input_dim}; use the table the model was trained for"
+            f"column '{columns.role}' of '{table.path}' needs both 'query' and 'gallery' rows"
         )
-    return {
-        "old": table.old,
-        "new": OnnxModel(artifact.new_model_path)(table.x),
-        "evolved": OnnxModel(artifact.adapter_path)(table.old),
-    }
+    return np.flatnonzero(is_query), np.flatnonzero(~is_query), False
+
+
+def mixed_gallery(evolved: np.ndarray, new: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded ``fraction`` of the rows natively new, the rest evolved."""
+    rng = np.random.default_rng(seed)
+    native = rng.permutation(len(new))[: round(fraction * len(new))]
+    mixed = evolved.copy()
+    mixed[native] = new[native]
+    return mixed
+
+
+def score(
+    queries: np.ndarray,
+    q_labels: np.ndarray,
+    gallery: np.ndarray,
+    g_labels: np.ndarray,
+    leave_one_out: bool,
+    fars: Sequence[float],
+) -> RetrievalScores:
+    s = retrieval_scores(queries, q_labels, gallery, g_labels, leave_one_out=leave_one_out)
+    if not fars:
+        return s
+    tar = tar_at_far(queries, q_labels, gallery, g_labels, fars, leave_one_out)
+    return RetrievalScores(s.recall, s.mean_ap, s.queries, tar)
+
+
+def needs_x(artifact: Artifact, reference: Artifact | None) -> bool:
+    return artifact.new_model_path is not None or (
+        reference is not None and reference.new_model_path is not None
+    )
 
 
 def evaluate(
-    table_path: str | Path, artifact: Artifact, columns: Columns = Columns()
+    table_path: str | Path,
+    artifact: Artifact,
+    columns: Columns = Columns(),
+    reference: Artifact | None = None,
+    mixed_fraction: float = 0.5,
+    seed: int = 0,
+    fars: Sequence[float] = FARS,
+    new_col: str = "new",
 ) -> EvalReport:
-    table = read_table(table_path, columns)
-    vectors = embed(artifact, table)
-    if table.role is not None:
-        is_query = table.role == "query"
-        if not is_query.any() or is_query.all():
-            raise InputError(
-                f"column '{columns.role}' of '{table_path}' needs both 'query' and 'gallery' rows"
-            )
-        q_idx, g_idx = np.flatnonzero(is_query), np.flatnonzero(~is_query)
-        protocol = "query/gallery"
-    else:
-        q_idx = g_idx = np.arange(len(table))
-        protocol = "leave-one-out"
+    """Score every setting on a held-out table; ``reference`` is the full-backfill model.
+
+    The mixed gallery is the table's gallery rows with a seeded ``mixed_fraction``
+    of them embedded natively by the new model and the rest evolved.
+    """
+    if not 0.0 <= mixed_fraction <= 1.0:
+        raise InputError(f"--mixed-fraction is {mixed_fraction}; give a share between 0 and 1")
+    table = read_table(table_path, columns, need_x=needs_x(artifact, reference))
+    vectors, source = embed(artifact, table, columns, new_col)
+    q_idx, g_idx, loo = split_roles(table, columns)
+    gallery_rows = {kind: v[g_idx] for kind, v in vectors.items()}
+    gallery_rows["mixed"] = mixed_gallery(
+        gallery_rows["evolved"], gallery_rows["new"], mixed_fraction, seed
+    )
+    q_labels, g_labels = table.labels[q_idx], table.labels[g_idx]
 
     scores = {}
     for setting in SETTINGS:
         query_kind, gallery_kind = setting.split("->")
-        scores[setting] = retrieval_scores(
-            vectors[query_kind][q_idx],
-            table.labels[q_idx],
-            vectors[gallery_kind][g_idx],
-            table.labels[g_idx],
-            leave_one_out=table.role is None,
+        scores[setting] = score(
+            vectors[query_kind][q_idx], q_labels, gallery_rows[gallery_kind], g_labels, loo, fars
         )
-    return EvalReport(str(table_path), str(artifact.path), protocol, len(q_idx), len(g_idx), scores)
+
+    ref_scores = None
+    if reference is not None:
+        ref_new, _ = new_embeddings(reference, table, columns, table.x.shape[1] > 0, new_col)
+        ref_scores = score(ref_new[q_idx], q_labels, ref_new[g_idx], g_labels, loo, fars)
+    return EvalReport(
+        table=str(table_path),
+        artifact=str(artifact.path),
+        protocol="leave-one-out" if loo else "query/gallery",
+        queries=len(q_idx),
+        gallery=len(g_idx),
+        scores=scores,
+        mixed_fraction=mixed_fraction,
+        new_source=source,
+        reference=str(reference.path) if reference is not None else None,
+        reference_scores=ref_scores,
+        derived=derived_figures(scores, ref_scores),
+    )
+
+
+def plot_report(report: EvalReport, path: str | Path, title: str | None = None) -> Path:
+    """Grouped bars: one group per metric, one bar per setting (plus the reference)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    bars = {name: s.as_dict() for name, s in report.scores.items()}
+    if report.reference_scores is not None:
+        bars["new*->new* (backfill)"] = report.reference_scores.as_dict()
+    metrics = list(next(iter(bars.values())))
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(metrics) + 2), 4))
+    for i, (name, values) in enumerate(bars.items()):
+        heights = [0.0 if np.isnan(values[m]) else values[m] for m in metrics]
+        xs = np.arange(len(metrics)) + (i - (len(bars) - 1) / 2) * width
+        ax.bar(xs, heights, width, label=name)
+    ax.set_xticks(np.arange(len(metrics)), metrics)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.set_title(title or f"{Path(report.artifact).name} on {Path(report.table).name}")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,13 +1,15 @@
-"""Retrieval metrics on numpy arrays: Recall@k and mAP by exact cosine search.
+"""Retrieval metrics on numpy arrays: Recall@k, mAP and TAR@FAR by exact cosine search.
 
 Vectors are L2-normalised here, so inner product is cosine similarity. Queries
-are scored in chunks so that memory stays at ``chunk x gallery`` floats.
+are scored in chunks so that memory stays at ``chunk x gallery`` floats, plus,
+for TAR@FAR, the highest ``FAR x impostor pairs`` impostor scores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,11 +30,18 @@ class RetrievalScores:
     recall: dict[int, float]
     mean_ap: float
     queries: int  # queries that have at least one relevant gallery item
+    tar: dict[float, float] = field(default_factory=dict)  # FAR -> TAR, when computed
 
     def as_dict(self) -> dict[str, float]:
         out = {f"R@{k}": v for k, v in self.recall.items()}
         out["mAP"] = self.mean_ap
+        out.update({far_name(far): v for far, v in self.tar.items()})
         return out
+
+
+def far_name(far: float) -> str:
+    """``1e-3`` -> ``TAR@FAR=1e-03``: one spelling for tables, JSON and charts."""
+    return f"TAR@FAR={far:.0e}"
 
 
 def retrieval_scores(
@@ -84,3 +93,121 @@ def retrieval_scores(
     if counted == 0:
         return RetrievalScores({k: float("nan") for k in ks}, float("nan"), 0)
     return RetrievalScores({k: hits[k] / counted for k in ks}, ap_sum / counted, counted)
+
+
+def _similarity_chunks(
+    q: np.ndarray, ql: np.ndarray, g: np.ndarray, gl: np.ndarray, leave_one_out: bool
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(scores, genuine mask, pair mask) per query chunk; the pair mask drops self-pairs."""
+    for start in range(0, len(q), _CHUNK):
+        stop = min(start + _CHUNK, len(q))
+        sims = q[start:stop] @ g.T
+        genuine = ql[start:stop, None] == gl[None, :]
+        valid = np.ones_like(genuine)
+        if leave_one_out:
+            rows = np.arange(stop - start)
+            valid[rows, rows + start] = False
+        yield sims, genuine & valid, valid
+
+
+def tar_at_far(
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    fars: Sequence[float] = (1e-3, 1e-4),
+    leave_one_out: bool = False,
+) -> dict[float, float]:
+    """True accept rate at a false accept rate, over every query-gallery pair.
+
+    Genuine pairs share a label, every other pair is an impostor. For each FAR
+    the threshold is the (k+1)-th highest impostor score with k = floor(FAR x
+    impostors), so at most k impostors score strictly above it; TAR is the share
+    of genuine pairs strictly above. Two passes over the similarity chunks keep
+    memory at one chunk plus the top k+1 impostor scores, never all pairs. A FAR
+    below 1 / impostors cannot be measured on this data and gives NaN, as does a
+    table without genuine pairs.
+    """
+    q, g = l2_normalize(queries), l2_normalize(gallery)
+    ql, gl = np.asarray(query_labels), np.asarray(gallery_labels)
+    if leave_one_out and len(q) != len(g):
+        raise ValueError("leave-one-out needs the query set to be the gallery")
+    # Pair counts from label frequencies, so the top-k size is known before scanning.
+    labels, q_counts = np.unique(ql, return_counts=True)
+    g_counts = np.array([int((gl == label).sum()) for label in labels])
+    n_genuine = int((q_counts * g_counts).sum()) - (len(q) if leave_one_out else 0)
+    n_pairs = len(q) * len(g) - (len(q) if leave_one_out else 0)
+    n_impostor = n_pairs - n_genuine
+    ks = {far: math.floor(far * n_impostor) for far in fars}
+    out = {far: float("nan") for far in fars}
+    measurable = [far for far in fars if ks[far] >= 1]
+    if n_genuine == 0 or not measurable:
+        return out
+
+    keep = max(ks[far] for far in measurable) + 1
+    top = np.empty(0, np.float32)
+    for sims, genuine, valid in _similarity_chunks(q, ql, g, gl, leave_one_out):
+        impostor = sims[valid & ~genuine]
+        merged = np.concatenate([top, impostor])
+        if len(merged) > keep:
+            merged = np.partition(merged, len(merged) - keep)[-keep:]
+        top = merged
+    top = np.sort(top)[::-1]
+    thresholds = {far: top[ks[far]] for far in measurable}
+    accepted = dict.fromkeys(measurable, 0)
+    for sims, genuine, _ in _similarity_chunks(q, ql, g, gl, leave_one_out):
+        scores = sims[genuine]
+        for far in measurable:
+            accepted[far] += int((scores > thresholds[far]).sum())
+    out.update({far: accepted[far] / n_genuine for far in measurable})
+    return out
+
+
+@dataclass(frozen=True)
+class Derived:
+    """The figures of method.md, per metric name (``R@1``, ``mAP``, ...).
+
+    ``gain_captured`` and ``degradation`` need the full-backfill reference
+    (an independently trained new model's new->new); they are empty without it.
+    """
+
+    compatible: dict[str, bool]  # M(new->old) > M(old->old)
+    gain_captured: dict[str, dict[str, float]]  # setting -> metric -> share of the backfill gain
+    degradation: dict[str, float]  # M(new*->new*) - M(new->new)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "compatible": self.compatible,
+            "gain_captured": self.gain_captured,
+            "new_to_new_degradation": self.degradation,
+        }
+
+
+def derived_figures(
+    scores: Mapping[str, RetrievalScores],
+    reference: RetrievalScores | None = None,
+    gain_settings: Sequence[str] = ("new->evolved", "new->mixed"),
+) -> Derived:
+    """Compatibility, share of the full-backfill gain captured, new-to-new degradation.
+
+    ``scores`` maps settings (``old->old``, ``new->old``, ``new->new`` and those in
+    ``gain_settings``) to their scores; ``reference`` is M(new*->new*). A gain
+    share is NaN when the backfill gains nothing over the old system (no scale).
+    """
+    old, new_old = scores["old->old"].as_dict(), scores["new->old"].as_dict()
+    compatible = {m: bool(new_old[m] > old[m]) for m in old if not math.isnan(old[m])}
+    gain: dict[str, dict[str, float]] = {}
+    degradation: dict[str, float] = {}
+    if reference is not None:
+        ref = reference.as_dict()
+        for setting in gain_settings:
+            if setting not in scores:
+                continue
+            got = scores[setting].as_dict()
+            gain[setting] = {
+                m: (got[m] - old[m]) / (ref[m] - old[m]) if ref[m] != old[m] else float("nan")
+                for m in old
+            }
+        new_new = scores["new->new"].as_dict()
+        degradation = {m: ref[m] - new_new[m] for m in old}
+    return Derived(compatible, gain, degradation)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import dmu_migrate.metrics as metrics
-from dmu_migrate.metrics import l2_normalize, retrieval_scores
+from dmu_migrate.metrics import derived_figures, l2_normalize, retrieval_scores, tar_at_far
 
 A, B, C, D = 0, 1, 2, 3
 
@@ -181,3 +181,90 @@ def test_scaling_invariance_with_arbitrary_factors() -> None:
     factors_g = np.array([7.1, 0.2, 55.0, 1.5, 0.9, 1e3])[:, None]
     s = retrieval_scores(QUERIES * factors_q, QUERY_LABELS, GALLERY * factors_g, GALLERY_LABELS)
     assert s.as_dict() == pytest.approx(EXPECTED)
+
+
+# TAR@FAR by hand. Queries q0 = [1, 0] (A), q1 = [0, 1] (B); cosines per gallery item:
+#            g0 A [1,0]  g1 A [.6,.8]  g2 B [.8,.6]  g3 B [-1,0]  g4 C [0,-1]
+#   q0 (A)     1.0 gen     .6 gen        .8 imp       -1 imp       0 imp
+#   q1 (B)     0   imp     .8 imp        .6 gen        0 gen      -1 imp
+# Genuine: 1.0, .6, .6, 0 (4). Impostors, high to low: .8, .8, 0, 0, -1, -1 (6).
+# FAR .2 -> k = floor(1.2) = 1: threshold = 2nd highest impostor .8; genuine > .8: 1 of 4.
+# FAR .5 -> k = 3: threshold = 4th highest impostor 0; genuine > 0: 3 of 4.
+# FAR .1 -> k = 0: fewer impostors than 1 / FAR, not measurable.
+TAR_Q = np.array([[1.0, 0.0], [0.0, 1.0]])
+TAR_QL = np.array([A, B])
+TAR_G = np.array([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [-1.0, 0.0], [0.0, -1.0]])
+TAR_GL = np.array([A, A, B, B, C])
+
+
+def test_tar_at_far_hand_computed() -> None:
+    tar = tar_at_far(TAR_Q, TAR_QL, TAR_G, TAR_GL, fars=(0.2, 0.5, 0.1))
+    assert tar[0.2] == pytest.approx(0.25)
+    assert tar[0.5] == pytest.approx(0.75)
+    assert math.isnan(tar[0.1])
+
+
+def test_tar_at_far_without_genuine_pairs_is_nan() -> None:
+    tar = tar_at_far(TAR_Q, np.array([C, C]), TAR_G[:4], TAR_GL[:4], fars=(0.5,))
+    assert math.isnan(tar[0.5])
+
+
+def brute_force_tar(q, ql, g, gl, far, leave_one_out):
+    """Every pair's score in one matrix: the definition, without the memory bound."""
+    sims = l2_normalize(q) @ l2_normalize(g).T
+    genuine = ql[:, None] == gl[None, :]
+    valid = np.ones_like(genuine)
+    if leave_one_out:
+        np.fill_diagonal(valid, False)
+    impostor = np.sort(sims[valid & ~genuine])[::-1]
+    k = math.floor(far * len(impostor))
+    return float((sims[valid & genuine] > impostor[k]).mean())
+
+
+@pytest.mark.parametrize("leave_one_out", [False, True])
+def test_tar_at_far_chunked_matches_brute_force(
+    monkeypatch: pytest.MonkeyPatch, leave_one_out: bool
+) -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 6, size=300)
+    x = rng.normal(size=(300, 8)) + 2.0 * np.eye(8)[labels % 8]
+    monkeypatch.setattr(metrics, "_CHUNK", 64)  # several chunks, one short
+    fars = (1e-3, 1e-2, 0.1)
+    tar = tar_at_far(x, labels, x, labels, fars, leave_one_out=leave_one_out)
+    for far in fars:
+        expected = brute_force_tar(x, labels, x, labels, far, leave_one_out)
+        assert tar[far] == pytest.approx(expected), far
+    assert 0.0 < tar[1e-3] < tar[0.1] < 1.0
+
+
+def test_scores_carry_tar_under_one_name() -> None:
+    s = metrics.RetrievalScores({1: 0.5}, 0.4, 2, {1e-3: 0.3, 1e-4: 0.1})
+    assert s.as_dict() == {"R@1": 0.5, "mAP": 0.4, "TAR@FAR=1e-03": 0.3, "TAR@FAR=1e-04": 0.1}
+
+
+def _scores(r1: float) -> metrics.RetrievalScores:
+    return metrics.RetrievalScores({1: r1}, r1 / 2, 10)
+
+
+def test_derived_figures_by_hand() -> None:
+    scores = {
+        "old->old": _scores(0.50),
+        "new->old": _scores(0.55),
+        "new->evolved": _scores(0.65),
+        "new->new": _scores(0.78),
+    }
+    d = derived_figures(scores, reference=_scores(0.80))
+    assert d.compatible == {"R@1": True, "mAP": True}
+    # (0.65 - 0.50) / (0.80 - 0.50) = 0.5, for mAP the same ratio of halves.
+    assert d.gain_captured["new->evolved"] == pytest.approx({"R@1": 0.5, "mAP": 0.5})
+    assert "new->mixed" not in d.gain_captured
+    assert d.degradation == pytest.approx({"R@1": 0.02, "mAP": 0.01})
+
+
+def test_derived_figures_without_reference_and_without_gain() -> None:
+    scores = {"old->old": _scores(0.5), "new->old": _scores(0.4), "new->new": _scores(0.7)}
+    d = derived_figures(scores)
+    assert d.compatible == {"R@1": False, "mAP": False}
+    assert d.gain_captured == {} and d.degradation == {}
+    flat = derived_figures({**scores, "new->evolved": _scores(0.6)}, reference=_scores(0.5))
+    assert math.isnan(flat.gain_captured["new->evolved"]["R@1"])  # backfill gains nothing

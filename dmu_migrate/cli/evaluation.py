@@ -3,42 +3,136 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.table import Table
 
 from dmu_migrate.artifact import load_artifact
 from dmu_migrate.cli.common import AsJson, LabelCol, OldCol, XCol, out, scores_table, user_errors
 from dmu_migrate.data import Columns
 
+if TYPE_CHECKING:
+    from dmu_migrate.evaluation import EvalReport
+
+
+def derived_table(report: EvalReport) -> Table:
+    """The derived figures of method.md, one row per figure, one column per metric."""
+    d = report.derived
+    metrics = list(d.compatible)
+    table = Table(
+        title="derived figures",
+        caption="compatible: new->old > old->old. gain: share of the full-backfill gain "
+        "(new*->new* - old->old) captured. degradation: new*->new* - new->new.",
+    )
+    table.add_column("figure", no_wrap=True)
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    table.add_row(
+        "compatible",
+        *("yes" if d.compatible[m] else "no" for m in metrics),
+    )
+    for setting, shares in d.gain_captured.items():
+        table.add_row(
+            f"gain {setting}",
+            *("n/a" if math.isnan(shares[m]) else f"{shares[m]:.1%}" for m in metrics),
+        )
+    if d.degradation:
+        table.add_row(
+            "degradation",
+            *(f"{d.degradation[m]:+.4f}" for m in metrics),
+        )
+    return table
+
 
 def evaluate(
     table: Annotated[Path, typer.Argument(help="Held-out table (Parquet).")],
     adapter: Annotated[Path, typer.Option(help="Artifact directory written by train.")],
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="Full-backfill reference: an artifact of an independently trained new model. "
+            "Enables 'gain captured' and 'new->new degradation'."
+        ),
+    ] = None,
     label_col: LabelCol = "label",
     old_col: OldCol = "old",
     x_col: XCol = "x",
+    new_col: Annotated[
+        str,
+        typer.Option(help="Column with precomputed new-model embeddings (adapter-only artifacts)."),
+    ] = "new",
     role_col: Annotated[
         str, typer.Option(help="Column marking 'query'/'gallery' rows; without it, leave-one-out.")
     ] = "role",
+    mixed_fraction: Annotated[
+        float, typer.Option(help="Share of gallery items natively new in the new->mixed setting.")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the mixed gallery's draw.")] = 0,
+    tar: Annotated[
+        bool, typer.Option(help="Compute TAR@FAR=1e-3/1e-4 over all query-gallery pairs.")
+    ] = True,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG chart (needs matplotlib) to this path.")
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Score old->old, new->old, new->evolved and new->new retrieval on held-out data.
+    """Score old->old, new->old, new->evolved, new->mixed and new->new retrieval.
 
     Example: dmu-migrate evaluate eval.parquet --adapter adapters/faces-v2
+    --reference adapters/faces-v2-independent --plot report.png
     """
     with user_errors():
+        from dmu_migrate.evaluation import FARS, plot_report
         from dmu_migrate.evaluation import evaluate as run_evaluation
 
+        columns = Columns(label_col, old_col, x_col, role_col)
+        if plot is not None:
+            _check_plotting(plot)
         report = run_evaluation(
-            table, load_artifact(adapter), Columns(label_col, old_col, x_col, role_col)
+            table,
+            load_artifact(adapter),
+            columns,
+            reference=load_artifact(reference) if reference is not None else None,
+            mixed_fraction=mixed_fraction,
+            seed=seed,
+            fars=FARS if tar else (),
+            new_col=new_col,
         )
+        if plot is not None:
+            plot_report(report, plot)
         if as_json:
             out.print_json(json.dumps(report.as_dict()))
             return
-        out.print(
-            scores_table(
-                report, f"{report.protocol}: {report.queries} queries, {report.gallery} gallery"
-            )
+        title = (
+            f"{report.protocol}: {report.queries} queries, {report.gallery} gallery; "
+            f"new embeddings from {report.new_source}; new->mixed = "
+            f"{report.mixed_fraction:.0%} natively new"
         )
+        out.print(scores_table(report, title))
+        if report.reference_scores is not None:
+            ref = report.reference_scores.as_dict()
+            out.print(
+                "reference new*->new* (full backfill): "
+                + ", ".join(f"{k} {v:.4f}" for k, v in ref.items())
+            )
+        else:
+            out.print("no --reference: gain captured and new->new degradation need one")
+        out.print(derived_table(report))
+        if plot is not None:
+            out.print(f"chart: {plot}")
+
+
+def _check_plotting(plot: Path) -> None:
+    from dmu_migrate.errors import InputError
+
+    if plot.suffix.lower() != ".png":
+        raise InputError(f"--plot '{plot}' is not a .png path; give a file name ending in .png")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise InputError(
+            "--plot needs matplotlib; install the training extra: pip install 'dmu-migrate[train]'"
+        ) from None
