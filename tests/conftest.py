@@ -116,9 +116,6 @@ def read_all(db: Path, collection: str) -> dict[int, dict]:
 
 # -- store backends: one contract, every store (see tests/backends.py) ---------------
 
-MILVUS_SERVER_URI = "http://127.0.0.1:19530"
-
-
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory):
     """The real Milvus 2.3.5 standalone server from the `milvus` package, once per session."""
@@ -132,7 +129,8 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory):
     proc = default_server.server_proc
     pid = proc.pid if proc is not None else None
     try:
-        yield MILVUS_SERVER_URI
+        # The package binds the next free port when 19530 is taken (another test run).
+        yield f"http://127.0.0.1:{default_server.listen_port}"
     finally:
         default_server.stop()
         # The server ignores SIGTERM for a while; never leave it holding ports 19530/2379.
@@ -173,3 +171,19 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path):
         harness.close_stores()
         if kind.endswith("-server"):
             harness.drop_created(sorted(harness.list_collections() - before))
+
+
+@pytest.fixture(scope="session")
+def artifact_v3(digits: Digits, artifact: Artifact, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    """A second upgrade, v2 -> v3, trained on the v2 (evolved) vectors: for chained upgrades."""
+    from dmu_migrate.data import read_table
+    from dmu_migrate.evolve.transform import OnnxModel
+
+    root = tmp_path_factory.mktemp("v3")
+    table = read_table(digits.train_path)
+    v2 = OnnxModel(artifact.adapter_path)(table.old)
+    write_table(root / "train_v2.parquet", {"label": table.labels, "old": v2, "x": table.x})
+    config = TrainConfig(epochs=8, batch_size=128, seed=0)
+    return train_upgrade(
+        root / "train_v2.parquet", root, "digits-v3", config, from_version="v2", to_version="v3"
+    ).artifact
