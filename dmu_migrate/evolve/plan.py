@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dmu_migrate.errors import InputError
 from dmu_migrate.evolve.ledger import Record
@@ -90,7 +90,7 @@ def make_plan(
 ) -> Plan:
     if strategy not in STRATEGIES:
         raise InputError(f"unknown --strategy '{strategy}'; use one of {', '.join(STRATEGIES)}")
-    info = store.describe(collection, vector_field)
+    info = upgraded_source(store, store.describe(collection, vector_field), chain)
     if info.dim != chain.in_dim:
         raise InputError(
             f"collection '{collection}' has {info.dim}-d vectors in '{info.vector_field or 'default'}' "
@@ -159,6 +159,29 @@ def make_plan(
         filter,
         rows,
     )
+
+
+def upgraded_source(
+    store: VectorStore, info: CollectionInfo, chain: AdapterChain
+) -> CollectionInfo:
+    """After cut-over the alias names the evolved collection; re-runs must read its source.
+
+    Cron runs the same command every time: without this, the second run would
+    evolve the evolved vectors again (v2 -> "v3" through a v1 -> v2 adapter).
+    """
+    if info.alias is None:
+        return info
+    for raw in store.ledger_list():
+        record = Record.from_dict(raw)
+        if (
+            record.strategy == NEW_COLLECTION
+            and record.target == info.name
+            and record.to_version == chain.to_version
+            and record.alias == info.alias
+        ):
+            source = store.describe(record.source, record.vector_field)
+            return replace(source, requested=info.requested, alias=info.alias)
+    return info
 
 
 def resolve_alias(store: VectorStore, info: CollectionInfo, alias: str | None) -> str:
