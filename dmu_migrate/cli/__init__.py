@@ -7,7 +7,10 @@ goes to stderr so that it never mixes with JSON. The library never prints.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from typing import Annotated
 
 import typer
 
@@ -19,6 +22,26 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def configure(
+    verbose: Annotated[
+        int,
+        typer.Option("--verbose", "-v", count=True, help="Log progress to stderr (-vv: debug)."),
+    ] = 0,
+) -> None:
+    """Upgrade the embedding model behind a vector database without backfilling."""
+    if verbose:
+        level = logging.DEBUG if verbose > 1 else logging.INFO
+        logging.basicConfig(
+            level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        # Client libraries are chatty at debug level; keep their warnings only.
+        for noisy in ("pymilvus", "grpc", "httpx", "httpcore", "faiss", "milvus_lite"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 app.command()(training.train)
 app.command()(evaluation.evaluate)
 app.command()(migration.evolve)

@@ -10,6 +10,7 @@ after a batch is acknowledged, so a crash anywhere resumes to the same state.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from dmu_migrate.evolve.strategies import ID_BATCH, InPlace, Strategy, make_stra
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, VerifyReport, diff_sorted, verify
 from dmu_migrate.stores.base import VectorStore
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]  # (rows done, rows total)
 
@@ -171,6 +174,7 @@ def main_pass(
     )
     for batch in batches:
         evolved = plan.chain(batch.vectors)
+        log.debug("writing %d rows after cursor %r", len(batch), record.cursor)
         pending = strategy.write(record, batch, evolved)
         if pending is not None and isinstance(strategy, InPlace):
             record.pending = pending
@@ -181,6 +185,7 @@ def main_pass(
         record.rows_done += len(batch)
         result.rows_written += len(batch)
         ledger.save(record)
+        log.info("batch acknowledged: %d rows, cursor %r", record.rows_done, record.cursor)
         sample.add(batch.ids)
         if on_progress is not None:
             on_progress(record.rows_done, plan.rows)

@@ -1,0 +1,129 @@
+"""SIGKILL an evolve subprocess again and again; every resume must end in the same state.
+
+Milvus Lite and Qdrant local mode lock their data to one process, and the lock
+outlives a client's close() inside that process; so this test touches the
+store only from child processes (seeding, status, reading back).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import Digits
+
+from dmu_migrate.artifact import Artifact
+from dmu_migrate.data import write_table
+from dmu_migrate.evolve.transform import AdapterChain
+
+ROWS = 500
+TESTS = Path(__file__).resolve().parent
+
+SEED = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+from backends import Backend
+from dmu_migrate.data import read_table
+t = read_table({table!r}, need_x=False)
+b = Backend({kind!r}, {uri!r}, __import__("pathlib").Path({root!r}))
+ids = np.arange(len(t.labels)) * 2 + 1
+b.seed("gallery", ids, t.old, {{"name": [f"n{{i}}" for i in ids]}}, alias="gallery_live")
+b.close_stores()
+"""
+
+READ = """
+import sys, json
+sys.path.insert(0, {tests!r})
+from backends import Backend
+b = Backend({kind!r}, {uri!r}, __import__("pathlib").Path({root!r}))
+rows = b.read_all(sys.argv[1])
+print(json.dumps({{str(k): [v[{field!r}], v["name"], v["dmu_version"]] for k, v in rows.items()}}))
+"""
+
+
+def child(*args: str) -> str:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        pytest.fail(f"child {args[:3]} failed: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def status(uri: str) -> list[dict]:
+    out = child("-m", "dmu_migrate", "status", "--uri", uri, "--json")
+    return json.loads(out) if out.strip().startswith("[") else []
+
+
+@pytest.mark.parametrize("kind", ["milvus-lite", "qdrant-local"])
+def test_killed_runs_resume_to_the_uninterrupted_state(
+    kind: str, tmp_path: Path, digits: Digits, artifact: Artifact
+) -> None:
+    uri = str(tmp_path / "store.db") if kind == "milvus-lite" else f"qdrant:{tmp_path / 'qdrant'}"
+    table = tmp_path / "gallery.parquet"
+    write_table(table, {"label": digits.y_te[:ROWS], "old": digits.old_te[:ROWS]})
+    fmt = {"tests": str(TESTS), "kind": kind, "uri": uri, "root": str(tmp_path)}
+    child("-c", SEED.format(table=str(table), **fmt))
+
+    rng = np.random.default_rng(7)
+    progress: list[int] = []
+    kills = 0
+    for _attempt in range(25):
+        cmd = [
+            "-m",
+            "dmu_migrate",
+            "-vv",
+            "evolve",
+            "--collection",
+            "gallery_live",
+            "--adapter",
+            str(artifact.path),
+            "--uri",
+            uri,
+            "--batch-size",
+            "16",
+            "--take-over",
+        ]
+        proc = subprocess.Popen(
+            [sys.executable, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        # Kill point: after k more acknowledged batches, either right there (between
+        # batches) or as the next write starts (mid-write, before its ledger update).
+        k, mid_write = int(rng.integers(1, 8)), bool(rng.integers(2))
+        acked, log = 0, []
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line)
+            acked += "batch acknowledged" in line
+            if acked >= k and (not mid_write or "writing" in line):
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                break
+        proc.wait()
+        if proc.returncode == 0:
+            break
+        if proc.returncode != -signal.SIGKILL:
+            pytest.fail(f"evolve failed on its own: {''.join(log)[-2000:]}")
+        records = status(uri)
+        progress.append(records[0]["rows_done"] if records else 0)
+    else:
+        pytest.fail(f"evolve never finished; rows done after each kill: {progress}")
+
+    assert kills >= 2, f"the run finished before it could be killed twice ({progress})"
+    assert progress == sorted(progress) and progress[-1] < ROWS, progress  # never lost ground
+    (record,) = status(uri)
+    assert record["status"] == "done" and record["alias_target"] == record["target"]
+    field = "vector" if kind == "milvus-lite" else ""
+    rows = json.loads(child("-c", READ.format(field=field, **fmt), record["target"]))
+    ids = np.arange(ROWS) * 2 + 1
+    assert sorted(int(k) for k in rows) == ids.tolist()  # nothing lost, nothing duplicated
+    expected = AdapterChain([artifact])(digits.old_te[:ROWS])
+    for i, row_id in enumerate(ids.tolist()):
+        vector, name, version = rows[str(row_id)]
+        np.testing.assert_allclose(vector, expected[i], atol=1e-5)
+        assert name == f"n{row_id}" and version == "v2"
