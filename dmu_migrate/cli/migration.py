@@ -302,7 +302,7 @@ def history(
         for r in rows:
             out.print(
                 f"{r['started_at']}  {r['from_version']} -> {r['to_version']}  "
-                f"{r['key']}  [{r['status']}]  adapters: {', '.join(r['adapters'])}"
+                f"{r['key']}  ({r['status']})  adapters: {', '.join(r['adapters'])}"
             )
 
 
