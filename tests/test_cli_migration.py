@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from click.testing import Result
 from conftest import Gallery
 from pymilvus import MilvusClient
 from test_cli import assert_clean_error
@@ -15,7 +16,7 @@ from dmu_migrate.cli import app
 runner = CliRunner()
 
 
-def cli(*args: str):  # type: ignore[no-untyped-def]
+def cli(*args: str) -> Result:
     return runner.invoke(app, list(args))
 
 
