@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-from click.testing import Result
 from conftest import Gallery
 from pymilvus import MilvusClient
 from test_cli import assert_clean_error
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.cli import app
