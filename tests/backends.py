@@ -26,9 +26,10 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +38,11 @@ import pyarrow.parquet as pq
 from dmu_migrate.stores.base import VectorStore, open_store
 
 _DISTANCE = {"COSINE": "Cosine", "IP": "Dot", "L2": "Euclid"}
+T = TypeVar("T")
+# Read-only fixtures seeded once per private Milvus server (collections there cost seconds
+# each); the names in _KEPT survive the per-test drop and die with the server.
+_SHARED: dict[tuple[str, str], Any] = {}
+_KEPT: set[str] = set()
 
 
 def backend_kinds() -> list[str]:
@@ -84,12 +90,35 @@ class Backend:
             return [str(uuid.UUID(int=1000 + 7 * i)) for i in range(n)]
         return [f"key-{i:05d}" for i in range(n)]
 
+    def shared(self, key: str, make: Callable[[], T]) -> T:
+        """``make()`` once per session on the private Milvus server, else every time.
+
+        Only for data no test modifies. Other kinds reseed: their stores live in tmp_path
+        (cheap), and an external Qdrant server must not keep our collections.
+        """
+        if self.kind != "milvus-server":
+            return make()
+        if (self.uri, key) not in _SHARED:
+            before = self.list_collections()
+            _SHARED[(self.uri, key)] = make()
+            _KEPT.update(self.list_collections() - before)
+        return _SHARED[(self.uri, key)]
+
+    def created_since(self, before: set[str]) -> list[str]:
+        """Collections made since ``before``, except shared read-only ones."""
+        return sorted(self.list_collections() - before - _KEPT)
+
     def open_store(self) -> VectorStore:
         """A store over this backend; the fixture closes it at teardown."""
         # Qdrant local mode allows one client per path: our native reads reuse the
         # store's client while it is open, so close any earlier one first.
         if self.kind == "qdrant-local":
             self.close_stores()
+        if self.kind == "milvus-lite" and not Path(self.uri).exists():
+            # open_store refuses a missing .db (a typo in --uri); the user would create it.
+            from pymilvus import MilvusClient
+
+            MilvusClient(self.uri).close()
         store = open_store(self.uri, os.environ.get("QDRANT_API_KEY") if self.is_qdrant else None)
         self._stores.append(store)
         return store
@@ -149,7 +178,7 @@ class Backend:
                 rows.append(row)
             for start in range(0, len(rows), 1000):
                 client.insert(name, rows[start : start + 1000])
-            client.flush(name)
+            # No flush: it costs seconds on a server, and reads that matter use Strong consistency.
             if alias:
                 client.create_alias(name, alias)
         finally:
@@ -250,7 +279,9 @@ class Backend:
         client = MilvusClient(self.uri)
         try:
             client.load_collection(name)
-            it = client.query_iterator(name, batch_size=1000, filter="", output_fields=["*"])
+            it = client.query_iterator(
+                name, batch_size=1000, filter="", output_fields=["*"], consistency_level="Strong"
+            )
             rows: dict[Any, dict[str, Any]] = {}
             while batch := it.next():
                 for row in batch:

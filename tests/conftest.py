@@ -116,6 +116,7 @@ def read_all(db: Path, collection: str) -> dict[int, dict]:
 
 # -- store backends: one contract, every store (see tests/backends.py) ---------------
 
+
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory):
     """The real Milvus 2.3.5 standalone server from the `milvus` package, once per session."""
@@ -170,11 +171,13 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path):
     finally:
         harness.close_stores()
         if kind.endswith("-server"):
-            harness.drop_created(sorted(harness.list_collections() - before))
+            harness.drop_created(harness.created_since(before))
 
 
 @pytest.fixture(scope="session")
-def artifact_v3(digits: Digits, artifact: Artifact, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+def artifact_v3(
+    digits: Digits, artifact: Artifact, tmp_path_factory: pytest.TempPathFactory
+) -> Artifact:
     """A second upgrade, v2 -> v3, trained on the v2 (evolved) vectors: for chained upgrades."""
     from dmu_migrate.data import read_table
     from dmu_migrate.evolve.transform import OnnxModel
