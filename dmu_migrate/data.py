@@ -1,8 +1,9 @@
 """Training and evaluation tables: Parquet columns -> numpy arrays.
 
 A table has one row per item: a ``label`` (identity/class), the stored ``old``
-embedding, the new model's input ``x``, and for evaluation an optional
-``role`` (``query`` or ``gallery``). Column names are the caller's to choose.
+embedding, the new model's input ``x``, for adapter-only training a
+precomputed ``new`` embedding, and for evaluation an optional ``role``
+(``query`` or ``gallery``). Column names are the caller's to choose.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Columns:
     old: str = "old"
     x: str = "x"
     role: str = "role"
+    new: str = "new"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,10 @@ class Table:
     x: np.ndarray  # (n, d_x) float32
     role: np.ndarray | None  # (n,) str, or None when the table has no role column
     fingerprint: str  # sha256 of the file, recorded in the artifact manifest
+    new: np.ndarray | None = None  # (n, d_new) float32 when the table has a new column
+    # False when labels were optional and the table has none: then every row
+    # is its own identity (labels = row numbers), so paired retrieval still works.
+    labelled: bool = True
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -98,7 +104,14 @@ def vector_column(table: pa.Table, name: str, source: str) -> np.ndarray:
     return arr
 
 
-def read_table(path: str | Path, columns: Columns = Columns(), need_x: bool = True) -> Table:
+def read_table(
+    path: str | Path,
+    columns: Columns = Columns(),
+    need_x: bool = True,
+    need_new: bool = False,
+    need_labels: bool = True,
+) -> Table:
+    """Read a table; ``new`` is read when the column exists (required with ``need_new``)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"table '{path}' does not exist; give the path of a Parquet file")
@@ -110,6 +123,8 @@ def read_table(path: str | Path, columns: Columns = Columns(), need_x: bool = Tr
         ) from exc
     if raw.num_rows == 0:
         raise InputError(f"table '{path}' has no rows; give a table with data")
+    if columns.label not in raw.column_names and not need_labels:
+        return _unlabelled(raw, path, columns, need_x, need_new)
     if columns.label not in raw.column_names:
         raise InputError(
             f"table '{path}' has no column '{columns.label}' (columns: {', '.join(raw.column_names)}); "
@@ -134,7 +149,29 @@ def read_table(path: str | Path, columns: Columns = Columns(), need_x: bool = Tr
                 f"column '{columns.role}' of '{path}' has values {sorted(map(str, unknown))}; "
                 f"use only 'query' and 'gallery'"
             )
-    return Table(path, codes.astype(np.int64), classes, old, x, role, file_sha256(path))
+    new = _new_column(raw, path, columns, need_new)
+    return Table(
+        path, codes.astype(np.int64), classes, old, x, role, file_sha256(path), new, labelled=True
+    )
+
+
+def _new_column(raw: pa.Table, path: Path, columns: Columns, need_new: bool) -> np.ndarray | None:
+    if columns.new not in raw.column_names and not need_new:
+        return None
+    if columns.new not in raw.column_names:
+        raise InputError(
+            f"table '{path}' has no column '{columns.new}' with new-model embeddings "
+            f"(columns: {', '.join(raw.column_names)}); add it or pass --new-col"
+        )
+    return vector_column(raw, columns.new, str(path))
+
+
+def _unlabelled(raw: pa.Table, path: Path, columns: Columns, need_x: bool, need_new: bool) -> Table:
+    old = vector_column(raw, columns.old, str(path))
+    x = vector_column(raw, columns.x, str(path)) if need_x else np.zeros((len(old), 0), np.float32)
+    ids = np.arange(len(old), dtype=np.int64)
+    new = _new_column(raw, path, columns, need_new)
+    return Table(path, ids, ids, old, x, None, file_sha256(path), new, labelled=False)
 
 
 def write_table(path: str | Path, data: Mapping[str, Any]) -> None:

@@ -14,6 +14,7 @@ import torch
 from dmu_migrate.training.losses import (
     CosFaceLoss,
     ForwardAdaptationLoss,
+    PairedAdapterLoss,
     SelectiveCompatibilityLoss,
     class_prototypes,
     discriminativeness,
@@ -88,6 +89,53 @@ def test_discriminativeness_extremes() -> None:
     assert q[0].item() > 0.999
     assert q[1].item() == pytest.approx(0.5, abs=1e-12)
     assert q[2].item() < 1e-12
+
+
+def sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+# Three prototypes at 0, 90 and 45 degrees, one old vector between P0 and P2.
+PROTOS3 = t([[1.0, 0.0], [0.0, 1.0], [R2, R2]])
+OLD3 = t([[2.0, 1.0]])  # -> [2,1]/sqrt(5): cos to P0 = 2/sqrt5, P1 = 1/sqrt5, P2 = 3/sqrt10
+COS3 = [2 / math.sqrt(5), 1 / math.sqrt(5), 3 / math.sqrt(10)]
+
+
+def test_margin_discriminativeness_is_two_way_softmax_against_hardest_wrong_class() -> None:
+    s = 4.0
+    # Label 0: the hardest wrong class is P2 (cos 0.949 > P1's 0.447).
+    q = discriminativeness(OLD3, torch.tensor([0]), PROTOS3, s, measure="margin")
+    assert q.item() == pytest.approx(sigmoid(s * (COS3[0] - COS3[2])), rel=1e-9)
+    # Label 2 is the closest prototype: q > 0.5, against P0 this time.
+    q = discriminativeness(OLD3, torch.tensor([2]), PROTOS3, s, measure="margin")
+    assert q.item() == pytest.approx(sigmoid(s * (COS3[2] - COS3[0])), rel=1e-9)
+    assert q.item() > 0.5
+
+
+def test_entropy_discriminativeness_is_label_free_normalised_entropy() -> None:
+    s = 4.0
+    z = [s * c for c in COS3]
+    p = [math.exp(v) / sum(math.exp(w) for w in z) for v in z]
+    expected = 1 - (-sum(pi * math.log(pi) for pi in p)) / math.log(3)
+    for label in (0, 1, 2):  # the label does not matter
+        q = discriminativeness(OLD3, torch.tensor([label]), PROTOS3, s, measure="entropy")
+        assert q.item() == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("measure", ["probability", "margin", "entropy"])
+def test_every_measure_is_one_for_a_perfect_old_feature_and_lower_for_an_ambiguous_one(
+    measure: str,
+) -> None:
+    protos = t([[1.0, 0.0], [0.0, 1.0]])
+    old = t([[1.0, 0.0], [1.0, 1.0]])
+    q = discriminativeness(old, torch.tensor([0, 0]), protos, scale=60.0, measure=measure)
+    assert q[0].item() == pytest.approx(1.0, abs=1e-12)
+    assert 0.0 <= q[1].item() < 0.6
+
+
+def test_unknown_measure_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown discriminativeness"):
+        discriminativeness(OLD3, torch.tensor([0]), PROTOS3, 1.0, measure="variance")
 
 
 # --- CosFaceLoss ------------------------------------------------------------------
@@ -251,3 +299,51 @@ def test_forward_adaptation_weights_poor_old_features_more() -> None:
 
     plain, low0, low1 = run([1.0, 1.0]), run([0.0, 1.0]), run([1.0, 0.0])
     assert min(low0, low1) < plain < max(low0, low1)
+
+
+# --- PairedAdapterLoss (adapter-only mode) ----------------------------------------
+
+
+def test_paired_adapter_loss_matches_manual_terms_without_labels() -> None:
+    tau = 0.5
+    e = [unit(v) for v in EVOLVED]
+    n = [unit(v) for v in NEW_FA]
+    nce = [ce([dot(e[i], n[j]) / tau for j in range(2)], i) for i in range(2)]
+    cos = [1 - dot(e[i], n[i]) for i in range(2)]  # [1 - 0, 1 - r2]
+    assert cos[1] == pytest.approx(1 - R2)
+    got = PairedAdapterLoss(tau=tau, scale=2.0, beta=1.0)(t(EVOLVED), t(NEW_FA))
+    assert set(got) == {"nce", "cos", "loss"}
+    assert got["nce"].item() == pytest.approx(sum(nce) / 2, rel=1e-9)
+    assert got["cos"].item() == pytest.approx(sum(cos) / 2, rel=1e-9)
+    assert got["loss"].item() == pytest.approx((sum(nce) + sum(cos)) / 2, rel=1e-9)
+
+
+def test_paired_adapter_loss_with_labels_adds_class_term_and_weights_poor_features() -> None:
+    tau, s, beta = 0.5, 2.0, 2.0
+    protos = t([[1.0, 0.0], [0.0, 1.0]])  # the new model's class prototypes
+    e = [unit(v) for v in EVOLVED]
+    n = [unit(v) for v in NEW_FA]
+    v = [1 + beta * (1 - qi) for qi in Q_FA]  # [1, 2.5]
+    per_ce = [
+        ce([s * dot(e[i], protos[c].tolist()) for c in range(2)], int(LABELS_FA[i]))
+        for i in range(2)
+    ]
+    per_nce = [ce([dot(e[i], n[j]) / tau for j in range(2)], i) for i in range(2)]
+    per_cos = [1 - dot(e[i], n[i]) for i in range(2)]
+
+    def weighted(values: list[float]) -> float:
+        return (v[0] * values[0] + v[1] * values[1]) / (v[0] + v[1])
+
+    got = PairedAdapterLoss(tau=tau, scale=s, beta=beta)(
+        t(EVOLVED), t(NEW_FA), torch.tensor(Q_FA, dtype=torch.float64), LABELS_FA, protos
+    )
+    assert got["ce"].item() == pytest.approx(weighted(per_ce), rel=1e-9)
+    assert got["nce"].item() == pytest.approx(weighted(per_nce), rel=1e-9)
+    expected = weighted(per_ce) + weighted(per_nce) + weighted(per_cos)
+    assert got["loss"].item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_paired_adapter_loss_is_near_zero_when_evolved_equals_new() -> None:
+    eye = torch.eye(3, dtype=torch.float64)
+    got = PairedAdapterLoss(tau=0.01, scale=1.0, beta=1.0)(3 * eye, eye)
+    assert got["loss"].item() < 1e-9

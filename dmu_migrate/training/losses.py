@@ -6,6 +6,8 @@ e = normalised evolved embedding psi(o), y = class code, s = logit scale.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,11 +25,33 @@ def class_prototypes(old: torch.Tensor, labels: torch.Tensor, num_classes: int) 
 
 
 def discriminativeness(
-    old: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, scale: float
+    old: torch.Tensor,
+    labels: torch.Tensor,
+    prototypes: torch.Tensor,
+    scale: float,
+    measure: str = "probability",
 ) -> torch.Tensor:
-    """q_i = softmax_c(s * P_c . o_i)[y_i]: how recognisable the old feature is as its class."""
-    logits = scale * F.normalize(old, dim=1) @ prototypes.T
-    return logits.softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
+    """q_i in [0, 1]: how well the old model recognises sample i (1 = perfectly).
+
+    probability: softmax_c(s * P_c . o_i)[y_i], the paper's reading.
+    margin: sigmoid(s * (cos(o_i, P_y) - max_{c != y} cos(o_i, P_c))), a two-way
+        softmax against the hardest wrong class only, so that a crowd of
+        moderately similar classes does not count against a clear winner.
+    entropy: 1 - H(softmax(s * P . o_i)) / log C, label-free (the label is
+        ignored), so it can also be computed on gallery items at deploy time.
+    """
+    cos = F.normalize(old, dim=1) @ prototypes.T
+    if measure == "probability":
+        return (scale * cos).softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
+    if measure == "margin":
+        own = cos.gather(1, labels[:, None]).squeeze(1)
+        others = cos.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+        return torch.sigmoid(scale * (own - others))
+    if measure == "entropy":
+        log_p = (scale * cos).log_softmax(dim=1)
+        entropy = -(log_p.exp() * log_p).sum(dim=1)
+        return 1.0 - entropy / math.log(cos.shape[1])
+    raise ValueError(f"unknown discriminativeness measure '{measure}'")
 
 
 class CosFaceLoss(nn.Module):
@@ -101,3 +125,43 @@ class ForwardAdaptationLoss(nn.Module):
         per_sample = per_sample + info_nce(evolved, target, self.tau)
         v = 1.0 + self.beta * (1.0 - q)
         return (v * per_sample).sum() / v.sum()
+
+
+class PairedAdapterLoss(nn.Module):
+    """Adapter-only mode: fit psi to a fixed new model from paired (o_i, n_i).
+
+    per sample: InfoNCE(e_i -> n_i, tau) + (1 - cos(e_i, n_i))
+                [+ CE(s * Pn . e_i, y_i) with Pn the new model's class prototypes,
+                 when labels are given]
+    weighted by v_i = 1 + beta (1 - q_i) as in L_fa. InfoNCE alone only ranks
+    within a batch; the cosine term pins e_i onto n_i itself, and the class
+    term pulls evolved items to where the new model puts their class.
+    Returns the weighted total and each term (for the training log).
+    """
+
+    def __init__(self, tau: float, scale: float, beta: float) -> None:
+        super().__init__()
+        self.tau = tau
+        self.scale = scale
+        self.beta = beta
+
+    def forward(
+        self,
+        evolved: torch.Tensor,
+        new: torch.Tensor,
+        q: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        new_prototypes: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        e = F.normalize(evolved, dim=1)
+        terms = {
+            "nce": info_nce(e, new, self.tau),
+            "cos": 1.0 - (e * F.normalize(new, dim=1)).sum(1),
+        }
+        if labels is not None and new_prototypes is not None:
+            logits = self.scale * e @ new_prototypes.T
+            terms["ce"] = F.cross_entropy(logits, labels, reduction="none")
+        v = torch.ones_like(terms["nce"]) if q is None else 1.0 + self.beta * (1.0 - q)
+        out = {name: (v * value).sum() / v.sum() for name, value in terms.items()}
+        out["loss"] = sum(out.values(), torch.zeros((), dtype=e.dtype, device=e.device))
+        return out

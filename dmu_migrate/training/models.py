@@ -1,10 +1,16 @@
-"""Trainable networks: the new model's MLP head and the forward adapter psi."""
+"""Trainable networks: new-model encoders (MLP, CNN, plug-in) and the forward adapter psi."""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dmu_migrate.errors import InputError
 
 
 class MLPHead(nn.Module):
@@ -33,17 +39,15 @@ class ResidualAdapter(nn.Module):
     psi close to "keep the old vector", so the MLP only has to learn the change.
     """
 
-    def __init__(self, old_dim: int, new_dim: int, hidden: int) -> None:
+    def __init__(self, old_dim: int, new_dim: int, hidden: int, layers: int = 1) -> None:
         super().__init__()
         self.skip: nn.Module = (
             nn.Identity() if old_dim == new_dim else nn.Linear(old_dim, new_dim, bias=False)
         )
-        self.mlp = nn.Sequential(
-            nn.Linear(old_dim, hidden),
-            nn.LayerNorm(hidden),
-            nn.GELU(),
-            nn.Linear(hidden, new_dim),
-        )
+        blocks: list[nn.Module] = [nn.Linear(old_dim, hidden), nn.LayerNorm(hidden), nn.GELU()]
+        for _ in range(layers - 1):
+            blocks += [nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.GELU()]
+        self.mlp = nn.Sequential(*blocks, nn.Linear(hidden, new_dim))
 
     def forward(self, old: torch.Tensor) -> torch.Tensor:
         old = F.normalize(old, dim=1)
@@ -59,3 +63,112 @@ class Normalized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.inner(x), dim=1)
+
+
+class IdentityAdapter(nn.Module):
+    """psi(o) = o: what BCT deploys, since BCT does not evolve stored vectors.
+
+    Shipping it keeps every artifact the same shape (evolve re-normalises and
+    re-tags the vectors), and new->evolved then honestly equals new->old.
+    """
+
+    def forward(self, old: torch.Tensor) -> torch.Tensor:
+        return F.normalize(old, dim=1)
+
+
+class LinearAdapter(nn.Module):
+    """psi(o) = normalize(o) W + b, for the closed-form fits (Procrustes, affine)."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor(weight, dtype=torch.float32), requires_grad=False)
+        b = np.zeros(weight.shape[1], np.float32) if bias is None else bias
+        self.bias = nn.Parameter(torch.tensor(b, dtype=torch.float32), requires_grad=False)
+
+    def forward(self, old: torch.Tensor) -> torch.Tensor:
+        return F.normalize(old, dim=1) @ self.weight + self.bias
+
+
+class SmallCNN(nn.Module):
+    """New-model encoder over flattened image pixels (the x column holds C*H*W values).
+
+    Global average pooling makes it work for any image size from 4x4 up, and
+    the input stays a flat vector so the ONNX model takes the same x as the MLP.
+    """
+
+    def __init__(self, image_shape: tuple[int, ...], hidden: int, out_dim: int) -> None:
+        super().__init__()
+        channels, height, width = image_shape
+        self.image_shape = (channels, height, width)
+        pool: nn.Module = nn.MaxPool2d(2) if min(height, width) >= 4 else nn.Identity()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1),
+            nn.GELU(),
+            pool,
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.GELU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.head = nn.Sequential(
+            nn.Linear(64, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, out_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.unflatten(1, self.image_shape)))
+
+
+def load_factory(spec: str) -> Callable[..., object]:
+    """'package.module:factory' -> the callable, with one-line errors for each failure."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InputError(f"--model '{spec}' is not 'package.module:factory'; e.g. mypkg.nets:build")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InputError(
+            f"--model '{spec}': cannot import '{module_name}' ({exc}); install it or fix PYTHONPATH"
+        ) from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError(
+            f"--model '{spec}': '{module_name}' has no callable '{attr}'; check the name"
+        )
+    return factory
+
+
+def build_new_model(
+    kind: str, input_dim: int, out_dim: int, hidden: int, image_shape: tuple[int, ...] | None
+) -> nn.Module:
+    """The new encoder; a plug-in factory is called as factory(input_dim=..., output_dim=...)."""
+    if kind == "mlp":
+        return MLPHead(input_dim, hidden, out_dim)
+    if kind == "cnn":
+        if image_shape is None or int(np.prod(image_shape)) != input_dim:
+            raise InputError(
+                f"--image-shape {image_shape} holds {int(np.prod(image_shape or (0,)))} pixels but "
+                f"x has {input_dim} values per row; give C,H,W with C*H*W = {input_dim}"
+            )
+        return SmallCNN(image_shape, hidden, out_dim)
+    factory = load_factory(kind)
+    try:
+        model = factory(input_dim=input_dim, output_dim=out_dim)
+    except TypeError as exc:
+        raise InputError(
+            f"--model '{kind}' could not be called as factory(input_dim=..., output_dim=...) "
+            f"({exc}); accept those two keyword arguments"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise InputError(
+            f"--model '{kind}' returned {type(model).__name__}, not a torch nn.Module; "
+            f"return the network itself"
+        )
+    with torch.no_grad():
+        got = model.eval()(torch.zeros(2, input_dim))
+    if not isinstance(got, torch.Tensor) or tuple(got.shape) != (2, out_dim):
+        shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+        raise InputError(
+            f"--model '{kind}' maps 2 rows of {input_dim} inputs to {shape}, expected (2, {out_dim}); "
+            f"make it return one {out_dim}-d embedding per row"
+        )
+    return model

@@ -1,17 +1,31 @@
-"""The training loop: new model + forward adapter, trained jointly (DMU).
+"""Joint training of the new model and the forward adapter: dmu, bct, independent.
 
 L = L_new + lambda_b * L_sbc + lambda_f * L_fa   (../shared/method.md)
+
+The methods are settings of one loss (TrainConfig.resolved): bct is gamma 0
+without forward adaptation; independent drops L_sbc and trains psi, if at
+all, on detached targets. Adapter-only training lives in adapter_only.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from dmu_migrate.errors import InputError
+from dmu_migrate.training.checkpoint import Checkpoint
+from dmu_migrate.training.config import TrainConfig
+from dmu_migrate.training.loop import (
+    EpochCallback,
+    Validate,
+    map_score,
+    pick_device,
+    run_epochs,
+    split_by_label,
+)
 from dmu_migrate.training.losses import (
     CosFaceLoss,
     ForwardAdaptationLoss,
@@ -19,40 +33,22 @@ from dmu_migrate.training.losses import (
     class_prototypes,
     discriminativeness,
 )
-from dmu_migrate.training.models import MLPHead, ResidualAdapter
+from dmu_migrate.training.models import IdentityAdapter, ResidualAdapter, build_new_model
 
-
-@dataclass
-class TrainConfig:
-    dim: int | None = None  # new embedding size; None = the old size (needed for new->old)
-    hidden: int = 256
-    adapter_hidden: int = 256
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    scale: float = 30.0
-    margin: float = 0.2
-    gamma: float = 1.0  # selective weighting of backward compatibility; 0 = plain BCT
-    beta: float = 1.0  # extra forward-adaptation weight for poor old features
-    lambda_b: float = 1.0
-    lambda_f: float = 1.0
-    tau: float = 0.05
-    detach: bool = True
-    seed: int = 0
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+__all__ = ["EpochCallback", "TrainConfig", "TrainResult", "pick_device", "train", "validate"]
 
 
 @dataclass
 class TrainResult:
-    new_model: MLPHead
-    adapter: ResidualAdapter
+    new_model: nn.Module | None  # None in adapter-only mode: the new model is not ours
+    adapter: nn.Module
     log: list[dict[str, float]] = field(default_factory=list)
-
-
-EpochCallback = Callable[[int, dict[str, float]], None]
+    best_epoch: int = 0
+    best_val: float | None = None
+    device: str = "cpu"
+    new_dim: int = 0
+    validation: dict[str, int] = field(default_factory=dict)  # rows/identities held out
+    q_mean: float | None = None  # mean old discriminativeness of the training rows
 
 
 def validate(config: TrainConfig, old_dim: int, num_classes: int, rows: int) -> int:
@@ -65,15 +61,12 @@ def validate(config: TrainConfig, old_dim: int, num_classes: int, rows: int) -> 
     if config.lambda_b > 0 and new_dim != old_dim:
         raise InputError(
             f"backward compatibility compares new and old vectors directly, so --dim must equal "
-            f"the old dimension {old_dim} (got {new_dim}); drop --dim or pass --lambda-b 0"
+            f"the old dimension {old_dim} (got {new_dim}); drop --dim, pass --lambda-b 0 "
+            f"or --method independent"
         )
     if config.epochs < 1 or config.batch_size < 2:
         raise InputError("--epochs must be >= 1 and --batch-size >= 2")
     return new_dim
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def train(
@@ -82,66 +75,89 @@ def train(
     labels: np.ndarray,
     config: TrainConfig,
     on_epoch: EpochCallback | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """Train the new model and psi on (x_i, o_i, y_i); labels are codes 0..C-1."""
-    num_classes = int(labels.max()) + 1
-    new_dim = validate(config, old.shape[1], num_classes, len(labels))
+    config.check()
+    config = config.resolved()
+    if config.method == "adapter":
+        raise InputError("--method adapter trains psi only; call adapter_only.fit_adapter")
+    train_idx, val_idx = split_by_label(labels, config.val_fraction, config.seed)
+    # Classifier rows exist for training identities only, numbered 0..C'-1.
+    train_classes, codes = np.unique(labels[train_idx], return_inverse=True)
+    num_classes = len(train_classes)
+    new_dim = validate(config, old.shape[1], num_classes, len(train_idx))
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    device = pick_device()
+    device = pick_device(config.device)
 
     # torch.tensor copies: Arrow-backed arrays are read-only.
-    xs = torch.tensor(x, dtype=torch.float32, device=device)
-    olds = torch.tensor(old, dtype=torch.float32, device=device)
-    ys = torch.tensor(labels, dtype=torch.long, device=device)
+    xs = torch.tensor(x[train_idx], dtype=torch.float32, device=device)
+    olds = torch.tensor(old[train_idx], dtype=torch.float32, device=device)
+    ys = torch.tensor(codes, dtype=torch.long, device=device)
 
     # Frozen statistics of the old model: prototypes and per-sample discriminativeness.
     prototypes = class_prototypes(olds, ys, num_classes)
-    q = discriminativeness(olds, ys, prototypes, config.scale)
+    q = discriminativeness(olds, ys, prototypes, config.scale, config.discriminativeness)
 
-    model = MLPHead(x.shape[1], config.hidden, new_dim).to(device)
-    adapter = ResidualAdapter(old.shape[1], new_dim, config.adapter_hidden).to(device)
+    # The new model and its classifier are built first, so their initial
+    # weights do not depend on whether (or how) psi is built after them.
+    model = build_new_model(config.model, x.shape[1], new_dim, config.hidden, config.image_shape)
+    model = model.to(device)
     classifier = CosFaceLoss(new_dim, num_classes, config.scale, config.margin).to(device)
+    train_psi = config.lambda_f > 0
+    adapter: nn.Module = (
+        ResidualAdapter(old.shape[1], new_dim, config.adapter_hidden, config.adapter_layers)
+        if train_psi
+        else IdentityAdapter()
+    ).to(device)
     sbc = SelectiveCompatibilityLoss(config.scale, config.gamma)
     fa = ForwardAdaptationLoss(classifier, config.tau, config.beta, config.detach)
-    params = [*model.parameters(), *adapter.parameters(), *classifier.parameters()]
+    modules = {"model": model, "classifier": classifier, "adapter": adapter}
+    params = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, len(ys) // config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
-    )
 
-    result = TrainResult(model, adapter)
-    for epoch in range(config.epochs):
-        model.train()
-        adapter.train()
-        sums = {"loss": 0.0, "new": 0.0, "sbc": 0.0, "fa": 0.0}
-        order = torch.randperm(len(ys), generator=generator).to(device)
-        for step in range(steps_per_epoch):
-            # Every step sees a full batch (InfoNCE needs in-batch negatives);
-            # the remainder rows land in other epochs' batches.
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            if len(idx) < 2:
-                idx = order[: min(len(order), config.batch_size)]
-            f = model(xs[idx])
-            l_new = classifier(f, ys[idx])
-            l_sbc = sbc(f, ys[idx], prototypes, q[idx]) if config.lambda_b > 0 else f.new_zeros(())
-            if config.lambda_f > 0:
-                l_fa = fa(adapter(olds[idx]), f, ys[idx], q[idx])
+    def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = model(xs[idx])
+        zero = f.new_zeros(())
+        l_new = classifier(f, ys[idx])
+        l_sbc = sbc(f, ys[idx], prototypes, q[idx]) if config.lambda_b > 0 else zero
+        l_fa = fa(adapter(olds[idx]), f, ys[idx], q[idx]) if train_psi else zero
+        loss = l_new + config.lambda_b * l_sbc + config.lambda_f * l_fa
+        return {"loss": loss, "new": l_new, "sbc": l_sbc, "fa": l_fa}
+
+    validator: Validate | None = None
+    if len(val_idx):
+        x_val = torch.tensor(x[val_idx], dtype=torch.float32, device=device)
+        old_val = torch.tensor(old[val_idx], dtype=torch.float32, device=device)
+        y_val = labels[val_idx]
+
+        def run_validation() -> dict[str, float]:
+            f = model(x_val)
+            metrics = {
+                "val_new_new": map_score(f, f, y_val, leave_one_out=True),
+                "val_new_evolved": map_score(f, adapter(old_val), y_val, leave_one_out=True),
+            }
+            # independent stops on new->new alone, so that its new model is
+            # exactly the one trained without any adapter in the loop.
+            if config.method == "independent":
+                metrics["val"] = metrics["val_new_new"]
             else:
-                l_fa = f.new_zeros(())
-            loss = l_new + config.lambda_b * l_sbc + config.lambda_f * l_fa
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            for key, value in (("loss", loss), ("new", l_new), ("sbc", l_sbc), ("fa", l_fa)):
-                sums[key] += float(value.detach())
-        entry = {key: value / steps_per_epoch for key, value in sums.items()}
-        entry["epoch"] = epoch + 1
-        result.log.append(entry)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, entry)
-    model.eval()
-    adapter.eval()
-    return result
+                metrics["val"] = (metrics["val_new_new"] + metrics["val_new_evolved"]) / 2
+            return metrics
+
+        validator = run_validation
+
+    loop = run_epochs(
+        config, modules, optimizer, len(train_idx), step, validator, checkpoint, on_epoch
+    )
+    return TrainResult(
+        new_model=model,
+        adapter=adapter,
+        log=loop.log,
+        best_epoch=loop.best_epoch,
+        best_val=loop.best_val,
+        device=str(device),
+        new_dim=new_dim,
+        validation={"rows": len(val_idx), "identities": len(np.unique(labels[val_idx]))},
+        q_mean=float(q.mean()),
+    )

@@ -19,8 +19,10 @@ from dmu_migrate.artifact import (
 )
 from dmu_migrate.data import Columns, read_table
 from dmu_migrate.errors import InputError
+from dmu_migrate.training.adapter_only import fit_adapter
+from dmu_migrate.training.checkpoint import FILE, Checkpoint, work_dir
 from dmu_migrate.training.export import OPSET, export_onnx
-from dmu_migrate.training.trainer import EpochCallback, TrainConfig, train
+from dmu_migrate.training.trainer import EpochCallback, TrainConfig, TrainResult, train
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,16 @@ def train_upgrade(
     to_version: str = "v2",
     overwrite: bool = False,
     on_epoch: EpochCallback | None = None,
+    resume: bool = False,
 ) -> TrainReport:
+    """Train by ``config.method`` and write the artifact OUT_DIR/NAME.
+
+    Every method writes the same artifact format: adapter.onnx always,
+    new_model.onnx unless the method is ``adapter`` (the new model is not ours).
+    Progress is checkpointed every epoch in OUT_DIR/.NAME.train/, which
+    ``resume`` continues from and a finished run removes.
+    """
+    config.check()
     check_version_id(from_version, "--from-version")
     check_version_id(to_version, "--to-version")
     if from_version == to_version:
@@ -54,8 +65,26 @@ def train_upgrade(
         )
 
     start = time.perf_counter()
-    table = read_table(table_path, columns)
-    result = train(table.x, table.old, table.labels, config, on_epoch)
+    adapter_mode = config.method == "adapter"
+    table = read_table(
+        table_path,
+        columns,
+        need_x=not adapter_mode,
+        need_new=adapter_mode,
+        need_labels=not adapter_mode,
+    )
+    run = config.resolved()
+    checkpoint = Checkpoint(
+        work_dir(out_dir, name) / FILE, run.fingerprint(table.fingerprint), resume
+    )
+    result: TrainResult
+    if adapter_mode:
+        if table.new is None:  # read_table(need_new=True) refuses a table without it
+            raise InputError(f"table '{table_path}' has no new-model embeddings; pass --new-col")
+        labels = table.labels if table.labelled else None
+        result = fit_adapter(table.old, table.new, labels, config, on_epoch, checkpoint)
+    else:
+        result = train(table.x, table.old, table.labels, config, on_epoch, checkpoint)
 
     # Build the artifact beside its final place and move it in whole, so a
     # failed export never leaves a half-written artifact under the real name.
@@ -66,28 +95,35 @@ def train_upgrade(
         parity = {
             "adapter_max_abs_diff": export_onnx(
                 result.adapter, table.old[sample], staging / ADAPTER, "old", "evolved"
-            ),
-            "new_model_max_abs_diff": export_onnx(
-                result.new_model, table.x[sample], staging / NEW_MODEL, "x", "embedding"
-            ),
+            )
         }
-        new_dim = config.dim or table.old.shape[1]
+        if result.new_model is not None:
+            parity["new_model_max_abs_diff"] = export_onnx(
+                result.new_model, table.x[sample], staging / NEW_MODEL, "x", "embedding"
+            )
+        method = f"adapter:{run.adapter_kind}" if adapter_mode else run.method
         manifest = Manifest(
             name=name,
             from_version=from_version,
             to_version=to_version,
-            method="dmu",
+            method=method,
             old_dim=int(table.old.shape[1]),
-            new_dim=int(new_dim),
-            input_dim=int(table.x.shape[1]),
+            new_dim=int(result.new_dim),
+            input_dim=None if result.new_model is None else int(table.x.shape[1]),
             opset=OPSET,
             parity=parity,
             training={
-                "config": config.as_dict(),
+                "method": method,
+                "config": run.as_dict(),
                 "table": str(table_path),
                 "data_fingerprint": table.fingerprint,
                 "rows": len(table),
-                "classes": len(table.classes),
+                "classes": len(table.classes) if table.labelled else None,
+                "device": result.device,
+                "best_epoch": result.best_epoch,
+                "best_val": result.best_val,
+                "validation": result.validation,
+                "q_mean": result.q_mean,
                 "log": result.log,
             },
         )
@@ -98,4 +134,6 @@ def train_upgrade(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+    # The run is complete and recorded in the manifest; its checkpoint is spent.
+    shutil.rmtree(work_dir(out_dir, name), ignore_errors=True)
     return TrainReport(load_artifact(target), time.perf_counter() - start, result.log)

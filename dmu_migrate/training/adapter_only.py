@@ -1,0 +1,139 @@
+"""``--method adapter``: the new model is fixed; fit psi alone from paired (old, new) embeddings.
+
+For an off-the-shelf model upgrade there is nothing to make compatible, only
+stored vectors to carry over. Kinds: ``mlp`` (the residual adapter, trained
+with PairedAdapterLoss), ``procrustes`` and ``affine`` (closed_form.py).
+Labels are optional: without them every row is its own identity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from dmu_migrate.errors import InputError
+from dmu_migrate.training.checkpoint import Checkpoint
+from dmu_migrate.training.closed_form import fit_affine, fit_procrustes
+from dmu_migrate.training.config import TrainConfig
+from dmu_migrate.training.loop import (
+    EpochCallback,
+    Validate,
+    map_score,
+    pick_device,
+    run_epochs,
+    split_by_label,
+)
+from dmu_migrate.training.losses import PairedAdapterLoss, class_prototypes, discriminativeness
+from dmu_migrate.training.models import LinearAdapter, ResidualAdapter
+from dmu_migrate.training.trainer import TrainResult
+
+
+def fit_adapter(
+    old: np.ndarray,
+    new: np.ndarray,
+    labels: np.ndarray | None,
+    config: TrainConfig,
+    on_epoch: EpochCallback | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> TrainResult:
+    """psi: old -> new space; ``labels`` are codes 0..C-1, or None for unlabelled pairs."""
+    config.check()
+    if len(old) != len(new):
+        raise InputError(f"{len(old)} old vectors but {len(new)} new ones; pair them row by row")
+    if len(old) < 4:
+        raise InputError(f"the training table has {len(old)} rows; give at least a few pairs")
+    ids = labels if labels is not None else np.arange(len(old))
+    train_idx, val_idx = split_by_label(ids, config.val_fraction, config.seed)
+    torch.manual_seed(config.seed)
+    device = pick_device(config.device)
+    validation = {"rows": len(val_idx), "identities": len(np.unique(ids[val_idx]))}
+
+    if config.adapter_kind in ("procrustes", "affine"):
+        o, n = old[train_idx], new[train_idx]
+        if config.adapter_kind == "procrustes":
+            adapter: nn.Module = LinearAdapter(fit_procrustes(o, n))
+        else:
+            adapter = LinearAdapter(*fit_affine(o, n))
+        adapter.eval()
+        log: list[dict[str, float]] = []
+        best_val = None
+        if len(val_idx):
+            best_val = _paired_map(adapter, old[val_idx], new[val_idx], ids[val_idx], labels)
+            log.append({"epoch": 1, "val_new_evolved": best_val, "val": best_val})
+        return TrainResult(None, adapter, log, 1, best_val, "cpu", new.shape[1], validation, None)
+
+    olds = torch.tensor(old[train_idx], dtype=torch.float32, device=device)
+    news = torch.tensor(new[train_idx], dtype=torch.float32, device=device)
+    q = ys = new_protos = None
+    if labels is not None:
+        classes, codes = np.unique(labels[train_idx], return_inverse=True)
+        ys = torch.tensor(codes, dtype=torch.long, device=device)
+        protos = class_prototypes(olds, ys, len(classes))
+        q = discriminativeness(olds, ys, protos, config.scale, config.discriminativeness)
+        new_protos = class_prototypes(news, ys, len(classes))
+    adapter = ResidualAdapter(
+        old.shape[1], new.shape[1], config.adapter_hidden, config.adapter_layers
+    ).to(device)
+    loss_fn = PairedAdapterLoss(config.tau, config.scale, config.beta)
+    optimizer = torch.optim.AdamW(
+        adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+
+    def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return loss_fn(
+            adapter(olds[idx]),
+            news[idx],
+            None if q is None else q[idx],
+            None if ys is None else ys[idx],
+            new_protos,
+        )
+
+    validator: Validate | None = None
+    if len(val_idx):
+
+        def run_validation() -> dict[str, float]:
+            score = _paired_map(adapter, old[val_idx], new[val_idx], ids[val_idx], labels)
+            return {"val_new_evolved": score, "val": score}
+
+        validator = run_validation
+
+    loop = run_epochs(
+        config,
+        {"adapter": adapter},
+        optimizer,
+        len(train_idx),
+        step,
+        validator,
+        checkpoint,
+        on_epoch,
+    )
+    return TrainResult(
+        new_model=None,
+        adapter=adapter,
+        log=loop.log,
+        best_epoch=loop.best_epoch,
+        best_val=loop.best_val,
+        device=str(device),
+        new_dim=new.shape[1],
+        validation=validation,
+        q_mean=None if q is None else float(q.mean()),
+    )
+
+
+def _paired_map(
+    adapter: nn.Module,
+    old: np.ndarray,
+    new: np.ndarray,
+    ids: np.ndarray,
+    labels: np.ndarray | None,
+) -> float:
+    """mAP of new queries against evolved vectors of the held-out rows.
+
+    With labels: leave-one-out by identity, as evaluate scores. Without: each
+    new vector must find the evolved vector of its own item.
+    """
+    device = next(iter(adapter.parameters())).device
+    with torch.no_grad():
+        evolved = adapter(torch.tensor(old, dtype=torch.float32, device=device))
+    return map_score(torch.tensor(new), evolved, ids, leave_one_out=labels is not None)

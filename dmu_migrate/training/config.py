@@ -1,0 +1,204 @@
+"""Training configuration: every (choice) of ../shared/method.md as a field.
+
+Precedence is defaults < ``--config upgrade.toml`` < flags given explicitly.
+The TOML file holds TrainConfig fields, at top level or under ``[train]``:
+
+    method = "dmu"
+    discriminativeness = "margin"
+    gamma = 2.0
+    image_shape = [1, 8, 8]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from dmu_migrate.errors import InputError
+
+METHODS = ("dmu", "bct", "independent", "adapter")
+ADAPTER_KINDS = ("mlp", "procrustes", "affine")
+MEASURES = ("probability", "margin", "entropy")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field, for error messages."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "dmu"  # dmu | bct | independent | adapter
+    adapter_kind: str = "mlp"  # method adapter only: mlp | procrustes | affine
+    discriminativeness: str = "probability"  # q_i: probability | margin | entropy
+    model: str = "mlp"  # new model: mlp | cnn | "package.module:factory"
+    image_shape: tuple[int, ...] | None = None  # (C, H, W) of the flattened x, for cnn
+    dim: int | None = None  # new embedding size; None = the old size (needed for new->old)
+    hidden: int = 256
+    adapter_hidden: int = 256
+    adapter_layers: int = 1  # hidden blocks of the residual MLP psi
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    scale: float = 30.0
+    margin: float = 0.2
+    gamma: float = 1.0  # selective weighting of backward compatibility; 0 = plain BCT
+    beta: float = 1.0  # extra forward-adaptation weight for poor old features
+    lambda_b: float = 1.0
+    lambda_f: float = 1.0
+    tau: float = 0.05
+    detach: bool = True
+    val_fraction: float = 0.0  # share of identities held out for early stopping; 0 = none
+    patience: int = 5  # epochs without validation gain before stopping; 0 = never stop
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def resolved(self) -> TrainConfig:
+        """The settings each method implies, so that the manifest records what really ran.
+
+        bct: uniform inheritance (gamma 0) and no forward adaptation. independent:
+        no backward compatibility, and psi, if trained, only ever reads the new
+        model (detach), so the new model is exactly the one trained alone.
+        """
+        if self.method == "bct":
+            return dataclasses.replace(self, gamma=0.0, lambda_f=0.0)
+        if self.method == "independent":
+            return dataclasses.replace(self, lambda_b=0.0, detach=True)
+        return self
+
+    def fingerprint(self, data_fingerprint: str) -> str:
+        """Identity of a training run, so that --resume refuses another run's checkpoint."""
+        payload = json.dumps([self.as_dict(), data_fingerprint], sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def check(self) -> None:
+        """One-line errors for values that cannot train, naming the flag and the fix."""
+        choices = {
+            "method": METHODS,
+            "adapter_kind": ADAPTER_KINDS,
+            "discriminativeness": MEASURES,
+            "device": DEVICES,
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise InputError(
+                    f"{flag(name)} '{value}' is unknown; use one of {', '.join(allowed)}"
+                )
+        if self.model not in ("mlp", "cnn") and ":" not in self.model:
+            raise InputError(
+                f"--model '{self.model}' is unknown; use mlp, cnn or 'package.module:factory'"
+            )
+        if self.model == "cnn" and self.image_shape is None:
+            raise InputError("--model cnn needs --image-shape C,H,W (e.g. 1,28,28)")
+        positive = ("hidden", "adapter_hidden", "adapter_layers", "epochs", "scale", "tau")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise InputError(f"{flag(name)} must be > 0 (got {getattr(self, name)})")
+        if self.batch_size < 2:
+            raise InputError(
+                f"--batch-size must be >= 2 for in-batch negatives (got {self.batch_size})"
+            )
+        if self.dim is not None and self.dim < 1:
+            raise InputError(f"--dim must be >= 1 (got {self.dim})")
+        for name in ("gamma", "beta", "lambda_b", "lambda_f", "margin", "weight_decay", "patience"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{flag(name)} must be >= 0 (got {getattr(self, name)})")
+        if not self.lr > 0:
+            raise InputError(f"--lr must be > 0 (got {self.lr})")
+        if not 0 <= self.val_fraction < 1:
+            raise InputError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
+
+
+def parse_image_shape(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """'1,28,28' or [1, 28, 28] -> (1, 28, 28); 'H,W' means one channel."""
+    if value is None:
+        return None
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        shape = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"--image-shape '{value}' is not a list of integers; write C,H,W such as 1,28,28"
+        ) from None
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(
+            f"--image-shape '{value}' needs three positive sizes C,H,W such as 1,28,28"
+        )
+    return shape
+
+
+def _field_types() -> dict[str, tuple[type, ...]]:
+    defaults = TrainConfig()
+    types: dict[str, tuple[type, ...]] = {}
+    for f in dataclasses.fields(TrainConfig):
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            types[f.name] = (bool,)
+        elif isinstance(default, float):
+            types[f.name] = (float, int)  # TOML writes 1 for 1.0
+        elif isinstance(default, int):
+            types[f.name] = (int,)
+        elif isinstance(default, str):
+            types[f.name] = (str,)
+    types["dim"] = (int,)
+    types["image_shape"] = (list, str)
+    return types
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """TrainConfig fields from a TOML file, type-checked, with one-line errors."""
+    path = Path(path)
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python 3.10 only
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise InputError(
+                "--config needs Python >= 3.11 or the tomli package: pip install tomli"
+            ) from None
+    if not path.is_file():
+        raise InputError(f"--config '{path}' does not exist; give the path of a TOML file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"--config '{path}' is not valid TOML ({exc}); fix the file") from exc
+    values = raw["train"] if isinstance(raw.get("train"), dict) else raw
+    types = _field_types()
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in types:
+            raise InputError(
+                f"--config '{path}' has unknown key '{key}'; valid keys: {', '.join(sorted(types))}"
+            )
+        allowed = types[name]
+        # bool is an int in Python; a true/false where a number belongs is a typo.
+        wrong_bool = isinstance(value, bool) and bool not in allowed
+        if wrong_bool or not isinstance(value, allowed):
+            raise InputError(
+                f"--config '{path}': '{key}' is {type(value).__name__} {value!r}; "
+                f"expected {' or '.join(t.__name__ for t in allowed)}"
+            )
+        out[name] = parse_image_shape(cast(Any, value)) if name == "image_shape" else value
+    return out
+
+
+def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the config file, then the flags the user actually typed; checked."""
+    config = TrainConfig(**{**file_values, **flag_values})
+    config.check()
+    return config

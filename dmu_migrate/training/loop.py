@@ -1,0 +1,185 @@
+"""The epoch loop shared by every trained method: batches, validation, early stopping, resume.
+
+A method supplies a ``step`` (batch indices -> loss terms, "loss" being the
+one to minimise) and optionally a ``validate`` (-> metrics, "val" being the
+one early stopping maximises); this module owns everything else, so that
+joint training and adapter-only training stop, log and resume alike.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dmu_migrate.errors import InputError
+from dmu_migrate.metrics import retrieval_scores
+from dmu_migrate.training.checkpoint import Checkpoint
+from dmu_migrate.training.config import TrainConfig
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+Step = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+Validate = Callable[[], dict[str, float]]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA GPU is visible to torch; use --device auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def split_by_label(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, validation), holding out whole identities.
+
+    Validation identities are never seen in training, so early stopping
+    measures retrieval of unseen identities, which is what a gallery holds.
+    """
+    if fraction <= 0:
+        return np.arange(len(labels)), np.zeros(0, dtype=np.int64)
+    classes = np.unique(labels)
+    n_val = int(round(fraction * len(classes)))
+    if n_val < 2 or len(classes) - n_val < 2:
+        raise InputError(
+            f"--val-fraction {fraction} holds out {n_val} of {len(classes)} identities; "
+            f"validation and training each need at least 2, so change --val-fraction or pass 0"
+        )
+    held = np.random.default_rng(seed).choice(classes, size=n_val, replace=False)
+    is_val = np.isin(labels, held)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def map_score(
+    queries: torch.Tensor, gallery: torch.Tensor, labels: np.ndarray, leave_one_out: bool
+) -> float:
+    """mAP of queries against the gallery (same rows): smoother than R@1 on small splits."""
+    scores = retrieval_scores(
+        queries.detach().float().cpu().numpy(),
+        labels,
+        gallery.detach().float().cpu().numpy(),
+        labels,
+        ks=(1,),
+        leave_one_out=leave_one_out,
+    )
+    return float(scores.mean_ap)
+
+
+@dataclass
+class EarlyStopping:
+    """Remembers the best validation score and its weights; says when to stop."""
+
+    patience: int
+    best: float = float("-inf")
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    best_states: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def update(self, epoch: int, score: float, modules: dict[str, nn.Module]) -> bool:
+        if score > self.best:
+            self.best, self.best_epoch, self.bad_epochs = score, epoch, 0
+            self.best_states = {k: copy.deepcopy(m.state_dict()) for k, m in modules.items()}
+        else:
+            self.bad_epochs += 1
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+
+@dataclass
+class LoopResult:
+    log: list[dict[str, float]]
+    best_epoch: int  # the epoch whose weights were kept (the last one without validation)
+    best_val: float | None
+
+
+def run_epochs(
+    config: TrainConfig,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    rows: int,
+    step: Step,
+    validate: Validate | None,
+    checkpoint: Checkpoint | None,
+    on_epoch: EpochCallback | None,
+) -> LoopResult:
+    device = next(p.device for m in modules.values() for p in m.parameters())
+    generator = torch.Generator().manual_seed(config.seed)
+    batch = min(config.batch_size, rows)
+    steps_per_epoch = max(1, rows // batch)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
+    )
+    stopper = EarlyStopping(config.patience)
+    log: list[dict[str, float]] = []
+    start, finished = 0, False
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        for key, module in modules.items():
+            module.load_state_dict(state["modules"][key])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        stopper = EarlyStopping(config.patience, **state["stopper"])
+        log, start, finished = state["log"], state["epoch"], state["finished"]
+
+    for epoch in range(start, config.epochs):
+        if finished:
+            break
+        for module in modules.values():
+            module.train()
+        sums: dict[str, float] = {}
+        order = torch.randperm(rows, generator=generator).to(device)
+        for i in range(steps_per_epoch):
+            # Every step sees a full batch (InfoNCE needs in-batch negatives);
+            # the remainder rows land in other epochs' batches.
+            terms = step(order[i * batch : (i + 1) * batch])
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            scheduler.step()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+        entry = {key: value / steps_per_epoch for key, value in sums.items()}
+        entry["epoch"] = epoch + 1
+        if validate is not None:
+            for module in modules.values():
+                module.eval()
+            with torch.no_grad():
+                entry.update(validate())
+            finished = stopper.update(epoch + 1, entry["val"], modules)
+        log.append(entry)
+        if checkpoint is not None:
+            checkpoint.save(
+                {
+                    "modules": {k: m.state_dict() for k, m in modules.items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "stopper": {
+                        "best": stopper.best,
+                        "best_epoch": stopper.best_epoch,
+                        "bad_epochs": stopper.bad_epochs,
+                        "best_states": stopper.best_states,
+                    },
+                    "log": log,
+                    "epoch": epoch + 1,
+                    "finished": finished,
+                }
+            )
+        if on_epoch is not None:
+            on_epoch(epoch + 1, entry)
+
+    if stopper.best_states:
+        for key, module in modules.items():
+            module.load_state_dict(stopper.best_states[key])
+    for module in modules.values():
+        module.eval()
+    if validate is None:
+        return LoopResult(log, len(log), None)
+    return LoopResult(log, stopper.best_epoch, stopper.best)
