@@ -193,10 +193,8 @@ class Backend:
                 return store.client  # type: ignore[attr-defined]
         if self.kind == "qdrant-local":
             return QdrantClient(path=str(self.root / "qdrant"))
-        return QdrantClient(
-            url=self.uri.replace("qdrant://", "http://", 1),
-            api_key=os.environ.get("QDRANT_API_KEY"),
-        )
+        url = self.uri.replace("qdrants://", "https://", 1).replace("qdrant://", "http://", 1)
+        return QdrantClient(url=url, api_key=os.environ.get("QDRANT_API_KEY"))
 
     def _with_qdrant(self, fn: Any) -> Any:
         client = self._qdrant_client()

@@ -129,7 +129,8 @@ class ParquetStore:
         self.root = root
         self.uri = uri
         # Per part file: (mtime_ns, size) -> table, so a read after a write loads only new files.
-        self._parts: dict[Path, tuple[tuple[int, int], int, pa.Table]] = {}
+        self._parts: dict[Path, tuple[tuple[int, int, int], int, pa.Table]] = {}
+        self._merged: dict[Path, tuple[tuple[Any, ...], pa.Table]] = {}  # per collection
         self._last_seq = 0
 
     @classmethod
@@ -147,6 +148,7 @@ class ParquetStore:
 
     def close(self) -> None:
         self._parts.clear()
+        self._merged.clear()
 
     # -- layout -------------------------------------------------------------------
     def _aliases(self) -> dict[str, str]:
@@ -176,9 +178,11 @@ class ParquetStore:
         directory = self.root / self._concrete(name)
         pk = self._schema(name)["pk"]
         tables = []
-        for path in directory.glob("*.parquet"):
+        listing = []
+        for path in sorted(directory.glob("*.parquet")):
             stat = path.stat()
-            key = (stat.st_mtime_ns, stat.st_size)
+            key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # a rename makes a new inode
+            listing.append((path.name, key))
             cached = self._parts.get(path)
             if cached is None or cached[0] != key:
                 table = pq.read_table(path)
@@ -190,6 +194,10 @@ class ParquetStore:
                 cached = (key, seq, table)
                 self._parts[path] = cached
             tables.append((cached[1], path.name, cached[2]))
+        signature = tuple(listing)
+        merged_cache = self._merged.get(directory)
+        if merged_cache is not None and merged_cache[0] == signature:
+            return merged_cache[1]  # describe, count and iterate without re-merging
         if not tables:
             return pa.table({pk: pa.array([], pa.int64())})
         ordered = [t for _, _, t in sorted(tables, key=lambda t: (t[0], t[1]))]
@@ -198,7 +206,9 @@ class ParquetStore:
         latest = merged.group_by(pk).aggregate([("__order", "max")])["__order_max"]
         merged = merged.filter(pc.is_in(merged["__order"], value_set=latest))
         merged = merged.filter(pc.invert(merged["__deleted"]))
-        return merged.drop_columns(["__order", "__deleted"]).sort_by(pk)
+        live = merged.drop_columns(["__order", "__deleted"]).sort_by(pk)
+        self._merged[directory] = (signature, live)
+        return live
 
     # -- discovery -------------------------------------------------------------------
     def has_collection(self, name: str) -> bool:

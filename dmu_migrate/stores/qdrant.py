@@ -95,6 +95,9 @@ class QdrantStore:
                     prefer_grpc=True,
                     https=uri.startswith("qdrants://"),
                     api_key=token or None,
+                    # Its version probe runs in a thread and only warns; get_collections
+                    # below turns an unreachable server into a StoreError instead.
+                    check_compatibility=False,
                 )
             except Exception as exc:  # bad ports/keys surface as several client types
                 raise StoreError(f"cannot open Qdrant at '{uri}' ({exc}); check --uri") from exc
