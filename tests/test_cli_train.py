@@ -16,7 +16,7 @@ from dmu_migrate.cli import app
 from dmu_migrate.data import read_table, write_table
 
 runner = CliRunner()
-SMALL = ["--hidden", "32", "--adapter-hidden", "32", "--batch-size", "128"]
+SMALL = ["--hidden", "32", "--adapter-hidden", "32", "--batch-size", "128", "--device", "cpu"]
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,8 @@ from dmu_migrate.training.loop import pick_device, split_by_label
 from dmu_migrate.training.trainer import TrainConfig, train
 from dmu_migrate.training.upgrade import train_upgrade
 
-FAST = TrainConfig(epochs=2, batch_size=128, hidden=64, adapter_hidden=64, seed=3)
+# device cpu: the device test below covers "auto"; these compare exact CPU results.
+FAST = TrainConfig(epochs=2, batch_size=128, hidden=64, adapter_hidden=64, seed=3, device="cpu")
 
 
 @pytest.fixture(autouse=True)
@@ -149,6 +150,21 @@ def test_independent_new_model_is_the_one_trained_alone(digits: Digits) -> None:
     assert any(p.requires_grad for p in with_psi.adapter.parameters())  # psi was trained
 
 
+def test_bct_is_dmu_with_uniform_weights_and_no_adaptation(digits: Digits) -> None:
+    table = read_table(digits.train_path)
+    bct = train(table.x, table.old, table.labels, dataclasses.replace(FAST, method="bct"))
+    plain = dataclasses.replace(FAST, method="dmu", gamma=0.0, lambda_f=0.0)
+    dmu = train(table.x, table.old, table.labels, plain)
+    assert bct.new_model is not None and dmu.new_model is not None
+    a, b = bct.new_model.state_dict(), dmu.new_model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # With gamma > 0 the same run weights samples by q and trains another model.
+    selective = dataclasses.replace(plain, gamma=2.0)
+    other = train(table.x, table.old, table.labels, selective).new_model
+    assert other is not None
+    assert not all(torch.equal(a[k], other.state_dict()[k]) for k in a)
+
+
 def test_training_is_reproducible_given_the_seed(digits: Digits) -> None:
     table = read_table(digits.train_path)
     runs = [
@@ -216,8 +232,9 @@ def test_validation_holds_out_identities_and_early_stopping_keeps_the_best_epoch
     scores = [entry["val"] for entry in log]
     best = training["best_epoch"]
     assert scores[best - 1] == max(scores) == training["best_val"]
-    # Either it ran to the end, or it stopped `patience` epochs after the best one.
-    assert len(log) == config.epochs or len(log) - best == config.patience
+    # A high learning rate overshoots after a few epochs on 7 training digits: the
+    # run stops `patience` epochs after its best one instead of running all 12.
+    assert len(log) < config.epochs and len(log) - best == config.patience
     # The artifact holds the best epoch's weights: re-score the held-out identities with it.
     table = read_table(digits.train_path)
     train_idx, val_idx = split_by_label(table.labels, config.val_fraction, config.seed)
