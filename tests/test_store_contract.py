@@ -36,7 +36,7 @@ def label_filter(backend: Backend, label: int) -> str:
 class Seeded:
     """A seeded source collection: rows inserted in shuffled order, an alias in front."""
 
-    def __init__(self, backend: Backend, string_ids: bool = False, n: int = N, **kw: Any) -> None:
+    def __init__(self, backend: Backend, string_ids: bool = False, n: int = N) -> None:
         rng = np.random.default_rng(7)
         ids = backend.string_ids(n) if string_ids else [int(i) for i in np.arange(n) * 3 + 5]
         self.ids = np.asarray(ids, dtype=object if string_ids else np.int64)  # ascending
@@ -52,11 +52,7 @@ class Seeded:
             self.vectors[order],
             {"label": [self.labels[i] for i in order], "name": [self.names[i] for i in order]},
             alias=self.alias,
-            **kw,
         )
-
-    def row(self, row_id: Any) -> int:
-        return self.ids.tolist().index(row_id)
 
 
 @pytest.fixture
@@ -295,6 +291,8 @@ def test_write_rows_keeps_the_other_vector_fields(backend: Backend) -> None:
         )
     store.flush(target)
     assert store.describe(target, vector_field="body").dim == 5
+    by_body = list(store.iter_batches(info, 10, vector_field="body"))
+    np.testing.assert_allclose(by_body[0].vectors, body, atol=1e-6)
     rows = backend.read_all(target)
     np.testing.assert_allclose([rows[i]["body"] for i in src_ids], body, atol=1e-6)
     np.testing.assert_allclose(
