@@ -256,6 +256,19 @@ def test_validation_split_needs_two_identities_each_side(digits: Digits) -> None
         train(table.x, table.old, table.labels, dataclasses.replace(FAST, val_fraction=0.05))
 
 
+def test_validation_holds_out_only_identities_that_can_be_retrieved() -> None:
+    # Identities 0-3 have one row each: leave-one-out has nothing to find for them.
+    labels = np.array([0, 1, 2, 3, 4, 4, 5, 5, 6, 6, 7, 7])
+    for seed in range(5):
+        train_idx, val_idx = split_by_label(labels, 0.25, seed)
+        assert set(labels[val_idx]) <= {4, 5, 6, 7} and len(set(labels[val_idx])) == 2
+        assert sorted([*train_idx, *val_idx]) == list(range(len(labels)))
+    with pytest.raises(InputError, match="identities with 2\\+ rows"):
+        split_by_label(labels, 0.6, 0)  # 5 of 8 identities, only 4 eligible
+    _, val_idx = split_by_label(np.arange(10), 0.3, 0, min_rows=1)  # unlabelled pairs
+    assert len(val_idx) == 3
+
+
 def test_device_auto_picks_cuda_only_when_present() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert pick_device("auto").type == expected

@@ -44,7 +44,10 @@ def fit_adapter(
     if len(old) < 4:
         raise InputError(f"the training table has {len(old)} rows; give at least a few pairs")
     ids = labels if labels is not None else np.arange(len(old))
-    train_idx, val_idx = split_by_label(ids, config.val_fraction, config.seed)
+    # Unlabelled rows are scored pairwise (each new vector finds its own item), so
+    # single-row identities are fine there.
+    min_rows = 2 if labels is not None else 1
+    train_idx, val_idx = split_by_label(ids, config.val_fraction, config.seed, min_rows)
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
     validation = {"rows": len(val_idx), "identities": len(np.unique(ids[val_idx]))}

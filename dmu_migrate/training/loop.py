@@ -35,22 +35,32 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def split_by_label(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_by_label(
+    labels: np.ndarray, fraction: float, seed: int, min_rows: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (train, validation), holding out whole identities.
 
     Validation identities are never seen in training, so early stopping
     measures retrieval of unseen identities, which is what a gallery holds.
+    Only identities with ``min_rows`` rows are held out: a lone item has
+    nothing to retrieve under leave-one-out, and would score as NaN.
     """
     if fraction <= 0:
         return np.arange(len(labels)), np.zeros(0, dtype=np.int64)
-    classes = np.unique(labels)
+    classes, counts = np.unique(labels, return_counts=True)
     n_val = int(round(fraction * len(classes)))
     if n_val < 2 or len(classes) - n_val < 2:
         raise InputError(
             f"--val-fraction {fraction} holds out {n_val} of {len(classes)} identities; "
             f"validation and training each need at least 2, so change --val-fraction or pass 0"
         )
-    held = np.random.default_rng(seed).choice(classes, size=n_val, replace=False)
+    eligible = classes[counts >= min_rows]
+    if len(eligible) < n_val:
+        raise InputError(
+            f"--val-fraction {fraction} needs {n_val} identities with {min_rows}+ rows but the "
+            f"table has {len(eligible)}; lower --val-fraction or pass 0"
+        )
+    held = np.random.default_rng(seed).choice(eligible, size=n_val, replace=False)
     is_val = np.isin(labels, held)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
