@@ -19,7 +19,7 @@ runner = CliRunner()
 SMALL = ["--hidden", "32", "--adapter-hidden", "32", "--batch-size", "128", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread() -> Iterator[None]:
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -31,7 +31,7 @@ from dmu_migrate.training.upgrade import train_upgrade
 FAST = TrainConfig(epochs=2, batch_size=128, hidden=64, adapter_hidden=64, seed=3, device="cpu")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread() -> Iterator[None]:
     """These networks are tiny: a second intra-op thread only adds contention on 2 cores."""
     before = torch.get_num_threads()
