@@ -134,6 +134,8 @@ def run_epochs(
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         stopper = EarlyStopping(config.patience, **state["stopper"])
         log, start, finished = state["log"], state["epoch"], state["finished"]
 
@@ -164,8 +166,12 @@ def run_epochs(
             finished = stopper.update(epoch + 1, entry["val"], modules)
         log.append(entry)
         if checkpoint is not None:
+            # The RNG states matter only to layers that draw at train time
+            # (dropout in a plug-in model); saving them keeps resume exact there too.
+            rng = {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
             checkpoint.save(
                 {
+                    **rng,
                     "modules": {k: m.state_dict() for k, m in modules.items()},
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
