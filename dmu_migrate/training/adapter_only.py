@@ -19,6 +19,7 @@ from dmu_migrate.training.config import TrainConfig
 from dmu_migrate.training.loop import (
     EpochCallback,
     Validate,
+    embed_rows,
     map_score,
     pick_device,
     run_epochs,
@@ -138,5 +139,5 @@ def _paired_map(
     """
     device = next(iter(adapter.parameters())).device
     with torch.no_grad():
-        evolved = adapter(torch.tensor(old, dtype=torch.float32, device=device))
+        evolved = embed_rows(adapter, torch.tensor(old, dtype=torch.float32, device=device))
     return map_score(torch.tensor(new), evolved, ids, leave_one_out=labels is not None)

@@ -65,6 +65,11 @@ def split_by_label(
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+def embed_rows(module: nn.Module, rows: torch.Tensor, batch: int = 2048) -> torch.Tensor:
+    """module(rows) in chunks: a CNN over every validation image at once can need gigabytes."""
+    return torch.cat([module(rows[i : i + batch]) for i in range(0, len(rows), batch)])
+
+
 def map_score(
     queries: torch.Tensor, gallery: torch.Tensor, labels: np.ndarray, leave_one_out: bool
 ) -> float:

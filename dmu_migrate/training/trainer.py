@@ -21,6 +21,7 @@ from dmu_migrate.training.config import TrainConfig
 from dmu_migrate.training.loop import (
     EpochCallback,
     Validate,
+    embed_rows,
     map_score,
     pick_device,
     run_epochs,
@@ -132,10 +133,12 @@ def train(
         y_val = labels[val_idx]
 
         def run_validation() -> dict[str, float]:
-            f = model(x_val)
+            f = embed_rows(model, x_val)
             metrics = {
                 "val_new_new": map_score(f, f, y_val, leave_one_out=True),
-                "val_new_evolved": map_score(f, adapter(old_val), y_val, leave_one_out=True),
+                "val_new_evolved": map_score(
+                    f, embed_rows(adapter, old_val), y_val, leave_one_out=True
+                ),
             }
             # independent stops on new->new alone, so that its new model is
             # exactly the one trained without any adapter in the loop.
