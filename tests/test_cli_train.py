@@ -145,6 +145,20 @@ def test_plugin_with_wrong_output_shape_is_refused(
     assert_clean_error(result, 2, "--model 'bad_nets:build' maps 2 rows", "(2, 32)")
 
 
+def test_plugin_that_rejects_the_input_size_says_why(
+    tmp_path: Path, digits: Digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "img_nets.py").write_text(
+        "def build(input_dim, output_dim):\n"
+        "    raise ValueError(f'x has {input_dim} values, not 28*28 pixels')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = runner.invoke(
+        app, train_args(digits.train_path, tmp_path, "w", "--model", "img_nets:build")
+    )
+    assert_clean_error(result, 2, "refused input_dim=64, output_dim=32", "not 28*28 pixels")
+
+
 @pytest.mark.parametrize(
     ("text", "needles"),
     [

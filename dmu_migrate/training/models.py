@@ -158,6 +158,11 @@ def build_new_model(
             f"--model '{kind}' could not be called as factory(input_dim=..., output_dim=...) "
             f"({exc}); accept those two keyword arguments"
         ) from exc
+    except ValueError as exc:
+        # A factory that checks its inputs (e.g. "not a square image") speaks to the user.
+        raise InputError(
+            f"--model '{kind}' refused input_dim={input_dim}, output_dim={out_dim}: {exc}"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise InputError(
             f"--model '{kind}' returned {type(model).__name__}, not a torch nn.Module; "
