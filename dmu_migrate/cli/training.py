@@ -67,9 +67,10 @@ def train(
     method: Annotated[
         str,
         typer.Option(
-            help="dmu (selective compatibility + adapter), bct, independent (no compatibility: "
-            "the full-backfill reference), or adapter (fixed new model: fit psi on the NEW_COL "
-            "embeddings)."
+            help="dmu (selective compatibility + adapter); bct (sets gamma 0 and lambda_f 0, "
+            "ships an identity adapter); independent (sets lambda_b 0: the full-backfill "
+            "reference, psi trained on detached targets); adapter (fixed new model: fit psi on "
+            "the NEW_COL embeddings, no new_model.onnx)."
         ),
     ] = "dmu",
     adapter_kind: Annotated[
