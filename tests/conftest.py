@@ -117,33 +117,57 @@ def read_all(db: Path, collection: str) -> dict[int, dict]:
 # -- store backends: one contract, every store (see tests/backends.py) ---------------
 
 
+def _stop_milvus(server, pid: int | None) -> None:
+    """Stop a server from the `milvus` package; SIGKILL it if it outlives a grace period."""
+    import contextlib
+    import signal
+    import subprocess
+
+    with contextlib.suppress(subprocess.TimeoutExpired):  # killed below
+        server.stop()
+    if pid is None:
+        return
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)  # it ignores SIGTERM for a while; never leave it on the ports
+
+
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory):
-    """The real Milvus 2.3.5 standalone server from the `milvus` package, once per session."""
-    import os
-    import signal
+    """The real Milvus 2.3.5 standalone server from the `milvus` package, once per session.
+
+    Its embedded etcd always binds peer port 2380, so a second server on the machine (a
+    concurrent test run) panics at start: runs take turns through a file lock instead.
+    """
+    import fcntl
+    import tempfile
 
     from milvus import default_server
 
-    default_server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
-    default_server.start()
-    proc = default_server.server_proc
-    pid = proc.pid if proc is not None else None
+    lock = open(Path(tempfile.gettempdir()) / "dmu-migrate-milvus-server.lock", "w")  # noqa: SIM115
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("another test run held the Milvus server for 15 min") from None
+            time.sleep(1)
+    proc = None
     try:
-        # The package binds the next free port when 19530 is taken (another test run).
+        default_server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+        default_server.start()
+        proc = default_server.server_proc
+        # Bound to 19530 unless something else holds it; then the next free port.
         yield f"http://127.0.0.1:{default_server.listen_port}"
     finally:
-        default_server.stop()
-        # The server ignores SIGTERM for a while; never leave it holding ports 19530/2379.
-        if pid is not None:
-            for _ in range(50):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
-            else:
-                os.kill(pid, signal.SIGKILL)
+        _stop_milvus(default_server, proc.pid if proc is not None else None)
+        lock.close()  # releases the lock
 
 
 @pytest.fixture(params=backend_kinds())

@@ -170,6 +170,17 @@ def test_iter_batches_is_complete_and_id_ordered(backend: Backend, src: Seeded) 
     assert [x for b in parts for x in b.fields["name"]] == src.names
 
 
+def test_reads_see_rows_written_just_before(backend: Backend) -> None:
+    """Counts are exact and reads complete right after a write (a server's default
+    consistency may lag by seconds: verification would then see rows go missing)."""
+    name = backend.unique("fresh")
+    backend.seed(name, [3, 1, 2], unit(np.eye(3, DIM)))
+    store = backend.open_store()
+    assert store.count(name) == 3
+    assert ids_of(batches(store, name, 2)) == [1, 2, 3]
+    assert np.concatenate(list(store.iter_ids(name, 2))).tolist() == [1, 2, 3]
+
+
 def test_after_cursor_resumes_exactly(backend: Backend, src: Seeded) -> None:
     store = backend.open_store()
     info = store.describe(src.name)
