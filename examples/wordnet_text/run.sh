@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The WordNet text-embedding upgrade, end to end. Run from the repository root.
+#   old model: paraphrase-MiniLM-L3-v2   new backbone: all-MiniLM-L6-v2 (+ a trained head)
+set -euo pipefail
+DATA=${DATA:-data/wordnet_text}
+OUT=${OUT:-adapters}
+COMMON=(--model nets:residual --epochs 12 --lr 1e-3 --out-dir "$OUT" --overwrite)
+export PYTHONPATH="examples/wordnet_text${PYTHONPATH:+:$PYTHONPATH}"  # for --model nets:residual
+
+python examples/wordnet_text/prepare.py --out "$DATA" --train-synsets 2500
+
+# The full-backfill reference: the new model trained alone (no compatibility).
+dmu-migrate train "$DATA/train.parquet" --name wordnet-independent --method independent "${COMMON[@]}"
+# DMU: selective backward compatibility plus the forward adapter psi.
+dmu-migrate train "$DATA/train.parquet" --name wordnet-dmu --method dmu "${COMMON[@]}"
+dmu-migrate evaluate "$DATA/eval.parquet" --adapter "$OUT/wordnet-dmu" \
+  --reference "$OUT/wordnet-independent" --plot wordnet-dmu.png
+
+# Adapter only: the off-the-shelf all-MiniLM-L6-v2 (column 'new') stays as it is and
+# only psi is fitted, old -> new; evaluate reads the new embeddings from column 'new'.
+dmu-migrate train "$DATA/train.parquet" --name wordnet-affine --method adapter \
+  --adapter-kind affine --out-dir "$OUT" --overwrite
+dmu-migrate evaluate "$DATA/eval.parquet" --adapter "$OUT/wordnet-affine"
