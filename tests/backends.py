@@ -277,6 +277,8 @@ class Backend:
         client = MilvusClient(self.uri)
         try:
             client.load_collection(name)
+            # A Strong query first: iterators read at a client-side timestamp (see milvus.py).
+            client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
             it = client.query_iterator(
                 name, batch_size=1000, filter="", output_fields=["*"], consistency_level="Strong"
             )

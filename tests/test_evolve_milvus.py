@@ -12,7 +12,7 @@ from pymilvus import DataType, MilvusClient
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.demo import search_check
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.evolve.pipeline import EvolveOptions, evolve_collection
+from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult, evolve_collection
 from dmu_migrate.evolve.plan import target_name
 from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.stores.base import open_store
@@ -20,7 +20,7 @@ from dmu_migrate.stores.base import open_store
 
 def run_evolve(
     db: Path, collection: str, artifact: Artifact, alias: str | None = None, batch_size: int = 4096
-):  # type: ignore[no-untyped-def]
+) -> EvolveResult:
     store = open_store(str(db))
     try:
         return evolve_collection(store, collection, [artifact], alias, EvolveOptions(batch_size))

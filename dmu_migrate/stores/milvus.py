@@ -19,7 +19,9 @@ _VECTOR_TYPES = {DataType.FLOAT_VECTOR}
 _TAG_MAX_LENGTH = 64
 _LEDGER_MAX_LENGTH = 65535
 _GET_CHUNK = 1000  # ids per get(): keeps the filter expression within server limits
-_INDEX_KEYS = ("index_type", "metric_type")
+# A migration reads what it just wrote (ledger, counts, verification); a server's
+# default "Bounded" consistency may not show those writes yet.
+STRONG = "Strong"
 
 
 def _literal(value: Id) -> str:
@@ -114,7 +116,7 @@ class MilvusStore:
         self._ensure_loaded(name)
         try:
             rows = self.client.query(
-                name, filter=filter or "", output_fields=["count(*)"], consistency_level="Strong"
+                name, filter=filter or "", output_fields=["count(*)"], consistency_level=STRONG
             )
         except MilvusException as exc:
             raise InputError(
@@ -127,10 +129,13 @@ class MilvusStore:
         self, name: str, batch_size: int, expr: str, fields: list[str]
     ) -> Iterator[list[dict[str, Any]]]:
         self._ensure_loaded(name)
+        # pymilvus 3 iterators on a 2.x server read at a client-side timestamp and can
+        # miss rows not yet flushed; a Strong query first makes the server catch up.
+        self.client.query(name, filter="", output_fields=["count(*)"], consistency_level=STRONG)
         # query_iterator walks the collection in primary-key order; hand-rolled
         # "id > last" paging with plain query() skips rows on Milvus Lite.
         iterator = self.client.query_iterator(
-            name, batch_size=batch_size, filter=expr, output_fields=fields
+            name, batch_size=batch_size, filter=expr, output_fields=fields, consistency_level=STRONG
         )
         try:
             while rows := iterator.next():
@@ -172,7 +177,9 @@ class MilvusStore:
         wanted = ids.tolist()
         for start in range(0, len(wanted), _GET_CHUNK):
             chunk = wanted[start : start + _GET_CHUNK]
-            for row in self.client.get(info.name, ids=chunk, output_fields=["*"]):
+            for row in self.client.get(
+                info.name, ids=chunk, output_fields=["*"], consistency_level=STRONG
+            ):
                 by_id[row[pk]] = row
         missing = [i for i in wanted if i not in by_id]
         if missing:
@@ -211,7 +218,9 @@ class MilvusStore:
                 params=index.get("params") if isinstance(index.get("params"), dict) else {},
             )
         try:
-            self.client.create_collection(target, schema=schema, index_params=index_params)
+            self.client.create_collection(
+                target, schema=schema, index_params=index_params, consistency_level=STRONG
+            )
         except MilvusException as exc:
             raise StoreError(f"cannot create collection '{target}' ({exc.message})") from exc
 
@@ -308,12 +317,16 @@ class MilvusStore:
             schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
             index = self.client.prepare_index_params()
             index.add_index(field_name="unused", index_type="AUTOINDEX", metric_type="L2")
-            self.client.create_collection(LEDGER_COLLECTION, schema=schema, index_params=index)
+            self.client.create_collection(
+                LEDGER_COLLECTION, schema=schema, index_params=index, consistency_level=STRONG
+            )
         self._ensure_loaded(LEDGER_COLLECTION)
         return LEDGER_COLLECTION
 
     def ledger_get(self, key: str) -> dict[str, Any] | None:
-        rows = self.client.get(self._ledger(), ids=[key], output_fields=["record"])
+        rows = self.client.get(
+            self._ledger(), ids=[key], output_fields=["record"], consistency_level=STRONG
+        )
         return json.loads(rows[0]["record"]) if rows else None
 
     def ledger_put(self, key: str, record: dict[str, Any]) -> None:
