@@ -14,14 +14,13 @@ runs wherever evolve runs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from dmu_migrate.artifact import Artifact
-from dmu_migrate.data import Columns, Table, read_table, vector_column
+from dmu_migrate.data import Columns, Table, read_table
 from dmu_migrate.errors import InputError
 from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.metrics import (
@@ -68,15 +67,8 @@ class EvalReport:
         }
 
 
-def _new_column(table: Table, name: str) -> np.ndarray | None:
-    """The table's precomputed new-model embeddings, if it has that column."""
-    if name not in pq.read_schema(table.path).names:
-        return None
-    return vector_column(pq.read_table(table.path, columns=[name]), name, str(table.path))
-
-
 def new_embeddings(
-    artifact: Artifact, table: Table, columns: Columns, need_x: bool, new_name: str = "new"
+    artifact: Artifact, table: Table, columns: Columns, need_x: bool
 ) -> tuple[np.ndarray, str]:
     """New-model embeddings of every row: the artifact's encoder over ``x``, else the
     table's ``new`` column (an adapter-only artifact ships no encoder)."""
@@ -88,7 +80,7 @@ def new_embeddings(
                 f"new model of '{m.name}' takes {m.input_dim}; use the table the model was trained for"
             )
         return OnnxModel(artifact.new_model_path)(table.x), "new_model.onnx"
-    new = _new_column(table, new_name)
+    new, new_name = table.new, columns.new
     if new is None:
         raise InputError(
             f"artifact {artifact.label} has no new_model.onnx and '{table.path}' has no column "
@@ -104,7 +96,7 @@ def new_embeddings(
 
 
 def embed(
-    artifact: Artifact, table: Table, columns: Columns = Columns(), new_name: str = "new"
+    artifact: Artifact, table: Table, columns: Columns = Columns()
 ) -> tuple[dict[str, np.ndarray], str]:
     """The embeddings of every row: old (stored), new (encoder or column), evolved (adapter)."""
     m = artifact.manifest
@@ -113,7 +105,7 @@ def embed(
             f"column '{columns.old}' of '{table.path}' has {table.old.shape[1]}-d vectors but "
             f"adapter '{m.name}' expects {m.old_dim}-d; use the table of the matching old model"
         )
-    new, source = new_embeddings(artifact, table, columns, table.x.shape[1] > 0, new_name)
+    new, source = new_embeddings(artifact, table, columns, table.x.shape[1] > 0)
     vectors = {"old": table.old, "new": new, "evolved": OnnxModel(artifact.adapter_path)(table.old)}
     return vectors, source
 
@@ -169,17 +161,20 @@ def evaluate(
     mixed_fraction: float = 0.5,
     seed: int = 0,
     fars: Sequence[float] = FARS,
-    new_col: str = "new",
+    new_col: str | None = None,
 ) -> EvalReport:
     """Score every setting on a held-out table; ``reference`` is the full-backfill model.
 
     The mixed gallery is the table's gallery rows with a seeded ``mixed_fraction``
-    of them embedded natively by the new model and the rest evolved.
+    of them embedded natively by the new model and the rest evolved. ``new_col``
+    overrides ``columns.new``, the column read when the artifact has no encoder.
     """
+    if new_col is not None:
+        columns = replace(columns, new=new_col)
     if not 0.0 <= mixed_fraction <= 1.0:
         raise InputError(f"--mixed-fraction is {mixed_fraction}; give a share between 0 and 1")
     table = read_table(table_path, columns, need_x=needs_x(artifact, reference))
-    vectors, source = embed(artifact, table, columns, new_col)
+    vectors, source = embed(artifact, table, columns)
     q_idx, g_idx, loo = split_roles(table, columns)
     gallery_rows = {kind: v[g_idx] for kind, v in vectors.items()}
     gallery_rows["mixed"] = mixed_gallery(
@@ -196,7 +191,7 @@ def evaluate(
 
     ref_scores = None
     if reference is not None:
-        ref_new, _ = new_embeddings(reference, table, columns, table.x.shape[1] > 0, new_col)
+        ref_new, _ = new_embeddings(reference, table, columns, table.x.shape[1] > 0)
         ref_scores = score(ref_new[q_idx], q_labels, ref_new[g_idx], g_labels, loo, fars)
     return EvalReport(
         table=str(table_path),

@@ -88,7 +88,7 @@ def evaluate(
         from dmu_migrate.evaluation import FARS, plot_report
         from dmu_migrate.evaluation import evaluate as run_evaluation
 
-        columns = Columns(label_col, old_col, x_col, role_col)
+        columns = Columns(label_col, old_col, x_col, role_col, new_col)
         if plot is not None:
             _check_plotting(plot)
         report = run_evaluation(
@@ -99,7 +99,6 @@ def evaluate(
             mixed_fraction=mixed_fraction,
             seed=seed,
             fars=FARS if tar else (),
-            new_col=new_col,
         )
         if plot is not None:
             plot_report(report, plot)
