@@ -211,8 +211,8 @@ class QdrantStore:
         field = info.vector_field if vector_field is None else vector_field
         parsed = parse_filter(filter)
         # scroll's offset is inclusive: start AT the cursor and drop that point.
-        offset: Any = after
-        skip = after
+        offset: Any = after.item() if isinstance(after, np.generic) else after  # ids[-1]
+        skip = offset
         while True:
             with self._errors(f"read collection '{info.name}'", "check --collection"):
                 records, offset = self.client.scroll(
