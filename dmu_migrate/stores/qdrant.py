@@ -200,6 +200,32 @@ class QdrantStore:
             return int(self.client.count(name, count_filter=parsed, exact=True).count)
 
     # -- reading -------------------------------------------------------------------
+    def _pages(
+        self, name: str, limit: int, filter: str | None, after: Any = None, full: bool = True
+    ) -> Iterator[list[Any]]:
+        """Non-empty pages of points with id > ``after``, in id order (scroll's order)."""
+        parsed = parse_filter(filter)
+        # scroll's offset is inclusive: start AT the cursor and drop that point.
+        offset = after.item() if isinstance(after, np.generic) else after  # a Batch's ids[-1]
+        skip = offset
+        while True:
+            with self._errors(f"read collection '{name}'", "check --collection and --filter"):
+                records, offset = self.client.scroll(
+                    name,
+                    scroll_filter=parsed,
+                    limit=limit + (1 if skip is not None else 0),
+                    offset=offset,
+                    with_payload=full,
+                    with_vectors=full,
+                )
+            if skip is not None:
+                records = [r for r in records if str(r.id) != str(skip)]
+                skip = None
+            if records:
+                yield records
+            if offset is None:
+                return
+
     def iter_batches(
         self,
         info: CollectionInfo,
@@ -209,47 +235,14 @@ class QdrantStore:
         vector_field: str | None = None,
     ) -> Iterator[Batch]:
         field = info.vector_field if vector_field is None else vector_field
-        parsed = parse_filter(filter)
-        # scroll's offset is inclusive: start AT the cursor and drop that point.
-        offset: Any = after.item() if isinstance(after, np.generic) else after  # ids[-1]
-        skip = offset
-        while True:
-            with self._errors(f"read collection '{info.name}'", "check --collection"):
-                records, offset = self.client.scroll(
-                    info.name,
-                    scroll_filter=parsed,
-                    limit=batch_size + (1 if skip is not None else 0),
-                    offset=offset,
-                    with_payload=True,
-                    with_vectors=True,
-                )
-            if skip is not None:
-                records = [r for r in records if str(r.id) != str(skip)]
-                skip = None
-            if records:
-                yield self._to_batch(info.name, records, field)
-            if offset is None:
-                return
+        for records in self._pages(info.name, batch_size, filter, after):
+            yield self._to_batch(info.name, records, field)
 
     def iter_ids(
         self, name: str, batch_size: int, filter: str | None = None
     ) -> Iterator[np.ndarray]:
-        parsed = parse_filter(filter)
-        offset: Any = None
-        while True:
-            with self._errors(f"read ids of collection '{name}'", "check --collection"):
-                records, offset = self.client.scroll(
-                    name,
-                    scroll_filter=parsed,
-                    limit=batch_size,
-                    offset=offset,
-                    with_payload=False,
-                    with_vectors=False,
-                )
-            if records:
-                yield _ids_array([r.id for r in records])
-            if offset is None:
-                return
+        for records in self._pages(name, batch_size, filter, full=False):
+            yield _ids_array([r.id for r in records])
 
     def _to_batch(self, name: str, records: list[Any], field: str) -> Batch:
         vectors: list[Any] = []
@@ -493,13 +486,6 @@ class QdrantStore:
     def ledger_list(self) -> list[dict[str, Any]]:
         if not self._ledger_ready(create=False):
             return []
-        entries: list[tuple[str, dict[str, Any]]] = []
-        offset: Any = None
-        while True:
-            with self._errors("read the ledger", "check --uri"):
-                records, offset = self.client.scroll(LEDGER_COLLECTION, limit=256, offset=offset)
-            entries += [
-                (r.payload["key"], json.loads(r.payload["record"])) for r in records if r.payload
-            ]
-            if offset is None:
-                return [record for _, record in sorted(entries, key=lambda e: e[0])]
+        records = [r for page in self._pages(LEDGER_COLLECTION, 256, None) for r in page]
+        entries = sorted((r.payload["key"], r.payload["record"]) for r in records if r.payload)
+        return [json.loads(record) for _, record in entries]
