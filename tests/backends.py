@@ -14,6 +14,11 @@ Fixtures (tests/conftest.py): ``backend`` (parametrized over ``backend_kinds()``
         ...
         rows = backend.read_all(target)       # {id: {field: value, vector name: list}}
 
+``unique(prefix)`` names collections and aliases (servers are shared by the session);
+``string_ids(n)`` gives ascending string keys the store accepts (UUIDs on Qdrant);
+``shared(key, make)`` seeds read-only data once per session on the private Milvus
+server (and every time elsewhere); ``is_milvus``/``is_qdrant`` pick per-kind filter text.
+
 Vectors: an ``(n, d)`` array is seeded as Milvus field "vector", the unnamed Qdrant
 vector (reported as vector field "") and Parquet column "vector"; a dict
 ``{name: (n, d)}`` seeds several named vector fields. ``vector_name`` says which

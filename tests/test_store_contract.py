@@ -446,3 +446,17 @@ def test_parquet_filters_treat_untagged_rows_as_not_at_a_version(tmp_path: Path)
         with pytest.raises(InputError, match="--filter"):
             store.count("g", bad)
     backend.close_stores()
+
+
+def test_parquet_rewritten_batch_replaces_its_part_file(tmp_path: Path) -> None:
+    backend = Backend("parquet", f"parquet:{tmp_path / 'parquet'}", tmp_path)
+    backend.seed("g", [1, 2, 3, 4], unit(np.eye(4)), {"label": [1, 2, 3, 4]})
+    store = backend.open_store()
+    info = store.describe("g")
+    store.create_like(info, "g2", 2)
+    parts = list(store.iter_batches(info, 2))
+    for batch in (*parts, parts[0]):  # the first batch again, as after a crash
+        store.write_rows(info, "g2", Batch(batch.ids, batch.vectors[:, :2], batch.fields), TAGS)
+    files = sorted(p.name for p in (tmp_path / "parquet" / "g2").iterdir())
+    assert len(files) == 3 and not [f for f in files if f.endswith(".tmp")]  # schema + 2 parts
+    assert store.count("g2") == 4
