@@ -181,7 +181,8 @@ def evolve(
                 if v is not None:
                     out.print(
                         f"verified: {v.target_rows} rows, every source id present, "
-                        f"{v.sampled} sampled vectors within {v.max_abs_error:.1e}"
+                        f"{v.sampled} sampled vectors within {v.max_abs_error:.1e}, "
+                        f"{v.searched} found by searching the target"
                     )
                 out.print(result.cut_over)
             for note in result.notes:

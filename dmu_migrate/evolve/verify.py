@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 VERIFY_SAMPLE = 256
 VERIFY_TOLERANCE = 1e-5
+SMOKE_QUERIES = 8
+SMOKE_K = 10
 
 
 class Reservoir:
@@ -83,6 +85,7 @@ class VerifyReport:
     missing: int
     sampled: int
     max_abs_error: float
+    searched: int  # sampled rows found by searching the target with their own vectors
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -108,6 +111,7 @@ def verify(store: VectorStore, plan: Plan, strategy: Strategy, ids: np.ndarray) 
             f"{source_rows}; nothing was cut over, run evolve again to finish"
         )
     error = 0.0
+    stored = None
     if len(ids):
         expected = strategy.expected(ids)
         stored = strategy.read_back(ids)
@@ -117,4 +121,23 @@ def verify(store: VectorStore, plan: Plan, strategy: Strategy, ids: np.ndarray) 
                 f"evolved vectors in '{plan.target}' differ from the adapter output by {error:.2e} "
                 f"(limit {VERIFY_TOLERANCE:.0e}); nothing was cut over"
             )
-    return VerifyReport(source_rows, target_rows, len(missing), len(ids), error)
+    found = smoke_search(store, plan, ids[:SMOKE_QUERIES], stored if len(ids) else None)
+    return VerifyReport(source_rows, target_rows, len(missing), len(ids), error, found)
+
+
+def smoke_search(store: VectorStore, plan: Plan, ids: np.ndarray, stored: np.ndarray | None) -> int:
+    """Search the target with a few of its own vectors: each must find itself.
+
+    Catches a target that holds the right numbers but cannot serve them (no or
+    a broken index, wrong vector field, wrong metric), before readers see it.
+    """
+    if stored is None or not len(ids):
+        return 0
+    hits = store.search(plan.target, plan.target_field, stored[: len(ids)], SMOKE_K)
+    lost = [i for i, row in zip(ids.tolist(), hits, strict=True) if i not in row]
+    if lost:
+        raise VerificationError(
+            f"searching '{plan.target}' with its own evolved vectors did not return ids "
+            f"{lost[:3]} in the top {SMOKE_K}; check its index, nothing was cut over"
+        )
+    return len(ids)

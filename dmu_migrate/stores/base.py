@@ -91,6 +91,10 @@ class VectorStore(Protocol):
         """Rows by id, in the order given; StoreError when any is missing."""
         ...
 
+    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> list[list[Id]]:
+        """Ids of the k nearest rows per query, through the store's own index."""
+        ...
+
     # -- writing -------------------------------------------------------------
     def create_like(self, source: CollectionInfo, target: str, new_dim: int) -> None:
         """A collection with the source's fields and index, the vector resized, plus tags."""

@@ -188,6 +188,14 @@ class MilvusStore:
             )
         return self._to_batch([by_id[i] for i in wanted], pk, vector_field)
 
+    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> list[list[Id]]:
+        self._ensure_loaded(name)
+        hits = self.client.search(
+            name, data=list(queries), limit=k, anns_field=vector_field, consistency_level=STRONG
+        )
+        pk = self._pk(name)  # hits are keyed by the primary key's name, not always "id"
+        return [[h[pk] if pk in h else h["id"] for h in row] for row in hits]
+
     def _pk(self, name: str) -> str:
         fields = self.client.describe_collection(name)["fields"]
         return str(next(f["name"] for f in fields if f.get("is_primary")))

@@ -312,6 +312,17 @@ class ParquetStore:
     def fetch(self, info: CollectionInfo, ids: np.ndarray, vector_field: str) -> Batch:
         return self._to_batch(info.name, self._rows(info.name, ids), vector_field)
 
+    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> list[list[Id]]:
+        """Exact cosine search: Parquet has no index, so every row is scored."""
+        info = self.describe(name, vector_field)
+        batch = self._to_batch(info.name, self._table(info.name), vector_field)
+        gallery = batch.vectors / np.maximum(
+            np.linalg.norm(batch.vectors, axis=1, keepdims=True), 1e-12
+        )
+        q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        order = np.argsort(-(q @ gallery.T), axis=1, kind="stable")[:, :k]
+        return [batch.ids[row].tolist() for row in order]
+
     def _rows(self, name: str, ids: np.ndarray) -> pa.Table:
         table = self._table(name)
         pk = self._schema(name)["pk"]

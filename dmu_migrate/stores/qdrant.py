@@ -423,6 +423,20 @@ class QdrantStore:
                 name, points_selector=models.PointIdsList(points=ids.tolist()), wait=True
             )
 
+    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> list[list[Id]]:
+        out: list[list[Id]] = []
+        with self._errors(f"search collection '{name}'", "check --collection"):
+            for query in queries:
+                hits = self.client.query_points(
+                    name,
+                    query=query.tolist(),
+                    using=vector_field or None,
+                    limit=k,
+                    with_payload=False,
+                ).points
+                out.append([_plain(h.id) for h in hits])
+        return out
+
     def tag_filter(self, tag: str, value: str) -> str:
         return json.dumps({"must": [{"key": tag, "match": {"value": value}}]})
 
