@@ -25,6 +25,9 @@ TAG_ORIGIN = "dmu_origin"  # "evolved" (adapter output) or "native" (new model)
 TAG_FIELDS = (TAG_VERSION, TAG_FROM, TAG_ORIGIN)
 
 LEDGER_COLLECTION = "dmu_ledger"  # migration state, kept in the store it describes
+# Batch.fields key of a named vector other than the one being evolved (Qdrant and
+# Parquet keep them apart from payload keys, which live in another namespace).
+VECTOR_KEY_PREFIX = "__vector__:"
 
 Id = int | str
 

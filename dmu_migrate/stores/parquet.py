@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -42,73 +41,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.stores.base import Batch, CollectionInfo, Id
-from dmu_migrate.stores.qdrant import VECTOR_KEY_PREFIX
+from dmu_migrate.stores.base import VECTOR_KEY_PREFIX, Batch, CollectionInfo, Id
+from dmu_migrate.stores.filters import milvus_style_mask
 
 _SEQ = b"dmu_seq"
-_CLAUSE = re.compile(
-    r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|>=|<=|>|<|not\s+in\b|in\b)\s*"
-    r"(\[[^\]]*\]|\"(?:[^\"\\]|\\.)*\"|'[^']*'|[-+]?[0-9][0-9.eE+-]*|true|false)\s*"
-)
-_COMPARE = {"==": pc.equal, "!=": pc.not_equal, ">": pc.greater, ">=": pc.greater_equal}
-_COMPARE.update({"<": pc.less, "<=": pc.less_equal})
 
 
 def _write_json(path: Path, value: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
     os.replace(tmp, path)
-
-
-def _literal(text: str, expr: str) -> Any:
-    if text.startswith("'"):
-        return text[1:-1]
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"--filter '{expr}' has a bad value {text}; use JSON values") from exc
-
-
-def _mask(table: pa.Table, expr: str) -> pa.Array:
-    """Rows matching a Milvus-style filter (see the module docstring)."""
-    keep = pa.array(np.ones(len(table), dtype=bool))
-    pos = 0
-    while True:
-        m = _CLAUSE.match(expr, pos)
-        if m is None:
-            raise InputError(
-                f"--filter '{expr}' is not understood near '{expr[pos : pos + 20]}'; the Parquet "
-                f'store takes clauses like label == 3 and dmu_version != "v2" joined by "and"'
-            )
-        name, op, value = m.group(1), " ".join(m.group(2).split()), _literal(m.group(3), expr)
-        negated = op in ("!=", "not in")
-        if name not in table.column_names:
-            hit = pa.array(np.full(len(table), negated))
-        else:
-            column = table[name]
-            try:
-                if op in ("in", "not in"):
-                    hit = pc.is_in(column, value_set=pa.array(value))
-                    hit = pc.invert(hit) if negated else hit
-                else:
-                    hit = _COMPARE[op](column, pa.scalar(value))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
-                raise InputError(
-                    f"--filter '{expr}' compares field '{name}' ({column.type}) with {m.group(3)}; "
-                    f"use a value of the field's type"
-                ) from exc
-            hit = pc.fill_null(hit, negated)
-        keep = pc.and_(keep, hit)
-        pos = m.end()
-        if pos == len(expr):
-            return keep
-        connective = re.compile(r"and\s", re.IGNORECASE).match(expr, pos)
-        if connective is None:
-            raise InputError(
-                f"--filter '{expr}' joins clauses with something other than 'and' near "
-                f"'{expr[pos : pos + 20]}'; the Parquet store supports 'and' only"
-            )
-        pos = connective.end()
 
 
 def _vector_column(rows: list[Any], dim: int) -> pa.Array:
@@ -246,13 +188,13 @@ class ParquetStore:
 
     def count(self, name: str, filter: str | None = None) -> int:
         table = self._table(name)
-        return len(table.filter(_mask(table, filter))) if filter else len(table)
+        return len(table.filter(milvus_style_mask(table, filter))) if filter else len(table)
 
     # -- reading -------------------------------------------------------------------
     def _selected(self, name: str, after: Id | None, filter: str | None) -> pa.Table:
         table = self._table(name)
         if filter:
-            table = table.filter(_mask(table, filter))
+            table = table.filter(milvus_style_mask(table, filter))
         if after is not None:
             pk = self._schema(name)["pk"]
             table = table.filter(pc.greater(table[pk], pa.scalar(after)))

@@ -26,33 +26,24 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
-from pydantic import ValidationError
 from qdrant_client import QdrantClient, models
 
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.stores.base import LEDGER_COLLECTION, TAG_FIELDS, Batch, CollectionInfo, Id
+from dmu_migrate.stores.base import (
+    LEDGER_COLLECTION,
+    TAG_FIELDS,
+    VECTOR_KEY_PREFIX,
+    Batch,
+    CollectionInfo,
+    Id,
+)
+from dmu_migrate.stores.filters import parse_filter
 
 log = logging.getLogger(__name__)
 
-VECTOR_KEY_PREFIX = "__vector__:"  # Batch.fields key of a non-evolved named vector
 _METRICS = {"Cosine": "COSINE", "Dot": "IP", "Euclid": "L2"}
 _DISTANCES = {v: k for k, v in _METRICS.items()}
 _LEDGER_NS = uuid.UUID("5b0f3c1e-6d3a-4f4e-9a55-0d6d6b1f7a10")  # ledger point ids: uuid5(key)
-
-
-def parse_filter(text: str | None) -> models.Filter | None:
-    """A Qdrant filter from its JSON text; InputError naming --filter when it is not one."""
-    if not text:
-        return None
-    try:
-        return models.Filter.model_validate_json(text)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "top level"
-        raise InputError(
-            f"--filter '{text}' is not a Qdrant filter ({where}: {first['msg']}); "
-            f'give filter JSON such as {{"must": [{{"key": "label", "match": {{"value": 3}}}}]}}'
-        ) from exc
 
 
 def _plain(value: Any) -> Any:
