@@ -4,7 +4,7 @@
 set -euo pipefail
 DATA=${DATA:-data/fashion_mnist}
 OUT=${OUT:-adapters}
-COMMON=(--model nets:cnn --epochs 6 --lr 3e-3 --out-dir "$OUT" --overwrite)
+COMMON=(--model nets:cnn --epochs 5 --lr 3e-3 --out-dir "$OUT" --overwrite)
 export PYTHONPATH="examples/fashion_mnist${PYTHONPATH:+:$PYTHONPATH}"  # for --model nets:cnn
 
 python examples/fashion_mnist/prepare.py --out "$DATA" --train-size 20000
