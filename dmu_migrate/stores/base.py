@@ -155,6 +155,24 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
+def choose_vector_field(collection: str, vectors: dict[str, int], requested: str | None) -> str:
+    """The vector field to evolve: the only one, or the one asked for; refuses ambiguity."""
+    names = ", ".join(repr(v) for v in vectors) or "none"
+    if requested is None:
+        if len(vectors) != 1:
+            raise InputError(
+                f"collection '{collection}' has vector fields [{names}]; "
+                f"name the one to evolve with --vector-field"
+            )
+        return next(iter(vectors))
+    if requested not in vectors:
+        raise InputError(
+            f"collection '{collection}' has no float vector field '{requested}' (vector fields: "
+            f"{names}); fix --vector-field"
+        )
+    return requested
+
+
 def open_store(uri: str, token: str | None = None) -> VectorStore:
     """Open the store a URI names.
 

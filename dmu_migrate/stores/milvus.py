@@ -13,7 +13,14 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.client.types import LoadState
 
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.stores.base import LEDGER_COLLECTION, TAG_FIELDS, Batch, CollectionInfo, Id
+from dmu_migrate.stores.base import (
+    LEDGER_COLLECTION,
+    TAG_FIELDS,
+    Batch,
+    CollectionInfo,
+    Id,
+    choose_vector_field,
+)
 
 _VECTOR_TYPES = {DataType.FLOAT_VECTOR}
 _TAG_MAX_LENGTH = 64
@@ -80,18 +87,7 @@ class MilvusStore:
         vectors = {
             f["name"]: int(f["params"]["dim"]) for f in desc["fields"] if f["type"] in _VECTOR_TYPES
         }
-        if vector_field is None:
-            if len(vectors) != 1:
-                raise InputError(
-                    f"collection '{name}' has float vector fields [{', '.join(vectors) or 'none'}]; "
-                    f"name the one to evolve with --vector-field"
-                )
-            vector_field = next(iter(vectors))
-        elif vector_field not in vectors:
-            raise InputError(
-                f"collection '{name}' has no float vector field '{vector_field}' (float vector "
-                f"fields: {', '.join(vectors) or 'none'}); fix --vector-field"
-            )
+        vector_field = choose_vector_field(name, vectors, vector_field)
         pk = next(f for f in desc["fields"] if f.get("is_primary"))
         index = self._index_params(concrete, vector_field) or {}
         return CollectionInfo(

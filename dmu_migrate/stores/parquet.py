@@ -41,7 +41,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.stores.base import VECTOR_KEY_PREFIX, Batch, CollectionInfo, Id
+from dmu_migrate.stores.base import (
+    VECTOR_KEY_PREFIX,
+    Batch,
+    CollectionInfo,
+    Id,
+    choose_vector_field,
+)
 from dmu_migrate.stores.filters import milvus_style_mask
 
 _SEQ = b"dmu_seq"
@@ -161,18 +167,7 @@ class ParquetStore:
         concrete = self._concrete(name)
         schema = self._schema(concrete)
         vectors: dict[str, int] = {k: int(v) for k, v in schema["vector_fields"].items()}
-        if vector_field is None:
-            if len(vectors) != 1:
-                raise InputError(
-                    f"collection '{name}' has float vector fields [{', '.join(vectors) or 'none'}]; "
-                    f"name the one to evolve with --vector-field"
-                )
-            vector_field = next(iter(vectors))
-        if vector_field not in vectors:
-            raise InputError(
-                f"collection '{name}' has no float vector field '{vector_field}' (float vector "
-                f"fields: {', '.join(vectors) or 'none'}); fix --vector-field"
-            )
+        vector_field = choose_vector_field(name, vectors, vector_field)
         return CollectionInfo(
             requested=name,
             name=concrete,

@@ -36,6 +36,7 @@ from dmu_migrate.stores.base import (
     Batch,
     CollectionInfo,
     Id,
+    choose_vector_field,
 )
 from dmu_migrate.stores.filters import parse_filter
 
@@ -158,19 +159,9 @@ class QdrantStore:
     def describe(self, name: str, vector_field: str | None = None) -> CollectionInfo:
         concrete = self._require(name)
         params, vectors = self._vector_params(concrete)
-        if vector_field is None:
-            if len(vectors) != 1:
-                names = ", ".join(repr(v) for v in vectors) or "none"
-                raise InputError(
-                    f"collection '{name}' has named vectors [{names}]; "
-                    f"name the one to evolve with --vector-field"
-                )
-            vector_field = next(iter(vectors))
-        if vector_field not in vectors:
-            raise InputError(
-                f"collection '{name}' has no dense vector '{vector_field}' (vectors: "
-                f"{', '.join(repr(v) for v in vectors) or 'none'}); fix --vector-field"
-            )
+        vector_field = choose_vector_field(
+            name, {k: v.size for k, v in vectors.items()}, vector_field
+        )
         chosen = vectors[vector_field]
         return CollectionInfo(
             requested=name,
