@@ -163,15 +163,19 @@ def evolve(
                 result = run_evolve(
                     store, plan, options, lambda done, total: bar.update(task, completed=done)
                 )
+                bar.update(task, completed=result.rows_done)  # resumed or no-op runs too
         if as_json:
             out.print_json(json.dumps(result.as_dict(), default=str))
         else:
             rate = result.rows_written / result.seconds if result.seconds else 0.0
-            out.print(
-                f"{result.migration}: wrote {result.rows_written} rows this run "
-                f"({rate:,.0f} rows/s), {result.rows_done}/{result.rows_total} in all"
-                + (" (resumed)" if result.resumed else "")
-            )
+            if result.rows_written == 0 and result.caught_up == 0:
+                out.print(f"{result.migration}: up to date, no row left to evolve")
+            else:
+                out.print(
+                    f"{result.migration}: wrote {result.rows_written} rows this run "
+                    f"({rate:,.0f} rows/s), {result.rows_done}/{result.rows_total} in all"
+                    + (" (resumed)" if result.resumed else "")
+                )
             if result.outcome == REMAINING:
                 out.print("stopped at --max-seconds; run the same command again to continue")
             else:
@@ -266,7 +270,7 @@ def status(
             return
         table = Table(title=f"migrations in {uri}")
         for col in ("migration", "strategy", "status", "rows", "versions", "alias", "updated"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")  # names are what users copy: never elide
         for r in rows:
             table.add_row(
                 r["key"],
