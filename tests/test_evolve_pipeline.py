@@ -214,3 +214,35 @@ def test_in_place_snapshot_and_restore(
     restored = np.asarray([rows[i][backend.vector_name] for i in ids.tolist()], np.float32)
     # Qdrant re-normalises vectors of Cosine collections on every write: last-bit changes.
     np.testing.assert_allclose(restored, digits.old_te[:ROWS], atol=1e-6, rtol=0)
+
+
+def test_bad_vectors_refused_or_skipped_never_written(
+    backend: Backend, digits: Digits, artifact: Artifact
+) -> None:
+    source, alias = backend.unique("bad"), backend.unique("live")
+    ids = np.arange(1, 61)
+    vectors = digits.old_te[:60].copy()
+    vectors[40] = 0.0  # no direction: every store accepts it
+    bad = [41]
+    if backend.kind in ("milvus-lite", "parquet"):  # stores that accept NaN as data
+        vectors[50, 3] = np.nan
+        bad.append(51)
+    backend.seed(source, ids, vectors, {"name": [f"n{i}" for i in ids]}, alias=alias)
+    store = backend.open_store()
+    with pytest.raises(InputError, match=r"NaN, inf or all-zero vectors .*first ids: \[41"):
+        run(store, alias, [artifact])
+    assert store.alias_target(alias) == source
+    plan = make_plan(store, alias, AdapterChain([artifact]))
+    written = backend.read_all(plan.target)
+    assert sorted(written) == list(range(1, 33))  # the batch holding id 41 was not written
+
+    options = EvolveOptions(batch_size=32, skip_bad_vectors=True)
+    result = run(store, alias, [artifact], options=options)
+    assert result.outcome == COMPLETED and any("left out" in n for n in result.notes)
+    rows = backend.read_all(result.target)
+    assert sorted(rows) == [i for i in ids.tolist() if i not in bad]
+    assert all(np.isfinite(row[backend.vector_name]).all() for row in rows.values())
+    record = Ledger(store).load(result.migration)
+    assert record is not None and record.skipped == bad
+    again = run(store, alias, [artifact], options=options)  # cron: nothing new, still verified
+    assert again.caught_up == 0 and again.verify is not None

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -109,6 +110,13 @@ def evolve(
         typer.Option(help="Forget this migration's ledger record and start from the first row."),
     ] = False,
     yes_overwrite: Annotated[bool, typer.Option(help="Confirm --strategy in-place.")] = False,
+    skip_bad_vectors: Annotated[
+        bool,
+        typer.Option(
+            help="Leave rows with NaN, inf or all-zero vectors out (recorded in the ledger and "
+            "reported) instead of stopping at the first one."
+        ),
+    ] = False,
     snapshot_dir: Annotated[
         Path, typer.Option(help="Where in-place keeps its Parquet snapshot.")
     ] = Path("dmu-snapshots"),
@@ -157,7 +165,9 @@ def evolve(
                     f"{est.seconds_read_transform:,.1f}s plus write time. Nothing was changed."
                 )
                 return
-            options = EvolveOptions(batch_size, max_seconds, take_over, restart, snapshot_dir)
+            options = EvolveOptions(
+                batch_size, max_seconds, take_over, restart, snapshot_dir, skip_bad_vectors
+            )
             with progress() as bar:
                 task = bar.add_task("evolve", total=plan.rows, info="rows")
                 result = run_evolve(
@@ -229,12 +239,13 @@ def verify(
             )
             record = store.ledger_get(plan.key)
             snapshot_root = Path((record or {}).get("snapshot") or "dmu-snapshots").parent
+            skipped = frozenset((record or {}).get("skipped") or [])
             sample = Reservoir(256)
             for _ in sample.tee(store.iter_ids(plan.source.name, 16384)):
                 pass
-            report = run_verify(
-                store, plan, make_strategy(store, plan, snapshot_root), sample.ids()
-            )
+            ids = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
+            writer = make_strategy(store, plan, snapshot_root)
+            report = run_verify(store, plan, writer, ids, skipped)
         if as_json:
             out.print_json(json.dumps({"migration": plan.key, **report.as_dict()}))
             return

@@ -62,6 +62,7 @@ class Record:
     lease_owner: str | None = None
     lease_expires: float = 0.0
     runs: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[Any] = field(default_factory=list)  # ids of bad vectors left out
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

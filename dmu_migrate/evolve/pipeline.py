@@ -25,7 +25,7 @@ from dmu_migrate.evolve.plan import IN_PLACE, Plan, make_plan
 from dmu_migrate.evolve.strategies import ID_BATCH, InPlace, Strategy, make_strategy
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, VerifyReport, diff_sorted, verify
-from dmu_migrate.stores.base import VectorStore
+from dmu_migrate.stores.base import Batch, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ ProgressCallback = Callable[[int, int], None]  # (rows done, rows total)
 COMPLETED, REMAINING = "done", "remaining"
 EXIT_REMAINING = 75  # EX_TEMPFAIL: stopped at --max-seconds, run again to continue
 CATCH_UP_BATCH = 4096
+MAX_SKIPPED = 100_000  # skipped ids live in the ledger record, which must stay small
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class EvolveOptions:
     take_over: bool = False  # take the lease of a run that died
     restart: bool = False  # forget the ledger record and start from the beginning
     snapshot_root: Path = Path("dmu-snapshots")
+    skip_bad_vectors: bool = False  # leave NaN/inf/zero vectors out (recorded) instead of failing
 
 
 @dataclass
@@ -127,7 +129,7 @@ def evolve(
             record.main_pass_done = True
             ledger.save(record)
         if plan.strategy != IN_PLACE:
-            result.caught_up, extra, sample = catch_up(store, plan, strategy, record)
+            result.caught_up, extra, sample = catch_up(store, plan, strategy, record, options)
             if extra:
                 result.notes.append(
                     f"{extra} rows of '{plan.target}' are no longer in the source (deleted "
@@ -135,7 +137,14 @@ def evolve(
                 )
         else:
             result.notes.append("in-place does not catch up rows added after its pass")
-        result.verify = verify(store, plan, strategy, sample.ids())
+        skipped = frozenset(record.skipped)
+        checked = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
+        result.verify = verify(store, plan, strategy, checked, skipped)
+        if record.skipped:
+            result.notes.append(
+                f"{len(record.skipped)} rows with NaN, inf or all-zero vectors were left out "
+                f"(first ids: {record.skipped[:5]}); they are listed in the ledger"
+            )
         result.cut_over = strategy.cut_over(record)
         record.status, record.finished_at, record.error = DONE, now_iso(), None
         record.runs.append(
@@ -172,7 +181,12 @@ def main_pass(
     batches = store.iter_batches(
         plan.source, options.batch_size, after=record.cursor, filter=plan.filter
     )
-    for batch in batches:
+    for raw in batches:
+        batch = screen(raw, plan, record, options.skip_bad_vectors)
+        if not len(batch):  # every row of this batch was bad and skipped
+            record.cursor = raw.ids[-1].item()
+            ledger.save(record)
+            continue
         evolved = plan.chain(batch.vectors)
         log.debug("writing %d rows after cursor %r", len(batch), record.cursor)
         pending = strategy.write(record, batch, evolved)
@@ -181,7 +195,7 @@ def main_pass(
             ledger.save(record)  # the snapshot must be on record before the overwrite
             strategy.apply(pending)
             record.pending = None
-        record.cursor = batch.ids[-1].item()
+        record.cursor = raw.ids[-1].item()
         record.rows_done += len(batch)
         result.rows_written += len(batch)
         ledger.save(record)
@@ -196,7 +210,7 @@ def main_pass(
 
 
 def catch_up(
-    store: VectorStore, plan: Plan, strategy: Strategy, record: Record
+    store: VectorStore, plan: Plan, strategy: Strategy, record: Record, options: EvolveOptions
 ) -> tuple[int, int, Reservoir]:
     """Write source rows that the target lacks: rows inserted since the pass, or lost writes.
 
@@ -209,14 +223,61 @@ def catch_up(
     written = strategy.written_ids()
     source_ids = store.iter_ids(plan.source.name, ID_BATCH, plan.filter)
     missing, extra = diff_sorted(sample.tee(source_ids), written)
+    skipped = set(record.skipped)
+    missing = [i for i in missing if i not in skipped]
+    done = 0
     for start in range(0, len(missing), CATCH_UP_BATCH):
         ids = np.asarray(missing[start : start + CATCH_UP_BATCH])
-        batch = store.fetch(plan.source, ids, plan.source.vector_field)
-        strategy.write(record, batch, plan.chain(batch.vectors))
-    if missing:
+        batch = screen(
+            store.fetch(plan.source, ids, plan.source.vector_field),
+            plan,
+            record,
+            options.skip_bad_vectors,
+        )
+        if len(batch):
+            strategy.write(record, batch, plan.chain(batch.vectors))
+            done += len(batch)
+    if done:
         store.flush(plan.target)
-        record.rows_done += len(missing)
-    return len(missing), len(extra), sample
+        record.rows_done += done
+    return done, len(extra), sample
+
+
+def bad_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows no adapter can evolve: NaN or inf anywhere, or all zero (no direction)."""
+    finite = np.isfinite(vectors).all(axis=1)
+    norms = np.linalg.norm(np.where(np.isfinite(vectors), vectors, 0.0), axis=1)
+    return ~finite | (norms < 1e-12)
+
+
+def screen(batch: Batch, plan: Plan, record: Record, skip: bool) -> Batch:
+    """Refuse a batch with bad vectors, or, with --skip-bad-vectors, drop and record them.
+
+    Never written either way: an evolved NaN would poison every search that
+    touches it, and a zero vector has no direction to evolve.
+    """
+    bad = bad_rows(batch.vectors)
+    if not bad.any():
+        return batch
+    ids = batch.ids[bad].tolist()
+    if not skip:
+        raise InputError(
+            f"collection '{plan.source.name}' has {len(ids)} NaN, inf or all-zero vectors in "
+            f"'{plan.source.vector_field or 'default'}' (first ids: {ids[:5]}); fix or delete "
+            f"them, or pass --skip-bad-vectors to leave them out and report them"
+        )
+    record.skipped.extend(i for i in ids if i not in set(record.skipped))
+    if len(record.skipped) > MAX_SKIPPED:
+        raise InputError(
+            f"more than {MAX_SKIPPED} bad vectors in '{plan.source.name}'; clean the collection "
+            f"before evolving it"
+        )
+    keep = np.flatnonzero(~bad)
+    return Batch(
+        batch.ids[keep],
+        batch.vectors[keep],
+        {k: [v[i] for i in keep] for k, v in batch.fields.items()},
+    )
 
 
 def evolve_collection(

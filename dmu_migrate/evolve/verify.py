@@ -91,12 +91,19 @@ class VerifyReport:
         return dict(self.__dict__)
 
 
-def verify(store: VectorStore, plan: Plan, strategy: Strategy, ids: np.ndarray) -> VerifyReport:
+def verify(
+    store: VectorStore,
+    plan: Plan,
+    strategy: Strategy,
+    ids: np.ndarray,
+    skipped: frozenset[Any] = frozenset(),
+) -> VerifyReport:
     """Every source row is at the target version, and a sample equals adapter(old) to 1e-5."""
     source_rows = store.count(plan.source.name, plan.filter)
     written = strategy.written_ids()
     source_ids = store.iter_ids(plan.source.name, 16384, plan.filter)
     missing, _extra = diff_sorted(source_ids, written)
+    missing = [i for i in missing if i not in skipped]  # bad vectors left out on purpose
     if missing:
         raise VerificationError(
             f"{len(missing)} rows of '{plan.source.name}' (first: {missing[:3]}) are not in "
@@ -105,7 +112,7 @@ def verify(store: VectorStore, plan: Plan, strategy: Strategy, ids: np.ndarray) 
     target_rows = (
         store.count(plan.target, plan.filter) if plan.target != plan.source.name else source_rows
     )
-    if plan.target != plan.source.name and target_rows < source_rows:
+    if plan.target != plan.source.name and target_rows < source_rows - len(skipped):
         raise VerificationError(
             f"collection '{plan.target}' has {target_rows} rows but '{plan.source.name}' has "
             f"{source_rows}; nothing was cut over, run evolve again to finish"
