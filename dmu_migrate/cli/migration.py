@@ -270,6 +270,7 @@ def status(
     """
     with user_errors():
         from dmu_migrate.evolve.admin import migration_status
+        from dmu_migrate.stores.base import redact
 
         with opened(uri, token) as store:
             rows = migration_status(store, collection)
@@ -279,7 +280,7 @@ def status(
         if not rows:
             out.print("no migrations recorded" + (f" for '{collection}'" if collection else ""))
             return
-        table = Table(title=f"migrations in {uri}")
+        table = Table(title=f"migrations in {redact(uri)}")
         for col in ("migration", "strategy", "status", "rows", "versions", "alias", "updated"):
             table.add_column(col, overflow="fold")  # names are what users copy: never elide
         for r in rows:

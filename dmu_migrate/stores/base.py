@@ -9,6 +9,7 @@ the same store can be merge-joined to find missing rows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,16 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]*@")
+_SECRET_QUERY = re.compile(r"(?i)\b(token|api_key|apikey|password)=[^&\s'\"]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials in URLs masked: errors and logs never carry secrets."""
+    text = _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+    return _SECRET_QUERY.sub(lambda m: f"{m.group(1)}=***", text)
+
+
 def choose_vector_field(collection: str, vectors: dict[str, int], requested: str | None) -> str:
     """The vector field to evolve: the only one, or the one asked for; refuses ambiguity."""
     names = ", ".join(repr(v) for v in vectors) or "none"
@@ -197,7 +208,7 @@ def open_store(uri: str, token: str | None = None) -> VectorStore:
     if "://" in uri:
         scheme = uri.split("://", 1)[0]
         raise InputError(
-            f"unknown store URI scheme '{scheme}://' in '{uri}'; use a Milvus Lite file "
+            f"unknown store URI scheme '{scheme}://' in '{redact(uri)}'; use a Milvus Lite file "
             f"(./gallery.db), a Milvus server (http://host:19530) or Qdrant (qdrant://host:6333)"
         )
     if not uri.endswith(".db"):

@@ -20,6 +20,7 @@ from dmu_migrate.stores.base import (
     CollectionInfo,
     Id,
     choose_vector_field,
+    redact,
 )
 
 _VECTOR_TYPES = {DataType.FLOAT_VECTOR}
@@ -43,7 +44,7 @@ def _and(*exprs: str | None) -> str:
 class MilvusStore:
     def __init__(self, client: MilvusClient, uri: str) -> None:
         self.client = client
-        self.uri = uri
+        self.uri = redact(uri)  # for messages; the client holds the real one
         self._loaded: set[str] = set()
 
     @classmethod
@@ -55,9 +56,13 @@ class MilvusStore:
         try:
             client = MilvusClient(uri=uri, token=token or "")
         except MilvusException as exc:
-            raise StoreError(f"cannot open Milvus at '{uri}' ({exc.message}); check --uri") from exc
+            raise StoreError(
+                f"cannot open Milvus at '{redact(uri)}' ({redact(exc.message)}); check --uri"
+            ) from exc
         except Exception as exc:  # connection errors surface as many types
-            raise StoreError(f"cannot open Milvus at '{uri}' ({exc}); check --uri") from exc
+            raise StoreError(
+                f"cannot open Milvus at '{redact(uri)}' ({redact(str(exc))}); check --uri"
+            ) from exc
         return cls(client, uri)
 
     def close(self) -> None:

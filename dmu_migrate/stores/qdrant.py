@@ -37,6 +37,7 @@ from dmu_migrate.stores.base import (
     CollectionInfo,
     Id,
     choose_vector_field,
+    redact,
 )
 from dmu_migrate.stores.filters import parse_filter
 
@@ -65,7 +66,7 @@ def _ids_array(ids: list[Any]) -> np.ndarray:
 class QdrantStore:
     def __init__(self, client: QdrantClient, uri: str, local: bool) -> None:
         self.client = client
-        self.uri = uri
+        self.uri = redact(uri)  # for messages; the client holds the real one
         self.local = local
         self.closed = False
 
@@ -92,7 +93,9 @@ class QdrantStore:
                     check_compatibility=False,
                 )
             except Exception as exc:  # bad ports/keys surface as several client types
-                raise StoreError(f"cannot open Qdrant at '{uri}' ({exc}); check --uri") from exc
+                raise StoreError(
+                    f"cannot open Qdrant at '{redact(uri)}' ({redact(str(exc))}); check --uri"
+                ) from exc
             store = cls(client, uri, local=False)
             with store._errors("connect", "check --uri, --token and that the server is up"):
                 client.get_collections()  # the client is lazy: fail here, not mid-migration
@@ -123,7 +126,7 @@ class QdrantStore:
         except Exception as exc:  # grpc, http and local-mode errors share no base class
             detail = getattr(exc, "details", None)
             text = detail() if callable(detail) else str(exc)
-            text = " ".join(str(text).split())[:300]
+            text = redact(" ".join(str(text).split())[:300])
             raise StoreError(f"Qdrant at '{self.uri}' failed to {what} ({text}); {fix}") from exc
 
     # -- discovery ---------------------------------------------------------------
