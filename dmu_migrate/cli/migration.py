@@ -110,6 +110,16 @@ def evolve(
         typer.Option(help="Forget this migration's ledger record and start from the first row."),
     ] = False,
     yes_overwrite: Annotated[bool, typer.Option(help="Confirm --strategy in-place.")] = False,
+    max_retries: Annotated[
+        int,
+        typer.Option(
+            help="Retries of a step after a passing store failure (connection lost, timeout, "
+            "rate limit), with exponential backoff."
+        ),
+    ] = 5,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to keep retrying one step before giving up (resumably).")
+    ] = 300.0,
     skip_bad_vectors: Annotated[
         bool,
         typer.Option(
@@ -137,6 +147,7 @@ def evolve(
         from dmu_migrate.evolve.pipeline import EXIT_REMAINING, REMAINING, EvolveOptions
         from dmu_migrate.evolve.pipeline import evolve as run_evolve
         from dmu_migrate.evolve.plan import estimate
+        from dmu_migrate.evolve.retry import RetryPolicy
 
         with opened(uri, token) as store:
             plan = build_plan(
@@ -166,7 +177,13 @@ def evolve(
                 )
                 return
             options = EvolveOptions(
-                batch_size, max_seconds, take_over, restart, snapshot_dir, skip_bad_vectors
+                batch_size,
+                max_seconds,
+                take_over,
+                restart,
+                snapshot_dir,
+                skip_bad_vectors,
+                RetryPolicy(max_retries, timeout),
             )
             with progress() as bar:
                 task = bar.add_task("evolve", total=plan.rows, info="rows")
@@ -199,6 +216,8 @@ def evolve(
                         f"{v.searched} found by searching the target"
                     )
                 out.print(result.cut_over)
+            if result.retries:
+                out.print(f"retried {result.retries} times after passing store failures")
             for note in result.notes:
                 out.print(f"note: {note}")
         if result.outcome == REMAINING:

@@ -22,6 +22,7 @@ from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import DmuError, InputError
 from dmu_migrate.evolve.ledger import DONE, FAILED, RUNNING, Ledger, Record, now_iso
 from dmu_migrate.evolve.plan import IN_PLACE, Plan, make_plan
+from dmu_migrate.evolve.retry import Retrier, RetryPolicy
 from dmu_migrate.evolve.strategies import ID_BATCH, InPlace, Strategy, make_strategy
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, VerifyReport, diff_sorted, verify
@@ -46,6 +47,7 @@ class EvolveOptions:
     restart: bool = False  # forget the ledger record and start from the beginning
     snapshot_root: Path = Path("dmu-snapshots")
     skip_bad_vectors: bool = False  # leave NaN/inf/zero vectors out (recorded) instead of failing
+    retry: RetryPolicy = RetryPolicy()
 
 
 @dataclass
@@ -64,6 +66,7 @@ class EvolveResult:
     resumed: bool
     seconds: float
     cut_over: str = ""
+    retries: int = 0  # passing store failures retried during this run
     verify: VerifyReport | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -83,7 +86,8 @@ def evolve(
         raise InputError(f"--batch-size must be >= 1, got {options.batch_size}")
     start = time.perf_counter()
     ledger = Ledger(store)
-    record = ledger.load(plan.key)
+    retry = Retrier(options.retry)
+    record = retry.run("reading the ledger", lambda: ledger.load(plan.key))
     if record is not None and options.restart:
         record = None
     if record is not None and record.checksum != plan.chain.checksum:
@@ -93,7 +97,7 @@ def evolve(
         )
     resumed = record is not None and record.status != DONE
     record = record or plan.new_record()
-    ledger.acquire(record, options.take_over)
+    retry.run("taking the lease", lambda: ledger.acquire(record, options.take_over))
     record.status = RUNNING
     strategy = make_strategy(store, plan, options.snapshot_root)
     result = EvolveResult(
@@ -113,23 +117,33 @@ def evolve(
     )
     sample = Reservoir(VERIFY_SAMPLE)
     try:
-        strategy.prepare(record)
-        if isinstance(strategy, InPlace) and record.pending:
-            # Died between snapshot and overwrite: replay that part, then move on.
-            strategy.apply(record.pending)
-            record.cursor = record.pending["last_id"]
-            record.pending = None
-            ledger.save(record)
+        retry.run("preparing the target", lambda: strategy.prepare(record))
         if not record.main_pass_done:
-            if not main_pass(
-                store, plan, strategy, ledger, record, options, result, sample, on_progress, start
-            ):
+            finished = retry.run(
+                "reading and writing batches",
+                lambda: main_pass(
+                    store,
+                    plan,
+                    strategy,
+                    ledger,
+                    record,
+                    options,
+                    result,
+                    sample,
+                    on_progress,
+                    start,
+                ),
+                progress=lambda: record.cursor,
+            )
+            if not finished:
                 result.outcome = REMAINING
                 return result
             record.main_pass_done = True
-            ledger.save(record)
+            retry.run("saving the ledger", lambda: ledger.save(record))
         if plan.strategy != IN_PLACE:
-            result.caught_up, extra, sample = catch_up(store, plan, strategy, record, options)
+            result.caught_up, extra, sample = retry.run(
+                "catching up", lambda: catch_up(store, plan, strategy, record, options)
+            )
             if extra:
                 result.notes.append(
                     f"{extra} rows of '{plan.target}' are no longer in the source (deleted "
@@ -139,13 +153,15 @@ def evolve(
             result.notes.append("in-place does not catch up rows added after its pass")
         skipped = frozenset(record.skipped)
         checked = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
-        result.verify = verify(store, plan, strategy, checked, skipped)
+        result.verify = retry.run(
+            "verifying", lambda: verify(store, plan, strategy, checked, skipped)
+        )
         if record.skipped:
             result.notes.append(
                 f"{len(record.skipped)} rows with NaN, inf or all-zero vectors were left out "
                 f"(first ids: {record.skipped[:5]}); they are listed in the ledger"
             )
-        result.cut_over = strategy.cut_over(record)
+        result.cut_over = retry.run("cutting over", lambda: strategy.cut_over(record))
         record.status, record.finished_at, record.error = DONE, now_iso(), None
         record.runs.append(
             {
@@ -159,8 +175,12 @@ def evolve(
         record.status, record.error = FAILED, str(exc)
         raise
     finally:
-        ledger.release(record)
         result.rows_done = record.rows_done
+        result.retries = retry.retries
+        try:
+            retry.run("releasing the lease", lambda: ledger.release(record))
+        except DmuError as exc:  # the lease expires by itself; keep the first error visible
+            log.warning("could not release the lease of %s: %s", plan.key, exc)
         result.seconds = time.perf_counter() - start
     return result
 
@@ -178,6 +198,13 @@ def main_pass(
     start: float,
 ) -> bool:
     """Stream every row after the cursor; False when stopped by the time budget."""
+    if isinstance(strategy, InPlace) and record.pending:
+        # Died (or failed) between snapshot and overwrite: the part, not the store,
+        # holds that batch's old vectors, so replay it before reading on.
+        strategy.apply(record.pending)
+        record.cursor = record.pending["last_id"]
+        record.pending = None
+        ledger.save(record)
     batches = store.iter_batches(
         plan.source, options.batch_size, after=record.cursor, filter=plan.filter
     )

@@ -1,0 +1,113 @@
+"""Retries of store work that failed for a passing reason, with exponential backoff.
+
+A migration runs for hours against servers that restart, networks that drop
+and rate limits that push back. Such failures are retried with jittered
+exponential backoff; anything else (a bad schema, a refused write) fails at
+once. Work is retried from the ledger's cursor, so a retry repeats at most
+one unacknowledged batch, which the idempotent upserts absorb.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from dmu_migrate.errors import StoreError
+from dmu_migrate.stores.base import redact
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# gRPC status names and HTTP statuses that mean "try again later".
+_GRPC_TRANSIENT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"}
+_HTTP_TRANSIENT = {408, 429, 500, 502, 503, 504}
+# pymilvus codes: 2 = cannot connect, 8 = rate limited, 9 = denied while the server is busy.
+_MILVUS_TRANSIENT = {2, 8, 9}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 5
+    timeout: float = 300.0  # give up on one step after this many seconds of retrying
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """True when this error, or one it was raised from, is a passing failure."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if _transient_one(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _transient_one(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    code = getattr(exc, "code", None)
+    status = code() if callable(code) else code  # grpc.RpcError.code() is a method
+    if getattr(status, "name", None) in _GRPC_TRANSIENT:
+        return True
+    name = type(exc).__name__
+    if name == "MilvusUnavailableException":
+        return True
+    if name == "MilvusException" and status in _MILVUS_TRANSIENT:
+        return True
+    if name == "ResponseHandlingException":  # qdrant-client: the request never got an answer
+        return True
+    return name == "UnexpectedResponse" and getattr(exc, "status_code", None) in _HTTP_TRANSIENT
+
+
+class Retrier:
+    def __init__(self, policy: RetryPolicy, seed: int | None = None) -> None:
+        self.policy = policy
+        self.retries = 0  # over the whole run, for the report
+        self._rng = random.Random(seed)
+
+    def run(self, what: str, step: Callable[[], T], progress: Callable[[], Any] | None = None) -> T:
+        """Run ``step``; on a passing failure back off and run it again.
+
+        ``progress`` tells whether the step got further before failing (the
+        cursor moved); the retry budget then starts afresh, so a long pass over
+        a flaky network is not cut short by failures hours apart.
+        """
+        attempt, started, mark = 0, time.monotonic(), progress() if progress else None
+        while True:
+            try:
+                return step()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                now = progress() if progress else None
+                if progress is not None and now != mark:
+                    attempt, started, mark = 0, time.monotonic(), now
+                waited = time.monotonic() - started
+                if attempt >= self.policy.max_retries or waited > self.policy.timeout:
+                    raise StoreError(
+                        f"{what} kept failing after {attempt} retries in {waited:.0f}s "
+                        f"({redact(_brief(exc))}); the ledger is intact: run evolve again to "
+                        f"resume, or raise --max-retries/--timeout"
+                    ) from exc
+                delay = min(self.policy.max_delay, self.policy.base_delay * 2**attempt)
+                delay *= self._rng.uniform(0.5, 1.0)  # jitter: many workers must not retry in step
+                log.warning(
+                    "%s failed (%s); retry %d in %.1fs",
+                    what,
+                    redact(_brief(exc)),
+                    attempt + 1,
+                    delay,
+                )
+                time.sleep(delay)
+                attempt += 1
+                self.retries += 1
+
+
+def _brief(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__

@@ -1,0 +1,139 @@
+"""Real network outages between evolve and a real Milvus server, through a loopback proxy.
+
+The proxy (tests/faults.py) drops every connection and refuses new ones, as a
+restarting server or a broken network does. evolve must either wait and
+continue (retries with backoff) or stop with a clear message and a ledger it
+resumes from; the final collection is the same as an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from backends import Backend
+from conftest import Digits
+from faults import Proxy
+
+from dmu_migrate.artifact import Artifact
+from dmu_migrate.errors import StoreError
+from dmu_migrate.evolve.ledger import Ledger
+from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, EvolveResult, evolve
+from dmu_migrate.evolve.plan import make_plan
+from dmu_migrate.evolve.retry import RetryPolicy, is_transient
+from dmu_migrate.evolve.transform import AdapterChain
+from dmu_migrate.stores.base import open_store
+
+ROWS = 160
+
+
+def seeded(milvus_server: str, tmp_path: Any, digits: Digits) -> tuple[Backend, str, np.ndarray]:
+    backend = Backend("milvus-server", milvus_server, tmp_path)
+    source, alias = backend.unique("flaky"), backend.unique("live")
+    ids = np.arange(1, ROWS + 1)
+    backend.seed(source, ids, digits.old_te[:ROWS], {"name": [f"n{i}" for i in ids]}, alias=alias)
+    return backend, alias, ids
+
+
+def wait_for_progress(uri: str, key_part: str, rows: int) -> None:
+    """Block until the ledger (read over a direct connection) shows some acknowledged rows."""
+    store = open_store(uri)
+    try:
+        for _ in range(600):
+            done = [r.rows_done for r in Ledger(store).history() if key_part in r.key]
+            if done and done[0] >= rows:
+                return
+            time.sleep(0.02)
+    finally:
+        store.close()
+    pytest.fail("evolve made no progress before the outage")
+
+
+def check_final(
+    backend: Backend, result: EvolveResult, ids: np.ndarray, digits: Digits, artifact: Artifact
+) -> None:
+    rows = backend.read_all(result.target)
+    assert sorted(rows) == ids.tolist()
+    expected = AdapterChain([artifact])(digits.old_te[:ROWS])
+    for i, row_id in enumerate(ids.tolist()):
+        np.testing.assert_allclose(rows[row_id]["vector"], expected[i], atol=1e-5)
+        assert rows[row_id]["dmu_version"] == "v2"
+
+
+def test_outage_mid_run_is_waited_out(
+    milvus_server: str, tmp_path: Any, digits: Digits, artifact: Artifact
+) -> None:
+    backend, alias, ids = seeded(milvus_server, tmp_path, digits)
+    proxy = Proxy(int(urlsplit(milvus_server).port or 19530))
+    outcome: dict[str, Any] = {}
+    try:
+        store = open_store(f"http://127.0.0.1:{proxy.port}")
+        plan = make_plan(store, alias, AdapterChain([artifact]))
+        options = EvolveOptions(batch_size=4, retry=RetryPolicy(max_retries=8, base_delay=0.2))
+
+        def run() -> None:
+            try:
+                outcome["result"] = evolve(store, plan, options)
+            except Exception as exc:  # reported by the assertion below
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        wait_for_progress(milvus_server, plan.source.name, 8)
+        proxy.cut()
+        time.sleep(3.0)  # several failed attempts land inside the outage
+        proxy.restore()
+        worker.join(timeout=300)
+        store.close()
+    finally:
+        proxy.close()
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result.outcome == COMPLETED and result.retries >= 1
+    check_final(backend, result, ids, digits, artifact)
+    backend.close_stores()
+    backend.drop_created(sorted(backend._created | {result.target}))
+
+
+def test_outage_past_the_retry_budget_stops_resumably(
+    milvus_server: str, tmp_path: Any, digits: Digits, artifact: Artifact
+) -> None:
+    backend, alias, ids = seeded(milvus_server, tmp_path, digits)
+    proxy = Proxy(int(urlsplit(milvus_server).port or 19530))
+    try:
+        store = open_store(f"http://127.0.0.1:{proxy.port}")
+        plan = make_plan(store, alias, AdapterChain([artifact]))
+        proxy.cut()  # down before the first batch, and for good
+        quick = RetryPolicy(max_retries=2, base_delay=0.1, max_delay=0.2)
+        with pytest.raises(StoreError, match=r"kept failing after 2 retries.*run evolve again"):
+            evolve(store, plan, EvolveOptions(batch_size=8, retry=quick))
+        proxy.restore()
+        result = evolve(store, plan, EvolveOptions(batch_size=8))
+        store.close()
+    finally:
+        proxy.close()
+    assert result.outcome == COMPLETED
+    check_final(backend, result, ids, digits, artifact)
+    backend.close_stores()
+    backend.drop_created(sorted(backend._created | {result.target}))
+
+
+def test_only_passing_failures_are_retried() -> None:
+    from pymilvus import MilvusException
+
+    assert is_transient(ConnectionRefusedError())
+    assert is_transient(MilvusException(code=2, message="Fail connecting to server"))
+    try:
+        try:
+            raise TimeoutError("read timed out")
+        except TimeoutError as inner:
+            raise StoreError("Qdrant at 'x' failed to scroll") from inner
+    except StoreError as wrapped:
+        assert is_transient(wrapped)
+    assert not is_transient(MilvusException(code=1100, message="invalid parameter"))
+    assert not is_transient(StoreError("collection 'x' does not exist"))
+    assert not is_transient(ValueError("bad"))
