@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -370,3 +372,65 @@ def test_evaluate_old_dims_differ_from_the_adapter(
     result = cli("evaluate", str(table), "--adapter", str(artifact.path), "--plot", str(plot))
     assert_clean_error(result, 2, "column 'old'", "has 16-d vectors", "expects 32-d")
     assert not plot.exists()
+
+
+def test_adapter_path_is_a_file(gallery: Gallery, artifact: Artifact) -> None:
+    before = state(gallery.db)
+    result = evolve(gallery.db, "digits", adapters=[artifact.adapter_path])
+    assert_clean_error(result, 3, "is not an upgrade artifact", "point --adapter at a directory")
+    assert_untouched(gallery.db, before)
+
+
+def test_manifest_that_is_not_an_object(
+    tmp_path: Path, gallery: Gallery, artifact: Artifact
+) -> None:
+    copy = artifact_copy(artifact, tmp_path)
+    (copy / "manifest.json").write_text("[1, 2]")
+    before = state(gallery.db)
+    result = evolve(gallery.db, "digits", adapters=[copy])
+    assert_clean_error(result, 3, "manifest", "is unreadable", "re-run train")
+    assert_untouched(gallery.db, before)
+
+
+SEED_IN_CHILD = """
+import numpy as np
+from pymilvus import DataType, MilvusClient
+client = MilvusClient({db!r})
+schema = MilvusClient.create_schema(auto_id=False)
+schema.add_field("id", DataType.INT64, is_primary=True)
+schema.add_field("vector", DataType.FLOAT_VECTOR, dim=32)
+index = client.prepare_index_params()
+index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
+client.create_collection("digits__v1", schema=schema, index_params=index)
+vectors = np.load({npy!r})
+client.insert("digits__v1", [{{"id": i, "vector": v.tolist()}} for i, v in enumerate(vectors)])
+client.create_alias("digits__v1", "digits")
+client.close()
+"""
+
+
+def test_a_real_process_prints_one_line(tmp_path: Path, digits: Digits, artifact: Artifact) -> None:
+    """The runner above cannot see what libraries log to the process's stderr; a child can.
+
+    Milvus Lite locks its file to one process, so the child seeds the store too.
+    """
+    db, npy = tmp_path / "child.db", tmp_path / "old.npy"
+    np.save(npy, digits.old_te[:50])
+    subprocess.run(
+        [sys.executable, "-c", SEED_IN_CHILD.format(db=str(db), npy=str(npy))], check=True
+    )
+    for extra, code, needle in [
+        (["--collection", "faces"], 4, "collection 'faces' does not exist"),
+        (["--collection", "digits", "--vector-field", "nose"], 2, "no float vector field 'nose'"),
+        (["--collection", "digits__v1", "--strategy", "in-place"], 2, "--yes-overwrite"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "dmu_migrate", "evolve", *extra, "--adapter", str(artifact.path)]
+            + ["--uri", str(db)],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == code, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], lines
+        assert done.stdout == ""
