@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.cli import app
 from dmu_migrate.data import file_sha256, write_table
+from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir
 from dmu_migrate.stores.base import LEDGER_COLLECTION
 
 runner = CliRunner()
@@ -434,3 +435,40 @@ def test_a_real_process_prints_one_line(tmp_path: Path, digits: Digits, artifact
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], lines
         assert done.stdout == ""
+
+
+# -- a damaged target after cut-over -------------------------------------------------
+
+
+def test_damaged_target_fails_verify_then_evolve_repairs_it(
+    gallery: Gallery, artifact: Artifact
+) -> None:
+    """A row lost from the evolved collection, then a vector overwritten: verify exits 5."""
+    a = str(artifact.path)
+    assert evolve(gallery.db, "digits", adapters=[artifact.path]).exit_code == 0
+    verify = ["verify", "--collection", "digits__v1", "--alias", "digits", "--adapter", a]
+    verify += ["--uri", str(gallery.db)]
+    assert cli(*verify).exit_code == 0
+
+    lost = int(gallery.ids[7])
+    client = MilvusClient(str(gallery.db))
+    client.delete("digits__v2", ids=[lost])
+    client.close()
+    result = cli(*verify)
+    assert_clean_error(result, 5, "1 rows of 'digits__v1'", f"[{lost}]", "run evolve again")
+    # The cron re-run finds the missing row, writes it and verifies again.
+    again = evolve(gallery.db, "digits", adapters=[artifact.path])
+    assert again.exit_code == 0 and "caught up 1 rows" in again.output, again.output
+    assert cli(*verify).exit_code == 0
+
+    sample = Reservoir(VERIFY_SAMPLE)
+    sample.add(np.sort(gallery.ids))  # the ids verify will compare, drawn the same way
+    changed = int(sample.ids()[0])
+    client = MilvusClient(str(gallery.db))
+    row = client.get("digits__v2", ids=[changed])[0]
+    row["vector"] = (-np.asarray(row["vector"], np.float32)).tolist()
+    client.upsert("digits__v2", [row])
+    client.close()
+    result = cli(*verify)
+    assert_clean_error(result, 5, "evolved vectors in 'digits__v2' differ", "nothing was cut over")
+    assert state(gallery.db)["aliases"]["digits"] == "digits__v2"
