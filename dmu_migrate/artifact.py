@@ -130,4 +130,21 @@ def load_artifact(path: str | Path) -> Artifact:
                 f"{name} in '{path}' does not match the checksum in its manifest "
                 f"(changed or truncated); copy the artifact again or re-run train"
             )
+    check_manifest(path, manifest)
     return Artifact(path, manifest)
+
+
+def check_manifest(path: Path, m: Manifest) -> None:
+    """Fields that name collections or size vectors must be what they claim to be."""
+    for what, version in (("from_version", m.from_version), ("to_version", m.to_version)):
+        if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
+            raise ArtifactError(
+                f"manifest of '{path}' has {what} {version!r}, not a version id (a letter, then "
+                f"letters, digits or '_'); re-export the artifact"
+            )
+    for what, dim in (("old_dim", m.old_dim), ("new_dim", m.new_dim)):
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ArtifactError(
+                f"manifest of '{path}' has {what} {dim!r}, not a positive integer; "
+                f"re-export the artifact"
+            )

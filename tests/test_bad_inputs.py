@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from backends import Backend
 from conftest import Digits, Gallery
 from pymilvus import DataType, MilvusClient
@@ -424,6 +425,8 @@ def test_a_real_process_prints_one_line(tmp_path: Path, digits: Digits, artifact
         (["--collection", "faces"], 4, "collection 'faces' does not exist"),
         (["--collection", "digits", "--vector-field", "nose"], 2, "no float vector field 'nose'"),
         (["--collection", "digits__v1", "--strategy", "in-place"], 2, "--yes-overwrite"),
+        (["--collection", "digits", "--filter", "id >>> 3"], 2, "fix --filter"),
+        (["--collection", "digits__v1", "--strategy", "new-field"], 4, "cannot add a vector"),
     ]:
         done = subprocess.run(
             [sys.executable, "-m", "dmu_migrate", "evolve", *extra, "--adapter", str(artifact.path)]
@@ -472,3 +475,67 @@ def test_damaged_target_fails_verify_then_evolve_repairs_it(
     result = cli(*verify)
     assert_clean_error(result, 5, "evolved vectors in 'digits__v2' differ", "nothing was cut over")
     assert state(gallery.db)["aliases"]["digits"] == "digits__v2"
+
+
+# -- inputs that once slipped through ------------------------------------------------
+
+
+def test_empty_collection_name(gallery: Gallery, artifact: Artifact) -> None:
+    before = state(gallery.db)
+    result = evolve(gallery.db, "", adapters=[artifact.path])
+    assert_clean_error(result, 2, "--collection is empty")
+    assert_untouched(gallery.db, before)
+
+
+def test_verify_before_evolve(gallery: Gallery, artifact: Artifact) -> None:
+    before = state(gallery.db)
+    result = cli(
+        "verify",
+        "--collection",
+        "digits",
+        "--adapter",
+        str(artifact.path),
+        "--uri",
+        str(gallery.db),
+    )
+    assert_clean_error(result, 4, "'digits__v2' does not exist", "run evolve first")
+    assert_untouched(gallery.db, before)  # no ledger collection appeared either
+
+
+def test_dry_run_with_zero_batch_size(gallery: Gallery, artifact: Artifact) -> None:
+    result = evolve(
+        gallery.db, "digits", "--dry-run", "--batch-size", "0", adapters=[artifact.path]
+    )
+    assert_clean_error(result, 2, "--batch-size must be >= 1")
+
+
+def edit_manifest(artifact: Artifact, tmp_path: Path, **changes: Any) -> Path:
+    copy = artifact_copy(artifact, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest.update(changes)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"new_dim": 64}, "maps 32-d -> 32-d but its manifest says 32-d -> 64-d"),
+        ({"to_version": "v 2!"}, "to_version 'v 2!', not a version id"),
+        ({"old_dim": "32"}, "old_dim '32', not a positive integer"),
+    ],
+)
+def test_manifest_that_lies_about_the_adapter(
+    tmp_path: Path, gallery: Gallery, artifact: Artifact, changes: dict[str, Any], needle: str
+) -> None:
+    before = state(gallery.db)
+    result = evolve(gallery.db, "digits", adapters=[edit_manifest(artifact, tmp_path, **changes)])
+    assert_clean_error(result, 3, needle, "re-export the artifact")
+    assert_untouched(gallery.db, before)
+
+
+def test_train_name_that_leaves_the_registry(tmp_path: Path, digits: Digits) -> None:
+    out = tmp_path / "out" / "registry"
+    result = train(digits.train_path, out, "--name", "../esc")
+    assert_clean_error(result, 2, "--name '../esc' is not an artifact name")
+    assert not (tmp_path / "out").exists()

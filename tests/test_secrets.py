@@ -34,3 +34,9 @@ def test_redact() -> None:
     assert redact("http://u:p@h:1/x") == "http://***@h:1/x"
     assert redact("qdrants://h:6333?api_key=abc&x=1") == "qdrants://h:6333?api_key=***&x=1"
     assert redact("no secrets in 'faces.db'") == "no secrets in 'faces.db'"
+
+
+@pytest.mark.parametrize("password", ["ab'cd", 'ab"cd', "a@b", "p:q"])
+def test_redact_passwords_with_quotes_or_at_signs(password: str) -> None:
+    masked = redact(f"cannot open 'http://user:{password}@host:19530' (refused)")
+    assert password not in masked and "host:19530" in masked

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from dmu_migrate.cli import evaluation, migration, training
+from dmu_migrate.cli import common, evaluation, migration, training
 
 app = typer.Typer(
     help="Upgrade the embedding model behind a vector database without backfilling.",
@@ -32,6 +32,7 @@ def configure(
     ] = 0,
 ) -> None:
     """Upgrade the embedding model behind a vector database without backfilling."""
+    common.VERBOSE = verbose
     if verbose:
         level = logging.DEBUG if verbose > 1 else logging.INFO
         logging.basicConfig(

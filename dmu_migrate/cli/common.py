@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -19,6 +20,8 @@ from rich.progress import (
 from rich.table import Table
 
 from dmu_migrate.errors import DmuError, InputError
+
+VERBOSE = 0  # -v count, set by the app's callback
 
 out = Console()
 err = Console(stderr=True)
@@ -58,6 +61,8 @@ def progress() -> Progress:
         TimeRemainingColumn(),
         console=err,
         transient=False,
+        # Bars are for people at a terminal; cron logs get -v lines instead.
+        disable=not err.is_terminal,
     )
 
 
@@ -78,3 +83,16 @@ def scores_table(report: Any, title: str) -> Table:
     for setting, scores in report.scores.items():
         table.add_row(setting, *(f"{v:.4f}" for v in scores.as_dict().values()))
     return table
+
+
+def quiet_client_logs() -> None:
+    """Silence client libraries' own error logs unless -v was given.
+
+    pymilvus configures its loggers when first imported (so this runs after a
+    store is opened) and logs a traceback for every failed call, which this
+    tool already reports as one line.
+    """
+    if VERBOSE:
+        return
+    for name in ("pymilvus", "milvus_lite", "grpc"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -13,7 +13,8 @@ import typer
 from rich.table import Table
 
 from dmu_migrate.artifact import load_artifact
-from dmu_migrate.cli.common import AsJson, out, progress, user_errors
+from dmu_migrate.cli.common import AsJson, out, progress, quiet_client_logs, user_errors
+from dmu_migrate.errors import InputError, StoreError
 
 if TYPE_CHECKING:
     from dmu_migrate.evolve.plan import Plan
@@ -49,6 +50,7 @@ def opened(uri: str, token: str | None) -> Iterator[VectorStore]:
     from dmu_migrate.stores.base import open_store
 
     store = open_store(uri, token)
+    quiet_client_logs()
     try:
         yield store
     finally:
@@ -149,6 +151,8 @@ def evolve(
         from dmu_migrate.evolve.plan import estimate
         from dmu_migrate.evolve.retry import RetryPolicy
 
+        if batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {batch_size}")
         with opened(uri, token) as store:
             plan = build_plan(
                 store,
@@ -256,6 +260,11 @@ def verify(
                 target_field=target_field,
                 yes_overwrite=True,
             )
+            if not store.has_collection(plan.target):
+                raise StoreError(
+                    f"'{plan.target}' does not exist, so there is nothing to verify; run "
+                    f"evolve first"
+                )
             record = store.ledger_get(plan.key)
             snapshot_root = Path((record or {}).get("snapshot") or "dmu-snapshots").parent
             skipped = frozenset((record or {}).get("skipped") or [])

@@ -88,6 +88,8 @@ def make_plan(
     filter: str | None = None,
     yes_overwrite: bool = False,
 ) -> Plan:
+    if not collection.strip():
+        raise InputError("--collection is empty; give the collection or alias to evolve")
     if strategy not in STRATEGIES:
         raise InputError(f"unknown --strategy '{strategy}'; use one of {', '.join(STRATEGIES)}")
     info = upgraded_source(store, store.describe(collection, vector_field), chain)

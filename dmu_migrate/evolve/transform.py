@@ -31,6 +31,8 @@ class OnnxModel:
         self.output_name = self.session.get_outputs()[0].name
         dim = inp.shape[1]
         self.input_dim = dim if isinstance(dim, int) else None
+        out_dim = self.session.get_outputs()[0].shape[1]
+        self.output_dim = out_dim if isinstance(out_dim, int) else None
         self.path = path
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -67,6 +69,15 @@ class AdapterChain:
                 )
         self.artifacts = artifacts
         self.models = [OnnxModel(a.adapter_path, threads) for a in artifacts]
+        for artifact, model in zip(artifacts, self.models, strict=True):
+            m = artifact.manifest
+            if (model.input_dim, model.output_dim) != (m.old_dim, m.new_dim):
+                # The manifest sizes the target collection: it must describe this model.
+                raise ArtifactError(
+                    f"adapter.onnx of '{artifact.path}' maps {model.input_dim}-d -> "
+                    f"{model.output_dim}-d but its manifest says {m.old_dim}-d -> "
+                    f"{m.new_dim}-d; re-export the artifact"
+                )
         first, last = artifacts[0].manifest, artifacts[-1].manifest
         self.from_version, self.to_version = first.from_version, last.to_version
         self.in_dim, self.out_dim = first.old_dim, last.new_dim

@@ -156,7 +156,8 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]*@")
+# Greedy up to the last "@" before the path: passwords may hold quotes or a raw "@".
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
 _SECRET_QUERY = re.compile(r"(?i)\b(token|api_key|apikey|password)=[^&\s'\"]*")
 
 

@@ -32,6 +32,11 @@ _GET_CHUNK = 1000  # ids per get(): keeps the filter expression within server li
 STRONG = "Strong"
 
 
+def _one_line(text: str) -> str:
+    """Server messages can span lines (a parser's caret diagram); errors are one line."""
+    return " ".join(str(text).split())
+
+
 def _literal(value: Id) -> str:
     return json.dumps(value) if isinstance(value, str) else str(int(value))
 
@@ -52,12 +57,14 @@ class MilvusStore:
         if uri.endswith(".db"):
             # Milvus Lite has no MVCC snapshot and pymilvus warns about it on every
             # iterator; migrations verify counts and id sets instead of relying on one.
-            logging.getLogger("pymilvus").setLevel(logging.ERROR)
+            quiet = logging.getLogger("pymilvus")
+            if quiet.level < logging.ERROR:  # never louder than the command line asked
+                quiet.setLevel(logging.ERROR)
         try:
             client = MilvusClient(uri=uri, token=token or "")
         except MilvusException as exc:
             raise StoreError(
-                f"cannot open Milvus at '{redact(uri)}' ({redact(exc.message)}); check --uri"
+                f"cannot open Milvus at '{redact(uri)}' ({redact(_one_line(exc.message))}); check --uri"
             ) from exc
         except Exception as exc:  # connection errors surface as many types
             raise StoreError(
@@ -121,7 +128,7 @@ class MilvusStore:
             )
         except MilvusException as exc:
             raise InputError(
-                f"filter '{filter}' is not valid for '{name}' ({exc.message}); fix --filter"
+                f"filter '{filter}' is not valid for '{name}' ({_one_line(exc.message)}); fix --filter"
             ) from exc
         return int(rows[0]["count(*)"])
 
@@ -231,7 +238,9 @@ class MilvusStore:
                 target, schema=schema, index_params=index_params, consistency_level=STRONG
             )
         except MilvusException as exc:
-            raise StoreError(f"cannot create collection '{target}' ({exc.message})") from exc
+            raise StoreError(
+                f"cannot create collection '{target}' ({_one_line(exc.message)})"
+            ) from exc
 
     def target_problem(self, source: CollectionInfo, target: str, new_dim: int) -> str | None:
         desc = self.client.describe_collection(target)
@@ -333,6 +342,8 @@ class MilvusStore:
         return LEDGER_COLLECTION
 
     def ledger_get(self, key: str) -> dict[str, Any] | None:
+        if not self.client.has_collection(LEDGER_COLLECTION):
+            return None  # reading must not create the ledger in a store never migrated
         rows = self.client.get(
             self._ledger(), ids=[key], output_fields=["record"], consistency_level=STRONG
         )

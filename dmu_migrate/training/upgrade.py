@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -23,6 +24,8 @@ from dmu_migrate.training.adapter_only import fit_adapter
 from dmu_migrate.training.checkpoint import FILE, Checkpoint, work_dir
 from dmu_migrate.training.export import OPSET, export_onnx
 from dmu_migrate.training.trainer import EpochCallback, TrainConfig, TrainResult, train
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,11 @@ def train_upgrade(
     if from_version == to_version:
         raise InputError(
             f"--from-version and --to-version are both '{to_version}'; give distinct ids"
+        )
+    if not _NAME_RE.fullmatch(name) or ".." in name:
+        raise InputError(
+            f"--name '{name}' is not an artifact name; use letters, digits, '.', '_' or '-' "
+            f"(it becomes a directory under --out-dir)"
         )
     target = Path(out_dir) / name
     if target.exists() and not overwrite:
