@@ -16,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from backends import Backend
 from conftest import Digits
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.data import write_table
 from dmu_migrate.evolve.transform import AdapterChain
 
-ROWS = 500
+ROWS = 400
+KILLS = 20  # kill points per store before a run may finish
 TESTS = Path(__file__).resolve().parent
 
 SEED = """
@@ -33,7 +35,7 @@ from dmu_migrate.data import read_table
 t = read_table({table!r}, need_x=False)
 b = Backend({kind!r}, {uri!r}, __import__("pathlib").Path({root!r}))
 ids = np.arange(len(t.labels)) * 2 + 1
-b.seed("gallery", ids, t.old, {{"name": [f"n{{i}}" for i in ids]}}, alias="gallery_live")
+b.seed({source!r}, ids, t.old, {{"name": [f"n{{i}}" for i in ids]}}, alias={alias!r})
 b.close_stores()
 """
 
@@ -55,38 +57,46 @@ def child(*args: str) -> str:
     return done.stdout
 
 
-def status(uri: str) -> list[dict]:
-    out = child("-m", "dmu_migrate", "status", "--uri", uri, "--json")
+def status(uri: str, alias: str) -> list[dict]:
+    out = child("-m", "dmu_migrate", "status", "--uri", uri, "--collection", alias, "--json")
     return json.loads(out) if out.strip().startswith("[") else []
 
 
-@pytest.mark.parametrize("kind", ["milvus-lite", "qdrant-local"])
+@pytest.mark.parametrize("kind", ["milvus-lite", "milvus-server", "qdrant-local"])
 def test_killed_runs_resume_to_the_uninterrupted_state(
-    kind: str, tmp_path: Path, digits: Digits, artifact: Artifact
+    kind: str, tmp_path: Path, digits: Digits, artifact: Artifact, request: pytest.FixtureRequest
 ) -> None:
-    uri = str(tmp_path / "store.db") if kind == "milvus-lite" else f"qdrant:{tmp_path / 'qdrant'}"
+    if kind == "milvus-server":
+        uri = request.getfixturevalue("milvus_server")
+    elif kind == "milvus-lite":
+        uri = str(tmp_path / "store.db")
+    else:
+        uri = f"qdrant:{tmp_path / 'qdrant'}"
     table = tmp_path / "gallery.parquet"
     write_table(table, {"label": digits.y_te[:ROWS], "old": digits.old_te[:ROWS]})
     fmt = {"tests": str(TESTS), "kind": kind, "uri": uri, "root": str(tmp_path)}
-    child("-c", SEED.format(table=str(table), **fmt))
+    source = f"gallery_{tmp_path.name[-12:].replace('-', '_')}"  # unique on a shared server
+    alias = f"{source}_live"
+    before = Backend(kind, uri, tmp_path).list_collections() if kind == "milvus-server" else set()
+    child("-c", SEED.format(table=str(table), source=source, alias=alias, **fmt))
 
     rng = np.random.default_rng(7)
     progress: list[int] = []
     kills = 0
-    for _attempt in range(25):
+    for _attempt in range(KILLS + 10):
         cmd = [
             "-m",
             "dmu_migrate",
             "-vv",
             "evolve",
             "--collection",
-            "gallery_live",
+            alias,
             "--adapter",
             str(artifact.path),
             "--uri",
             uri,
             "--batch-size",
-            "16",
+            "4",
             "--take-over",
         ]
         proc = subprocess.Popen(
@@ -94,13 +104,14 @@ def test_killed_runs_resume_to_the_uninterrupted_state(
         )
         # Kill point: after k more acknowledged batches, either right there (between
         # batches) or as the next write starts (mid-write, before its ledger update).
-        k, mid_write = int(rng.integers(1, 8)), bool(rng.integers(2))
+        # After KILLS kills the run is left to finish.
+        k, mid_write = int(rng.integers(1, 3)), bool(rng.integers(2))
         acked, log = 0, []
         assert proc.stderr is not None
         for line in proc.stderr:
             log.append(line)
             acked += "batch acknowledged" in line
-            if acked >= k and (not mid_write or "writing" in line):
+            if kills < KILLS and acked >= k and (not mid_write or "writing" in line):
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
                 break
@@ -109,16 +120,16 @@ def test_killed_runs_resume_to_the_uninterrupted_state(
             break
         if proc.returncode != -signal.SIGKILL:
             pytest.fail(f"evolve failed on its own: {''.join(log)[-2000:]}")
-        records = status(uri)
+        records = status(uri, alias)
         progress.append(records[0]["rows_done"] if records else 0)
     else:
         pytest.fail(f"evolve never finished; rows done after each kill: {progress}")
 
-    assert kills >= 2, f"the run finished before it could be killed twice ({progress})"
+    assert kills == KILLS, f"the run finished after {kills} kills ({progress})"
     assert progress == sorted(progress) and progress[-1] < ROWS, progress  # never lost ground
-    (record,) = status(uri)
+    (record,) = status(uri, alias)
     assert record["status"] == "done" and record["alias_target"] == record["target"]
-    field = "vector" if kind == "milvus-lite" else ""
+    field = "" if kind == "qdrant-local" else "vector"
     rows = json.loads(child("-c", READ.format(field=field, **fmt), record["target"]))
     ids = np.arange(ROWS) * 2 + 1
     assert sorted(int(k) for k in rows) == ids.tolist()  # nothing lost, nothing duplicated
@@ -127,3 +138,6 @@ def test_killed_runs_resume_to_the_uninterrupted_state(
         vector, name, version = rows[str(row_id)]
         np.testing.assert_allclose(vector, expected[i], atol=1e-5)
         assert name == f"n{row_id}" and version == "v2"
+    if kind == "milvus-server":
+        server = Backend(kind, uri, tmp_path)
+        server.drop_created(sorted(server.list_collections() - before))
