@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,8 +32,17 @@ from dmu_migrate.stores.base import open_store
 ROWS = 160
 
 
-def seeded(milvus_server: str, tmp_path: Any, digits: Digits) -> tuple[Backend, str, np.ndarray]:
+@pytest.fixture
+def server(milvus_server: str, tmp_path: Any) -> Iterator[Backend]:
+    """The shared server, left as found: every collection a test made (ledger too) is dropped."""
     backend = Backend("milvus-server", milvus_server, tmp_path)
+    before = backend.list_collections()
+    yield backend
+    backend.close_stores()
+    backend.drop_created(sorted(backend.list_collections() - before))
+
+
+def seeded(backend: Backend, digits: Digits) -> tuple[Backend, str, np.ndarray]:
     source, alias = backend.unique("flaky"), backend.unique("live")
     ids = np.arange(1, ROWS + 1)
     backend.seed(source, ids, digits.old_te[:ROWS], {"name": [f"n{i}" for i in ids]}, alias=alias)
@@ -65,9 +75,9 @@ def check_final(
 
 
 def test_outage_mid_run_is_waited_out(
-    milvus_server: str, tmp_path: Any, digits: Digits, artifact: Artifact
+    milvus_server: str, server: Backend, digits: Digits, artifact: Artifact
 ) -> None:
-    backend, alias, ids = seeded(milvus_server, tmp_path, digits)
+    backend, alias, ids = seeded(server, digits)
     proxy = Proxy(int(urlsplit(milvus_server).port or 19530))
     outcome: dict[str, Any] = {}
     try:
@@ -95,14 +105,12 @@ def test_outage_mid_run_is_waited_out(
     result = outcome["result"]
     assert result.outcome == COMPLETED and result.retries >= 1
     check_final(backend, result, ids, digits, artifact)
-    backend.close_stores()
-    backend.drop_created(sorted(backend._created | {result.target}))
 
 
 def test_outage_past_the_retry_budget_stops_resumably(
-    milvus_server: str, tmp_path: Any, digits: Digits, artifact: Artifact
+    milvus_server: str, server: Backend, digits: Digits, artifact: Artifact
 ) -> None:
-    backend, alias, ids = seeded(milvus_server, tmp_path, digits)
+    backend, alias, ids = seeded(server, digits)
     proxy = Proxy(int(urlsplit(milvus_server).port or 19530))
     try:
         store = open_store(f"http://127.0.0.1:{proxy.port}")
@@ -118,8 +126,6 @@ def test_outage_past_the_retry_budget_stops_resumably(
         proxy.close()
     assert result.outcome == COMPLETED
     check_final(backend, result, ids, digits, artifact)
-    backend.close_stores()
-    backend.drop_created(sorted(backend._created | {result.target}))
 
 
 def test_only_passing_failures_are_retried() -> None:
