@@ -100,6 +100,13 @@ def evolve(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per read/write batch.")] = 4096,
     threads: Annotated[int, typer.Option(help="onnxruntime threads (0 = all cores).")] = 0,
+    read_ahead: Annotated[
+        int,
+        typer.Option(
+            help="Batches read and transformed ahead of the writer (memory: about 2x this many "
+            "batches); 0 reads, transforms and writes in turn."
+        ),
+    ] = 2,
     max_seconds: Annotated[
         float | None,
         typer.Option(help="Stop after this long; exit code 75 means run again to continue."),
@@ -188,6 +195,7 @@ def evolve(
                 snapshot_dir,
                 skip_bad_vectors,
                 RetryPolicy(max_retries, timeout),
+                read_ahead,
             )
             with progress() as bar:
                 task = bar.add_task("evolve", total=plan.rows, info="rows")

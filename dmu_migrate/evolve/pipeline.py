@@ -24,9 +24,10 @@ from dmu_migrate.evolve.ledger import DONE, FAILED, RUNNING, Ledger, Record, now
 from dmu_migrate.evolve.plan import IN_PLACE, Plan, make_plan
 from dmu_migrate.evolve.retry import Retrier, RetryPolicy
 from dmu_migrate.evolve.strategies import ID_BATCH, InPlace, Strategy, make_strategy
+from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, VerifyReport, diff_sorted, verify
-from dmu_migrate.stores.base import Batch, VectorStore
+from dmu_migrate.stores.base import Batch, Id, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ COMPLETED, REMAINING = "done", "remaining"
 EXIT_REMAINING = 75  # EX_TEMPFAIL: stopped at --max-seconds, run again to continue
 CATCH_UP_BATCH = 4096
 MAX_SKIPPED = 100_000  # skipped ids live in the ledger record, which must stay small
+LEDGER_EVERY = 1.0  # seconds between cursor saves in the main pass
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class EvolveOptions:
     snapshot_root: Path = Path("dmu-snapshots")
     skip_bad_vectors: bool = False  # leave NaN/inf/zero vectors out (recorded) instead of failing
     retry: RetryPolicy = RetryPolicy()
+    read_ahead: int = 2  # batches each stage may run ahead of the writer; 0 = no threads
 
 
 @dataclass
@@ -84,6 +87,8 @@ def evolve(
 ) -> EvolveResult:
     if options.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {options.batch_size}")
+    if options.read_ahead < 0:
+        raise InputError(f"--read-ahead must be >= 0, got {options.read_ahead}")
     start = time.perf_counter()
     ledger = Ledger(store)
     retry = Retrier(options.retry)
@@ -197,7 +202,12 @@ def main_pass(
     on_progress: ProgressCallback | None,
     start: float,
 ) -> bool:
-    """Stream every row after the cursor; False when stopped by the time budget."""
+    """Stream every row after the cursor; False when stopped by the time budget.
+
+    Reading, screening + the adapter, and writing run as overlapped stages
+    (evolve/stream.py); this thread is the only writer and takes batches in
+    read order, so the cursor always marks a prefix of the source.
+    """
     if isinstance(strategy, InPlace) and record.pending:
         # Died (or failed) between snapshot and overwrite: the part, not the store,
         # holds that batch's old vectors, so replay it before reading on.
@@ -205,35 +215,65 @@ def main_pass(
         record.cursor = record.pending["last_id"]
         record.pending = None
         ledger.save(record)
+    # In place, reads and overwrites touch the same collection: keep them in turn.
+    depth = 0 if isinstance(strategy, InPlace) else options.read_ahead
     batches = store.iter_batches(
         plan.source, options.batch_size, after=record.cursor, filter=plan.filter
     )
-    for raw in batches:
-        batch = screen(raw, plan, record, options.skip_bad_vectors)
-        if not len(batch):  # every row of this batch was bad and skipped
-            record.cursor = raw.ids[-1].item()
-            ledger.save(record)
-            continue
-        evolved = plan.chain(batch.vectors)
-        log.debug("writing %d rows after cursor %r", len(batch), record.cursor)
-        pending = strategy.write(record, batch, evolved)
-        if pending is not None and isinstance(strategy, InPlace):
-            record.pending = pending
-            ledger.save(record)  # the snapshot must be on record before the overwrite
-            strategy.apply(pending)
-            record.pending = None
-        record.cursor = raw.ids[-1].item()
-        record.rows_done += len(batch)
-        result.rows_written += len(batch)
-        ledger.save(record)
-        log.info("batch acknowledged: %d rows, cursor %r", record.rows_done, record.cursor)
-        sample.add(batch.ids)
-        if on_progress is not None:
-            on_progress(record.rows_done, plan.rows)
-        if options.max_seconds is not None and time.perf_counter() - start > options.max_seconds:
-            return False
+    saved = time.perf_counter()
+    with (
+        Stage(batches, depth, "dmu-read") as reads,
+        Stage((prepare(raw, plan, options) for raw in reads), depth, "dmu-adapt") as ready,
+    ):
+        for item in ready:
+            add_skipped(record, plan, item.skipped)
+            if len(item.batch):
+                write(strategy, ledger, record, item)
+                result.rows_written += len(item.batch)
+                sample.add(item.batch.ids)
+            record.cursor = item.last_id
+            # The ledger is a resume point, not a log: a lagging cursor only means a
+            # few batches are upserted again after a crash. In place it must not lag.
+            now = time.perf_counter()
+            if isinstance(strategy, InPlace) or now - saved >= LEDGER_EVERY:
+                ledger.save(record)
+                saved = now
+            log.info("batch acknowledged: %d rows, cursor %r", record.rows_done, record.cursor)
+            if on_progress is not None:
+                on_progress(record.rows_done, plan.rows)
+            if options.max_seconds is not None and now - start > options.max_seconds:
+                ledger.save(record)
+                return False
+    ledger.save(record)
     store.flush(plan.target)
     return True
+
+
+@dataclass
+class Prepared:
+    """One batch ready to write: good rows, their evolved vectors, and what was left out."""
+
+    batch: Batch
+    evolved: np.ndarray
+    skipped: list[Id]
+    last_id: Id  # the last id read, kept or not: the cursor after this batch
+
+
+def prepare(raw: Batch, plan: Plan, options: EvolveOptions) -> Prepared:
+    batch, skipped = screen(raw, plan, options.skip_bad_vectors)
+    evolved = plan.chain(batch.vectors) if len(batch) else batch.vectors
+    return Prepared(batch, evolved, skipped, raw.ids[-1].item())
+
+
+def write(strategy: Strategy, ledger: Ledger, record: Record, item: Prepared) -> None:
+    log.debug("writing %d rows after cursor %r", len(item.batch), record.cursor)
+    pending = strategy.write(record, item.batch, item.evolved)
+    if pending is not None and isinstance(strategy, InPlace):
+        record.pending = pending
+        ledger.save(record)  # the snapshot must be on record before the overwrite
+        strategy.apply(pending)
+        record.pending = None
+    record.rows_done += len(item.batch)
 
 
 def catch_up(
@@ -250,17 +290,15 @@ def catch_up(
     written = strategy.written_ids()
     source_ids = store.iter_ids(plan.source.name, ID_BATCH, plan.filter)
     missing, extra = diff_sorted(sample.tee(source_ids), written)
-    skipped = set(record.skipped)
-    missing = [i for i in missing if i not in skipped]
+    known_bad = set(record.skipped)
+    missing = [i for i in missing if i not in known_bad]
     done = 0
     for start in range(0, len(missing), CATCH_UP_BATCH):
         ids = np.asarray(missing[start : start + CATCH_UP_BATCH])
-        batch = screen(
-            store.fetch(plan.source, ids, plan.source.vector_field),
-            plan,
-            record,
-            options.skip_bad_vectors,
+        batch, bad = screen(
+            store.fetch(plan.source, ids, plan.source.vector_field), plan, options.skip_bad_vectors
         )
+        add_skipped(record, plan, bad)
         if len(batch):
             strategy.write(record, batch, plan.chain(batch.vectors))
             done += len(batch)
@@ -277,15 +315,16 @@ def bad_rows(vectors: np.ndarray) -> np.ndarray:
     return ~finite | (norms < 1e-12)
 
 
-def screen(batch: Batch, plan: Plan, record: Record, skip: bool) -> Batch:
-    """Refuse a batch with bad vectors, or, with --skip-bad-vectors, drop and record them.
+def screen(batch: Batch, plan: Plan, skip: bool) -> tuple[Batch, list[Id]]:
+    """Refuse a batch with bad vectors, or, with --skip-bad-vectors, drop them.
 
     Never written either way: an evolved NaN would poison every search that
-    touches it, and a zero vector has no direction to evolve.
+    touches it, and a zero vector has no direction to evolve. Returns the
+    good rows and the ids left out.
     """
     bad = bad_rows(batch.vectors)
     if not bad.any():
-        return batch
+        return batch, []
     ids = batch.ids[bad].tolist()
     if not skip:
         raise InputError(
@@ -293,18 +332,26 @@ def screen(batch: Batch, plan: Plan, record: Record, skip: bool) -> Batch:
             f"'{plan.source.vector_field or 'default'}' (first ids: {ids[:5]}); fix or delete "
             f"them, or pass --skip-bad-vectors to leave them out and report them"
         )
-    record.skipped.extend(i for i in ids if i not in set(record.skipped))
+    keep = np.flatnonzero(~bad)
+    kept = Batch(
+        batch.ids[keep],
+        batch.vectors[keep],
+        {k: [v[i] for i in keep] for k, v in batch.fields.items()},
+    )
+    return kept, ids
+
+
+def add_skipped(record: Record, plan: Plan, ids: list[Id]) -> None:
+    """Record skipped ids once each; the ledger record that holds them must stay small."""
+    if not ids:
+        return
+    known = set(record.skipped)
+    record.skipped.extend(i for i in ids if i not in known)
     if len(record.skipped) > MAX_SKIPPED:
         raise InputError(
             f"more than {MAX_SKIPPED} bad vectors in '{plan.source.name}'; clean the collection "
             f"before evolving it"
         )
-    keep = np.flatnonzero(~bad)
-    return Batch(
-        batch.ids[keep],
-        batch.vectors[keep],
-        {k: [v[i] for i in keep] for k, v in batch.fields.items()},
-    )
 
 
 def evolve_collection(

@@ -13,6 +13,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.client.types import LoadState
 
 from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.stores import milvus_columns
 from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
     TAG_FIELDS,
@@ -51,6 +52,8 @@ class MilvusStore:
         self.client = client
         self.uri = redact(uri)  # for messages; the client holds the real one
         self._loaded: set[str] = set()
+        self._columnar = milvus_columns.available(client)
+        self._schemas: dict[str, dict[str, Any]] = {}  # write targets, described once
 
     @classmethod
     def connect(cls, uri: str, token: str | None = None) -> MilvusStore:
@@ -161,13 +164,30 @@ class MilvusStore:
     ) -> Iterator[Batch]:
         field = vector_field or info.vector_field
         cursor = None if after is None else f"{info.pk_field} > {_literal(after)}"
-        for rows in self._iterate(info.name, batch_size, _and(filter, cursor), ["*"]):
+        expr = _and(filter, cursor)
+        if self._columnar:
+            self._ensure_loaded(info.name)
+            dim = info.vector_fields.get(field, info.dim)
+            for ids, vectors, columns in milvus_columns.pages(
+                self.client, info.name, info.pk_field, field, dim, batch_size, expr, ["*"]
+            ):
+                assert vectors is not None  # a vector field was asked for
+                yield Batch(ids, vectors, columns)
+            return
+        for rows in self._iterate(info.name, batch_size, expr, ["*"]):
             yield self._to_batch(rows, info.pk_field, field)
 
     def iter_ids(
         self, name: str, batch_size: int, filter: str | None = None
     ) -> Iterator[np.ndarray]:
         pk = self._pk(name)
+        if self._columnar:
+            self._ensure_loaded(name)
+            for ids, _, _ in milvus_columns.pages(
+                self.client, name, pk, None, 0, batch_size, filter or "", [pk]
+            ):
+                yield ids
+            return
         for rows in self._iterate(name, batch_size, filter or "", [pk]):
             yield np.asarray([r[pk] for r in rows])
 
@@ -233,6 +253,7 @@ class MilvusStore:
                 metric_type=index.get("metric_type", "COSINE"),
                 params=index.get("params") if isinstance(index.get("params"), dict) else {},
             )
+        self._schemas.pop(target, None)
         try:
             self.client.create_collection(
                 target, schema=schema, index_params=index_params, consistency_level=STRONG
@@ -271,6 +292,15 @@ class MilvusStore:
         self, source: CollectionInfo, target: str, batch: Batch, tags: dict[str, str]
     ) -> None:
         pk, vf = source.pk_field, source.vector_field
+        # Upsert keyed by the source id: a batch written twice (after a crash
+        # or a re-run) leaves one row, never a duplicate.
+        schema = self._write_schema(target)
+        if schema is not None:
+            columns: dict[str, Any] = {**batch.fields, pk: batch.ids}
+            columns.update({k: [v] * len(batch) for k, v in tags.items()})
+            if all(f["name"] in columns or f["name"] == vf for f in schema["fields"]):
+                milvus_columns.upsert(self.client, target, schema, columns, vf, batch.vectors)
+                return
         rows = []
         for i, row_id in enumerate(batch.ids.tolist()):
             row: dict[str, Any] = {k: v[i] for k, v in batch.fields.items()}
@@ -278,9 +308,16 @@ class MilvusStore:
             row[vf] = batch.vectors[i]
             row.update(tags)
             rows.append(row)
-        # Upsert keyed by the source id: a batch written twice (after a crash
-        # or a re-run) leaves one row, never a duplicate.
         self.client.upsert(target, rows)
+
+    def _write_schema(self, name: str) -> dict[str, Any] | None:
+        """The target's schema when the columnar path can write it, else None."""
+        if not self._columnar:
+            return None
+        if name not in self._schemas:
+            self._schemas[name] = self.client.describe_collection(name)
+        schema = self._schemas[name]
+        return schema if milvus_columns.write_supported(schema) else None
 
     def write_vectors(
         self,
@@ -311,6 +348,7 @@ class MilvusStore:
     def drop_collection(self, name: str) -> None:
         self.client.drop_collection(name)
         self._loaded.discard(name)
+        self._schemas.pop(name, None)
 
     # -- aliases -------------------------------------------------------------
     def alias_target(self, alias: str) -> str | None:
