@@ -18,7 +18,9 @@ from dmu_migrate.training.export import OPSET, export_onnx
 from dmu_migrate.training.models import ResidualAdapter
 
 
-def adapter_module(old_dim: int, new_dim: int, hidden: int = 256, layers: int = 1) -> ResidualAdapter:
+def adapter_module(
+    old_dim: int, new_dim: int, hidden: int = 256, layers: int = 1
+) -> ResidualAdapter:
     torch.manual_seed(0)
     return ResidualAdapter(old_dim, new_dim, hidden, layers).eval()
 

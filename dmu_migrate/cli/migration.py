@@ -98,7 +98,10 @@ def evolve(
             "is not moved."
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per read/write batch.")] = 4096,
+    batch_size: Annotated[
+        int,
+        typer.Option(help="Rows per read/write batch (fewer when rows are wide: at most 32 MiB)."),
+    ] = 8192,
     threads: Annotated[int, typer.Option(help="onnxruntime threads (0 = all cores).")] = 0,
     read_ahead: Annotated[
         int,

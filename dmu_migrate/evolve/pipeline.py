@@ -23,10 +23,10 @@ from dmu_migrate.errors import DmuError, InputError
 from dmu_migrate.evolve.ledger import DONE, FAILED, RUNNING, Ledger, Record, now_iso
 from dmu_migrate.evolve.plan import IN_PLACE, Plan, make_plan
 from dmu_migrate.evolve.retry import Retrier, RetryPolicy
-from dmu_migrate.evolve.strategies import ID_BATCH, InPlace, Strategy, make_strategy
+from dmu_migrate.evolve.strategies import InPlace, Strategy, make_strategy
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, VerifyReport, diff_sorted, verify
+from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, VerifyReport, diff_ids, verify
 from dmu_migrate.stores.base import Batch, Id, VectorStore
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,13 @@ EXIT_REMAINING = 75  # EX_TEMPFAIL: stopped at --max-seconds, run again to conti
 CATCH_UP_BATCH = 4096
 MAX_SKIPPED = 100_000  # skipped ids live in the ledger record, which must stay small
 LEDGER_EVERY = 1.0  # seconds between cursor saves in the main pass
+# Requests past a few tens of MB hit servers' gRPC message limits (64 MiB on Milvus 2.x).
+MAX_BATCH_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
 class EvolveOptions:
-    batch_size: int = 4096
+    batch_size: int = 8192
     max_seconds: float | None = None  # stop (resumably) after this much work
     take_over: bool = False  # take the lease of a run that died
     restart: bool = False  # forget the ledger record and start from the beginning
@@ -72,6 +74,7 @@ class EvolveResult:
     retries: int = 0  # passing store failures retried during this run
     verify: VerifyReport | None = None
     notes: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step of this run
 
     def as_dict(self) -> dict[str, object]:
         out = dict(self.__dict__)
@@ -124,6 +127,7 @@ def evolve(
     try:
         retry.run("preparing the target", lambda: strategy.prepare(record))
         if not record.main_pass_done:
+            clock = time.perf_counter()
             finished = retry.run(
                 "reading and writing batches",
                 lambda: main_pass(
@@ -140,15 +144,18 @@ def evolve(
                 ),
                 progress=lambda: record.cursor,
             )
+            result.phases["main_pass"] = time.perf_counter() - clock
             if not finished:
                 result.outcome = REMAINING
                 return result
             record.main_pass_done = True
             retry.run("saving the ledger", lambda: ledger.save(record))
         if plan.strategy != IN_PLACE:
+            clock = time.perf_counter()
             result.caught_up, extra, sample = retry.run(
                 "catching up", lambda: catch_up(store, plan, strategy, record, options)
             )
+            result.phases["catch_up"] = time.perf_counter() - clock
             if extra:
                 result.notes.append(
                     f"{extra} rows of '{plan.target}' are no longer in the source (deleted "
@@ -158,15 +165,22 @@ def evolve(
             result.notes.append("in-place does not catch up rows added after its pass")
         skipped = frozenset(record.skipped)
         checked = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
+        clock = time.perf_counter()
+        # A catch-up that found nothing to write has just diffed the full id sets after
+        # every write of this run: verification need not scan them again.
+        diffed = plan.strategy != IN_PLACE and result.caught_up == 0
         result.verify = retry.run(
-            "verifying", lambda: verify(store, plan, strategy, checked, skipped)
+            "verifying", lambda: verify(store, plan, strategy, checked, skipped, diffed)
         )
+        result.phases["verify"] = time.perf_counter() - clock
         if record.skipped:
             result.notes.append(
                 f"{len(record.skipped)} rows with NaN, inf or all-zero vectors were left out "
                 f"(first ids: {record.skipped[:5]}); they are listed in the ledger"
             )
+        clock = time.perf_counter()
         result.cut_over = retry.run("cutting over", lambda: strategy.cut_over(record))
+        result.phases["cut_over"] = time.perf_counter() - clock
         record.status, record.finished_at, record.error = DONE, now_iso(), None
         record.runs.append(
             {
@@ -217,9 +231,9 @@ def main_pass(
         ledger.save(record)
     # In place, reads and overwrites touch the same collection: keep them in turn.
     depth = 0 if isinstance(strategy, InPlace) else options.read_ahead
-    batches = store.iter_batches(
-        plan.source, options.batch_size, after=record.cursor, filter=plan.filter
-    )
+    widest = max(plan.source.dim, plan.chain.out_dim) * 4
+    batch_size = max(1, min(options.batch_size, MAX_BATCH_BYTES // widest))
+    batches = store.iter_batches(plan.source, batch_size, after=record.cursor, filter=plan.filter)
     saved = time.perf_counter()
     with (
         Stage(batches, depth, "dmu-read") as reads,
@@ -287,9 +301,7 @@ def catch_up(
     writes few rows itself). Returns (rows written, rows only in the target, sample).
     """
     sample = Reservoir(VERIFY_SAMPLE)
-    written = strategy.written_ids()
-    source_ids = store.iter_ids(plan.source.name, ID_BATCH, plan.filter)
-    missing, extra = diff_sorted(sample.tee(source_ids), written)
+    missing, extra = diff_ids(store, plan, strategy, sample)
     known_bad = set(record.skipped)
     missing = [i for i in missing if i not in known_bad]
     done = 0

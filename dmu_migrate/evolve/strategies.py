@@ -19,9 +19,8 @@ from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve import snapshot
 from dmu_migrate.evolve.ledger import Record
 from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION, NEW_FIELD, Plan
+from dmu_migrate.evolve.verify import ID_BATCH
 from dmu_migrate.stores.base import TAG_FROM, TAG_ORIGIN, TAG_VERSION, Batch, VectorStore
-
-ID_BATCH = 16384
 
 
 class Strategy:

@@ -18,6 +18,9 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0 lets onnxruntime use every core
         options.log_severity_level = 3
+        # Idle pool threads would spin for work between batches, taking CPU from the
+        # reader and writer stages (and from a store on the same machine).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]

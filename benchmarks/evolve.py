@@ -1,0 +1,353 @@
+"""Evolve throughput and memory next to the store's own ceiling, side by side in one run.
+
+For each store, vector size and row count, one source collection is seeded,
+then copied three ways, each in a fresh process (so each peak RSS is its own):
+
+- raw copy: the same rows read and written through dmu-migrate's store layer
+  with the same batching and read-ahead, and no adapter, ledger or
+  verification: the ceiling of this access pattern on this store;
+- naive copy: what a user writes by hand with the client: Milvus
+  ``query_iterator`` rows (per-row dicts) -> ``insert``; Qdrant ``scroll``
+  records -> ``PointStruct`` -> ``upsert``;
+- ``dmu-migrate evolve``: the real command (run in-process by the worker),
+  through a 256-hidden residual adapter of the shipped shape, including
+  catch-up, verification and the alias cut-over.
+
+Collections use a FLAT index, so no background index build competes for
+the CPU during a measurement; what is timed is the data path.
+
+    python benchmarks/evolve.py                               # the full matrix, docs/benchmarks.md
+    python benchmarks/evolve.py --stores milvus-lite --rows 100000 --dims 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from markdown import replace_section  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "evolve.json"
+SOURCE, RAW, NAIVE, ALIAS = "bench_src", "bench_raw", "bench_naive", "bench"
+METHODS = ("raw", "naive", "evolve")
+TAGS = {"dmu_version": "v2", "dmu_from": "v1", "dmu_origin": "evolved"}  # what evolve writes
+SEED_CHUNK = 16384
+
+
+# -- workers: each measurement runs in its own process ----------------------------
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    if args.worker == "seed":
+        seconds = seed(args.uri, args.n, args.dim)
+    elif args.worker == "raw":
+        seconds = raw_copy(args.uri, args.batch_size)
+    elif args.worker == "naive":
+        seconds = naive_copy(args.uri, args.batch_size)
+    else:
+        return evolve_command(args)
+    return {"seconds": seconds}
+
+
+def seed(uri: str, rows: int, dim: int) -> float:
+    """A source of ``rows`` random unit-norm vectors with an int label, ids 0..rows-1."""
+    from dmu_migrate.stores.base import Batch, open_store
+
+    create_source(uri, dim)
+    store = open_store(uri)
+    info = store.describe(SOURCE)
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for first in range(0, rows, SEED_CHUNK):
+        ids = np.arange(first, min(rows, first + SEED_CHUNK))
+        vectors = rng.standard_normal((len(ids), dim), dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        store.write_rows(info, SOURCE, Batch(ids, vectors, {"label": (ids % 1000).tolist()}), {})
+    store.flush(SOURCE)
+    store.close()
+    return time.perf_counter() - start
+
+
+def create_source(uri: str, dim: int) -> None:
+    if uri.startswith("qdrant:"):
+        from qdrant_client import QdrantClient, models
+
+        qdrant = QdrantClient(path=uri.removeprefix("qdrant:"))
+        qdrant.create_collection(
+            SOURCE, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+        )
+        qdrant.close()
+        return
+    from pymilvus import DataType, MilvusClient
+
+    client = MilvusClient(uri)
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("label", DataType.INT64)
+    schema.add_field("vec", DataType.FLOAT_VECTOR, dim=dim)
+    index = client.prepare_index_params()
+    index.add_index("vec", index_type="FLAT", metric_type="COSINE")
+    client.create_collection(SOURCE, schema=schema, index_params=index)
+    client.close()
+
+
+def raw_copy(uri: str, batch_size: int) -> float:
+    from dmu_migrate.evolve.stream import Stage
+    from dmu_migrate.stores.base import open_store
+
+    store = open_store(uri)
+    start = time.perf_counter()  # creating the target counts, as it does for evolve
+    info = store.describe(SOURCE)
+    store.create_like(info, RAW, info.dim)
+    with Stage(store.iter_batches(info, batch_size), 2, "raw-read") as batches:
+        for batch in batches:
+            store.write_rows(info, RAW, batch, TAGS)
+    store.flush(RAW)
+    seconds = time.perf_counter() - start
+    store.drop_collection(RAW)
+    store.close()
+    return seconds
+
+
+def naive_copy(uri: str, batch_size: int) -> float:
+    if uri.startswith("qdrant:"):
+        return naive_qdrant(uri.removeprefix("qdrant:"), batch_size)
+    from pymilvus import MilvusClient
+
+    from dmu_migrate.stores.base import open_store
+
+    start = time.perf_counter()  # creating the target counts, as it does for evolve
+    store = open_store(uri)  # only to create the target with the source's schema
+    info = store.describe(SOURCE)
+    store.create_like(info, NAIVE, info.dim)
+    store.close()
+    client = MilvusClient(uri)
+    iterator = client.query_iterator(SOURCE, batch_size=batch_size, output_fields=["*"])
+    while rows := iterator.next():
+        client.insert(NAIVE, [{**row, **TAGS} for row in rows])
+    client.flush(NAIVE)
+    seconds = time.perf_counter() - start
+    client.drop_collection(NAIVE)
+    client.close()
+    return seconds
+
+
+def naive_qdrant(path: str, batch_size: int) -> float:
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(path=path)
+    start = time.perf_counter()
+    params = client.get_collection(SOURCE).config.params.vectors
+    client.create_collection(NAIVE, vectors_config=params)
+    offset = None
+    while True:
+        records, offset = client.scroll(
+            SOURCE, limit=batch_size, offset=offset, with_vectors=True, with_payload=True
+        )
+        points = [
+            models.PointStruct(id=r.id, vector=r.vector, payload={**(r.payload or {}), **TAGS})
+            for r in records
+        ]
+        if points:
+            client.upsert(NAIVE, points)
+        if offset is None:
+            break
+    seconds = time.perf_counter() - start
+    client.delete_collection(NAIVE)
+    client.close()
+    return seconds
+
+
+def evolve_command(args: argparse.Namespace) -> dict[str, Any]:
+    """``dmu-migrate evolve ... --json`` run in this process, so its peak RSS is this one's."""
+    from dmu_migrate.cli import app
+
+    argv = [
+        "evolve", "--collection", SOURCE, "--alias", ALIAS, "--adapter", args.artifact,
+        "--uri", args.uri, "--batch-size", str(args.batch_size), "--json",
+    ]  # fmt: skip
+    stdout = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(stdout):
+        app(argv, standalone_mode=False)
+    seconds = time.perf_counter() - start
+    result = json.loads(stdout.getvalue())
+    return {"seconds": seconds, "phases": result["phases"], "rows_done": result["rows_done"]}
+
+
+# -- the driver --------------------------------------------------------------------
+def run_worker(
+    method: str, uri: str, rows: int, dim: int, opts: argparse.Namespace
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable, __file__, "--worker", method, "--uri", uri, "--rows-n", str(rows),
+        "--dim", str(dim), "--batch-size", str(opts.batch_size), "--artifact", str(opts.artifact),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{method} worker failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+@contextlib.contextmanager
+def milvus_server(workdir: Path) -> Iterator[str]:
+    import fcntl
+
+    from milvus import default_server
+
+    # The test suite starts the same server; one at a time (etcd's ports are fixed).
+    with open(Path(tempfile.gettempdir()) / "dmu-migrate-milvus-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        default_server.set_base_dir(str(workdir / "milvus-server"))
+        default_server.start()
+        try:
+            yield f"http://127.0.0.1:{default_server.listen_port}"
+        finally:
+            default_server.stop()
+
+
+def run_case(kind: str, uri: str, rows: int, dim: int, opts: argparse.Namespace) -> dict[str, Any]:
+    case: dict[str, Any] = {"store": kind, "rows": rows, "dim": dim}
+    case["seed_s"] = run_worker("seed", uri, rows, dim, opts)["seconds"]
+    for method in METHODS:
+        case[method] = run_worker(method, uri, rows, dim, opts)
+        case[method]["rows_per_s"] = rows / case[method]["seconds"]
+        print(
+            f"  {kind} {rows:,} x {dim}: {method} {case[method]['rows_per_s']:,.0f} rows/s, "
+            f"peak RSS {case[method]['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
+    case["evolve_vs_raw"] = case["evolve"]["rows_per_s"] / case["raw"]["rows_per_s"]
+    case["evolve_vs_naive"] = case["evolve"]["rows_per_s"] / case["naive"]["rows_per_s"]
+    return case
+
+
+def run_store(kind: str, opts: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
+    from artifacts import make_adapter_artifact  # imports torch: keep it out of the workers
+
+    cases = []
+    for dim in opts.dims:
+        opts.artifact = make_adapter_artifact(root / f"adapter-{dim}", dim, dim)
+        for rows in opts.rows:
+            if kind == "qdrant-local" and rows > opts.qdrant_max_rows:
+                print(f"  {kind} {rows:,} x {dim}: skipped (over --qdrant-max-rows)", flush=True)
+                continue
+            case_dir = root / f"{kind}-{rows}-{dim}"
+            case_dir.mkdir()
+            if kind == "milvus-server":
+                with milvus_server(case_dir) as uri:  # a fresh server: no state carried over
+                    cases.append(run_case(kind, uri, rows, dim, opts))
+            else:
+                uri = str(case_dir / "bench.db") if kind == "milvus-lite" else f"qdrant:{case_dir}"
+                cases.append(run_case(kind, uri, rows, dim, opts))
+            shutil.rmtree(case_dir, ignore_errors=True)
+            save(cases, kind)
+    return cases
+
+
+def save(cases: list[dict[str, Any]], kind: str) -> None:
+    """Keep every case measured so far, replacing this store's earlier ones."""
+    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"cases": []}
+    done = {(c["store"], c["rows"], c["dim"]) for c in cases}
+    kept = [c for c in old["cases"] if (c["store"], c["rows"], c["dim"]) not in done]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"machine": machine(), "cases": kept + cases}, indent=2) + "\n")
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        "## Evolve throughput (`benchmarks/evolve.py`)",
+        "",
+        f"{m['cpu']}, {m['cores']} cores, {m['date']}. Every store runs on this same machine "
+        "(the Milvus server too), so the client and the store share the cores. Rows/s over the "
+        "whole copy; evolve's time is the command's, including catch-up, verification and the "
+        "alias cut-over; `main pass` is its streaming part alone. Peak RSS is each process's own "
+        "(for Milvus Lite, without its embedded server process).",
+        "",
+        "| store | rows x dim | raw copy rows/s | naive copy rows/s | evolve rows/s | evolve / raw "
+        "| evolve / naive | evolve main pass rows/s | peak RSS MB raw / naive / evolve |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in results["cases"]:
+        main = c["rows"] / c["evolve"]["phases"]["main_pass"]
+        rss = " / ".join(f"{c[k]['peak_rss_mb']:.0f}" for k in METHODS)
+        lines.append(
+            f"| {c['store']} | {c['rows']:,} x {c['dim']} | {c['raw']['rows_per_s']:,.0f} "
+            f"| {c['naive']['rows_per_s']:,.0f} | {c['evolve']['rows_per_s']:,.0f} "
+            f"| {c['evolve_vs_raw']:.2f} | {c['evolve_vs_naive']:.2f} | {main:,.0f} | {rss} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM starts afresh at exec; getrusage's maxrss would carry
+    over the parent's peak (here the driver, which has imported torch)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    def ints(text: str) -> list[int]:
+        return [int(x) for x in text.split(",")]
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--stores", default="milvus-server,milvus-lite,qdrant-local")
+    parser.add_argument("--rows", type=ints, default=[100_000, 1_000_000])
+    parser.add_argument("--dims", type=ints, default=[128, 512])
+    parser.add_argument("--batch-size", type=int, default=8192)
+    parser.add_argument(
+        "--qdrant-max-rows", type=int, default=100_000,
+        help="local mode writes ~1k points/s: larger sizes take hours",
+    )  # fmt: skip
+    parser.add_argument("--render", action="store_true", help="rewrite the doc from the JSON")
+    parser.add_argument("--worker", choices=("seed", *METHODS), help=argparse.SUPPRESS)
+    parser.add_argument("--uri", help=argparse.SUPPRESS)
+    parser.add_argument("--rows-n", dest="n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--dim", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--artifact", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    opts = parse()
+    if opts.worker:
+        out = worker(opts)
+        out["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(out))
+        return
+    if not opts.render:
+        with tempfile.TemporaryDirectory(prefix="dmu-bench-") as tmp:
+            for kind in opts.stores.split(","):
+                run_store(kind, opts, Path(tmp))
+    replace_section("evolve", render(json.loads(RESULTS.read_text())))
+
+
+if __name__ == "__main__":
+    main()
