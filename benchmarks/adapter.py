@@ -447,13 +447,20 @@ def summary(report: dict[str, Any]) -> str:
             "(onnxruntime fuses the exported GELU's division into Gelu, so Div here is the "
             "normalisations' alone; torch's aten::copy_ is addmm's bias copy, under the rest)."
         )
-    if report["profiles"]:
+    expanded = any("Expand" in str(p["ort_ops"]) for p in report["profiles"])
+    if report["profiles"] and expanded:
         text.append(
             "Why: the exported `F.normalize` (run twice: on the input inside the adapter and on "
             "the output by `Normalized`) is ReduceL2 -> Clip -> Expand -> Div. Expand writes the "
             "row norms out as a full batch x dim tensor and Div then reads two full tensors, "
             "where torch divides by a broadcast view of the norms. The matrix products are "
             "onnxruntime's own sgemm against torch's."
+        )
+    elif report["profiles"]:
+        text.append(
+            "The normalisations export as ReduceL2 -> Clip -> Div with a broadcast divide "
+            "(`models.l2_normalize`, no Expand), so the gap left is onnxruntime's own sgemm "
+            "against torch's and the element-wise kernels."
         )
     return "\n\n".join(text)
 

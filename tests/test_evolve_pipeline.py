@@ -72,6 +72,7 @@ def test_new_collection_end_to_end(backend: Backend, digits: Digits, artifact: A
     result = run(store, alias, [artifact])
     assert result.outcome == COMPLETED and result.rows_written == ROWS
     assert result.verify is not None and result.verify.max_abs_error <= 1e-5
+    assert result.id_check == "counts"  # one whole pass whose counts add up
     assert_evolved(backend, result.target, ids, digits.old_te[:ROWS], AdapterChain([artifact]))
     assert store.alias_target(alias) == result.target
     after = backend.read_all(source)
@@ -84,6 +85,46 @@ def test_new_collection_end_to_end(backend: Backend, digits: Digits, artifact: A
     # A second run finds nothing to do and changes nothing.
     again = run(store, alias, [artifact])
     assert again.rows_written == 0 and again.caught_up == 0 and again.outcome == COMPLETED
+
+
+class InsertsBehindCursor:
+    """The store, with a row inserted into the source below the cursor mid-pass."""
+
+    def __init__(self, store: VectorStore, row: Batch) -> None:
+        self._store, self._row = store, row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def iter_batches(self, info: Any, *args: Any, **kwargs: Any) -> Any:
+        for i, batch in enumerate(self._store.iter_batches(info, *args, **kwargs)):
+            yield batch
+            if i == 0:
+                self._store.write_rows(info, info.name, self._row, {})
+
+
+def test_rows_added_behind_the_cursor_mid_pass_are_caught_up(
+    backend: Backend, digits: Digits, artifact: Artifact
+) -> None:
+    """The counts stop adding up, so the run falls back to the full id diff."""
+    source, alias, ids = seed_gallery(backend, digits)
+    store = backend.open_store()
+    late = Batch(np.array([3]), digits.old_te[ROWS : ROWS + 1], {"label": [1], "name": ["n3"]})
+    result = run(InsertsBehindCursor(store, late), alias, [artifact])  # type: ignore[arg-type]
+    assert result.id_check == "full diff" and result.caught_up == 1
+    all_ids = np.concatenate([ids, [3]])
+    assert_evolved(
+        backend, result.target, all_ids, digits.old_te[: ROWS + 1], AdapterChain([artifact])
+    )
+
+
+def test_full_verify_diffs_every_id(backend: Backend, digits: Digits, artifact: Artifact) -> None:
+    _, alias, _ = seed_gallery(backend, digits)
+    store = backend.open_store()
+    options = EvolveOptions(batch_size=32, full_verify=True, read_ahead=0)
+    result = run(store, alias, [artifact], options=options)
+    assert result.id_check == "full diff" and "catch_up" in result.phases
+    assert result.verify is not None and result.verify.missing == 0
 
 
 def test_resume_after_stop_matches_uninterrupted_run(

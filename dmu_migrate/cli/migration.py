@@ -106,10 +106,17 @@ def evolve(
     read_ahead: Annotated[
         int,
         typer.Option(
-            help="Batches read and transformed ahead of the writer (memory: about 2x this many "
-            "batches); 0 reads, transforms and writes in turn."
+            help="Batches read and transformed ahead of the writer (memory: a few batches "
+            "per unit); 0 reads, transforms and writes in turn."
         ),
-    ] = 2,
+    ] = 1,
+    full_verify: Annotated[
+        bool,
+        typer.Option(
+            help="Compare every id of source and target before cut-over, even after a whole "
+            "pass in one run whose counts add up."
+        ),
+    ] = False,
     max_seconds: Annotated[
         float | None,
         typer.Option(help="Stop after this long; exit code 75 means run again to continue."),
@@ -199,6 +206,7 @@ def evolve(
                 skip_bad_vectors,
                 RetryPolicy(max_retries, timeout),
                 read_ahead,
+                full_verify,
             )
             with progress() as bar:
                 task = bar.add_task("evolve", total=plan.rows, info="rows")

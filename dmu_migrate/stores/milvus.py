@@ -239,6 +239,8 @@ class MilvusStore:
             params = dict(f.get("params") or {})
             if f["name"] == source.vector_field:
                 params["dim"] = new_dim
+            if "element_type" in f:  # ARRAY fields carry it beside their params
+                params["element_type"] = f["element_type"]
             schema.add_field(f["name"], f["type"], is_primary=bool(f.get("is_primary")), **params)
         present = {f["name"] for f in desc["fields"]}
         for tag in TAG_FIELDS:

@@ -17,6 +17,7 @@ tests/test_milvus_columns.py checks both paths give the same rows.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +29,7 @@ from dmu_migrate.errors import StoreError
 
 try:  # the handler-level API that MilvusClient is built on
     from pymilvus.client import entity_helper
-    from pymilvus.grpc_gen import milvus_pb2, schema_pb2
+    from pymilvus.grpc_gen import milvus_pb2
 except ImportError:  # pragma: no cover - older or newer client layouts
     entity_helper = None
 
@@ -143,9 +144,7 @@ def _check_order(name: str, ids: np.ndarray, last: Any) -> None:
 
 
 def _literal(value: Any) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return str(int(value))
+    return json.dumps(value) if isinstance(value, str) else str(int(value))
 
 
 # -- writing ---------------------------------------------------------------
@@ -168,7 +167,7 @@ def upsert(
     for info in schema["fields"]:
         field = info["name"]
         if field == vector_field:
-            request.fields_data.append(_vector_data(field, vectors))
+            _add_vectors(request.fields_data.add(), field, vectors)
         else:
             values = columns[field]
             values = values.tolist() if isinstance(values, np.ndarray) else list(values)
@@ -177,12 +176,23 @@ def upsert(
     _handler(client).upsert(name, [], upsert_param=request, schema=schema)
 
 
-def _vector_data(field: str, vectors: np.ndarray) -> Any:
-    """A FloatVector FieldData parsed from the packed wire form: one copy, no per-float work."""
-    raw = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
-    floats = schema_pb2.FloatArray.FromString(b"\x0a" + _varint(len(raw)) + raw)
-    vector = schema_pb2.VectorField(dim=int(vectors.shape[1]), float_vector=floats)
-    return schema_pb2.FieldData(type=DataType.FLOAT_VECTOR, field_name=field, vectors=vector)
+_SLICE_ROWS = 1024  # rows per parsed slice: bounds the temporary copies to a few MB
+
+
+def _add_vectors(data: Any, field: str, vectors: np.ndarray) -> None:
+    """Fill a FloatVector FieldData from the packed wire form, slice by slice.
+
+    Parsing a packed repeated float is one memcpy in the protobuf runtime, and
+    parsing several packed chunks of one field appends them, so no full-size
+    copy of the batch is made besides the message itself.
+    """
+    data.type = DataType.FLOAT_VECTOR
+    data.field_name = field
+    data.vectors.dim = int(vectors.shape[1])
+    floats = data.vectors.float_vector
+    for start in range(0, len(vectors), _SLICE_ROWS):
+        raw = np.ascontiguousarray(vectors[start : start + _SLICE_ROWS], dtype="<f4").tobytes()
+        floats.MergeFromString(b"\x0a" + _varint(len(raw)) + raw)
 
 
 def _varint(value: int) -> bytes:

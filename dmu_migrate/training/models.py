@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dmu_migrate.errors import InputError
@@ -32,6 +31,15 @@ class MLPHead(nn.Module):
         return self.net(x)
 
 
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """F.normalize(x, dim=1), written so that its ONNX export divides by a broadcast norm.
+
+    F.normalize expands the norm to the full batch x dim shape first, which
+    onnxruntime then materialises: a fifth of the adapter's time at 1 thread.
+    """
+    return x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
+
+
 class ResidualAdapter(nn.Module):
     """psi: old vector -> evolved vector, a residual MLP.
 
@@ -50,7 +58,7 @@ class ResidualAdapter(nn.Module):
         self.mlp = nn.Sequential(*blocks, nn.Linear(hidden, new_dim))
 
     def forward(self, old: torch.Tensor) -> torch.Tensor:
-        old = F.normalize(old, dim=1)
+        old = l2_normalize(old)
         return self.skip(old) + self.mlp(old)
 
 
@@ -62,7 +70,7 @@ class Normalized(nn.Module):
         self.inner = inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.inner(x), dim=1)
+        return l2_normalize(self.inner(x))
 
 
 class IdentityAdapter(nn.Module):
@@ -73,7 +81,7 @@ class IdentityAdapter(nn.Module):
     """
 
     def forward(self, old: torch.Tensor) -> torch.Tensor:
-        return F.normalize(old, dim=1)
+        return l2_normalize(old)
 
 
 class LinearAdapter(nn.Module):
@@ -86,7 +94,7 @@ class LinearAdapter(nn.Module):
         self.bias = nn.Parameter(torch.tensor(b, dtype=torch.float32), requires_grad=False)
 
     def forward(self, old: torch.Tensor) -> torch.Tensor:
-        return F.normalize(old, dim=1) @ self.weight + self.bias
+        return l2_normalize(old) @ self.weight + self.bias
 
 
 class SmallCNN(nn.Module):
