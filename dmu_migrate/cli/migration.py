@@ -100,7 +100,7 @@ def evolve(
     ] = None,
     batch_size: Annotated[
         int,
-        typer.Option(help="Rows per read/write batch (fewer when rows are wide: at most 32 MiB)."),
+        typer.Option(help="Rows per read/write batch (fewer when rows are wide: at most 8 MiB)."),
     ] = 8192,
     threads: Annotated[int, typer.Option(help="onnxruntime threads (0 = all cores).")] = 0,
     read_ahead: Annotated[

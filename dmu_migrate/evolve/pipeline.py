@@ -39,8 +39,9 @@ EXIT_REMAINING = 75  # EX_TEMPFAIL: stopped at --max-seconds, run again to conti
 CATCH_UP_BATCH = 4096
 MAX_SKIPPED = 100_000  # skipped ids live in the ledger record, which must stay small
 LEDGER_EVERY = 1.0  # seconds between cursor saves in the main pass
-# Requests past a few tens of MB hit servers' gRPC message limits (64 MiB on Milvus 2.x).
-MAX_BATCH_BYTES = 16 << 20
+# Wide rows get fewer per batch: a few batches are in flight at once (peak memory), and
+# requests past a few tens of MB hit servers' gRPC limits (64 MiB on Milvus 2.x).
+MAX_BATCH_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,7 @@ def pages(
             vectors = np.asarray([r.pop(vector_field) for r in rows], dtype=np.float32)
         _check_order(name, ids, last)
         columns = {k: [r.get(k) for r in rows] for k in rows[0] if k not in (pk, vector_field)}
+        del result, rows  # the response message is as big as the page: free it before waiting
         yield ids, vectors, columns
         # A short page is not the end: with reduce_stop_for_best a page may stop at a
         # segment boundary. Only an empty page ends the walk.
