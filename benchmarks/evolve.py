@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from markdown import replace_section  # noqa: E402
+from markdown import DOC, replace_section  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "evolve.json"
 SOURCE, RAW, NAIVE, ALIAS = "bench_src", "bench_raw", "bench_naive", "bench"
@@ -289,17 +289,17 @@ def run_store(kind: str, opts: argparse.Namespace, root: Path) -> list[dict[str,
                 uri = str(case_dir / "bench.db") if kind == "milvus-lite" else f"qdrant:{case_dir}"
                 cases.append(run_case(kind, uri, rows, dim, opts))
             shutil.rmtree(case_dir, ignore_errors=True)
-            save(cases, kind)
+            save(cases, opts.results)
     return cases
 
 
-def save(cases: list[dict[str, Any]], kind: str) -> None:
-    """Keep every case measured so far, replacing this store's earlier ones."""
-    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"cases": []}
+def save(cases: list[dict[str, Any]], path: Path) -> None:
+    """Keep every case measured so far, replacing earlier results of the same cases."""
+    old = json.loads(path.read_text()) if path.exists() else {"cases": []}
     done = {(c["store"], c["rows"], c["dim"]) for c in cases}
     kept = [c for c in old["cases"] if (c["store"], c["rows"], c["dim"]) not in done]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": machine(), "cases": kept + cases}, indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine(), "cases": kept + cases}, indent=2) + "\n")
 
 
 def machine() -> dict[str, Any]:
@@ -407,6 +407,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="local mode writes ~1k points/s: larger sizes take hours",
     )  # fmt: skip
     parser.add_argument("--render", action="store_true", help="rewrite the doc from the JSON")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="raw numbers (JSON)")
+    parser.add_argument("--doc", type=Path, default=DOC, help="the page whose section is written")
     parser.add_argument("--worker", choices=("seed", *METHODS), help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     parser.add_argument("--rows-n", dest="n", type=int, help=argparse.SUPPRESS)
@@ -430,7 +432,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="dmu-bench-") as tmp:
             for kind in opts.stores.split(","):
                 run_store(kind, opts, Path(tmp))
-    replace_section("evolve", render(json.loads(RESULTS.read_text())))
+    replace_section("evolve", render(json.loads(opts.results.read_text())), opts.doc)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def test_rows_added_behind_the_cursor_mid_pass_are_caught_up(
     source, alias, ids = seed_gallery(backend, digits)
     store = backend.open_store()
     late = Batch(np.array([3]), digits.old_te[ROWS : ROWS + 1], {"label": [1], "name": ["n3"]})
-    result = run(InsertsBehindCursor(store, late), alias, [artifact])  # type: ignore[arg-type]
+    result = run(InsertsBehindCursor(store, late), alias, [artifact])
     assert result.id_check == "full diff" and result.caught_up == 1
     all_ids = np.concatenate([ids, [3]])
     assert_evolved(

@@ -7,20 +7,22 @@ from typing import Any
 
 import numpy as np
 import pytest
+from backends import Backend
 from pymilvus import DataType, MilvusClient
 
 from dmu_migrate.errors import StoreError
 from dmu_migrate.stores import milvus_columns
 from dmu_migrate.stores.base import Batch
 from dmu_migrate.stores.milvus import MilvusStore
-from backends import Backend
 
 MILVUS = pytest.mark.parametrize("backend", ["milvus-lite", "milvus-server"], indirect=True)
 
 ROWS, DIM = 2500, 24
 
 
-def _rich_collection(backend: Backend, string_ids: bool = False) -> tuple[str, np.ndarray, np.ndarray]:
+def _rich_collection(
+    backend: Backend, string_ids: bool = False
+) -> tuple[str, np.ndarray, np.ndarray]:
     """Every scalar kind a gallery carries next to its vector, including JSON and nulls-free arrays."""
     name = backend.unique("cols")
     client = MilvusClient(backend.uri)
@@ -121,14 +123,18 @@ def test_columnar_upsert_stores_what_the_row_path_stores(backend: Backend) -> No
 def test_dynamic_schema_falls_back_to_rows(backend: Backend) -> None:
     name = backend.unique("dyn")
     client = MilvusClient(backend.uri)
-    client.create_collection(name, dimension=4, enable_dynamic_field=True, consistency_level="Strong")
+    client.create_collection(
+        name, dimension=4, enable_dynamic_field=True, consistency_level="Strong"
+    )
     client.close()
     store = backend.open_store()
     assert isinstance(store, MilvusStore)
     info = store.describe(name)
     ids = np.arange(5)
     vectors = np.eye(5, 4, dtype=np.float32) + 0.5
-    store.write_rows(info, name, Batch(ids, vectors, {"colour": ["red"] * 5}), {"dmu_version": "v1"})
+    store.write_rows(
+        info, name, Batch(ids, vectors, {"colour": ["red"] * 5}), {"dmu_version": "v1"}
+    )
     back = store.fetch(info, ids, info.vector_field)
     assert back.fields["colour"] == ["red"] * 5 and back.fields["dmu_version"] == ["v1"] * 5
 

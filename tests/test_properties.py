@@ -14,7 +14,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dmu_migrate.evolve.pipeline import bad_rows
+from dmu_migrate.evolve.screen import bad_rows
 from dmu_migrate.evolve.verify import Reservoir, diff_sorted
 from dmu_migrate.stores.base import redact
 

@@ -23,6 +23,7 @@ from dmu_migrate.errors import DmuError, InputError
 from dmu_migrate.evolve.ledger import DONE, FAILED, RUNNING, Ledger, Record, now_iso
 from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION, Plan, make_plan
 from dmu_migrate.evolve.retry import Retrier, RetryPolicy
+from dmu_migrate.evolve.screen import add_skipped, screen
 from dmu_migrate.evolve.strategies import InPlace, Strategy, make_strategy
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.transform import AdapterChain
@@ -37,7 +38,6 @@ ProgressCallback = Callable[[int, int], None]  # (rows done, rows total)
 COMPLETED, REMAINING = "done", "remaining"
 EXIT_REMAINING = 75  # EX_TEMPFAIL: stopped at --max-seconds, run again to continue
 CATCH_UP_BATCH = 4096
-MAX_SKIPPED = 100_000  # skipped ids live in the ledger record, which must stay small
 LEDGER_EVERY = 1.0  # seconds between cursor saves in the main pass
 # Wide rows get fewer per batch: a few batches are in flight at once (peak memory), and
 # requests past a few tens of MB hit servers' gRPC limits (64 MiB on Milvus 2.x).
@@ -340,54 +340,6 @@ def catch_up(
         store.flush(plan.target)
         record.rows_done += done
     return done, len(extra), sample
-
-
-def bad_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows no adapter can evolve: NaN or inf anywhere, or all zero (no direction)."""
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():  # rare: only then pay for a cleaned copy
-        vectors = np.where(np.isfinite(vectors), vectors, 0.0)
-    squares = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)  # no batch-size temporary
-    return ~finite | (squares < 1e-24)
-
-
-def screen(batch: Batch, plan: Plan, skip: bool) -> tuple[Batch, list[Id]]:
-    """Refuse a batch with bad vectors, or, with --skip-bad-vectors, drop them.
-
-    Never written either way: an evolved NaN would poison every search that
-    touches it, and a zero vector has no direction to evolve. Returns the
-    good rows and the ids left out.
-    """
-    bad = bad_rows(batch.vectors)
-    if not bad.any():
-        return batch, []
-    ids = batch.ids[bad].tolist()
-    if not skip:
-        raise InputError(
-            f"collection '{plan.source.name}' has {len(ids)} NaN, inf or all-zero vectors in "
-            f"'{plan.source.vector_field or 'default'}' (first ids: {ids[:5]}); fix or delete "
-            f"them, or pass --skip-bad-vectors to leave them out and report them"
-        )
-    keep = np.flatnonzero(~bad)
-    kept = Batch(
-        batch.ids[keep],
-        batch.vectors[keep],
-        {k: [v[i] for i in keep] for k, v in batch.fields.items()},
-    )
-    return kept, ids
-
-
-def add_skipped(record: Record, plan: Plan, ids: list[Id]) -> None:
-    """Record skipped ids once each; the ledger record that holds them must stay small."""
-    if not ids:
-        return
-    known = set(record.skipped)
-    record.skipped.extend(i for i in ids if i not in known)
-    if len(record.skipped) > MAX_SKIPPED:
-        raise InputError(
-            f"more than {MAX_SKIPPED} bad vectors in '{plan.source.name}'; clean the collection "
-            f"before evolving it"
-        )
 
 
 def evolve_collection(

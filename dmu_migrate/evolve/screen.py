@@ -1,0 +1,60 @@
+"""Stored vectors no adapter can evolve: found, refused or left out, and recorded."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dmu_migrate.errors import InputError
+from dmu_migrate.evolve.ledger import Record
+from dmu_migrate.evolve.plan import Plan
+from dmu_migrate.stores.base import Batch, Id
+
+MAX_SKIPPED = 100_000  # skipped ids live in the ledger record, which must stay small
+
+
+def bad_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows no adapter can evolve: NaN or inf anywhere, or all zero (no direction)."""
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():  # rare: only then pay for a cleaned copy
+        vectors = np.where(np.isfinite(vectors), vectors, 0.0)
+    squares = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)  # no batch-size temporary
+    return ~finite | (squares < 1e-24)
+
+
+def screen(batch: Batch, plan: Plan, skip: bool) -> tuple[Batch, list[Id]]:
+    """Refuse a batch with bad vectors, or, with --skip-bad-vectors, drop them.
+
+    Never written either way: an evolved NaN would poison every search that
+    touches it, and a zero vector has no direction to evolve. Returns the
+    good rows and the ids left out.
+    """
+    bad = bad_rows(batch.vectors)
+    if not bad.any():
+        return batch, []
+    ids = batch.ids[bad].tolist()
+    if not skip:
+        raise InputError(
+            f"collection '{plan.source.name}' has {len(ids)} NaN, inf or all-zero vectors in "
+            f"'{plan.source.vector_field or 'default'}' (first ids: {ids[:5]}); fix or delete "
+            f"them, or pass --skip-bad-vectors to leave them out and report them"
+        )
+    keep = np.flatnonzero(~bad)
+    kept = Batch(
+        batch.ids[keep],
+        batch.vectors[keep],
+        {k: [v[i] for i in keep] for k, v in batch.fields.items()},
+    )
+    return kept, ids
+
+
+def add_skipped(record: Record, plan: Plan, ids: list[Id]) -> None:
+    """Record skipped ids once each; the ledger record that holds them must stay small."""
+    if not ids:
+        return
+    known = set(record.skipped)
+    record.skipped.extend(i for i in ids if i not in known)
+    if len(record.skipped) > MAX_SKIPPED:
+        raise InputError(
+            f"more than {MAX_SKIPPED} bad vectors in '{plan.source.name}'; clean the collection "
+            f"before evolving it"
+        )
