@@ -474,6 +474,8 @@ def main() -> None:
         "--render", action="store_true", help="Rewrite the docs section from the saved JSON only."
     )
     args = parser.parse_args()
+    if args.reps < 2:
+        parser.error("--reps must be at least 2 (the pair ratios need a spread)")
     if args.render:
         replace_section("adapter", markdown(json.loads(RESULTS.read_text())))
         return
