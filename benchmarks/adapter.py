@@ -42,7 +42,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from artifacts import adapter_module, make_adapter_artifact
-from markdown import replace_section
+from markdown import publish, replace_section
 from threadpoolctl import threadpool_limits
 
 from dmu_migrate.evolve.transform import OnnxModel
@@ -508,9 +508,7 @@ def main() -> None:
     print(summary(report))
     print(f"wall {report['wall_s']} s")
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-        replace_section("adapter", markdown(report))
+        publish(RESULTS, report, "adapter", markdown(report))
 
 
 if __name__ == "__main__":

@@ -66,9 +66,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 def rows_per_batch(args: argparse.Namespace) -> int:
     """The batch evolve uses for this width (it caps wide rows), so all three copy alike."""
-    from dmu_migrate.evolve.pipeline import MAX_BATCH_BYTES
+    from dmu_migrate.evolve.pipeline import batch_rows
 
-    return max(1, min(args.batch_size, MAX_BATCH_BYTES // (4 * args.dim)))
+    return batch_rows(args.batch_size, args.dim)
 
 
 def seed(uri: str, rows: int, dim: int) -> float:

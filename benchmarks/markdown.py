@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = (
@@ -25,3 +27,10 @@ def replace_section(name: str, text: str, path: Path = DOC) -> None:
         doc = doc.rstrip() + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(doc)
+
+
+def publish(results: Path, report: dict[str, Any], name: str, text: str) -> None:
+    """Write a benchmark's raw numbers and its section of the page."""
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(report, indent=2) + "\n")
+    replace_section(name, text)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from markdown import replace_section
+from markdown import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "train_cost.json"
@@ -250,9 +250,7 @@ def main() -> None:
     }
     print(json.dumps(results, indent=2))
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-        replace_section("training", markdown(report))
+        publish(RESULTS, report, "training", markdown(report))
 
 
 if __name__ == "__main__":

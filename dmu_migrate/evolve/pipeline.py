@@ -239,8 +239,7 @@ def main_pass(
         ledger.save(record)
     # In place, reads and overwrites touch the same collection: keep them in turn.
     depth = 0 if isinstance(strategy, InPlace) else options.read_ahead
-    widest = max(plan.source.dim, plan.chain.out_dim) * 4
-    batch_size = max(1, min(options.batch_size, MAX_BATCH_BYTES // widest))
+    batch_size = batch_rows(options.batch_size, max(plan.source.dim, plan.chain.out_dim))
     batches = store.iter_batches(plan.source, batch_size, after=record.cursor, filter=plan.filter)
     saved = time.perf_counter()
     with (
@@ -269,6 +268,11 @@ def main_pass(
     ledger.save(record)
     store.flush(plan.target)
     return True
+
+
+def batch_rows(batch_size: int, dim: int) -> int:
+    """Rows per batch: --batch-size, fewer when rows of ``dim`` floats would pass the cap."""
+    return max(1, min(batch_size, MAX_BATCH_BYTES // (4 * dim)))
 
 
 @dataclass
