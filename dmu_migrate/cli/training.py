@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -140,6 +141,7 @@ def train(
     """
     with user_errors():
         needs_train_extra()
+        from dmu_migrate.training import distributed
         from dmu_migrate.training.config import build_config, load_config_file, parse_image_shape
         from dmu_migrate.training.upgrade import train_upgrade
 
@@ -154,7 +156,9 @@ def train(
             flags["image_shape"] = parse_image_shape(flags["image_shape"])
         file_values = load_config_file(config_file) if config_file is not None else {}
         config = build_config(file_values, flags)
-        with progress() as bar:
+        # Under torchrun every rank trains, and rank 0 alone shows progress and the result.
+        main = distributed.is_main()
+        with progress() if main else nullcontext() as bar:
             report = train_upgrade(
                 table,
                 out_dir,
@@ -164,19 +168,22 @@ def train(
                 from_version,
                 to_version,
                 overwrite,
-                _epoch_progress(bar, config.epochs),
+                None if bar is None else _epoch_progress(bar, config.epochs),
                 resume,
             )
+        if not main:
+            return
         m = report.artifact.manifest
         if as_json:
             out.print_json(
                 json.dumps({"artifact": str(report.artifact.path), **m.__dict__}, default=str)
             )
             return
+        ranks = m.training.get("processes", 1)
         out.print(
             f"artifact [bold]{report.artifact.path}[/] ({m.method}, {m.from_version} -> "
             f"{m.to_version}, {m.old_dim}-d -> {m.new_dim}-d) in {report.seconds:.1f}s "
-            f"on {m.training['device']}"
+            f"on {m.training['device']}" + (f" x {ranks} processes" if ranks > 1 else "")
         )
         if m.training.get("best_val") is not None:
             out.print(

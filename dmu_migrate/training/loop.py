@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from torch import nn
 
 from dmu_migrate.errors import InputError
 from dmu_migrate.metrics import retrieval_scores
+from dmu_migrate.training import distributed
 from dmu_migrate.training.checkpoint import Checkpoint
 from dmu_migrate.training.config import TrainConfig
 
@@ -31,8 +33,8 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA GPU is visible to torch; use --device auto or cpu")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return distributed.local_device(torch.device(name))
 
 
 def split_by_label(
@@ -122,16 +124,24 @@ def run_epochs(
     on_epoch: EpochCallback | None,
 ) -> LoopResult:
     device = next(p.device for m in modules.values() for p in m.parameters())
+    # Every rank draws the same permutation and takes its own slice of each
+    # global batch of ranks * batch rows, so all ranks take the same steps.
     generator = torch.Generator().manual_seed(config.seed)
-    batch = min(config.batch_size, rows)
-    steps_per_epoch = max(1, rows // batch)
+    rank, ranks = distributed.shard()
+    batch = min(config.batch_size, rows // ranks)
+    if batch < 1:
+        raise InputError(
+            f"the training table has {rows} rows, fewer than the {ranks} training processes; "
+            f"start fewer processes"
+        )
+    steps_per_epoch = max(1, rows // (batch * ranks))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
     )
     stopper = EarlyStopping(config.patience)
     log: list[dict[str, float]] = []
     start, finished = 0, False
-    state = checkpoint.load() if checkpoint is not None else None
+    state = distributed.from_main(checkpoint.load) if checkpoint is not None else None
     if state is not None:
         for key, module in modules.items():
             module.load_state_dict(state["modules"][key])
@@ -143,6 +153,15 @@ def run_epochs(
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         stopper = EarlyStopping(config.patience, **state["stopper"])
         log, start, finished = state["log"], state["epoch"], state["finished"]
+    step = distributed.data_parallel(step, modules, device)
+
+    def judge(validate: Validate, epoch: int) -> tuple[dict[str, float], bool]:
+        """Validation metrics and whether to stop: rank 0 decides for all."""
+        for module in modules.values():
+            module.eval()
+        with torch.no_grad():
+            metrics = validate()
+        return metrics, stopper.update(epoch, metrics["val"], modules)
 
     for epoch in range(start, config.epochs):
         if finished:
@@ -154,23 +173,21 @@ def run_epochs(
         for i in range(steps_per_epoch):
             # Every step sees a full batch (InfoNCE needs in-batch negatives);
             # the remainder rows land in other epochs' batches.
-            terms = step(order[i * batch : (i + 1) * batch])
+            first = (i * ranks + rank) * batch
+            terms = step(order[first : first + batch])
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
             scheduler.step()
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
-        entry = {key: value / steps_per_epoch for key, value in sums.items()}
+        entry = distributed.mean_over_ranks({k: v / steps_per_epoch for k, v in sums.items()})
         entry["epoch"] = epoch + 1
         if validate is not None:
-            for module in modules.values():
-                module.eval()
-            with torch.no_grad():
-                entry.update(validate())
-            finished = stopper.update(epoch + 1, entry["val"], modules)
+            metrics, finished = distributed.from_main(partial(judge, validate, epoch + 1))
+            entry.update(metrics)
         log.append(entry)
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             # The RNG states matter only to layers that draw at train time
             # (dropout in a plug-in model); saving them keeps resume exact there too.
             rng = {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
@@ -196,6 +213,8 @@ def run_epochs(
         if on_epoch is not None:
             on_epoch(epoch + 1, entry)
 
+    # Only rank 0 validated, so only its stopper holds the best weights (and
+    # only rank 0 exports them).
     if stopper.best_states:
         for key, module in modules.items():
             module.load_state_dict(stopper.best_states[key])
@@ -203,4 +222,5 @@ def run_epochs(
         module.eval()
     if validate is None:
         return LoopResult(log, len(log), None)
-    return LoopResult(log, stopper.best_epoch, stopper.best)
+    best_epoch, best = distributed.from_main(lambda: (stopper.best_epoch, stopper.best))
+    return LoopResult(log, best_epoch, best)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmu_migrate.training.distributed import gather, shard, weighted_mean
+
 
 def class_prototypes(old: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """P_c = normalize(mean of old embeddings of class c): the old model's view of each class.
@@ -90,14 +92,19 @@ class SelectiveCompatibilityLoss(nn.Module):
     ) -> torch.Tensor:
         logits = self.scale * F.normalize(new, dim=1) @ prototypes.T
         ce = F.cross_entropy(logits, labels, reduction="none")
-        w = q.pow(self.gamma)
-        return (w * ce).sum() / w.sum().clamp_min(1e-12)
+        return weighted_mean(ce, q.pow(self.gamma))
 
 
 def info_nce(anchor: torch.Tensor, positive: torch.Tensor, tau: float) -> torch.Tensor:
-    """Per-sample InfoNCE of anchor_i -> positive_i against the other positives in the batch."""
-    logits = F.normalize(anchor, dim=1) @ F.normalize(positive, dim=1).T / tau
-    target = torch.arange(len(anchor), device=anchor.device)
+    """Per-sample InfoNCE of anchor_i -> positive_i against the other positives in the batch.
+
+    Under torchrun the negatives are the positives of every rank's batch, so
+    W ranks with batch B rank against as many negatives as one process with W*B.
+    """
+    positives = gather(F.normalize(positive, dim=1))
+    logits = F.normalize(anchor, dim=1) @ positives.T / tau
+    rank, _ = shard()
+    target = torch.arange(len(anchor), device=anchor.device) + rank * len(anchor)
     return F.cross_entropy(logits, target, reduction="none")
 
 
@@ -123,8 +130,7 @@ class ForwardAdaptationLoss(nn.Module):
         cls_logits = self.classifier.scale * self.classifier.logits(evolved, self.detach)
         per_sample = F.cross_entropy(cls_logits, labels, reduction="none")
         per_sample = per_sample + info_nce(evolved, target, self.tau)
-        v = 1.0 + self.beta * (1.0 - q)
-        return (v * per_sample).sum() / v.sum()
+        return weighted_mean(per_sample, 1.0 + self.beta * (1.0 - q))
 
 
 class PairedAdapterLoss(nn.Module):
@@ -162,6 +168,6 @@ class PairedAdapterLoss(nn.Module):
             logits = self.scale * e @ new_prototypes.T
             terms["ce"] = F.cross_entropy(logits, labels, reduction="none")
         v = torch.ones_like(terms["nce"]) if q is None else 1.0 + self.beta * (1.0 - q)
-        out = {name: (v * value).sum() / v.sum() for name, value in terms.items()}
+        out = {name: weighted_mean(value, v) for name, value in terms.items()}
         out["loss"] = sum(out.values(), torch.zeros((), dtype=e.dtype, device=e.device))
         return out

@@ -18,11 +18,13 @@ from dmu_migrate.artifact import (
     load_artifact,
     write_manifest,
 )
-from dmu_migrate.data import Columns, read_table
+from dmu_migrate.data import Columns, Table, read_table
 from dmu_migrate.errors import InputError
+from dmu_migrate.training import distributed
 from dmu_migrate.training.adapter_only import fit_adapter
 from dmu_migrate.training.checkpoint import FILE, Checkpoint, work_dir
 from dmu_migrate.training.export import OPSET, export_onnx
+from dmu_migrate.training.loop import pick_device
 from dmu_migrate.training.trainer import EpochCallback, TrainConfig, TrainResult, train
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -73,27 +75,54 @@ def train_upgrade(
         )
 
     start = time.perf_counter()
-    adapter_mode = config.method == "adapter"
-    table = read_table(
-        table_path,
-        columns,
-        need_x=not adapter_mode,
-        need_new=adapter_mode,
-        need_labels=not adapter_mode,
-    )
-    run = config.resolved()
-    checkpoint = Checkpoint(
-        work_dir(out_dir, name) / FILE, run.fingerprint(table.fingerprint), resume
-    )
-    result: TrainResult
-    if adapter_mode:
-        if table.new is None:  # read_table(need_new=True) refuses a table without it
-            raise InputError(f"table '{table_path}' has no new-model embeddings; pass --new-col")
-        labels = table.labels if table.labelled else None
-        result = fit_adapter(table.old, table.new, labels, config, on_epoch, checkpoint)
-    else:
-        result = train(table.x, table.old, table.labels, config, on_epoch, checkpoint)
+    with distributed.process_group(pick_device(config.device)):
+        adapter_mode = config.method == "adapter"
+        table = read_table(
+            table_path,
+            columns,
+            need_x=not adapter_mode,
+            need_new=adapter_mode,
+            need_labels=not adapter_mode,
+        )
+        run = config.resolved()
+        _, ranks = distributed.shard()
+        # Batches are split across ranks, so another number of ranks is another run.
+        data = table.fingerprint if ranks == 1 else f"{table.fingerprint} on {ranks} ranks"
+        checkpoint = Checkpoint(work_dir(out_dir, name) / FILE, run.fingerprint(data), resume)
+        result: TrainResult
+        if adapter_mode:
+            if table.new is None:  # read_table(need_new=True) refuses a table without it
+                raise InputError(
+                    f"table '{table_path}' has no new-model embeddings; pass --new-col"
+                )
+            labels = table.labels if table.labelled else None
+            result = fit_adapter(table.old, table.new, labels, config, on_epoch, checkpoint)
+        else:
+            result = train(table.x, table.old, table.labels, config, on_epoch, checkpoint)
 
+        def publish() -> TrainReport:
+            _write_artifact(target, table_path, table, run, result, from_version, to_version, ranks)
+            # The run is complete and recorded in the manifest; its checkpoint is spent.
+            shutil.rmtree(work_dir(out_dir, name), ignore_errors=True)
+            return TrainReport(load_artifact(target), time.perf_counter() - start, result.log)
+
+        # Rank 0 writes the one artifact; the other ranks wait here and return its report.
+        return distributed.from_main(publish)
+
+
+def _write_artifact(
+    target: Path,
+    table_path: str | Path,
+    table: Table,
+    run: TrainConfig,
+    result: TrainResult,
+    from_version: str,
+    to_version: str,
+    ranks: int,
+) -> None:
+    """Export the trained models and the manifest to ``target``, replacing what is there."""
+    name = target.name
+    adapter_mode = run.method == "adapter"
     # Build the artifact beside its final place and move it in whole, so a
     # failed export never leaves a half-written artifact under the real name.
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +157,7 @@ def train_upgrade(
                 "rows": len(table),
                 "classes": len(table.classes) if table.labelled else None,
                 "device": result.device,
+                "processes": ranks,
                 "best_epoch": result.best_epoch,
                 "best_val": result.best_val,
                 "validation": result.validation,
@@ -142,6 +172,3 @@ def train_upgrade(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    # The run is complete and recorded in the manifest; its checkpoint is spent.
-    shutil.rmtree(work_dir(out_dir, name), ignore_errors=True)
-    return TrainReport(load_artifact(target), time.perf_counter() - start, result.log)

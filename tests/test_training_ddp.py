@@ -1,0 +1,227 @@
+"""Training under torchrun: gathered negatives, one artifact, and no process group without it.
+
+The multi-process tests run 2 gloo ranks on CPU. A W-rank run with per-rank
+batch B must train like one process with batch W*B: the same loss, and after
+DDP's gradient average the same gradients on every rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import Digits
+
+from dmu_migrate.artifact import load_artifact
+from dmu_migrate.evaluation import evaluate
+from dmu_migrate.evolve.transform import OnnxModel
+from dmu_migrate.training import distributed
+from dmu_migrate.training.losses import (
+    CosFaceLoss,
+    ForwardAdaptationLoss,
+    PairedAdapterLoss,
+    SelectiveCompatibilityLoss,
+    class_prototypes,
+    discriminativeness,
+)
+from dmu_migrate.training.models import ResidualAdapter
+from dmu_migrate.training.trainer import TrainConfig
+from dmu_migrate.training.upgrade import train_upgrade
+
+RANKS, PER_RANK, CLASSES, DIM = 2, 6, 3, 8
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def build() -> tuple[dict[str, torch.nn.Module], dict[str, torch.Tensor]]:
+    """Modules and a fixed global batch, the same in every process.
+
+    float64, so that the comparison sees the method and not summation order.
+    """
+    torch.manual_seed(0)
+    modules: dict[str, torch.nn.Module] = {
+        "model": torch.nn.Linear(DIM, DIM),
+        "classifier": CosFaceLoss(DIM, CLASSES, scale=10.0, margin=0.2),
+        "adapter": ResidualAdapter(DIM, DIM, hidden=16),
+    }
+    for module in modules.values():
+        module.double()
+    n = RANKS * PER_RANK
+    old = torch.randn(n, DIM, dtype=torch.float64)
+    y = torch.arange(n) % CLASSES
+    prototypes = class_prototypes(old, y, CLASSES)
+    batch = {
+        "x": torch.randn(n, DIM, dtype=torch.float64),
+        "old": old,
+        "y": y,
+        "new": torch.randn(
+            n, DIM, dtype=torch.float64
+        ),  # a fixed new model's embeddings, for the adapter-only loss
+        "prototypes": prototypes,
+        # q differs per sample, so a weighted mean over one rank's rows alone would differ too.
+        "q": discriminativeness(old, y, prototypes, scale=10.0),
+    }
+    return modules, batch
+
+
+def all_terms(
+    modules: dict[str, torch.nn.Module], batch: dict[str, torch.Tensor], idx: torch.Tensor
+) -> torch.Tensor:
+    """Every loss of the trainer and of adapter-only mode, on rows idx.
+
+    detach=False, so the InfoNCE positives (the new model's embeddings) carry
+    gradients back across ranks through the gather.
+    """
+    model, classifier, adapter = modules["model"], modules["classifier"], modules["adapter"]
+    assert isinstance(classifier, CosFaceLoss)
+    f = model(batch["x"][idx])
+    y, q = batch["y"][idx], batch["q"][idx]
+    evolved = adapter(batch["old"][idx])
+    sbc = SelectiveCompatibilityLoss(scale=10.0, gamma=2.0)
+    fa = ForwardAdaptationLoss(classifier, tau=0.1, beta=1.0, detach=False)
+    paired = PairedAdapterLoss(tau=0.1, scale=10.0, beta=1.0)
+    return (
+        classifier(f, y)
+        + sbc(f, y, batch["prototypes"], q)
+        + fa(evolved, f, y, q)
+        + paired(evolved, batch["new"][idx], q, y, batch["prototypes"])["loss"]
+    )
+
+
+def single_process(idx: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+    modules, batch = build()
+    loss = all_terms(modules, batch, idx)
+    loss.backward()
+    grads = {
+        f"{k}.{n}": p.grad.clone()
+        for k, m in modules.items()
+        for n, p in m.named_parameters()
+        if p.grad is not None
+    }
+    return float(loss.detach()), grads
+
+
+def rank_worker(rank: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=RANKS)
+    try:
+        modules, batch = build()
+
+        def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loss": all_terms(modules, batch, idx)}
+
+        parallel = distributed.data_parallel(step, modules, torch.device("cpu"))
+        loss = parallel(torch.arange(rank * PER_RANK, (rank + 1) * PER_RANK))["loss"]
+        loss.backward()
+        grads = {
+            f"{k}.{n}": p.grad.clone()
+            for k, m in modules.items()
+            for n, p in m.named_parameters()
+            if p.grad is not None
+        }
+        torch.save({"loss": float(loss.detach()), "grads": grads}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_with_gathered_negatives_equal_one_process_with_the_whole_batch(
+    tmp_path: Path,
+) -> None:
+    mp.spawn(rank_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=RANKS)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(RANKS)]
+    whole_loss, whole_grads = single_process(torch.arange(RANKS * PER_RANK))
+
+    # DDP averages over ranks: the average of the ranks' losses is the whole batch's loss.
+    assert np.mean([r["loss"] for r in ranks]) == pytest.approx(whole_loss, abs=TOL)
+    for r in ranks:
+        assert set(r["grads"]) == set(whole_grads)
+        for key, grad in whole_grads.items():
+            torch.testing.assert_close(r["grads"][key], grad, atol=TOL, rtol=0, msg=key)
+
+    # The comparison can tell: each half alone (no gathered negatives, local
+    # weight sums) gives another loss and other gradients.
+    halves = [single_process(torch.arange(r * PER_RANK, (r + 1) * PER_RANK)) for r in range(RANKS)]
+    assert abs(np.mean([loss for loss, _ in halves]) - whole_loss) > 100 * TOL
+    local = sum(grads["model.weight"] for _, grads in halves) / RANKS
+    assert (local - whole_grads["model.weight"]).abs().max() > 100 * TOL
+
+
+SMALL = ["--hidden", "32", "--adapter-hidden", "32", "--device", "cpu", "--seed", "3"]
+RUN = [*SMALL, "--epochs", "2", "--val-fraction", "0.3", "--patience", "0"]
+
+
+def test_torchrun_trains_on_two_ranks_and_rank_0_writes_one_artifact(
+    tmp_path: Path, digits: Digits
+) -> None:
+    out = tmp_path / "adapters"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+        *("-m", "dmu_migrate", "train", str(digits.train_path), "--name", "ddp"),
+        *("--out-dir", str(out), "--batch-size", "64", *RUN),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("artifact ") == 1, done.stdout  # rank 0 alone prints
+    assert "x 2 processes" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["ddp"]  # no staging, no checkpoint left
+
+    artifact = load_artifact(out / "ddp")
+    training = artifact.manifest.training
+    assert training["processes"] == 2 and training["config"]["batch_size"] == 64
+    assert set(artifact.manifest.files) == {"adapter.onnx", "new_model.onnx"}
+    assert max(artifact.manifest.parity.values()) < 1e-4
+    emb = OnnxModel(artifact.path / "new_model.onnx")(digits.x_te)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    report = evaluate(digits.eval_path, artifact)
+    assert {"old->old", "new->old", "new->evolved", "new->new"} <= set(report.scores)
+
+    # Per-rank batch 64 on 2 ranks is one process with batch 128, to rounding.
+    config = TrainConfig(
+        epochs=2, batch_size=128, hidden=32, adapter_hidden=32, device="cpu", seed=3
+    )
+    config = dataclasses.replace(config, val_fraction=0.3, patience=0)
+    one = train_upgrade(digits.train_path, tmp_path / "one", "one", config)
+    assert one.artifact.manifest.training["processes"] == 1
+    assert len(training["log"]) == len(one.log) == 2
+    for got, want in zip(training["log"], one.log, strict=True):
+        assert set(got) == set(want)
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-4), key
+    assert training["best_epoch"] == one.artifact.manifest.training["best_epoch"]
+    print(json.dumps({"ddp": training["log"], "one": one.log}))
+
+
+def test_plain_training_makes_no_process_group(
+    tmp_path: Path, digits: Digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a plain run must not join a process group")
+
+    monkeypatch.setattr(dist, "init_process_group", refuse)
+    config = TrainConfig(epochs=1, batch_size=128, hidden=32, adapter_hidden=32, device="cpu")
+    report = train_upgrade(digits.train_path, tmp_path, "plain", config)
+    assert not dist.is_initialized()
+    assert report.artifact.manifest.training["processes"] == 1
+    assert distributed.shard() == (0, 1)
