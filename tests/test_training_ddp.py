@@ -8,7 +8,6 @@ DDP's gradient average the same gradients on every rank.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -23,9 +22,11 @@ import torch.multiprocessing as mp
 from conftest import Digits
 
 from dmu_migrate.artifact import load_artifact
+from dmu_migrate.errors import InputError
 from dmu_migrate.evaluation import evaluate
 from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.training import distributed
+from dmu_migrate.training.checkpoint import FILE, work_dir
 from dmu_migrate.training.losses import (
     CosFaceLoss,
     ForwardAdaptationLoss,
@@ -163,22 +164,29 @@ def test_two_ranks_with_gathered_negatives_equal_one_process_with_the_whole_batc
     assert (local - whole_grads["model.weight"]).abs().max() > 100 * TOL
 
 
+def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    """Two CPU ranks on this machine, as a user would start them."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command = [*launcher, "--nproc_per_node", str(RANKS), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
 SMALL = ["--hidden", "32", "--adapter-hidden", "32", "--device", "cpu", "--seed", "3"]
-RUN = [*SMALL, "--epochs", "2", "--val-fraction", "0.3", "--patience", "0"]
+# A high learning rate overshoots within a few epochs, so early stopping ends the run
+# before --epochs (as in test_training): every rank must stop at rank 0's epoch.
+RUN = [*SMALL, "--epochs", "12", "--lr", "0.02", "--val-fraction", "0.3", "--patience", "2"]
 
 
 def test_torchrun_trains_on_two_ranks_and_rank_0_writes_one_artifact(
     tmp_path: Path, digits: Digits
 ) -> None:
     out = tmp_path / "adapters"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    command = [
-        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+    done = torchrun(
         *("-m", "dmu_migrate", "train", str(digits.train_path), "--name", "ddp"),
         *("--out-dir", str(out), "--batch-size", "64", *RUN),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("artifact ") == 1, done.stdout  # rank 0 alone prints
     assert "x 2 processes" in done.stdout
@@ -196,18 +204,67 @@ def test_torchrun_trains_on_two_ranks_and_rank_0_writes_one_artifact(
 
     # Per-rank batch 64 on 2 ranks is one process with batch 128, to rounding.
     config = TrainConfig(
-        epochs=2, batch_size=128, hidden=32, adapter_hidden=32, device="cpu", seed=3
+        epochs=12, batch_size=128, hidden=32, adapter_hidden=32, device="cpu", seed=3
     )
-    config = dataclasses.replace(config, val_fraction=0.3, patience=0)
+    config = dataclasses.replace(config, lr=0.02, val_fraction=0.3, patience=2)
     one = train_upgrade(digits.train_path, tmp_path / "one", "one", config)
     assert one.artifact.manifest.training["processes"] == 1
-    assert len(training["log"]) == len(one.log) == 2
+    assert len(training["log"]) == len(one.log) < config.epochs
     for got, want in zip(training["log"], one.log, strict=True):
         assert set(got) == set(want)
         for key in want:
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-4), key
     assert training["best_epoch"] == one.artifact.manifest.training["best_epoch"]
-    print(json.dumps({"ddp": training["log"], "one": one.log}))
+
+
+INTERRUPTED = """
+import sys
+from dmu_migrate.training.trainer import TrainConfig
+from dmu_migrate.training.upgrade import train_upgrade
+
+def stop_after_two(epoch, entry):
+    if epoch == 2:
+        raise SystemExit(9)
+
+config = TrainConfig(epochs=4, batch_size=64, hidden=32, adapter_hidden=32, device="cpu",
+                     seed=3, val_fraction=0.3, patience=0)
+train_upgrade(sys.argv[1], sys.argv[2], "r", config, on_epoch=stop_after_two)
+"""
+
+
+def test_torchrun_resumes_from_rank_0s_checkpoint(tmp_path: Path, digits: Digits) -> None:
+    out = tmp_path / "adapters"
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED)
+    cut = torchrun(str(script), str(digits.train_path), str(out))
+    assert cut.returncode != 0 and not (out / "r").exists()
+    checkpoint = work_dir(out, "r") / FILE
+    # A mark in the saved log shows that the resumed run continued from this file.
+    state = torch.load(checkpoint, weights_only=True)
+    state["log"][0]["loss"] = -1.0
+    torch.save(state, checkpoint)
+
+    # The batches depend on the number of ranks: one process may not continue this run.
+    config = TrainConfig(
+        epochs=4, batch_size=64, hidden=32, adapter_hidden=32, device="cpu", seed=3
+    )
+    config = dataclasses.replace(config, val_fraction=0.3, patience=0)
+    with pytest.raises(InputError, match="another configuration"):
+        train_upgrade(digits.train_path, out, "r", config, resume=True)
+
+    flags = [*SMALL, "--epochs", "4", "--batch-size", "64", "--val-fraction", "0.3"]
+    resumed = torchrun(
+        *("-m", "dmu_migrate", "train", str(digits.train_path), "--name", "r"),
+        *("--out-dir", str(out), *flags, "--patience", "0", "--resume"),
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    log = load_artifact(out / "r").manifest.training["log"]
+    whole = dataclasses.replace(config, batch_size=128)
+    one = train_upgrade(digits.train_path, tmp_path / "one", "one", whole)
+    assert len(log) == len(one.log) == 4 and log[0]["loss"] == -1.0
+    for got, want in zip(log[1:], one.log[1:], strict=True):
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-4), key
 
 
 def test_plain_training_makes_no_process_group(
