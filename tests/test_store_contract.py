@@ -198,6 +198,34 @@ def test_after_cursor_resumes_exactly(backend: Backend, src: Seeded) -> None:
     assert list(store.iter_batches(info, 9, after=src.ids.tolist()[-1])) == []
 
 
+def test_until_bounds_a_shard_of_the_id_space(backend: Backend, src: Seeded) -> None:
+    store = backend.open_store()
+    info = store.describe(src.name)
+    ids = src.ids.tolist()
+    cuts = [ids[9], ids[25]]  # shards (-inf, 9th], (9th, 25th], (25th, +inf)
+    shards = [
+        ids_of(list(store.iter_batches(info, 4, after=lo, until=hi)))
+        for lo, hi in zip([None, *cuts], [*cuts, None], strict=True)
+    ]
+    assert shards == [ids[:10], ids[10:26], ids[26:]]
+    # A bound that is not a row still splits exactly; filters and bounds combine.
+    between = int(ids[10]) + 1
+    assert ids_of(list(store.iter_batches(info, 4, until=between))) == ids[:11]
+    label_1 = ids_of(
+        list(store.iter_batches(info, 4, filter=label_filter(backend, 1), until=cuts[1]))
+    )
+    assert label_1 == [i for i, lab in zip(ids[:26], src.labels, strict=False) if lab == 1]
+
+
+def test_string_ids_split_into_shards(backend: Backend, str_src: Seeded) -> None:
+    store = backend.open_store()
+    info = store.describe(str_src.name)
+    ids = str_src.ids.tolist()
+    first = ids_of(list(store.iter_batches(info, 6, until=ids[14])))
+    rest = ids_of(list(store.iter_batches(info, 6, after=ids[14])))
+    assert (first, rest) == (ids[:15], ids[15:])
+
+
 def test_iter_batches_with_filter(backend: Backend, src: Seeded) -> None:
     store = backend.open_store()
     parts = batches(store, src.name, 4, filter=label_filter(backend, 1))

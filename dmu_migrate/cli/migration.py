@@ -152,6 +152,35 @@ def evolve(
     dry_run: Annotated[
         bool, typer.Option(help="Print the plan and a timed estimate; change nothing.")
     ] = False,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            help="Split the ids into N ranges that run, fail and resume independently; the "
+            "alias moves when all are done and verified.",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Local worker processes running --shards in parallel.")
+    ] = 1,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="Run only shard INDEX/COUNT (from 0, e.g. $JOB_COMPLETION_INDEX/8); the last "
+            "shard to finish verifies and cuts over.",
+            show_default=False,
+        ),
+    ] = None,
+    engine: Annotated[
+        str, typer.Option(help="Where --shards run: local (processes here) or ray.")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to run on (ray://host:10001, auto); default: a local Ray.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Evolve stored old vectors through the adapter, verify, then cut over.
@@ -163,26 +192,27 @@ def evolve(
     Example: dmu-migrate evolve --collection faces --adapter adapters/faces-v2 --uri faces.db
     """
     with user_errors():
+        from dmu_migrate.cli.sharding import Fanout, run_fanout
         from dmu_migrate.evolve.pipeline import EXIT_REMAINING, REMAINING, EvolveOptions
         from dmu_migrate.evolve.pipeline import evolve as run_evolve
         from dmu_migrate.evolve.plan import estimate
         from dmu_migrate.evolve.retry import RetryPolicy
+        from dmu_migrate.evolve.shards import SHARD_DONE
 
         if batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+        fanout = Fanout.from_flags(shards, workers, shard, engine, ray_address)
+        threads = fanout.threads(threads)
+        plan_args = {
+            "strategy": strategy,
+            "alias": alias,
+            "vector_field": vector_field,
+            "target_field": target_field,
+            "filter": filter,
+            "yes_overwrite": yes_overwrite,
+        }
         with opened(uri, token) as store:
-            plan = build_plan(
-                store,
-                collection,
-                adapter,
-                threads,
-                strategy=strategy,
-                alias=alias,
-                vector_field=vector_field,
-                target_field=target_field,
-                filter=filter,
-                yes_overwrite=yes_overwrite,
-            )
+            plan = build_plan(store, collection, adapter, threads, **plan_args)
             if dry_run:
                 est = estimate(store, plan, batch_size)
                 report = {**plan.describe(), "estimate": est.__dict__, "dry_run": True}
@@ -210,9 +240,15 @@ def evolve(
             )
             with progress() as bar:
                 task = bar.add_task("evolve", total=plan.rows, info="rows")
-                result = run_evolve(
-                    store, plan, options, lambda done, total: bar.update(task, completed=done)
-                )
+
+                def moved(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                if fanout.sharded:
+                    job = fanout.job(uri, token, collection, adapter, threads, plan_args, options)
+                    result = run_fanout(store, plan, fanout, job, moved)
+                else:
+                    result = run_evolve(store, plan, options, moved)
                 bar.update(task, completed=result.rows_done)  # resumed or no-op runs too
         if as_json:
             out.print_json(json.dumps(result.as_dict(), default=str))
@@ -228,6 +264,8 @@ def evolve(
                 )
             if result.outcome == REMAINING:
                 out.print("stopped at --max-seconds; run the same command again to continue")
+            elif result.outcome == SHARD_DONE:
+                pass  # the notes say how many shards are done and who cuts over
             else:
                 v = result.verify
                 if result.caught_up:

@@ -6,6 +6,9 @@ timestamps, host, and a lease. The cursor only advances after a batch is
 written, so a crash anywhere is resumed by re-reading from the cursor.
 The lease keeps two runs from writing the same migration at once; a lease
 whose holder died expires, or can be taken over explicitly.
+
+A sharded migration (evolve/shards.py) keeps one more record per shard, keyed
+``<migration>#shard-<i>-of-<n>``, with its own id range, cursor and lease.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -64,6 +68,17 @@ class Record:
     runs: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[Any] = field(default_factory=list)  # ids of bad vectors left out
     error: str | None = None
+    # Sharding. A migration split into shards keeps the cut points, and each shard
+    # record its range (start, until] and the run_id of the split it belongs to.
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    shards: int = 0  # 0: not sharded
+    bounds: list[Any] = field(default_factory=list)  # shards - 1 ids, ascending
+    parent: str | None = None  # a shard record: the migration's key
+    parent_run: str | None = None  # a shard record: the run_id of the split
+    start: Id | None = None  # a shard record: exclusive lower bound (None: the first id)
+    until: Id | None = None  # a shard record: inclusive upper bound (None: the last id)
+    whole_pass: bool = False  # a shard record: its pass ran start to end in one go
+    sample: list[Any] = field(default_factory=list)  # a shard record: ids to verify at finish
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,5 +124,6 @@ class Ledger:
         self.save(record)
 
     def history(self) -> list[Record]:
+        """Migrations, oldest first; shard records are parts of theirs, not listed."""
         records = [Record.from_dict(r) for r in self.store.ledger_list()]
-        return sorted(records, key=lambda r: r.started_at)
+        return sorted((r for r in records if r.parent is None), key=lambda r: r.started_at)

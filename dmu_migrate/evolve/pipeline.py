@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +79,7 @@ class EvolveResult:
     notes: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step of this run
     id_check: str = "full diff"  # or "counts": how every source row was shown to be at the target
+    shards: list[dict[str, Any]] = field(default_factory=list)  # per shard, sharded runs only
 
     def as_dict(self) -> dict[str, object]:
         out = dict(self.__dict__)
@@ -91,46 +93,26 @@ def evolve(
     options: EvolveOptions = EvolveOptions(),
     on_progress: ProgressCallback | None = None,
 ) -> EvolveResult:
-    if options.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {options.batch_size}")
-    if options.read_ahead < 0:
-        raise InputError(f"--read-ahead must be >= 0, got {options.read_ahead}")
+    check_options(options)
     start = time.perf_counter()
     ledger = Ledger(store)
     retry = Retrier(options.retry)
-    record = retry.run("reading the ledger", lambda: ledger.load(plan.key))
-    if record is not None and options.restart:
-        record = None
-    if record is not None and record.checksum != plan.chain.checksum:
+    record, found = open_record(ledger, retry, plan, options)
+    if record.shards and not record.main_pass_done:
         raise InputError(
-            f"migration '{plan.key}' was started with adapters {record.adapters} "
-            f"({record.checksum}); resume with the same artifacts, or pass --restart"
+            f"migration '{plan.key}' is split into {record.shards} shards; run it with "
+            f"--shards {record.shards} (or --restart to start over unsharded)"
         )
-    resumed = record is not None and record.status != DONE
-    record = record or plan.new_record()
+    resumed = found and record.status != DONE
     retry.run("taking the lease", lambda: ledger.acquire(record, options.take_over))
     record.status = RUNNING
     strategy = make_strategy(store, plan, options.snapshot_root)
-    result = EvolveResult(
-        plan.key,
-        COMPLETED,
-        plan.strategy,
-        plan.source.name,
-        plan.target,
-        plan.target_field,
-        plan.alias,
-        0,
-        record.rows_done,
-        plan.rows,
-        0,
-        resumed,
-        0.0,
-    )
-    sample = Reservoir(VERIFY_SAMPLE)
+    result = new_result(plan, record, resumed)
     try:
         retry.run("preparing the target", lambda: strategy.prepare(record))
         # This run reads the whole source itself: counts can then stand in for the id diff.
         whole_pass = not record.main_pass_done and record.cursor is None
+        sample = Reservoir(VERIFY_SAMPLE)
         if not record.main_pass_done:
             clock = time.perf_counter()
             finished = retry.run(
@@ -155,61 +137,127 @@ def evolve(
                 return result
             record.main_pass_done = True
             retry.run("saving the ledger", lambda: ledger.save(record))
-        diffed = False  # whether the full id sets were compared after every write
-        if plan.strategy == NEW_COLLECTION and whole_pass and not options.full_verify:
-            diffed = retry.run("counting", lambda: counts_agree(store, plan, record, result))
-            result.id_check = "counts" if diffed else result.id_check
-        if plan.strategy != IN_PLACE and not diffed:
-            clock = time.perf_counter()
-            result.caught_up, extra, sample = retry.run(
-                "catching up", lambda: catch_up(store, plan, strategy, record, options)
-            )
-            result.phases["catch_up"] = time.perf_counter() - clock
-            # Nothing to write means the diff just taken, after every write, still holds.
-            diffed = result.caught_up == 0
-            if extra:
-                result.notes.append(
-                    f"{extra} rows of '{plan.target}' are no longer in the source (deleted "
-                    f"there); they were left in place"
-                )
-        elif plan.strategy == IN_PLACE:
-            result.notes.append("in-place does not catch up rows added after its pass")
-        skipped = frozenset(record.skipped)
-        checked = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
-        clock = time.perf_counter()
-        result.verify = retry.run(
-            "verifying", lambda: verify(store, plan, strategy, checked, skipped, diffed)
-        )
-        result.phases["verify"] = time.perf_counter() - clock
-        if record.skipped:
-            result.notes.append(
-                f"{len(record.skipped)} rows with NaN, inf or all-zero vectors were left out "
-                f"(first ids: {record.skipped[:5]}); they are listed in the ledger"
-            )
-        clock = time.perf_counter()
-        result.cut_over = retry.run("cutting over", lambda: strategy.cut_over(record))
-        result.phases["cut_over"] = time.perf_counter() - clock
-        record.status, record.finished_at, record.error = DONE, now_iso(), None
-        record.runs.append(
-            {
-                "finished_at": record.finished_at,
-                "rows": result.rows_written,
-                "caught_up": result.caught_up,
-            }
-        )
-        record.runs = record.runs[-20:]
+        finish(store, plan, strategy, record, options, result, retry, sample, whole_pass)
     except DmuError as exc:
         record.status, record.error = FAILED, str(exc)
         raise
     finally:
-        result.rows_done = record.rows_done
-        result.retries = retry.retries
-        try:
-            retry.run("releasing the lease", lambda: ledger.release(record))
-        except DmuError as exc:  # the lease expires by itself; keep the first error visible
-            log.warning("could not release the lease of %s: %s", plan.key, exc)
-        result.seconds = time.perf_counter() - start
+        close_run(ledger, retry, record, result, start)
     return result
+
+
+def check_options(options: EvolveOptions) -> None:
+    if options.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {options.batch_size}")
+    if options.read_ahead < 0:
+        raise InputError(f"--read-ahead must be >= 0, got {options.read_ahead}")
+
+
+def open_record(
+    ledger: Ledger, retry: Retrier, plan: Plan, options: EvolveOptions
+) -> tuple[Record, bool]:
+    """This migration's ledger record and whether it was on record (else a new one)."""
+    record = retry.run("reading the ledger", lambda: ledger.load(plan.key))
+    if record is not None and options.restart:
+        record = None
+    if record is not None and record.checksum != plan.chain.checksum:
+        raise InputError(
+            f"migration '{plan.key}' was started with adapters {record.adapters} "
+            f"({record.checksum}); resume with the same artifacts, or pass --restart"
+        )
+    return (record, True) if record is not None else (plan.new_record(), False)
+
+
+def new_result(plan: Plan, record: Record, resumed: bool) -> EvolveResult:
+    return EvolveResult(
+        plan.key,
+        COMPLETED,
+        plan.strategy,
+        plan.source.name,
+        plan.target,
+        plan.target_field,
+        plan.alias,
+        0,
+        record.rows_done,
+        plan.rows,
+        0,
+        resumed,
+        0.0,
+    )
+
+
+def close_run(
+    ledger: Ledger, retry: Retrier, record: Record, result: EvolveResult, start: float
+) -> None:
+    """Fill in the run's totals and release the lease, whatever happened."""
+    result.rows_done = record.rows_done
+    result.retries += retry.retries
+    try:
+        retry.run("releasing the lease", lambda: ledger.release(record))
+    except DmuError as exc:  # the lease expires by itself; keep the first error visible
+        log.warning("could not release the lease of %s: %s", record.key, exc)
+    result.seconds = time.perf_counter() - start
+
+
+def finish(
+    store: VectorStore,
+    plan: Plan,
+    strategy: Strategy,
+    record: Record,
+    options: EvolveOptions,
+    result: EvolveResult,
+    retry: Retrier,
+    sample: Reservoir,
+    whole_pass: bool,
+) -> None:
+    """After the main pass: catch up, verify, cut over, and mark the record done.
+
+    ``whole_pass``: this run wrote the whole source in one pass, so equal counts
+    can stand in for the id diff; ``sample`` holds the ids it wrote.
+    """
+    diffed = False  # whether the full id sets were compared after every write
+    if plan.strategy == NEW_COLLECTION and whole_pass and not options.full_verify:
+        diffed = retry.run("counting", lambda: counts_agree(store, plan, record))
+        result.id_check = "counts" if diffed else result.id_check
+    if plan.strategy != IN_PLACE and not diffed:
+        clock = time.perf_counter()
+        result.caught_up, extra, sample = retry.run(
+            "catching up", lambda: catch_up(store, plan, strategy, record, options)
+        )
+        result.phases["catch_up"] = time.perf_counter() - clock
+        # Nothing to write means the diff just taken, after every write, still holds.
+        diffed = result.caught_up == 0
+        if extra:
+            result.notes.append(
+                f"{extra} rows of '{plan.target}' are no longer in the source (deleted "
+                f"there); they were left in place"
+            )
+    elif plan.strategy == IN_PLACE:
+        result.notes.append("in-place does not catch up rows added after its pass")
+    skipped = frozenset(record.skipped)
+    checked = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
+    clock = time.perf_counter()
+    result.verify = retry.run(
+        "verifying", lambda: verify(store, plan, strategy, checked, skipped, diffed)
+    )
+    result.phases["verify"] = time.perf_counter() - clock
+    if record.skipped:
+        result.notes.append(
+            f"{len(record.skipped)} rows with NaN, inf or all-zero vectors were left out "
+            f"(first ids: {record.skipped[:5]}); they are listed in the ledger"
+        )
+    clock = time.perf_counter()
+    result.cut_over = retry.run("cutting over", lambda: strategy.cut_over(record))
+    result.phases["cut_over"] = time.perf_counter() - clock
+    record.status, record.finished_at, record.error = DONE, now_iso(), None
+    record.runs.append(
+        {
+            "finished_at": record.finished_at,
+            "rows": result.rows_written,
+            "caught_up": result.caught_up,
+        }
+    )
+    record.runs = record.runs[-20:]
 
 
 def main_pass(
@@ -240,7 +288,10 @@ def main_pass(
     # In place, reads and overwrites touch the same collection: keep them in turn.
     depth = 0 if isinstance(strategy, InPlace) else options.read_ahead
     batch_size = batch_rows(options.batch_size, max(plan.source.dim, plan.chain.out_dim))
-    batches = store.iter_batches(plan.source, batch_size, after=record.cursor, filter=plan.filter)
+    # A shard record bounds the pass to its range; an unsharded one has until = None.
+    batches = store.iter_batches(
+        plan.source, batch_size, after=record.cursor, filter=plan.filter, until=record.until
+    )
     saved = time.perf_counter()
     with (
         Stage(batches, depth, "dmu-read") as reads,
@@ -302,18 +353,19 @@ def write(strategy: Strategy, ledger: Ledger, record: Record, item: Prepared) ->
     record.rows_done += len(item.batch)
 
 
-def counts_agree(store: VectorStore, plan: Plan, record: Record, result: EvolveResult) -> bool:
-    """After this run read the whole source into a target only it writes: do the counts add up?
+def counts_agree(store: VectorStore, plan: Plan, record: Record) -> bool:
+    """After one pass read the whole source into a target only it writes: do the counts add up?
 
     The pass saw every source row of its snapshot, and each acknowledged write is
     one distinct id, so if the source still has exactly the rows the pass read and
     the target exactly the rows it wrote, no row was added behind the cursor and
     no write was lost. Any other count sends the run through the full id diff.
+    (After one whole pass, or one per shard, ``rows_done`` is the rows it wrote.)
     """
-    seen = result.rows_written + len(record.skipped)
+    seen = record.rows_done + len(record.skipped)
     if store.count(plan.source.name, plan.filter) != seen:
         return False
-    return store.count(plan.target, plan.filter) == result.rows_written
+    return store.count(plan.target, plan.filter) == record.rows_done
 
 
 def catch_up(

@@ -61,6 +61,9 @@ class VectorStore(Protocol):
     """What a migration needs from a store. Names are concrete collections unless stated."""
 
     uri: str
+    # Whether other processes may open this store while we hold it (servers: yes;
+    # Milvus Lite files and Qdrant local directories are locked to one process).
+    shared: bool
 
     # -- discovery ---------------------------------------------------------
     def describe(self, name: str, vector_field: str | None = None) -> CollectionInfo:
@@ -81,8 +84,10 @@ class VectorStore(Protocol):
         after: Id | None = None,
         filter: str | None = None,
         vector_field: str | None = None,
+        until: Id | None = None,
     ) -> Iterator[Batch]:
-        """Rows with id > ``after`` (all when None), every field, the chosen vector as vectors."""
+        """Rows with ``after`` < id <= ``until`` (open ends when None), every field, the
+        chosen vector as vectors. The two bounds make a shard of the id space."""
         ...
 
     def iter_ids(

@@ -51,6 +51,7 @@ class MilvusStore:
     def __init__(self, client: MilvusClient, uri: str) -> None:
         self.client = client
         self.uri = redact(uri)  # for messages; the client holds the real one
+        self.shared = not uri.endswith(".db")  # a Lite file is locked to one process
         self._loaded: set[str] = set()
         self._columnar = milvus_columns.available(client)
         self._schemas: dict[str, dict[str, Any]] = {}  # write targets, described once
@@ -161,10 +162,12 @@ class MilvusStore:
         after: Id | None = None,
         filter: str | None = None,
         vector_field: str | None = None,
+        until: Id | None = None,
     ) -> Iterator[Batch]:
         field = vector_field or info.vector_field
         cursor = None if after is None else f"{info.pk_field} > {_literal(after)}"
-        expr = _and(filter, cursor)
+        upper = None if until is None else f"{info.pk_field} <= {_literal(until)}"
+        expr = _and(filter, cursor, upper)
         if self._columnar:
             self._ensure_loaded(info.name)
             dim = info.vector_fields.get(field, info.dim)

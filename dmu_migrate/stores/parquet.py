@@ -76,6 +76,7 @@ class ParquetStore:
     def __init__(self, root: Path, uri: str) -> None:
         self.root = root
         self.uri = uri
+        self.shared = False  # files rewritten in place: one writer at a time
         # Per part file: (mtime_ns, size) -> table, so a read after a write loads only new files.
         self._parts: dict[Path, tuple[tuple[int, int, int], int, pa.Table]] = {}
         self._merged: dict[Path, tuple[tuple[Any, ...], pa.Table]] = {}  # per collection
@@ -186,13 +187,17 @@ class ParquetStore:
         return len(table.filter(milvus_style_mask(table, filter))) if filter else len(table)
 
     # -- reading -------------------------------------------------------------------
-    def _selected(self, name: str, after: Id | None, filter: str | None) -> pa.Table:
+    def _selected(
+        self, name: str, after: Id | None, filter: str | None, until: Id | None = None
+    ) -> pa.Table:
         table = self._table(name)
         if filter:
             table = table.filter(milvus_style_mask(table, filter))
+        pk = self._schema(name)["pk"]
         if after is not None:
-            pk = self._schema(name)["pk"]
             table = table.filter(pc.greater(table[pk], pa.scalar(after)))
+        if until is not None:
+            table = table.filter(pc.less_equal(table[pk], pa.scalar(until)))
         return table
 
     def iter_batches(
@@ -202,8 +207,9 @@ class ParquetStore:
         after: Id | None = None,
         filter: str | None = None,
         vector_field: str | None = None,
+        until: Id | None = None,
     ) -> Iterator[Batch]:
-        table = self._selected(info.name, after, filter)
+        table = self._selected(info.name, after, filter, until)
         field = info.vector_field if vector_field is None else vector_field
         for start in range(0, len(table), batch_size):
             yield self._to_batch(info.name, table.slice(start, batch_size), field)

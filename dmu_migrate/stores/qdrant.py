@@ -57,6 +57,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _past(point_id: Any, until: Any) -> bool:
+    """Whether a point id comes after ``until`` in scroll order (integers before UUIDs)."""
+    if isinstance(point_id, int) != isinstance(until, int):
+        return isinstance(point_id, str)  # a UUID is past any integer, never the reverse
+    return bool(point_id > until)
+
+
 def _ids_array(ids: list[Any]) -> np.ndarray:
     if ids and all(isinstance(i, int) for i in ids):
         return np.asarray(ids, dtype=np.int64)
@@ -68,6 +75,7 @@ class QdrantStore:
         self.client = client
         self.uri = redact(uri)  # for messages; the client holds the real one
         self.local = local
+        self.shared = not local  # local mode locks its directory to one process
         self.closed = False
 
     @classmethod
@@ -186,9 +194,19 @@ class QdrantStore:
 
     # -- reading -------------------------------------------------------------------
     def _pages(
-        self, name: str, limit: int, filter: str | None, after: Any = None, full: bool = True
+        self,
+        name: str,
+        limit: int,
+        filter: str | None,
+        after: Any = None,
+        full: bool = True,
+        until: Any = None,
     ) -> Iterator[list[Any]]:
-        """Non-empty pages of points with id > ``after``, in id order (scroll's order)."""
+        """Non-empty pages of points with ``after`` < id <= ``until``, in id order (scroll's).
+
+        Qdrant filters cannot compare ids, so the upper bound is applied here: scroll
+        is in id order, so the first point past it ends the walk.
+        """
         parsed = parse_filter(filter)
         # scroll's offset is inclusive: start AT the cursor and drop that point.
         offset = after.item() if isinstance(after, np.generic) else after  # a Batch's ids[-1]
@@ -206,6 +224,10 @@ class QdrantStore:
             if skip is not None:
                 records = [r for r in records if str(r.id) != str(skip)]
                 skip = None
+            if until is not None:
+                kept = [r for r in records if not _past(r.id, until)]
+                offset = offset if len(kept) == len(records) else None
+                records = kept
             if records:
                 yield records
             if offset is None:
@@ -218,9 +240,11 @@ class QdrantStore:
         after: Id | None = None,
         filter: str | None = None,
         vector_field: str | None = None,
+        until: Id | None = None,
     ) -> Iterator[Batch]:
         field = info.vector_field if vector_field is None else vector_field
-        for records in self._pages(info.name, batch_size, filter, after):
+        bound = until.item() if isinstance(until, np.generic) else until
+        for records in self._pages(info.name, batch_size, filter, after, until=bound):
             yield self._to_batch(info.name, records, field)
 
     def iter_ids(

@@ -1,0 +1,133 @@
+"""How ``evolve`` fans out: --shards/--workers, --shard i/N, --engine ray, checked up front."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dmu_migrate.errors import InputError
+
+if TYPE_CHECKING:
+    from dmu_migrate.evolve.fanout import ShardJob
+    from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult, ProgressCallback
+    from dmu_migrate.evolve.plan import Plan
+    from dmu_migrate.stores.base import VectorStore
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Fanout:
+    shards: int | None  # --shards N
+    workers: int
+    one: tuple[int, int] | None  # --shard i/N
+    engine: str
+    ray_address: str | None
+
+    @classmethod
+    def from_flags(
+        cls,
+        shards: int | None,
+        workers: int,
+        shard: str | None,
+        engine: str,
+        ray_address: str | None,
+    ) -> Fanout:
+        from dmu_migrate.evolve.shards import parse_shard
+
+        if engine not in ENGINES:
+            raise InputError(f"unknown --engine '{engine}'; use one of {', '.join(ENGINES)}")
+        if workers < 1:
+            raise InputError(f"--workers must be >= 1, got {workers}")
+        if shards is not None and shards < 1:
+            raise InputError(f"--shards must be >= 1, got {shards}")
+        one = parse_shard(shard) if shard is not None else None
+        if one is not None and shards is not None:
+            raise InputError(
+                "--shard i/N runs one shard and --shards N runs them all; give one of the two"
+            )
+        if one is not None and (engine != "local" or workers != 1):
+            raise InputError(
+                "--shard i/N runs one shard in this process; drop --workers/--engine, or use "
+                "--shards N to run them all"
+            )
+        if shards is None and one is None and (workers != 1 or engine != "local"):
+            raise InputError("--workers and --engine run shards; add --shards N")
+        if engine == "ray" and workers != 1:
+            raise InputError(
+                "--workers sets local processes; with --engine ray the cluster's CPUs set how "
+                "many shards run at once (each asks for --threads CPUs)"
+            )
+        if ray_address is not None and engine != "ray":
+            raise InputError("--ray-address applies to --engine ray; add --engine ray")
+        return cls(shards, workers, one, engine, ray_address)
+
+    @property
+    def sharded(self) -> bool:
+        return self.shards is not None or self.one is not None
+
+    @property
+    def parallel(self) -> bool:
+        """Whether shards run in other processes than this one."""
+        return self.engine == "ray" or (self.shards is not None and self.workers > 1)
+
+    def threads(self, threads: int) -> int:
+        """onnxruntime threads per worker: a local machine's cores are shared out."""
+        from dmu_migrate.evolve.fanout import default_threads
+
+        if self.engine == "ray":
+            return threads if threads > 0 else 1  # Ray places tasks by the CPUs they ask for
+        return default_threads(threads, self.workers if self.parallel else 1)
+
+    def job(
+        self,
+        uri: str,
+        token: str | None,
+        collection: str,
+        adapters: list[Path],
+        threads: int,
+        plan_args: dict[str, Any],
+        options: EvolveOptions,
+    ) -> ShardJob:
+        from dmu_migrate.evolve.fanout import ShardJob, new_owner
+
+        count = self.shards or (self.one[1] if self.one else 1)
+        return ShardJob(
+            uri,
+            token,
+            collection,
+            tuple(str(a.resolve()) for a in adapters),
+            threads,
+            tuple(plan_args.items()),
+            options,
+            count,
+            new_owner(),
+        )
+
+
+def run_fanout(
+    store: VectorStore,
+    plan: Plan,
+    fanout: Fanout,
+    job: ShardJob,
+    on_progress: ProgressCallback | None,
+) -> EvolveResult:
+    from dmu_migrate.evolve import fanout as engines
+    from dmu_migrate.evolve.shards import evolve_one_shard, evolve_split
+
+    if fanout.one is not None:
+        index, count = fanout.one
+        return evolve_one_shard(store, plan, index, count, job.options, on_progress)
+    if fanout.parallel and not store.shared:
+        raise InputError(
+            f"'{store.uri}' is an embedded store that one process at a time can open, so its "
+            f"shards cannot run in parallel; use --workers 1 and no --engine, or a server"
+        )
+    if fanout.engine == "ray":
+        runner = engines.on_ray(job, fanout.ray_address)
+    elif fanout.workers > 1:
+        runner = engines.local_processes(job, fanout.workers)
+    else:
+        runner = engines.in_process(store, plan, job)
+    return evolve_split(store, plan, job.count, job.options, runner, job.owner, on_progress)

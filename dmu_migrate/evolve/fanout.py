@@ -1,0 +1,246 @@
+"""Where shards run: in this process, in local worker processes, or as Ray tasks.
+
+Each runner takes the indexes of the shards to run and a ``tick`` to call
+about once a second (it keeps the coordinator's lease alive and its progress
+bar moving), and returns one ShardOutcome per shard. A worker opens its own
+store client and onnxruntime session from a ShardJob, which is plain data, so
+it pickles to a spawned process or a Ray node. A failed shard comes back as
+an outcome with its error: the others go on, and it resumes from its cursor.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dmu_migrate.errors import DmuError, InputError
+from dmu_migrate.evolve.ledger import this_process
+from dmu_migrate.evolve.pipeline import EvolveOptions
+from dmu_migrate.evolve.plan import Plan
+from dmu_migrate.evolve.shards import ShardOutcome, run_shard
+from dmu_migrate.stores.base import VectorStore, redact
+
+log = logging.getLogger(__name__)
+
+Tick = Callable[[], None]
+RunShards = Callable[[list[int], Tick], list[ShardOutcome]]
+POLL = 1.0
+RAY_RETRIES = 2  # Ray re-runs a shard whose worker died or whose store kept failing
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a worker needs to run a shard of this migration on its own."""
+
+    uri: str
+    token: str | None
+    collection: str
+    adapters: tuple[str, ...]  # artifact directories, readable at these paths by every worker
+    threads: int  # onnxruntime threads per worker
+    plan_args: tuple[tuple[str, Any], ...]  # make_plan's keyword arguments
+    options: EvolveOptions
+    count: int
+    # One lease owner for every shard of this run: a shard that Ray retries in another
+    # process takes its own lease back instead of waiting for it to expire.
+    owner: str
+
+    def plan(self, store: VectorStore) -> Plan:
+        from dmu_migrate.artifact import load_artifact
+        from dmu_migrate.evolve.plan import make_plan
+        from dmu_migrate.evolve.transform import AdapterChain
+
+        chain = AdapterChain([load_artifact(Path(a)) for a in self.adapters], self.threads)
+        return make_plan(store, self.collection, chain, **dict(self.plan_args))
+
+
+def new_owner() -> str:
+    return f"{this_process()}/{uuid.uuid4().hex[:8]}"
+
+
+def run_job(job: ShardJob, index: int) -> ShardOutcome:
+    """One shard with a store client and adapter session of its own: every worker's body."""
+    from dmu_migrate.stores.base import open_store
+
+    outcome = ShardOutcome(index, job.count)
+    try:
+        store = open_store(job.uri, job.token)
+        try:
+            return run_shard(store, job.plan(store), index, job.count, job.options, job.owner)
+        finally:
+            store.close()
+    except DmuError as exc:
+        outcome.error, outcome.error_kind = str(exc), type(exc).__name__
+    return outcome
+
+
+def in_process(store: VectorStore, plan: Plan, job: ShardJob) -> RunShards:
+    """One shard after another on the open store: embedded stores admit one process only."""
+
+    def run(indexes: list[int], tick: Tick) -> list[ShardOutcome]:
+        outcomes = []
+        for index in indexes:
+            try:
+                outcome = run_shard(
+                    store,
+                    plan,
+                    index,
+                    job.count,
+                    job.options,
+                    job.owner,
+                    on_progress=lambda done, total: tick(),
+                )
+            except DmuError as exc:
+                outcome = ShardOutcome(index, job.count, error=str(exc))
+                outcome.error_kind = type(exc).__name__
+            outcomes.append(outcome)
+            if not outcome.finished and outcome.error is None:
+                break  # stopped by --max-seconds: the rest wait for the next run
+        return outcomes
+
+    return run
+
+
+def _worker(job: ShardJob, index: int, results: Any) -> None:
+    results.put(run_job(job, index))
+
+
+def local_processes(job: ShardJob, workers: int) -> RunShards:
+    """Up to ``workers`` spawned processes, one per shard, started as others finish.
+
+    One process per shard (not a pool) so that a worker killed by the OS costs
+    only its own shard: a process pool breaks as a whole when one worker dies.
+    Spawned, not forked: the parent's gRPC channels and threads do not survive a fork.
+    """
+
+    def run(indexes: list[int], tick: Tick) -> list[ShardOutcome]:
+        context = multiprocessing.get_context("spawn")
+        results = context.Queue()
+        todo = list(indexes)
+        running: dict[int, Any] = {}
+        outcomes: dict[int, ShardOutcome] = {}
+        while todo or running:
+            while todo and len(running) < workers:
+                index = todo.pop(0)
+                process = context.Process(
+                    target=_worker, args=(job, index, results), name=f"dmu-shard-{index}"
+                )
+                process.start()
+                running[index] = process
+            try:
+                outcome = results.get(timeout=POLL)
+                outcomes[outcome.index] = outcome
+            except queue.Empty:
+                pass
+            tick()
+            for index, process in list(running.items()):
+                if index in outcomes:
+                    process.join()
+                    del running[index]
+                elif process.exitcode is not None:
+                    _drain(results, outcomes)
+                    if index not in outcomes:
+                        outcomes[index] = ShardOutcome(
+                            index,
+                            job.count,
+                            error=f"its worker process exited with code {process.exitcode}",
+                            error_kind="StoreError",
+                        )
+                    del running[index]
+        return [outcomes[i] for i in indexes if i in outcomes]
+
+    return run
+
+
+def _drain(results: Any, outcomes: dict[int, ShardOutcome]) -> None:
+    """Outcomes a worker sent just before it exited."""
+    while True:
+        try:
+            outcome = results.get(timeout=0.2)
+        except queue.Empty:
+            return
+        outcomes[outcome.index] = outcome
+
+
+class RetryableShard(Exception):
+    """A shard that failed for a reason worth another try (its store kept failing)."""
+
+
+def _ray_shard(job: ShardJob, index: int) -> ShardOutcome:
+    outcome = run_job(job, index)
+    if outcome.error_kind == "StoreError":
+        raise RetryableShard(outcome.error)
+    return outcome
+
+
+def on_ray(job: ShardJob, address: str | None, retries: int = RAY_RETRIES) -> RunShards:
+    """Shards as Ray tasks on the cluster at ``address`` (a local Ray when None).
+
+    Ray re-runs a task whose worker died (``max_retries``) or that raised
+    RetryableShard; a shard that fails every try is reported and stays
+    resumable. Each task asks for ``job.threads`` CPUs, so Ray packs as many
+    shards onto a node as its CPUs allow.
+    """
+
+    def run(indexes: list[int], tick: Tick) -> list[ShardOutcome]:
+        ray = _import_ray()
+        started = not ray.is_initialized()
+        if started:
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
+                raise InputError(
+                    f"cannot reach Ray at '{address or 'a new local cluster'}' "
+                    f"({redact(' '.join(str(exc).split())[:200])}); check --ray-address"
+                ) from exc
+        try:
+            task = ray.remote(_ray_shard).options(
+                num_cpus=max(1, job.threads),
+                max_retries=retries,
+                retry_exceptions=[RetryableShard],
+            )
+            refs = {task.remote(job, index): index for index in indexes}
+            pending, outcomes = list(refs), {}
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL)
+                tick()
+                for ref in ready:
+                    index = refs[ref]
+                    try:
+                        outcomes[index] = ray.get(ref)
+                    except Exception as exc:  # the last try failed, or its node was lost
+                        cause = getattr(exc, "cause", None) or exc
+                        outcomes[index] = ShardOutcome(
+                            index,
+                            job.count,
+                            error=" ".join(str(cause).split())[:300],
+                            error_kind="StoreError",
+                        )
+            return [outcomes[i] for i in indexes]
+        finally:
+            if started:
+                ray.shutdown()
+
+    return run
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise InputError(
+            "--engine ray needs Ray, which is not installed; install dmu-migrate[ray] "
+            "(pip install 'dmu-migrate[ray]') on this machine and every Ray node"
+        ) from exc
+    return ray
+
+
+def default_threads(threads: int, workers: int) -> int:
+    """onnxruntime threads per worker: --threads, or the machine's cores shared out."""
+    return threads if threads > 0 else max(1, (os.cpu_count() or 1) // workers)

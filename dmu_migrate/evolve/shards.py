@@ -1,0 +1,505 @@
+"""Sharded evolve: the id space cut into ranges that run, fail and resume on their own.
+
+    split   (once, under the migration's lease) the target is prepared, cut points
+            are drawn from the source's ids and each shard gets a ledger record
+            whose cursor starts at its lower bound
+    shards  (any process, any order, each under its own lease) the main pass over
+            (start, until], resumable from the shard's own cursor
+    finish  (under the migration's lease, once every shard's pass is done) counts
+            or the id diff, catch-up, verification and cut-over, as one run does
+
+Shards write disjoint ranges of the target, keyed by source id, so their order
+and interleaving do not matter, and the alias moves in finish alone: readers
+never see a target that not every shard has written and verification passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from dmu_migrate.errors import DmuError, InputError, StoreError
+from dmu_migrate.evolve.ledger import DONE, FAILED, RUNNING, Ledger, Record, now_iso
+from dmu_migrate.evolve.pipeline import (
+    COMPLETED,
+    REMAINING,
+    EvolveOptions,
+    EvolveResult,
+    ProgressCallback,
+    check_options,
+    close_run,
+    finish,
+    main_pass,
+    new_result,
+    open_record,
+)
+from dmu_migrate.evolve.plan import IN_PLACE, Plan
+from dmu_migrate.evolve.retry import Retrier
+from dmu_migrate.evolve.strategies import make_strategy
+from dmu_migrate.evolve.verify import ID_BATCH, VERIFY_SAMPLE, Reservoir
+from dmu_migrate.stores.base import Id, VectorStore
+
+log = logging.getLogger(__name__)
+
+SHARD_DONE = "shard done"  # outcome of --shard i/N when other shards are still running
+SPLIT_WAIT = 600.0  # seconds a --shard run waits for another process to finish the split
+POLL = 1.0
+SETTLE = 0.5  # seconds between taking a lease and reading it back (see claim)
+
+
+def shard_key(key: str, index: int, count: int) -> str:
+    return f"{key}#shard-{index}-of-{count}"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/8"`` -> (2, 8): shard 2 of 8, counted from 0 like a Kubernetes completion index."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if m is None or not int(m.group(1)) < int(m.group(2)):
+        raise InputError(
+            f"--shard '{text}' is not INDEX/COUNT with 0 <= INDEX < COUNT; e.g. --shard 0/4 "
+            f"(indexes count from 0)"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+@dataclass
+class ShardOutcome:
+    """What one shard's run did; plain data, so it can come back from a worker process."""
+
+    index: int
+    count: int
+    rows_written: int = 0  # in this run
+    rows_done: int = 0  # over the shard's whole life
+    finished: bool = False  # its main pass is complete
+    seconds: float = 0.0
+    retries: int = 0
+    error: str | None = None
+    error_kind: str | None = None  # the DmuError class, so the caller can re-raise its kind
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def check_shardable(plan: Plan, count: int) -> None:
+    if count < 1:
+        raise InputError(f"--shards must be >= 1, got {count}")
+    if plan.strategy == IN_PLACE and count > 1:
+        raise InputError(
+            "--strategy in-place runs as one process (each batch is snapshotted before it is "
+            "overwritten); drop --shards/--shard, or use --strategy new-collection"
+        )
+
+
+def cut_points(store: VectorStore, plan: Plan, count: int) -> list[Id]:
+    """``count - 1`` source ids that cut it into shards of nearly equal rows.
+
+    One scan of the ids alone (no vectors, no payload), so the cuts are exact
+    row ranks and the same for every process that computes them from the same
+    rows. The shard past the last cut is open above: rows added later land there.
+    """
+    if count > plan.rows:
+        raise InputError(
+            f"--shards {count} is more than the {plan.rows} rows of '{plan.source.name}'; "
+            f"use at most {plan.rows}"
+        )
+    ranks = [plan.rows * k // count - 1 for k in range(1, count)]  # last row of each shard
+    cuts: list[Id] = []
+    seen = 0
+    kinds: set[type] = set()
+    for chunk in store.iter_ids(plan.source.name, ID_BATCH, plan.filter):
+        values = chunk.tolist()
+        kinds.update(type(v) for v in values[:1] + values[-1:])
+        while len(cuts) < len(ranks) and ranks[len(cuts)] < seen + len(values):
+            cuts.append(values[ranks[len(cuts)] - seen])
+        seen += len(values)
+        if len(cuts) == len(ranks):
+            break
+    if len(kinds) > 1:
+        raise InputError(
+            f"collection '{plan.source.name}' mixes integer and string ids, which have no "
+            f"common order to cut; evolve it without --shards"
+        )
+    if len(cuts) < len(ranks):  # rows deleted since the count: fewer, still disjoint, shards
+        raise StoreError(
+            f"'{plan.source.name}' shrank while it was being split ({seen} of {plan.rows} "
+            f"rows left); run evolve again"
+        )
+    return cuts
+
+
+def shard_records(plan: Plan, parent: Record) -> list[Record]:
+    lows: list[Id | None] = [None, *parent.bounds]
+    highs: list[Id | None] = [*parent.bounds, None]
+    records = []
+    for index, (low, high) in enumerate(zip(lows, highs, strict=True)):
+        record = plan.new_record()
+        record.key = shard_key(plan.key, index, parent.shards)
+        record.parent, record.parent_run = parent.key, parent.run_id
+        record.start = record.cursor = low
+        record.until = high
+        record.source_rows = plan.rows * (index + 1) // parent.shards - plan.rows * index // (
+            parent.shards
+        )
+        records.append(record)
+    return records
+
+
+def load_shards(ledger: Ledger, parent: Record) -> list[Record | None]:
+    """The shard records of the parent's current split (None where missing or stale)."""
+    found = []
+    for index in range(parent.shards):
+        record = ledger.load(shard_key(parent.key, index, parent.shards))
+        found.append(record if record is not None and record.parent_run == parent.run_id else None)
+    return found
+
+
+def refuse_live_shards(ledger: Ledger, parent: Record | None) -> None:
+    """--restart must not reset shards that some process is still writing."""
+    if parent is None or not parent.shards:
+        return
+    now = time.time()
+    for index, shard in enumerate(load_shards(ledger, parent)):
+        if shard and shard.lease_owner and shard.lease_expires > now and shard.status == RUNNING:
+            raise StoreError(
+                f"shard {index}/{parent.shards} of '{parent.key}' is being run by "
+                f"{shard.lease_owner}; stop it or let it finish before --restart"
+            )
+
+
+def check_split(record: Record, found: bool, count: int) -> None:
+    """Refuse to mix a split with another split, or with an unsharded run under way."""
+    if not found or record.main_pass_done or record.shards == count:
+        return
+    if record.shards:
+        raise InputError(
+            f"migration '{record.key}' is split into {record.shards} shards; pass "
+            f"--shards {record.shards} (or --shard i/{record.shards}), or --restart to start over"
+        )
+    if record.cursor is not None or record.rows_done:
+        raise InputError(
+            f"migration '{record.key}' was started without --shards and is at id "
+            f"{record.cursor!r}; finish it the same way, or pass --restart to start over sharded"
+        )
+
+
+def split(
+    store: VectorStore,
+    plan: Plan,
+    record: Record,
+    count: int,
+    ledger: Ledger,
+    retry: Retrier,
+    options: EvolveOptions,
+) -> None:
+    """Prepare the target and put the shards on record; the caller holds the lease."""
+    strategy = make_strategy(store, plan, options.snapshot_root)
+    retry.run("preparing the target", lambda: strategy.prepare(record))
+    if record.shards == count or record.main_pass_done:
+        return
+    record.bounds = retry.run("splitting the ids", lambda: cut_points(store, plan, count))
+    record.shards = count
+    for shard in shard_records(plan, record):
+        retry.run("writing shard records", partial(ledger.save, shard))
+    # The parent names its shards only once all of them are on record.
+    retry.run("saving the ledger", lambda: ledger.save(record))
+
+
+def claim(ledger: Ledger, record: Record, take_over: bool) -> bool:
+    """Take the lease and read it back: False when another process took it meanwhile.
+
+    Stores have no compare-and-set, so two processes that both found the lease
+    free both write it; after a moment only the last writer reads itself back.
+    """
+    ledger.acquire(record, take_over)
+    time.sleep(SETTLE)
+    now = ledger.load(record.key)
+    return now is not None and now.lease_owner == ledger.owner
+
+
+def run_shard(
+    store: VectorStore,
+    plan: Plan,
+    index: int,
+    count: int,
+    options: EvolveOptions,
+    owner: str | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> ShardOutcome:
+    """The main pass of one shard, under its own lease; the split must be on record."""
+    start = time.perf_counter()
+    ledger = Ledger(store, owner)
+    retry = Retrier(options.retry)
+    outcome = ShardOutcome(index, count)
+    parent = retry.run("reading the ledger", lambda: ledger.load(plan.key))
+    if parent is None or parent.shards != count:
+        raise StoreError(
+            f"migration '{plan.key}' has no split into {count} shards on record; run evolve "
+            f"--shards {count} (or --shard i/{count}) to make it"
+        )
+    if parent.checksum != plan.chain.checksum:
+        raise InputError(
+            f"migration '{plan.key}' was started with adapters {parent.adapters} "
+            f"({parent.checksum}); resume with the same artifacts, or pass --restart"
+        )
+    record = retry.run("reading the ledger", lambda: load_shards(ledger, parent)[index])
+    if parent.main_pass_done or (record is not None and record.main_pass_done):
+        outcome.finished = True
+        outcome.rows_done = record.rows_done if record else 0
+        return outcome
+    if record is None:
+        raise StoreError(
+            f"shard {index}/{count} of '{plan.key}' is not on record; pass --restart to split "
+            f"the migration again"
+        )
+    retry.run("taking the shard's lease", lambda: ledger.acquire(record, options.take_over))
+    record.status = RUNNING
+    strategy = make_strategy(store, plan, options.snapshot_root)
+    result = new_result(plan, record, resumed=record.cursor != record.start)
+    whole = record.cursor == record.start and record.rows_done == 0 and not record.skipped
+    sample = Reservoir(VERIFY_SAMPLE)
+    try:
+        finished = retry.run(
+            "reading and writing batches",
+            lambda: main_pass(
+                store, plan, strategy, ledger, record, options, result, sample, on_progress, start
+            ),
+            progress=lambda: record.cursor,
+        )
+        if finished:
+            record.main_pass_done, record.whole_pass = True, whole
+            record.status, record.finished_at, record.error = DONE, now_iso(), None
+            record.sample = sample.ids().tolist()  # finish verifies vectors from every shard
+            retry.run("saving the ledger", lambda: ledger.save(record))
+    except DmuError as exc:
+        record.status, record.error = FAILED, str(exc)
+        raise
+    finally:
+        close_run(ledger, retry, record, result, start)
+    outcome.rows_written, outcome.rows_done = result.rows_written, record.rows_done
+    outcome.finished, outcome.seconds, outcome.retries = finished, result.seconds, result.retries
+    return outcome
+
+
+def finish_split(
+    store: VectorStore,
+    plan: Plan,
+    record: Record,
+    options: EvolveOptions,
+    result: EvolveResult,
+    ledger: Ledger,
+    retry: Retrier,
+) -> int:
+    """With every shard's pass done: add them up, then catch up, verify and cut over.
+
+    Returns how many shards are not done yet (0: finished). The caller holds the lease.
+    """
+    whole = False
+    sample = Reservoir(VERIFY_SAMPLE)
+    if not record.main_pass_done:
+        shards = retry.run("reading the shards", lambda: load_shards(ledger, record))
+        waiting = sum(1 for s in shards if s is None or not s.main_pass_done)
+        if waiting:
+            return waiting
+        done = [s for s in shards if s is not None]
+        record.rows_done = sum(s.rows_done for s in done)
+        record.skipped = [i for s in done for i in s.skipped]
+        record.main_pass_done = True
+        retry.run("saving the ledger", lambda: ledger.save(record))
+        # Counts stand in for the id diff only when every shard read its range in one go.
+        whole = all(s.whole_pass for s in done)
+        for s in done:
+            sample.add(np.asarray(s.sample))
+    strategy = make_strategy(store, plan, options.snapshot_root)
+    finish(store, plan, strategy, record, options, result, retry, sample, whole)
+    return 0
+
+
+def open_split(
+    ledger: Ledger, retry: Retrier, plan: Plan, options: EvolveOptions, count: int
+) -> tuple[Record, bool]:
+    check_options(options)
+    check_shardable(plan, count)
+    if options.restart:
+        refuse_live_shards(ledger, retry.run("reading the ledger", lambda: ledger.load(plan.key)))
+    record, found = open_record(ledger, retry, plan, options)
+    check_split(record, found, count)
+    return record, found
+
+
+def evolve_split(
+    store: VectorStore,
+    plan: Plan,
+    count: int,
+    options: EvolveOptions,
+    run_shards: Any,
+    owner: str | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> EvolveResult:
+    """Split (or resume a split), run every unfinished shard through ``run_shards``, finish.
+
+    ``run_shards(indexes, tick)`` runs the shards (in this process, in worker
+    processes or on Ray) and returns their ShardOutcomes; it calls ``tick()``
+    every second or so, which keeps this run's lease on the migration alive.
+    """
+    start = time.perf_counter()
+    ledger = Ledger(store, owner)
+    retry = Retrier(options.retry)
+    record, found = open_split(ledger, retry, plan, options, count)
+    result = new_result(plan, record, resumed=found and record.status != DONE)
+    retry.run("taking the lease", lambda: ledger.acquire(record, options.take_over))
+    record.status = RUNNING
+    renewed = polled = time.monotonic()
+
+    def tick() -> None:
+        nonlocal renewed, polled
+        now = time.monotonic()
+        if now - renewed > 60:  # well inside the lease's 600 s
+            retry.run("renewing the lease", lambda: ledger.save(record))
+            renewed = now
+        # The shards' own records are the progress: one read per shard, so poll sparingly.
+        if on_progress is not None and now - polled > max(2.0, record.shards / 50):
+            shards = load_shards(ledger, record)
+            on_progress(sum(s.rows_done for s in shards if s is not None), plan.rows)
+            polled = now
+
+    try:
+        split(store, plan, record, count, ledger, retry, options)
+        if not record.main_pass_done:
+            shards = load_shards(ledger, record)
+            todo = [i for i, s in enumerate(shards) if s is None or not s.main_pass_done]
+            clock = time.perf_counter()
+            outcomes: list[ShardOutcome] = run_shards(todo, tick) if todo else []
+            result.phases["main_pass"] = time.perf_counter() - clock
+            result.shards = [o.as_dict() for o in outcomes]
+            result.rows_written = sum(o.rows_written for o in outcomes)
+            result.retries += sum(o.retries for o in outcomes)
+            failed = [o for o in outcomes if o.error]
+            if failed:
+                raise shard_failure(plan, failed, count)
+            if not all(o.finished for o in outcomes):
+                result.outcome = REMAINING
+                return result
+        left = finish_split(store, plan, record, options, result, ledger, retry)
+        if left:  # a shard record vanished or went stale under us
+            raise StoreError(
+                f"{left} shards of '{plan.key}' are not done after their runs; run evolve again"
+            )
+    except DmuError as exc:
+        record.status, record.error = FAILED, str(exc)
+        raise
+    finally:
+        close_run(ledger, retry, record, result, start)
+    return result
+
+
+def shard_failure(plan: Plan, failed: list[ShardOutcome], count: int) -> DmuError:
+    """One error for the failed shards, of the first one's kind (its exit code)."""
+    from dmu_migrate import errors
+
+    first = failed[0]
+    kind = getattr(errors, first.error_kind or "", None)
+    cls = kind if isinstance(kind, type) and issubclass(kind, DmuError) else StoreError
+    return cls(
+        f"{len(failed)} of {count} shards of '{plan.key}' failed (shard {first.index}/{count}: "
+        f"{first.error}); the other shards' work is kept and the failed ones resume from their "
+        f"cursors: fix that, then run the same command again"
+    )
+
+
+def evolve_one_shard(
+    store: VectorStore,
+    plan: Plan,
+    index: int,
+    count: int,
+    options: EvolveOptions,
+    on_progress: ProgressCallback | None = None,
+) -> EvolveResult:
+    """``--shard i/N``: make the split if no one has, run shard i, finish if it was the last.
+
+    For N independent processes (a Kubernetes indexed Job, N cron entries): each
+    runs its own shard, and whichever sees every shard done verifies and cuts over.
+    """
+    if options.restart:
+        raise InputError(
+            "--restart resets every shard; run it once without --shard (e.g. with "
+            "--shards N --max-seconds 0), then start the shards"
+        )
+    start = time.perf_counter()
+    ledger = Ledger(store)
+    retry = Retrier(options.retry)
+    record, found = open_split(ledger, retry, plan, options, count)
+    deadline = time.monotonic() + SPLIT_WAIT
+    while not record.main_pass_done and record.shards != count:
+        try:
+            mine = claim(ledger, record, options.take_over)
+        except StoreError:  # another process holds the lease: it is splitting
+            mine = False
+        if mine:
+            try:
+                split(store, plan, record, count, ledger, retry, options)
+            finally:
+                ledger.release(record)
+            break
+        if time.monotonic() > deadline:
+            raise StoreError(
+                f"migration '{plan.key}' was not split within {SPLIT_WAIT:.0f}s by the process "
+                f"holding its lease; check that process, or pass --take-over if it is dead"
+            )
+        time.sleep(POLL)
+        record, found = open_split(ledger, retry, plan, options, count)
+    shard = run_shard(store, plan, index, count, options, on_progress=on_progress)
+    result = new_result(plan, record, resumed=shard.rows_done > shard.rows_written)
+    result.shards = [shard.as_dict()]
+    result.rows_written, result.retries = shard.rows_written, shard.retries
+    if not shard.finished:
+        result.outcome = REMAINING
+        result.seconds = time.perf_counter() - start
+        return result
+    return finish_if_last(store, plan, count, options, result, ledger, retry, start)
+
+
+def finish_if_last(
+    store: VectorStore,
+    plan: Plan,
+    count: int,
+    options: EvolveOptions,
+    result: EvolveResult,
+    ledger: Ledger,
+    retry: Retrier,
+    start: float,
+) -> EvolveResult:
+    record = retry.run("reading the ledger", lambda: ledger.load(plan.key))
+    assert record is not None  # the split is on record: the shard just ran under it
+    waiting = sum(1 for s in load_shards(ledger, record) if s is None or not s.main_pass_done) * (
+        not record.main_pass_done
+    )
+    try:
+        mine = not waiting and claim(ledger, record, take_over=False)
+    except StoreError:  # another shard's process is finishing
+        mine = False
+    if not mine:
+        result.outcome = SHARD_DONE
+        result.rows_done = record.rows_done
+        result.notes.append(
+            f"{count - waiting} of {count} shards done; the last to finish verifies and cuts over"
+            if waiting
+            else "every shard is done; another shard's process is verifying and cutting over"
+        )
+        result.seconds = time.perf_counter() - start
+        return result
+    record.status = RUNNING
+    try:
+        finish_split(store, plan, record, options, result, ledger, retry)
+        result.outcome = COMPLETED
+    except DmuError as exc:
+        record.status, record.error = FAILED, str(exc)
+        raise
+    finally:
+        close_run(ledger, retry, record, result, start)
+    return result
