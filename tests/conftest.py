@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,3 +218,24 @@ def artifact_v3(
     return train_upgrade(
         root / "train_v2.parquet", root, "digits-v3", config, from_version="v2", to_version="v3"
     ).artifact
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray head node for the session: --engine ray runs on it as on a user's cluster."""
+    ray = str(Path(sys.executable).parent / "ray")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = [ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--disable-usage-stats"]
+    # A private throwaway cluster: no token (the test's CLI processes inherit this).
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    started = subprocess.run(
+        [*start, "--include-dashboard=false"], capture_output=True, text=True, timeout=180
+    )
+    if started.returncode != 0:
+        pytest.fail(f"ray start failed: {started.stdout[-1500:]}{started.stderr[-1500:]}")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)

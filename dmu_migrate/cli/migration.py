@@ -369,10 +369,12 @@ def status(
         for col in ("migration", "strategy", "status", "rows", "versions", "alias", "updated"):
             table.add_column(col, overflow="fold")  # names are what users copy: never elide
         for r in rows:
+            shards = r.get("shard_status") or []
+            done = sum(s["status"] == "done" for s in shards)
             table.add_row(
                 r["key"],
                 r["strategy"],
-                r["status"],
+                r["status"] + (f" ({done}/{len(shards)} shards done)" if shards else ""),
                 f"{r['rows_done']}/{r['source_rows']}",
                 f"{r['from_version']} -> {r['to_version']}",
                 f"{r['alias']} -> {r['alias_target']}" if r["alias"] else "-",

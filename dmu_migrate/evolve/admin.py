@@ -41,8 +41,30 @@ def migration_status(store: VectorStore, collection: str | None) -> list[dict[st
     for r in _lineage(store, collection):
         row = r.to_dict()
         row["alias_target"] = store.alias_target(r.alias) if r.alias else None
+        if r.shards:
+            row["shard_status"] = _shard_status(store, r)
+            if not r.main_pass_done:  # until finish adds them up, the shards hold the progress
+                row["rows_done"] = sum(s["rows_done"] for s in row["shard_status"])
         rows.append(row)
     return rows
+
+
+def _shard_status(store: VectorStore, parent: Record) -> list[dict[str, Any]]:
+    from dmu_migrate.evolve.shards import load_shards
+
+    out = []
+    for index, s in enumerate(load_shards(Ledger(store), parent)):
+        out.append(
+            {
+                "shard": f"{index}/{parent.shards}",
+                "status": "missing" if s is None else s.status,
+                "rows_done": s.rows_done if s else 0,
+                "cursor": s.cursor if s else None,
+                "lease_owner": s.lease_owner if s else None,
+                "updated_at": s.updated_at if s else None,
+            }
+        )
+    return out
 
 
 def _latest_done(store: VectorStore, collection: str) -> Record:

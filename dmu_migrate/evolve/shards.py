@@ -89,6 +89,11 @@ class ShardOutcome:
 def check_shardable(plan: Plan, count: int) -> None:
     if count < 1:
         raise InputError(f"--shards must be >= 1, got {count}")
+    if count > plan.rows:
+        raise InputError(
+            f"--shards {count} is more than the {plan.rows} rows of '{plan.source.name}'; "
+            f"use at most {plan.rows}"
+        )
     if plan.strategy == IN_PLACE and count > 1:
         raise InputError(
             "--strategy in-place runs as one process (each batch is snapshotted before it is "
@@ -103,11 +108,7 @@ def cut_points(store: VectorStore, plan: Plan, count: int) -> list[Id]:
     row ranks and the same for every process that computes them from the same
     rows. The shard past the last cut is open above: rows added later land there.
     """
-    if count > plan.rows:
-        raise InputError(
-            f"--shards {count} is more than the {plan.rows} rows of '{plan.source.name}'; "
-            f"use at most {plan.rows}"
-        )
+    check_shardable(plan, count)
     ranks = [plan.rows * k // count - 1 for k in range(1, count)]  # last row of each shard
     cuts: list[Id] = []
     seen = 0
