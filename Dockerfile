@@ -3,8 +3,14 @@
 #   docker run --rm -v /data:/data dmu-migrate \
 #     evolve --collection faces --adapter /data/adapters/faces-v2 --uri /data/faces.db
 #
+# Kubernetes indexed Job, one shard per pod (completions = parallelism = 16):
+#   args: [evolve, --collection, faces, --adapter, /adapters/faces-v2,
+#          --uri, http://milvus:19530, --shard, $(JOB_COMPLETION_INDEX)/16]
+#
 # Training variant (adds torch and onnx for `dmu-migrate train`):
 #   docker build --build-arg EXTRAS="[train]" -t dmu-migrate:train .
+# Ray variant (--engine ray; the cluster's nodes need the same install):
+#   docker build --build-arg EXTRAS="[ray]" -t dmu-migrate:ray .
 # (install torch==2.13.0 first on hosts where an unpinned torch pulls a CUDA build)
 FROM python:3.11-slim
 

@@ -2,7 +2,7 @@
 
 One source is seeded on a fresh Milvus server, then evolved by the real
 command again and again, each run into a fresh target (the previous one is
-dropped and the ledger restarted):
+dropped and the ledger restarted), after one unmeasured warm-up run:
 
 - ``evolve`` unsharded (the baseline);
 - ``evolve --shards 4 --workers K`` for K = 1, 2, 4 (the same 4 ranges each time).
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,21 @@ RUNS = (("unsharded", 0), ("shards", 1), ("shards", 2), ("shards", 4))
 
 
 def server_pid(port: int) -> int:
-    """The Milvus process listening on ``port`` (its CPU time is the store's share)."""
-    from milvus import default_server
-
-    assert default_server.server_proc is not None and default_server.listen_port == port
-    return int(default_server.server_proc.pid)
+    """The process listening on ``port`` (the store: its CPU time is the store's share)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                    return int(proc.name)
+            except OSError:  # a process that ended, or one we may not inspect
+                continue
+    raise RuntimeError(f"no process listens on port {port}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -97,13 +108,22 @@ def run(uri: str, artifact: str, workers: int) -> dict[str, Any]:
     }
 
 
-def run_case(rows: int, dim: int, root: Path) -> dict[str, Any]:
+def run_case(rows: int, dim: int, root: Path, uri: str | None) -> dict[str, Any]:
+    """All runs of one size, on a fresh server (or the one at ``uri``, for smoke tests)."""
     from artifacts import make_adapter_artifact  # imports torch: only in the driver
 
     artifact = str(make_adapter_artifact(root / f"adapter-{dim}", dim, dim))
     case: dict[str, Any] = {"rows": rows, "dim": dim, "shards": SHARDS, "runs": []}
-    with milvus_server(root / f"server-{rows}-{dim}") as uri:
+    server = milvus_server(root / f"server-{rows}-{dim}") if uri is None else nullcontext(uri)
+    with server as uri:
         case["seed_s"] = seed(uri, rows, dim)
+        settle()
+        case["id_scan_ids_per_s"] = id_scan_rate(uri)
+        # A first run after seeding pays for the server's compaction of the new segments:
+        # one unmeasured run, so that no measured run is the first.
+        reset(uri, f"{SOURCE}__v2")
+        settle()
+        case["warm_up"] = run(uri, artifact, 0)
         for _, workers in RUNS:
             reset(uri, f"{SOURCE}__v2")
             waited = settle()
@@ -123,6 +143,19 @@ def run_case(rows: int, dim: int, root: Path) -> dict[str, Any]:
         r["main_pass_speedup"] = base["main_pass_s"] / r["main_pass_s"]
         r["cpu_busy"] = (r["client_cpu_s"] + r["server_cpu_s"]) / r["seconds"]
     return case
+
+
+def id_scan_rate(uri: str) -> float:
+    """Ids per second of one id-only scan, as the split and the id diff read them."""
+    from dmu_migrate.evolve.verify import ID_BATCH
+    from dmu_migrate.stores.base import open_store
+
+    store = open_store(uri)
+    start = time.perf_counter()
+    ids = sum(len(chunk) for chunk in store.iter_ids(SOURCE, ID_BATCH))
+    seconds = time.perf_counter() - start
+    store.close()
+    return ids / seconds
 
 
 def render(results: dict[str, Any]) -> str:
@@ -152,7 +185,50 @@ def render(results: dict[str, Any]) -> str:
                 f"{r['main_pass_speedup']:.2f} | {r['client_cpu_s']:.0f} | "
                 f"{r['server_cpu_s']:.0f} | {r['cpu_busy']:.2f} |"
             )
+    lines += ["", *projection(results["cases"])]
+    lines += ["", "One id-only scan of the source (what the split and the id diff read): "]
+    lines[-1] += (
+        ", ".join(
+            f"{c['rows']:,} x {c['dim']}: {c['id_scan_ids_per_s']:,.0f} ids/s"
+            for c in results["cases"]
+        )
+        + "."
+    )
     return "\n".join(lines)
+
+
+BILLION = 1_000_000_000
+WORKERS = (16, 64, 256)
+
+
+def projection(cases: list[dict[str, Any]]) -> list[str]:
+    """A billion rows on a cluster, from the per-row CPU costs measured above.
+
+    Per worker: rows per client CPU second of the one-process sharded run (all
+    its work, imports included), i.e. a worker that has one core to itself.
+    Store: server CPU seconds per row of the same run, i.e. the cores the
+    cluster must add for the workers not to wait on it.
+    """
+    lines = [
+        "### Projection: a billion rows (from the per-row costs above)",
+        "",
+        "| dim | worker rate, 1 core (rows/s) | store CPU per 1M rows (s) | workers | "
+        "main pass | store cores to keep up | id scan for the split (1 process) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in cases:
+        one = next(r for r in case["runs"] if r["workers"] == 1)
+        rate = one["rows"] / one["client_cpu_s"]
+        store_per_row = one["server_cpu_s"] / one["rows"]
+        scan_min = BILLION / case["id_scan_ids_per_s"] / 60
+        for workers in WORKERS:
+            minutes = BILLION / (workers * rate) / 60
+            cores = workers * rate * store_per_row
+            lines.append(
+                f"| {case['dim']} | {rate:,.0f} | {store_per_row * 1e6:.0f} | {workers} | "
+                f"{minutes:,.0f} min | {cores:,.0f} | {scan_min:,.0f} min |"
+            )
+    return lines
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -162,6 +238,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=ints, default=[1_000_000])
     parser.add_argument("--dims", type=ints, default=[128])
+    parser.add_argument("--uri", help="a running Milvus server to use instead of a fresh one")
     parser.add_argument("--render", action="store_true", help="rewrite the doc from the JSON")
     parser.add_argument("--results", type=Path, default=RESULTS, help="raw numbers (JSON)")
     parser.add_argument("--doc", type=Path, default=DOC, help="the page whose section is written")
@@ -176,7 +253,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="dmu-scaling-") as tmp:
             for dim in opts.dims:
                 for rows in opts.rows:
-                    cases.append(run_case(rows, dim, Path(tmp)))
+                    cases.append(run_case(rows, dim, Path(tmp), opts.uri))
                     report = {"machine": machine(), "cases": cases}
                     opts.results.parent.mkdir(parents=True, exist_ok=True)
                     opts.results.write_text(json.dumps(report, indent=2) + "\n")

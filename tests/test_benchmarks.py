@@ -41,3 +41,27 @@ def test_adapter_benchmark_runs_one_size() -> None:
     ]  # fmt: skip
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
     assert "rows/s" in done.stdout and "Target" in done.stdout
+
+
+def test_scaling_benchmark_measures_each_worker_count(milvus_server: str, tmp_path: Path) -> None:
+    from backends import Backend
+
+    server = Backend("milvus-server", milvus_server, tmp_path)
+    before = server.list_collections()
+    results, doc = tmp_path / "scaling.json", tmp_path / "scaling.md"
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--uri", milvus_server,
+        "--rows", "2000", "--dims", "16", "--results", str(results), "--doc", str(doc),
+    ]  # fmt: skip
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
+    finally:
+        server.drop_created(server.created_since(before))
+    (case,) = json.loads(results.read_text())["cases"]
+    assert [r["workers"] for r in case["runs"]] == [0, 1, 2, 4]
+    for run in case["runs"]:
+        assert run["rows"] == 2000 and run["client_cpu_s"] > 0 and run["server_cpu_s"] > 0
+    assert case["id_scan_ids_per_s"] > 0
+    text = doc.read_text()
+    assert "<!-- scaling:start -->" in text and "4 shards, 2 workers" in text
+    assert "a billion rows" in text

@@ -488,3 +488,27 @@ def test_parquet_rewritten_batch_replaces_its_part_file(tmp_path: Path) -> None:
     files = sorted(p.name for p in (tmp_path / "parquet" / "g2").iterdir())
     assert len(files) == 3 and not [f for f in files if f.endswith(".tmp")]  # schema + 2 parts
     assert store.count("g2") == 4
+
+
+def test_milvus_target_keeps_the_source_shard_count(milvus_server: str, tmp_path: Path) -> None:
+    """A source laid out for parallel writes (several DML channels) keeps that layout."""
+    from pymilvus import DataType, MilvusClient
+
+    backend = Backend("milvus-server", milvus_server, tmp_path)
+    name, target = backend.unique("wide"), backend.unique("wide_v2")
+    client = MilvusClient(milvus_server)
+    try:
+        schema = MilvusClient.create_schema(auto_id=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=8)
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type="FLAT", metric_type="COSINE")
+        client.create_collection(name, schema=schema, index_params=index, num_shards=3)
+        store = backend.open_store()
+        store.create_like(store.describe(name), target, 16)
+        assert client.describe_collection(target)["num_shards"] == 3
+    finally:
+        backend.close_stores()
+        for collection in (name, target):
+            client.drop_collection(collection)
+        client.close()

@@ -29,7 +29,7 @@ from dmu_migrate.stores.base import VectorStore, redact
 
 log = logging.getLogger(__name__)
 
-Tick = Callable[[], None]
+Tick = Callable[[int | None], None]  # rows done by the runner's shards, None: unknown
 RunShards = Callable[[list[int], Tick], list[ShardOutcome]]
 POLL = 1.0
 RAY_RETRIES = 2  # Ray re-runs a shard whose worker died or whose store kept failing
@@ -84,8 +84,13 @@ def in_process(store: VectorStore, plan: Plan, job: ShardJob) -> RunShards:
     """One shard after another on the open store: embedded stores admit one process only."""
 
     def run(indexes: list[int], tick: Tick) -> list[ShardOutcome]:
-        outcomes = []
+        outcomes: list[ShardOutcome] = []
         for index in indexes:
+            finished = sum(o.rows_done for o in outcomes)
+
+            def moved(done: int, total: int, before: int = finished) -> None:
+                tick(before + done)  # this process knows the progress: no ledger reads
+
             try:
                 outcome = run_shard(
                     store,
@@ -94,7 +99,7 @@ def in_process(store: VectorStore, plan: Plan, job: ShardJob) -> RunShards:
                     job.count,
                     job.options,
                     job.owner,
-                    on_progress=lambda done, total: tick(),
+                    on_progress=moved,
                 )
             except DmuError as exc:
                 outcome = ShardOutcome(index, job.count, error=str(exc))
@@ -138,7 +143,7 @@ def local_processes(job: ShardJob, workers: int) -> RunShards:
                 outcomes[outcome.index] = outcome
             except queue.Empty:
                 pass
-            tick()
+            tick(None)
             for index, process in list(running.items()):
                 if index in outcomes:
                     process.join()
@@ -209,7 +214,7 @@ def on_ray(job: ShardJob, address: str | None, retries: int = RAY_RETRIES) -> Ru
             pending, outcomes = list(refs), {}
             while pending:
                 ready, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL)
-                tick()
+                tick(None)
                 for ref in ready:
                     index = refs[ref]
                     try:

@@ -160,12 +160,19 @@ def open_record(
     record = retry.run("reading the ledger", lambda: ledger.load(plan.key))
     if record is not None and options.restart:
         record = None
-    if record is not None and record.checksum != plan.chain.checksum:
+    if record is None:
+        return plan.new_record(), False
+    check_adapters(record, plan)
+    return record, True
+
+
+def check_adapters(record: Record, plan: Plan) -> None:
+    """A migration resumes only through the adapters it started with."""
+    if record.checksum != plan.chain.checksum:
         raise InputError(
             f"migration '{plan.key}' was started with adapters {record.adapters} "
             f"({record.checksum}); resume with the same artifacts, or pass --restart"
         )
-    return (record, True) if record is not None else (plan.new_record(), False)
 
 
 def new_result(plan: Plan, record: Record, resumed: bool) -> EvolveResult:
@@ -317,7 +324,8 @@ def main_pass(
                 ledger.save(record)
                 return False
     ledger.save(record)
-    store.flush(plan.target)
+    if record.parent is None:  # shards leave it to finish: one flush, not one per shard
+        store.flush(plan.target)
     return True
 
 

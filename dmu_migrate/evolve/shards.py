@@ -32,6 +32,7 @@ from dmu_migrate.evolve.pipeline import (
     EvolveOptions,
     EvolveResult,
     ProgressCallback,
+    check_adapters,
     check_options,
     close_run,
     finish,
@@ -151,13 +152,14 @@ def shard_records(plan: Plan, parent: Record) -> list[Record]:
     return records
 
 
+def load_shard(ledger: Ledger, parent: Record, index: int) -> Record | None:
+    """Shard ``index`` of the parent's current split (None when missing or stale)."""
+    record = ledger.load(shard_key(parent.key, index, parent.shards))
+    return record if record is not None and record.parent_run == parent.run_id else None
+
+
 def load_shards(ledger: Ledger, parent: Record) -> list[Record | None]:
-    """The shard records of the parent's current split (None where missing or stale)."""
-    found = []
-    for index in range(parent.shards):
-        record = ledger.load(shard_key(parent.key, index, parent.shards))
-        found.append(record if record is not None and record.parent_run == parent.run_id else None)
-    return found
+    return [load_shard(ledger, parent, index) for index in range(parent.shards)]
 
 
 def refuse_live_shards(ledger: Ledger, parent: Record | None) -> None:
@@ -243,12 +245,8 @@ def run_shard(
             f"migration '{plan.key}' has no split into {count} shards on record; run evolve "
             f"--shards {count} (or --shard i/{count}) to make it"
         )
-    if parent.checksum != plan.chain.checksum:
-        raise InputError(
-            f"migration '{plan.key}' was started with adapters {parent.adapters} "
-            f"({parent.checksum}); resume with the same artifacts, or pass --restart"
-        )
-    record = retry.run("reading the ledger", lambda: load_shards(ledger, parent)[index])
+    check_adapters(parent, plan)
+    record = retry.run("reading the ledger", lambda: load_shard(ledger, parent, index))
     if parent.main_pass_done or (record is not None and record.main_pass_done):
         outcome.finished = True
         outcome.rows_done = record.rows_done if record else 0
@@ -316,6 +314,7 @@ def finish_split(
         whole = all(s.whole_pass for s in done)
         for s in done:
             sample.add(np.asarray(s.sample))
+        retry.run("flushing", lambda: store.flush(plan.target))  # the shards' passes did not
     strategy = make_strategy(store, plan, options.snapshot_root)
     finish(store, plan, strategy, record, options, result, retry, sample, whole)
     return 0
@@ -345,8 +344,9 @@ def evolve_split(
     """Split (or resume a split), run every unfinished shard through ``run_shards``, finish.
 
     ``run_shards(indexes, tick)`` runs the shards (in this process, in worker
-    processes or on Ray) and returns their ShardOutcomes; it calls ``tick()``
-    every second or so, which keeps this run's lease on the migration alive.
+    processes or on Ray) and returns their ShardOutcomes; it calls ``tick(rows)``
+    every second or so, which keeps this run's lease on the migration alive and
+    moves the progress bar (``rows``: done by its shards, None when it cannot tell).
     """
     start = time.perf_counter()
     ledger = Ledger(store, owner)
@@ -356,24 +356,34 @@ def evolve_split(
     retry.run("taking the lease", lambda: ledger.acquire(record, options.take_over))
     record.status = RUNNING
     renewed = polled = time.monotonic()
+    earlier = 0  # rows of the shards this run does not touch
 
-    def tick() -> None:
+    def tick(rows: int | None) -> None:
+        """Keep the lease; report progress: ``rows`` done by this run's shards, when known."""
         nonlocal renewed, polled
         now = time.monotonic()
         if now - renewed > 60:  # well inside the lease's 600 s
             retry.run("renewing the lease", lambda: ledger.save(record))
             renewed = now
-        # The shards' own records are the progress: one read per shard, so poll sparingly.
-        if on_progress is not None and now - polled > max(2.0, record.shards / 50):
+        if on_progress is None:
+            return
+        if rows is not None:
+            on_progress(earlier + rows, plan.rows)
+        elif now - polled > max(5.0, record.shards / 20):
+            # Shards in other processes: their records are the progress (one strong read
+            # each, so seldom; never on a writer's thread).
             shards = load_shards(ledger, record)
             on_progress(sum(s.rows_done for s in shards if s is not None), plan.rows)
             polled = now
 
     try:
+        clock = time.perf_counter()
         split(store, plan, record, count, ledger, retry, options)
+        result.phases["split"] = time.perf_counter() - clock  # target + cut points (id scan)
         if not record.main_pass_done:
             shards = load_shards(ledger, record)
             todo = [i for i, s in enumerate(shards) if s is None or not s.main_pass_done]
+            earlier = sum(s.rows_done for i, s in enumerate(shards) if s and i not in todo)
             clock = time.perf_counter()
             outcomes: list[ShardOutcome] = run_shards(todo, tick) if todo else []
             result.phases["main_pass"] = time.perf_counter() - clock

@@ -259,9 +259,16 @@ class MilvusStore:
                 params=index.get("params") if isinstance(index.get("params"), dict) else {},
             )
         self._schemas.pop(target, None)
+        # The source's shard (DML channel) count: writes into one channel serialise on a
+        # cluster, so a source laid out for parallel writes keeps that layout.
+        layout = {"num_shards": desc["num_shards"]} if desc.get("num_shards") else {}
         try:
             self.client.create_collection(
-                target, schema=schema, index_params=index_params, consistency_level=STRONG
+                target,
+                schema=schema,
+                index_params=index_params,
+                consistency_level=STRONG,
+                **layout,
             )
         except MilvusException as exc:
             raise StoreError(
