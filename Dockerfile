@@ -3,9 +3,11 @@
 #   docker run --rm -v /data:/data dmu-migrate \
 #     evolve --collection faces --adapter /data/adapters/faces-v2 --uri /data/faces.db
 #
-# Kubernetes indexed Job, one shard per pod (completions = parallelism = 16):
-#   args: [evolve, --collection, faces, --adapter, /adapters/faces-v2,
-#          --uri, http://milvus:19530, --shard, $(JOB_COMPLETION_INDEX)/16]
+# Kubernetes indexed Job, one shard per pod (completionMode: Indexed, completions: 16;
+# the Job controller sets JOB_COMPLETION_INDEX in each pod):
+#   command: [sh, -c]
+#   args: ["dmu-migrate evolve --collection faces --adapter /adapters/faces-v2
+#           --uri http://milvus:19530 --shard $JOB_COMPLETION_INDEX/16"]
 #
 # Training variant (adds torch and onnx for `dmu-migrate train`):
 #   docker build --build-arg EXTRAS="[train]" -t dmu-migrate:train .
