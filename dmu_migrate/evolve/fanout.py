@@ -68,7 +68,6 @@ def run_job(job: ShardJob, index: int) -> ShardOutcome:
     """One shard with a store client and adapter session of its own: every worker's body."""
     from dmu_migrate.stores.base import open_store
 
-    outcome = ShardOutcome(index, job.count)
     try:
         store = open_store(job.uri, job.token)
         try:
@@ -76,8 +75,12 @@ def run_job(job: ShardJob, index: int) -> ShardOutcome:
         finally:
             store.close()
     except DmuError as exc:
-        outcome.error, outcome.error_kind = str(exc), type(exc).__name__
-    return outcome
+        return failed(index, job.count, exc)
+
+
+def failed(index: int, count: int, exc: DmuError) -> ShardOutcome:
+    """A shard's error as data, of its kind, so one failed shard does not stop the others."""
+    return ShardOutcome(index, count, error=str(exc), error_kind=type(exc).__name__)
 
 
 def in_process(store: VectorStore, plan: Plan, job: ShardJob) -> RunShards:
@@ -102,8 +105,7 @@ def in_process(store: VectorStore, plan: Plan, job: ShardJob) -> RunShards:
                     on_progress=moved,
                 )
             except DmuError as exc:
-                outcome = ShardOutcome(index, job.count, error=str(exc))
-                outcome.error_kind = type(exc).__name__
+                outcome = failed(index, job.count, exc)
             outcomes.append(outcome)
             if not outcome.finished and outcome.error is None:
                 break  # stopped by --max-seconds: the rest wait for the next run

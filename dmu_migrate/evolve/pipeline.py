@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ def evolve(
     record.status = RUNNING
     strategy = make_strategy(store, plan, options.snapshot_root)
     result = new_result(plan, record, resumed)
-    try:
+    with recorded(ledger, retry, record, result, start):
         retry.run("preparing the target", lambda: strategy.prepare(record))
         # This run reads the whole source itself: counts can then stand in for the id diff.
         whole_pass = not record.main_pass_done and record.cursor is None
@@ -138,11 +139,6 @@ def evolve(
             record.main_pass_done = True
             retry.run("saving the ledger", lambda: ledger.save(record))
         finish(store, plan, strategy, record, options, result, retry, sample, whole_pass)
-    except DmuError as exc:
-        record.status, record.error = FAILED, str(exc)
-        raise
-    finally:
-        close_run(ledger, retry, record, result, start)
     return result
 
 
@@ -193,17 +189,24 @@ def new_result(plan: Plan, record: Record, resumed: bool) -> EvolveResult:
     )
 
 
-def close_run(
+@contextmanager
+def recorded(
     ledger: Ledger, retry: Retrier, record: Record, result: EvolveResult, start: float
-) -> None:
-    """Fill in the run's totals and release the lease, whatever happened."""
-    result.rows_done = record.rows_done
-    result.retries += retry.retries
+) -> Iterator[None]:
+    """Around a leased run: a failure goes on record; totals and the lease, whatever happened."""
     try:
-        retry.run("releasing the lease", lambda: ledger.release(record))
-    except DmuError as exc:  # the lease expires by itself; keep the first error visible
-        log.warning("could not release the lease of %s: %s", record.key, exc)
-    result.seconds = time.perf_counter() - start
+        yield
+    except DmuError as exc:
+        record.status, record.error = FAILED, str(exc)
+        raise
+    finally:
+        result.rows_done = record.rows_done
+        result.retries += retry.retries
+        try:
+            retry.run("releasing the lease", lambda: ledger.release(record))
+        except DmuError as exc:  # the lease expires by itself; keep the first error visible
+            log.warning("could not release the lease of %s: %s", record.key, exc)
+        result.seconds = time.perf_counter() - start
 
 
 def finish(

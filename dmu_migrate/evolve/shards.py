@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from dmu_migrate.errors import DmuError, InputError, StoreError
-from dmu_migrate.evolve.ledger import DONE, FAILED, RUNNING, Ledger, Record, now_iso
+from dmu_migrate.evolve.ledger import DONE, RUNNING, Ledger, Record, now_iso
 from dmu_migrate.evolve.pipeline import (
     COMPLETED,
     REMAINING,
@@ -34,11 +34,11 @@ from dmu_migrate.evolve.pipeline import (
     ProgressCallback,
     check_adapters,
     check_options,
-    close_run,
     finish,
     main_pass,
     new_result,
     open_record,
+    recorded,
 )
 from dmu_migrate.evolve.plan import IN_PLACE, Plan
 from dmu_migrate.evolve.retry import Retrier
@@ -262,7 +262,7 @@ def run_shard(
     result = new_result(plan, record, resumed=record.cursor != record.start)
     whole = record.cursor == record.start and record.rows_done == 0 and not record.skipped
     sample = Reservoir(VERIFY_SAMPLE)
-    try:
+    with recorded(ledger, retry, record, result, start):
         finished = retry.run(
             "reading and writing batches",
             lambda: main_pass(
@@ -275,11 +275,6 @@ def run_shard(
             record.status, record.finished_at, record.error = DONE, now_iso(), None
             record.sample = sample.ids().tolist()  # finish verifies vectors from every shard
             retry.run("saving the ledger", lambda: ledger.save(record))
-    except DmuError as exc:
-        record.status, record.error = FAILED, str(exc)
-        raise
-    finally:
-        close_run(ledger, retry, record, result, start)
     outcome.rows_written, outcome.rows_done = result.rows_written, record.rows_done
     outcome.finished, outcome.seconds, outcome.retries = finished, result.seconds, result.retries
     return outcome
@@ -376,7 +371,7 @@ def evolve_split(
             on_progress(sum(s.rows_done for s in shards if s is not None), plan.rows)
             polled = now
 
-    try:
+    with recorded(ledger, retry, record, result, start):
         clock = time.perf_counter()
         split(store, plan, record, count, ledger, retry, options)
         result.phases["split"] = time.perf_counter() - clock  # target + cut points (id scan)
@@ -401,11 +396,6 @@ def evolve_split(
             raise StoreError(
                 f"{left} shards of '{plan.key}' are not done after their runs; run evolve again"
             )
-    except DmuError as exc:
-        record.status, record.error = FAILED, str(exc)
-        raise
-    finally:
-        close_run(ledger, retry, record, result, start)
     return result
 
 
@@ -444,7 +434,7 @@ def evolve_one_shard(
     start = time.perf_counter()
     ledger = Ledger(store)
     retry = Retrier(options.retry)
-    record, found = open_split(ledger, retry, plan, options, count)
+    record, _ = open_split(ledger, retry, plan, options, count)
     deadline = time.monotonic() + SPLIT_WAIT
     while not record.main_pass_done and record.shards != count:
         try:
@@ -463,7 +453,7 @@ def evolve_one_shard(
                 f"holding its lease; check that process, or pass --take-over if it is dead"
             )
         time.sleep(POLL)
-        record, found = open_split(ledger, retry, plan, options, count)
+        record, _ = open_split(ledger, retry, plan, options, count)
     shard = run_shard(store, plan, index, count, options, on_progress=on_progress)
     result = new_result(plan, record, resumed=shard.rows_done > shard.rows_written)
     result.shards = [shard.as_dict()]
@@ -505,12 +495,7 @@ def finish_if_last(
         result.seconds = time.perf_counter() - start
         return result
     record.status = RUNNING
-    try:
+    with recorded(ledger, retry, record, result, start):
         finish_split(store, plan, record, options, result, ledger, retry)
         result.outcome = COMPLETED
-    except DmuError as exc:
-        record.status, record.error = FAILED, str(exc)
-        raise
-    finally:
-        close_run(ledger, retry, record, result, start)
     return result
