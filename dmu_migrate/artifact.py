@@ -54,6 +54,9 @@ class Manifest:
     opset: int = 17
     training: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, float] = field(default_factory=dict)
+    # Retrieval on identities held out of training: {"settings": {setting: {"R@1", "mAP"}},
+    # "rows", "identities", "verdict"}; empty when nothing was held out (quality.py).
+    quality: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     tool_version: str = __version__
 
@@ -73,6 +76,12 @@ class Artifact:
     @property
     def new_model_path(self) -> Path | None:
         return self.path / NEW_MODEL if NEW_MODEL in self.manifest.files else None
+
+    @property
+    def validated(self) -> dict[str, dict[str, float]] | None:
+        """R@1/mAP per setting measured at training on held-out identities, if any."""
+        settings = self.manifest.quality.get("settings") if self.manifest.quality else None
+        return settings if isinstance(settings, dict) and settings else None
 
     @property
     def label(self) -> str:

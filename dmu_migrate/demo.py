@@ -32,7 +32,7 @@ from dmu_migrate.evolve.pipeline import EvolveResult, evolve_collection
 from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.stores.milvus import MilvusStore
 from dmu_migrate.training.losses import CosFaceLoss
-from dmu_migrate.training.models import MLPHead
+from dmu_migrate.training.models import MLPHead, Standardize
 from dmu_migrate.training.trainer import EpochCallback, TrainConfig
 from dmu_migrate.training.upgrade import TrainReport, train_upgrade
 
@@ -77,7 +77,7 @@ def prepare_workdir(workdir: Path) -> None:
 def fit_old_model(x: np.ndarray, y: np.ndarray, seed: int) -> MLPHead:
     """The legacy model: small, and trained on little data, as deployed models often were."""
     torch.manual_seed(seed)
-    model = MLPHead(x.shape[1], 32, DIM)
+    model = MLPHead(Standardize.fit(x), 32, DIM, dropout=0.0)
     head = CosFaceLoss(DIM, int(y.max()) + 1, scale=30.0, margin=0.2)
     opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-3)
     xs, ys = torch.as_tensor(x), torch.as_tensor(y)

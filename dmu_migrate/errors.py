@@ -9,6 +9,7 @@ with the class's ``exit_code``; anything else is a bug and keeps its traceback.
     +-- ArtifactError        exit 3  missing, corrupt or inconsistent upgrade artifact
     +-- StoreError           exit 4  vector store unreachable, missing collection, bad schema
     +-- VerificationError    exit 5  written data does not match what was expected
+    +-- QualityGateError     exit 6  the upgrade was validated as worse than not upgrading
 """
 
 from __future__ import annotations
@@ -34,3 +35,7 @@ class StoreError(DmuError):
 
 class VerificationError(DmuError):
     exit_code = 5
+
+
+class QualityGateError(DmuError):
+    exit_code = 6

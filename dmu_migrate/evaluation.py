@@ -7,6 +7,8 @@ Settings (query model -> gallery vectors):
     new->mixed     new queries against a gallery that is part evolved, part natively
                    new: the store after evolve plus new inserts
     new->new       new queries against a re-embedded gallery (full backfill)
+    fused          transition mode: [a q_old ; b q_new] against [o ; psi(o)], with the
+                   weights fitted at training (artifacts trained with held-out identities)
 Only onnxruntime is used (matplotlib for the optional chart), so evaluation
 runs wherever evolve runs.
 """
@@ -27,11 +29,14 @@ from dmu_migrate.metrics import (
     Derived,
     RetrievalScores,
     derived_figures,
+    l2_normalize,
     retrieval_scores,
     tar_at_far,
 )
+from dmu_migrate.quality import Verdict, verdict
 
 SETTINGS = ("old->old", "new->old", "new->evolved", "new->mixed", "new->new")
+FUSED = "fused"  # transition mode, when the artifact carries fitted weights
 FARS = (1e-3, 1e-4)
 
 
@@ -64,7 +69,14 @@ class EvalReport:
                 self.reference_scores.as_dict() if self.reference_scores is not None else None
             ),
             "derived": self.derived.as_dict(),
+            "verdict": self.verdict.line,
         }
+
+    @property
+    def verdict(self) -> Verdict:
+        """Deploy or not: new->evolved against old->old on this table."""
+        figures = {k: {"R@1": s.recall[1], "mAP": s.mean_ap} for k, s in self.scores.items()}
+        return verdict(figures, Path(self.table).name)
 
 
 def new_embeddings(
@@ -189,6 +201,17 @@ def evaluate(
             vectors[query_kind][q_idx], q_labels, gallery_rows[gallery_kind], g_labels, loo, fars
         )
 
+    fusion = artifact.manifest.quality.get("fusion") if artifact.manifest.quality else None
+    if isinstance(fusion, dict) and "a" in fusion:
+        # The transition mode: stored [o ; psi(o)], queried [a q_old ; b q_new].
+        query = np.hstack(
+            [fusion["a"] * l2_normalize(vectors["old"]), fusion["b"] * l2_normalize(vectors["new"])]
+        )
+        gallery = np.hstack(
+            [l2_normalize(gallery_rows["old"]), l2_normalize(gallery_rows["evolved"])]
+        )
+        scores[FUSED] = score(query[q_idx], q_labels, gallery, g_labels, loo, fars)
+
     ref_scores = None
     if reference is not None:
         ref_new, _ = new_embeddings(reference, table, columns, table.x.shape[1] > 0)
@@ -204,7 +227,7 @@ def evaluate(
         new_source=source,
         reference=str(reference.path) if reference is not None else None,
         reference_scores=ref_scores,
-        derived=derived_figures(scores, ref_scores),
+        derived=derived_figures(scores, ref_scores, ("new->evolved", "new->mixed", FUSED)),
     )
 
 

@@ -117,7 +117,7 @@ def test_plugin_model_from_the_command_line(
         (["--model", "json:dumps"], ["factory(input_dim=..., output_dim=...)"]),
         (["--model", "collections:OrderedDict"], ["not a torch nn.Module"]),
         (["--val-fraction", "1.5"], ["--val-fraction must be in [0, 1)"]),
-        (["--val-fraction", "0.05"], ["--val-fraction 0.05 holds out"]),
+        (["--val-fraction", "0.001"], ["--val-fraction 0.001 holds out no rows"]),
         (["--dim", "16"], ["--dim must equal the old dimension 32", "--method independent"]),
         (["--resume"], ["--resume: no checkpoint"]),
         (["--method", "adapter"], ["no column 'new'", "--new-col"]),

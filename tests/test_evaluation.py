@@ -46,7 +46,7 @@ def with_new_column(digits: Digits, artifact: Artifact, path: Path, name: str = 
 
 def test_every_setting_with_tar(digits: Digits, artifact: Artifact) -> None:
     report = evaluate(digits.eval_path, artifact)
-    assert tuple(report.scores) == SETTINGS
+    assert tuple(report.scores) == (*SETTINGS, "fused")  # the artifact carries fusion weights
     assert report.protocol == "query/gallery" and report.new_source == "new_model.onnx"
     assert report.queries == int(digits.is_query.sum())
     for scores in report.scores.values():

@@ -23,7 +23,7 @@ from dmu_migrate.errors import InputError
 from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.metrics import l2_normalize, retrieval_scores
 from dmu_migrate.training.checkpoint import FILE, work_dir
-from dmu_migrate.training.loop import pick_device, split_by_label
+from dmu_migrate.training.loop import held_out_kind, pick_device, split_by_label
 from dmu_migrate.training.trainer import TrainConfig, train
 from dmu_migrate.training.upgrade import train_upgrade
 
@@ -119,7 +119,7 @@ def test_adapter_method_fits_psi_only_and_ships_no_new_model(
     after = (evolved * l2_normalize(table.new)).sum(1).mean()
     assert after > before + 0.1, (before, after)
     if kind == "mlp":
-        assert m.training["validation"]["identities"] == 3
+        assert m.training["validation"]["identities"] == 10  # rows of every digit
         assert {"nce", "cos", "ce", "val"} <= set(m.training["log"][0])
 
 
@@ -226,20 +226,20 @@ def test_resume_without_checkpoint_is_refused(tmp_path: Path, digits: Digits) ->
 def test_validation_holds_out_identities_and_early_stopping_keeps_the_best_epoch(
     tmp_path: Path, digits: Digits
 ) -> None:
-    config = dataclasses.replace(FAST, epochs=12, lr=2e-2, val_fraction=0.3, patience=2)
+    config = dataclasses.replace(FAST, epochs=12, lr=0.5, val_fraction=0.3, patience=2)
     report = train_upgrade(digits.train_path, tmp_path, "e", config)
     log, training = report.log, report.artifact.manifest.training
     scores = [entry["val"] for entry in log]
     best = training["best_epoch"]
     assert scores[best - 1] == max(scores) == training["best_val"]
-    # A high learning rate overshoots after a few epochs on 7 training digits: the
-    # run stops `patience` epochs after its best one instead of running all 12.
+    # A learning rate far too high overshoots after a few epochs: the run
+    # stops `patience` epochs after its best one instead of running all 12.
     assert len(log) < config.epochs and len(log) - best == config.patience
     # The artifact holds the best epoch's weights: re-score the held-out identities with it.
     table = read_table(digits.train_path)
     train_idx, val_idx = split_by_label(table.labels, config.val_fraction, config.seed)
-    assert not set(table.labels[train_idx]) & set(table.labels[val_idx])
-    assert training["validation"]["identities"] == 3
+    assert not set(train_idx.tolist()) & set(val_idx.tolist())
+    assert training["validation"] == {"rows": len(val_idx), "identities": 10, "held_out": "rows"}
     new = onnx(report.artifact, "new_model.onnx", table.x[val_idx])
     evolved = onnx(report.artifact, "adapter.onnx", table.old[val_idx])
     y = table.labels[val_idx]
@@ -250,23 +250,36 @@ def test_validation_holds_out_identities_and_early_stopping_keeps_the_best_epoch
     assert np.mean(rescored) == pytest.approx(training["best_val"], abs=1e-4)
 
 
-def test_validation_split_needs_two_identities_each_side(digits: Digits) -> None:
+def test_validation_split_refuses_a_share_that_holds_out_nothing(digits: Digits) -> None:
     table = read_table(digits.train_path)
-    with pytest.raises(InputError, match="--val-fraction"):
-        train(table.x, table.old, table.labels, dataclasses.replace(FAST, val_fraction=0.05))
+    with pytest.raises(InputError, match="--val-fraction 0.001 holds out no rows"):
+        train(table.x, table.old, table.labels, dataclasses.replace(FAST, val_fraction=0.001))
 
 
 def test_validation_holds_out_only_identities_that_can_be_retrieved() -> None:
-    # Identities 0-3 have one row each: leave-one-out has nothing to find for them.
-    labels = np.array([0, 1, 2, 3, 4, 4, 5, 5, 6, 6, 7, 7])
+    # 60 identities: 0-19 have one row each, which leave-one-out cannot score.
+    labels = np.concatenate([np.arange(20), np.repeat(np.arange(20, 60), 2)])
     for seed in range(5):
         train_idx, val_idx = split_by_label(labels, 0.25, seed)
-        assert set(labels[val_idx]) <= {4, 5, 6, 7} and len(set(labels[val_idx])) == 2
+        held = set(labels[val_idx].tolist())
+        assert held <= set(range(20, 60)) and len(held) == 15
+        assert not held & set(labels[train_idx].tolist())  # whole identities, never split
         assert sorted([*train_idx, *val_idx]) == list(range(len(labels)))
     with pytest.raises(InputError, match="identities with 2\\+ rows"):
-        split_by_label(labels, 0.6, 0)  # 5 of 8 identities, only 4 eligible
-    _, val_idx = split_by_label(np.arange(10), 0.3, 0, min_rows=1)  # unlabelled pairs
-    assert len(val_idx) == 3
+        split_by_label(labels, 0.7, 0)  # 42 of 60 identities, only 40 eligible
+    _, val_idx = split_by_label(np.arange(100), 0.3, 0, min_rows=1)  # unlabelled pairs
+    assert len(val_idx) == 30
+
+
+def test_few_classes_hold_out_rows_of_every_class() -> None:
+    # Ten classes are a closed set the gallery shares: holding out two whole
+    # classes would train on eight and validate on a task that never occurs.
+    labels = np.repeat(np.arange(10), 20)
+    train_idx, val_idx = split_by_label(labels, 0.2, 0)
+    assert held_out_kind(labels) == "rows" and len(val_idx) == 40
+    for part in (train_idx, val_idx):
+        assert set(labels[part].tolist()) == set(range(10))
+    assert not set(train_idx.tolist()) & set(val_idx.tolist())
 
 
 def test_device_auto_picks_cuda_only_when_present() -> None:

@@ -44,6 +44,7 @@ def configure(
 
 
 app.command()(training.train)
+app.command()(training.transition)
 app.command()(evaluation.evaluate)
 app.command()(migration.evolve)
 app.command()(migration.verify)

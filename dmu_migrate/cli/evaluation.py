@@ -122,6 +122,7 @@ def evaluate(
         out.print(derived_table(report))
         if plot is not None:
             out.print(f"chart: {plot}")
+        out.print(report.verdict.line, markup=False)
 
 
 def _check_plotting(plot: Path) -> None:

@@ -129,6 +129,12 @@ def evolve(
         typer.Option(help="Forget this migration's ledger record and start from the first row."),
     ] = False,
     yes_overwrite: Annotated[bool, typer.Option(help="Confirm --strategy in-place.")] = False,
+    accept_regression: Annotated[
+        bool,
+        typer.Option(
+            help="Move the alias even if the adapter's validated new->evolved is below old->old."
+        ),
+    ] = False,
     max_retries: Annotated[
         int,
         typer.Option(
@@ -210,6 +216,7 @@ def evolve(
             "target_field": target_field,
             "filter": filter,
             "yes_overwrite": yes_overwrite,
+            "accept_regression": accept_regression,
         }
         with opened(uri, token) as store:
             plan = build_plan(store, collection, adapter, threads, **plan_args)
@@ -316,6 +323,7 @@ def verify(
                 vector_field=vector_field,
                 target_field=target_field,
                 yes_overwrite=True,
+                accept_regression=True,  # verify judges the data, not the upgrade
             )
             if not store.has_collection(plan.target):
                 raise StoreError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -25,35 +27,38 @@ from dmu_migrate.cli.common import (
 )
 from dmu_migrate.data import Columns
 
-# TrainConfig fields that are also flags of `train`; a flag overrides --config
-# only when the user typed it, so the defaults below never mask the file.
-CONFIG_FLAGS = (
-    "method",
-    "adapter_kind",
-    "discriminativeness",
-    "model",
-    "image_shape",
-    "dim",
-    "hidden",
-    "adapter_hidden",
-    "adapter_layers",
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "gamma",
-    "beta",
-    "lambda_b",
-    "lambda_f",
-    "scale",
-    "margin",
-    "tau",
-    "detach",
-    "val_fraction",
-    "patience",
-    "device",
-    "seed",
-)
+
+def _setting_options() -> list[inspect.Parameter]:
+    """One option per TrainConfig field, its default and help taken from the field itself.
+
+    A flag overrides --config only when the user typed it (see ``train``), so
+    these defaults never mask the file.
+    """
+    from dmu_migrate.training.config import TrainConfig
+
+    defaults = TrainConfig()
+    options = []
+    for f in dataclasses.fields(TrainConfig):
+        default = getattr(defaults, f.name)
+        kind: Any = type(default)
+        if f.name == "image_shape":
+            kind = str | None  # typed as C,H,W; parse_image_shape turns it into a tuple
+        elif default is None:
+            kind = int | None
+        choices = f.metadata.get("choices")
+        option = typer.Option(
+            help=f.metadata.get("help", ""),
+            metavar=f"[{'|'.join(choices)}]" if choices else None,
+        )
+        options.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[kind, option],
+            )
+        )
+    return options
 
 
 def train(
@@ -65,33 +70,6 @@ def train(
         Path | None,
         typer.Option("--config", help="TOML file of training settings; flags given override it."),
     ] = None,
-    method: Annotated[
-        str,
-        typer.Option(
-            help="dmu (selective compatibility + adapter); bct (sets gamma 0 and lambda_f 0, "
-            "ships an identity adapter); independent (sets lambda_b 0: the full-backfill "
-            "reference, psi trained on detached targets); adapter (fixed new model: fit psi on "
-            "the NEW_COL embeddings, no new_model.onnx)."
-        ),
-    ] = "dmu",
-    adapter_kind: Annotated[
-        str, typer.Option(help="For --method adapter: mlp, procrustes or affine.")
-    ] = "mlp",
-    discriminativeness: Annotated[
-        str,
-        typer.Option(help="Old-feature quality q: probability, margin or entropy (label-free)."),
-    ] = "probability",
-    model: Annotated[
-        str,
-        typer.Option(
-            help="New model: mlp (over X_COL features), cnn (X_COL holds pixels; needs "
-            "--image-shape) or package.module:factory returning an nn.Module, called as "
-            "factory(input_dim=..., output_dim=...)."
-        ),
-    ] = "mlp",
-    image_shape: Annotated[
-        str | None, typer.Option(help="C,H,W of the flattened pixels in X_COL, e.g. 1,28,28.")
-    ] = None,
     label_col: LabelCol = "label",
     old_col: OldCol = "old",
     x_col: XCol = "x",
@@ -100,44 +78,16 @@ def train(
     ] = "new",
     from_version: Annotated[str, typer.Option(help="Version id of the old vectors.")] = "v1",
     to_version: Annotated[str, typer.Option(help="Version id of the new space.")] = "v2",
-    dim: Annotated[int | None, typer.Option(help="New embedding size (default: old size).")] = None,
-    hidden: Annotated[int, typer.Option(help="Hidden width of the new MLP/CNN head.")] = 256,
-    adapter_hidden: Annotated[int, typer.Option(help="Hidden width of the adapter psi.")] = 256,
-    adapter_layers: Annotated[int, typer.Option(help="Hidden blocks of the adapter psi.")] = 1,
-    epochs: int = 30,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    weight_decay: float = 1e-4,
-    gamma: Annotated[float, typer.Option(help="Selectivity of compatibility; 0 = BCT.")] = 1.0,
-    beta: Annotated[
-        float, typer.Option(help="Extra adaptation weight of poor old features.")
-    ] = 1.0,
-    lambda_b: Annotated[float, typer.Option(help="Weight of backward compatibility.")] = 1.0,
-    lambda_f: Annotated[float, typer.Option(help="Weight of forward adaptation.")] = 1.0,
-    scale: Annotated[float, typer.Option(help="Logit scale s of the cosine losses.")] = 30.0,
-    margin: Annotated[float, typer.Option(help="CosFace margin of the new classifier.")] = 0.2,
-    tau: Annotated[float, typer.Option(help="InfoNCE temperature.")] = 0.05,
-    detach: Annotated[
-        bool, typer.Option(help="Adapter targets are detached: psi cannot drag the new model.")
-    ] = True,
-    val_fraction: Annotated[
-        float,
-        typer.Option(help="Share of identities held out for early stopping (0 = train on all)."),
-    ] = 0.0,
-    patience: Annotated[
-        int, typer.Option(help="Stop after this many epochs without validation gain; 0 = never.")
-    ] = 5,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
-    seed: int = 0,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run from its checkpoint.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact.")] = False,
     as_json: AsJson = False,
+    **settings: Any,
 ) -> None:
     """Train the new model and the forward adapter; export ONNX and a manifest.
 
-    Example: dmu-migrate train train.parquet --name faces-v2 --epochs 30 --val-fraction 0.2
+    Example: dmu-migrate train train.parquet --name faces-v2 --method dmu
     """
     with user_errors():
         needs_train_extra()
@@ -145,10 +95,9 @@ def train(
         from dmu_migrate.training.config import build_config, load_config_file, parse_image_shape
         from dmu_migrate.training.upgrade import train_upgrade
 
-        given = locals()
         flags = {
-            key: given[key]
-            for key in CONFIG_FLAGS
+            key: value
+            for key, value in settings.items()
             # Compared by name: typer may ship its own copy of click's enum.
             if getattr(ctx.get_parameter_source(key), "name", "DEFAULT") != "DEFAULT"
         }
@@ -186,13 +135,27 @@ def train(
             f"on {m.training['device']}" + (f" x {ranks} processes" if ranks > 1 else "")
         )
         if m.training.get("best_val") is not None:
+            validation = m.training["validation"]
             out.print(
                 f"  kept epoch {m.training['best_epoch']}: validation mAP "
-                f"{m.training['best_val']:.4f} on {m.training['validation']['identities']} "
-                f"held-out identities"
+                f"{m.training['best_val']:.4f} on {validation['identities']} held-out "
+                f"{validation.get('held_out', 'identities')}"
             )
+        if m.quality:
+            out.print("  " + m.quality["verdict"], markup=False)
         for key, value in m.parity.items():
             out.print(f"  onnxruntime vs torch {key}: {value:.2e}")
+
+
+def _with_settings(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` a signature whose **settings are the TrainConfig options."""
+    signature = inspect.signature(command, eval_str=True)
+    fixed = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    command.__signature__ = signature.replace(parameters=fixed + _setting_options())  # type: ignore[attr-defined]
+    return command
+
+
+train = _with_settings(train)
 
 
 def _epoch_progress(bar: Progress, epochs: int) -> Callable[[int, dict[str, float]], None]:
@@ -249,3 +212,56 @@ def demo(
         for label, top_evolved, top_old in s.examples:
             out.print(f"  query digit {label}: evolved top-1 {top_evolved}, old top-1 {top_old}")
         out.print(f"artifact: {result.train.artifact.path}   database: {workdir / 'gallery.db'}")
+
+
+def transition(
+    adapter: Annotated[Path, typer.Option(help="Artifact directory written by train.")],
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Where to write them (default: beside the artifact).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing artifacts.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Derive the transition artifacts: <name>-transition (v1 -> v2_fused) and <name>-exit.
+
+    While the old encoder still runs at query time, evolve with <name>-transition
+    stores [o ; psi(o)] and queries [a q_old ; b q_new] (its new_model.onnx takes
+    both embeddings side by side); evolve with <name>-exit later keeps psi(o) only.
+
+    Example: dmu-migrate transition --adapter adapters/faces-v2
+    """
+    with user_errors():
+        needs_train_extra()
+        from dmu_migrate.quality import verdict
+        from dmu_migrate.training.transition import make_transition
+
+        made = make_transition(adapter, out_dir, overwrite)
+        rows = {"transition": made.transition, "exit": made.exit}
+        if as_json:
+            out.print_json(
+                json.dumps(
+                    {k: {"path": str(a.path), **a.manifest.__dict__} for k, a in rows.items()},
+                    default=str,
+                )
+            )
+            return
+        fusion = made.transition.manifest.training["fusion"]
+        for kind, artifact in rows.items():
+            m = artifact.manifest
+            out.print(
+                f"{kind}: {artifact.path} ({m.from_version} -> {m.to_version}, {m.old_dim}-d -> {m.new_dim}-d)",
+                markup=False,
+            )
+        out.print(
+            f"query = [{fusion['a']:.2f} q_old ; {fusion['b']:.2f} q_new]: validated R@1 "
+            f"{100 * fusion['R@1']:.1f}",
+            markup=False,
+        )
+        out.print(
+            "  "
+            + verdict(
+                made.transition.validated,
+                f"validated at training of '{made.transition.manifest.name}'",
+            ).line,
+            markup=False,
+        )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 
 from dmu_migrate.errors import InputError
 from dmu_migrate.evolve.ledger import Record
 from dmu_migrate.evolve.transform import AdapterChain
+from dmu_migrate.quality import check_gate, verdict
 from dmu_migrate.stores.base import TAG_FROM, TAG_ORIGIN, TAG_VERSION, CollectionInfo, VectorStore
+
+log = logging.getLogger(__name__)
 
 NEW_COLLECTION, NEW_FIELD, IN_PLACE = "new-collection", "new-field", "in-place"
 STRATEGIES = (NEW_COLLECTION, NEW_FIELD, IN_PLACE)
@@ -77,6 +81,21 @@ def target_name(source: str, from_version: str, to_version: str) -> str:
     return f"{base}__{to_version}"
 
 
+def gate(chain: AdapterChain, accept_regression: bool) -> None:
+    """Refuse, before anything is written, an upgrade validated as worse than today's system."""
+    for artifact in chain.artifacts:
+        if accept_regression:
+            result = verdict(
+                artifact.validated, f"validated at training of '{artifact.manifest.name}'"
+            )
+            if result.deploy is False:
+                log.warning("--accept-regression: %s", result.line)
+            continue
+        result = check_gate(artifact.manifest.name, artifact.validated)
+        if result.deploy is None:
+            log.warning("adapter '%s': %s", artifact.manifest.name, result.line)
+
+
 def make_plan(
     store: VectorStore,
     collection: str,
@@ -87,6 +106,7 @@ def make_plan(
     target_field: str | None = None,
     filter: str | None = None,
     yes_overwrite: bool = False,
+    accept_regression: bool = False,
 ) -> Plan:
     if not collection.strip():
         raise InputError("--collection is empty; give the collection or alias to evolve")
@@ -105,6 +125,10 @@ def make_plan(
     if rows == 0:
         raise InputError(f"--filter selects no rows of '{collection}'; check the expression")
 
+    if strategy == IN_PLACE or (strategy == NEW_COLLECTION and filter is None):
+        # Both change what the application's queries search; new-field and a
+        # --filter subset leave that to an explicit step.
+        gate(chain, accept_regression)
     if strategy == NEW_COLLECTION:
         alias = resolve_alias(store, info, alias)
         target = target_name(info.name, chain.from_version, chain.to_version)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dmu_migrate.errors import InputError
+from dmu_migrate.quality import measure
 from dmu_migrate.training.checkpoint import Checkpoint
 from dmu_migrate.training.closed_form import fit_affine, fit_procrustes
 from dmu_migrate.training.config import TrainConfig
@@ -20,6 +21,7 @@ from dmu_migrate.training.loop import (
     EpochCallback,
     Validate,
     embed_rows,
+    held_out_kind,
     map_score,
     pick_device,
     run_epochs,
@@ -51,7 +53,11 @@ def fit_adapter(
     train_idx, val_idx = split_by_label(ids, config.val_fraction, config.seed, min_rows)
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
-    validation = {"rows": len(val_idx), "identities": len(np.unique(ids[val_idx]))}
+    validation: dict[str, int | str] = {
+        "rows": len(val_idx),
+        "identities": len(np.unique(ids[val_idx])),
+        "held_out": held_out_kind(ids),
+    }
 
     if config.adapter_kind in ("procrustes", "affine"):
         o, n = old[train_idx], new[train_idx]
@@ -65,7 +71,10 @@ def fit_adapter(
         if len(val_idx):
             best_val = _paired_map(adapter, old[val_idx], new[val_idx], ids[val_idx], labels)
             log.append({"epoch": 1, "val_new_evolved": best_val, "val": best_val})
-        return TrainResult(None, adapter, log, 1, best_val, "cpu", new.shape[1], validation, None)
+        figures = _figures(adapter, old, new, labels, val_idx, config.seed)
+        return TrainResult(
+            None, adapter, log, 1, best_val, "cpu", new.shape[1], validation, None, figures
+        )
 
     olds = torch.tensor(old[train_idx], dtype=torch.float32, device=device)
     news = torch.tensor(new[train_idx], dtype=torch.float32, device=device)
@@ -122,6 +131,7 @@ def fit_adapter(
         new_dim=new.shape[1],
         validation=validation,
         q_mean=None if q is None else float(q.mean()),
+        quality=_figures(adapter, old, new, labels, val_idx, config.seed),
     )
 
 
@@ -141,3 +151,21 @@ def _paired_map(
     with torch.no_grad():
         evolved = embed_rows(adapter, torch.tensor(old, dtype=torch.float32, device=device))
     return map_score(torch.tensor(new), evolved, ids, leave_one_out=labels is not None)
+
+
+def _figures(
+    adapter: nn.Module,
+    old: np.ndarray,
+    new: np.ndarray,
+    labels: np.ndarray | None,
+    val_idx: np.ndarray,
+    seed: int,
+) -> dict[str, dict[str, float]]:
+    """The deploy settings on the held-out rows; unlabelled pairs have no identities to score."""
+    if not len(val_idx) or labels is None:
+        return {}
+    device = next(iter(adapter.parameters())).device
+    with torch.no_grad():
+        rows = torch.tensor(old[val_idx], dtype=torch.float32, device=device)
+        evolved = embed_rows(adapter, rows).cpu().numpy()
+    return measure(old[val_idx], new[val_idx], evolved, labels[val_idx], seed)

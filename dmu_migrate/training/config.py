@@ -32,33 +32,67 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A TrainConfig field with its help text: the one place a setting is written.
+
+    ``train``'s flags are generated from these fields (cli/training.py), so a
+    default or a help text never has a second copy to drift from.
+    """
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, tuple):
+        return dataclasses.field(default_factory=lambda: default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    method: str = "dmu"  # dmu | bct | independent | adapter
-    adapter_kind: str = "mlp"  # method adapter only: mlp | procrustes | affine
-    discriminativeness: str = "probability"  # q_i: probability | margin | entropy
-    model: str = "mlp"  # new model: mlp | cnn | "package.module:factory"
-    image_shape: tuple[int, ...] | None = None  # (C, H, W) of the flattened x, for cnn
-    dim: int | None = None  # new embedding size; None = the old size (needed for new->old)
-    hidden: int = 256
-    adapter_hidden: int = 256
-    adapter_layers: int = 1  # hidden blocks of the residual MLP psi
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    scale: float = 30.0
-    margin: float = 0.2
-    gamma: float = 1.0  # selective weighting of backward compatibility; 0 = plain BCT
-    beta: float = 1.0  # extra forward-adaptation weight for poor old features
-    lambda_b: float = 1.0
-    lambda_f: float = 1.0
-    tau: float = 0.05
-    detach: bool = True
-    val_fraction: float = 0.0  # share of identities held out for early stopping; 0 = none
-    patience: int = 5  # epochs without validation gain before stopping; 0 = never stop
-    device: str = "auto"  # auto | cpu | cuda
-    seed: int = 0
+    method: str = setting(
+        "dmu",
+        "dmu (selective compatibility + adapter); bct (gamma 0, lambda_f 0, identity "
+        "adapter); independent (lambda_b 0: the full-backfill reference); adapter (fixed "
+        "new model: fit psi on the NEW_COL embeddings, no new_model.onnx).",
+        METHODS,
+    )
+    adapter_kind: str = setting("mlp", "For --method adapter: the form of psi.", ADAPTER_KINDS)
+    discriminativeness: str = setting(
+        "probability", "Old-feature quality q (entropy is label-free).", MEASURES
+    )
+    model: str = setting(
+        "linear",
+        "New model: linear or mlp (over X_COL features, standardised), cnn (X_COL holds "
+        "pixels; needs --image-shape) or package.module:factory returning an nn.Module, "
+        "called as factory(input_dim=..., output_dim=...).",
+    )
+    image_shape: tuple[int, ...] | None = setting(
+        None, "C,H,W of the flattened pixels in X_COL, e.g. 1,28,28."
+    )
+    dim: int | None = setting(
+        None, "New embedding size (default: the old size, which BCT/DMU need)."
+    )
+    hidden: int = setting(256, "Hidden width of the mlp and cnn heads.")
+    dropout: float = setting(0.5, "Dropout on the standardised input of the linear/mlp heads.")
+    adapter_hidden: int = setting(256, "Hidden width of the adapter psi.")
+    adapter_layers: int = setting(1, "Hidden blocks of the adapter psi.")
+    epochs: int = setting(30, "Most epochs; early stopping usually ends sooner.")
+    batch_size: int = setting(256, "Rows per step (per process under torchrun).")
+    lr: float = setting(2e-3, "Peak learning rate of AdamW's one-cycle schedule.")
+    weight_decay: float = setting(1e-4, "AdamW weight decay.")
+    scale: float = setting(30.0, "Logit scale s of the cosine losses.")
+    margin: float = setting(0.2, "CosFace margin of the new classifier.")
+    gamma: float = setting(1.0, "Selectivity of backward compatibility: w = q**gamma; 0 = BCT.")
+    beta: float = setting(1.0, "Extra adaptation weight of poor old features: 1 + beta (1 - q).")
+    lambda_b: float = setting(1.0, "Weight of backward compatibility.")
+    lambda_f: float = setting(1.0, "Weight of forward adaptation.")
+    tau: float = setting(0.05, "InfoNCE temperature.")
+    detach: bool = setting(True, "Adapter targets are detached: psi cannot drag the new model.")
+    val_fraction: float = setting(
+        0.1,
+        "Share held out for early stopping and the quality gate: identities (50+ classes) "
+        "or rows of each class; 0 = none.",
+    )
+    patience: int = setting(5, "Stop after this many epochs without validation gain; 0 = never.")
+    device: str = setting("auto", "auto (CUDA when present), cpu or cuda.", DEVICES)
+    seed: int = setting(0, "Seed of the split, initialisation and batches.")
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -95,9 +129,9 @@ class TrainConfig:
                 raise InputError(
                     f"{flag(name)} '{value}' is unknown; use one of {', '.join(allowed)}"
                 )
-        if self.model not in ("mlp", "cnn") and ":" not in self.model:
+        if self.model not in ("linear", "mlp", "cnn") and ":" not in self.model:
             raise InputError(
-                f"--model '{self.model}' is unknown; use mlp, cnn or 'package.module:factory'"
+                f"--model '{self.model}' is unknown; use linear, mlp, cnn or 'package.module:factory'"
             )
         if self.model == "cnn" and self.image_shape is None:
             raise InputError("--model cnn needs --image-shape C,H,W (e.g. 1,28,28)")
@@ -116,6 +150,8 @@ class TrainConfig:
                 raise InputError(f"{flag(name)} must be >= 0 (got {getattr(self, name)})")
         if not self.lr > 0:
             raise InputError(f"--lr must be > 0 (got {self.lr})")
+        if not 0 <= self.dropout < 1:
+            raise InputError(f"--dropout must be in [0, 1) (got {self.dropout})")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
 

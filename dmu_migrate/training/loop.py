@@ -37,34 +37,65 @@ def pick_device(name: str = "auto") -> torch.device:
     return distributed.local_device(torch.device(name))
 
 
+# Below this many identities a table is a closed set of classes (digits,
+# clothing types) that the gallery shares with training, so validation holds
+# out rows; from it on, identities, as a gallery of unseen faces or products needs.
+MIN_IDENTITIES_HELD_OUT = 50
+
+
 def split_by_label(
     labels: np.ndarray, fraction: float, seed: int, min_rows: int = 2
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (train, validation), holding out whole identities.
+    """Row indices (train, validation).
 
-    Validation identities are never seen in training, so early stopping
-    measures retrieval of unseen identities, which is what a gallery holds.
-    Only identities with ``min_rows`` rows are held out: a lone item has
-    nothing to retrieve under leave-one-out, and would score as NaN.
+    With many identities, whole identities are held out: they are never seen
+    in training, so early stopping measures retrieval of unseen identities,
+    which is what a gallery holds. Only identities with ``min_rows`` rows are
+    held out: a lone item has nothing to retrieve under leave-one-out, and
+    would score as NaN. With few classes (see MIN_IDENTITIES_HELD_OUT) a
+    seeded share of each class's rows is held out instead.
     """
     if fraction <= 0:
         return np.arange(len(labels)), np.zeros(0, dtype=np.int64)
     classes, counts = np.unique(labels, return_counts=True)
+    rng = np.random.default_rng(seed)
+    if len(classes) < MIN_IDENTITIES_HELD_OUT:
+        return _split_rows(labels, fraction, rng)
     n_val = int(round(fraction * len(classes)))
-    if n_val < 2 or len(classes) - n_val < 2:
-        raise InputError(
-            f"--val-fraction {fraction} holds out {n_val} of {len(classes)} identities; "
-            f"validation and training each need at least 2, so change --val-fraction or pass 0"
-        )
     eligible = classes[counts >= min_rows]
     if len(eligible) < n_val:
         raise InputError(
             f"--val-fraction {fraction} needs {n_val} identities with {min_rows}+ rows but the "
             f"table has {len(eligible)}; lower --val-fraction or pass 0"
         )
-    held = np.random.default_rng(seed).choice(eligible, size=n_val, replace=False)
+    held = rng.choice(eligible, size=n_val, replace=False)
     is_val = np.isin(labels, held)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def held_out_kind(labels: np.ndarray) -> str:
+    """What split_by_label holds out of this table: "identities" or "rows"."""
+    return "identities" if len(np.unique(labels)) >= MIN_IDENTITIES_HELD_OUT else "rows"
+
+
+def _split_rows(
+    labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out ``fraction`` of each class's rows, keeping at least one row per class in
+    training and two in validation (leave-one-out needs a partner)."""
+    val: list[np.ndarray] = []
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        n = int(round(fraction * len(rows)))
+        if n >= 2 and len(rows) - n >= 1:
+            val.append(rows[:n])
+    if not val:
+        raise InputError(
+            f"--val-fraction {fraction} holds out no rows: every class is too small to split; "
+            f"raise --val-fraction or pass 0"
+        )
+    held = np.sort(np.concatenate(val))
+    return np.setdiff1d(np.arange(len(labels)), held), held
 
 
 def embed_rows(module: nn.Module, rows: torch.Tensor, batch: int = 2048) -> torch.Tensor:

@@ -16,12 +16,14 @@ import torch
 from torch import nn
 
 from dmu_migrate.errors import InputError
+from dmu_migrate.quality import fit_fusion, measure
 from dmu_migrate.training.checkpoint import Checkpoint
 from dmu_migrate.training.config import TrainConfig
 from dmu_migrate.training.loop import (
     EpochCallback,
     Validate,
     embed_rows,
+    held_out_kind,
     map_score,
     pick_device,
     run_epochs,
@@ -48,8 +50,11 @@ class TrainResult:
     best_val: float | None = None
     device: str = "cpu"
     new_dim: int = 0
-    validation: dict[str, int] = field(default_factory=dict)  # rows/identities held out
+    validation: dict[str, int | str] = field(default_factory=dict)  # rows/identities held out
     q_mean: float | None = None  # mean old discriminativeness of the training rows
+    # R@1/mAP per deploy setting on the held-out rows, with the kept weights (quality.py)
+    quality: dict[str, dict[str, float]] = field(default_factory=dict)
+    fusion: dict[str, float] = field(default_factory=dict)  # transition weights (quality.py)
 
 
 def validate(config: TrainConfig, old_dim: int, num_classes: int, rows: int) -> int:
@@ -102,15 +107,21 @@ def train(
 
     # The new model and its classifier are built first, so their initial
     # weights do not depend on whether (or how) psi is built after them.
-    model = build_new_model(config.model, x.shape[1], new_dim, config.hidden, config.image_shape)
+    model = build_new_model(
+        config.model, x[train_idx], new_dim, config.hidden, config.image_shape, config.dropout
+    )
     model = model.to(device)
     classifier = CosFaceLoss(new_dim, num_classes, config.scale, config.margin).to(device)
     train_psi = config.lambda_f > 0
-    adapter: nn.Module = (
-        ResidualAdapter(old.shape[1], new_dim, config.adapter_hidden, config.adapter_layers)
-        if train_psi
-        else IdentityAdapter()
-    ).to(device)
+    # psi draws its initial weights from a generator of its own, so that the
+    # dropout masks of the new model are the same whether psi exists or not.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed + 1)
+        adapter: nn.Module = (
+            ResidualAdapter(old.shape[1], new_dim, config.adapter_hidden, config.adapter_layers)
+            if train_psi
+            else IdentityAdapter()
+        ).to(device)
     sbc = SelectiveCompatibilityLoss(config.scale, config.gamma)
     fa = ForwardAdaptationLoss(classifier, config.tau, config.beta, config.detach)
     modules = {"model": model, "classifier": classifier, "adapter": adapter}
@@ -153,6 +164,18 @@ def train(
     loop = run_epochs(
         config, modules, optimizer, len(train_idx), step, validator, checkpoint, on_epoch
     )
+    figures: dict[str, dict[str, float]] = {}
+    fusion: dict[str, float] = {}
+    if len(val_idx):
+        with torch.no_grad():
+            held_out = (
+                old[val_idx],
+                embed_rows(model, x_val).cpu().numpy(),
+                embed_rows(adapter, old_val).cpu().numpy(),
+                labels[val_idx],
+            )
+        figures = measure(*held_out, seed=config.seed)
+        fusion = fit_fusion(*held_out)
     return TrainResult(
         new_model=model,
         adapter=adapter,
@@ -161,6 +184,12 @@ def train(
         best_val=loop.best_val,
         device=str(device),
         new_dim=new_dim,
-        validation={"rows": len(val_idx), "identities": len(np.unique(labels[val_idx]))},
+        validation={
+            "rows": len(val_idx),
+            "identities": len(np.unique(labels[val_idx])),
+            "held_out": held_out_kind(labels),
+        },
         q_mean=float(q.mean()),
+        quality=figures,
+        fusion=fusion,
     )

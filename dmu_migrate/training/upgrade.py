@@ -20,6 +20,7 @@ from dmu_migrate.artifact import (
 )
 from dmu_migrate.data import Columns, Table, read_table
 from dmu_migrate.errors import InputError
+from dmu_migrate.quality import verdict
 from dmu_migrate.training import distributed
 from dmu_migrate.training.adapter_only import fit_adapter
 from dmu_migrate.training.checkpoint import FILE, Checkpoint, work_dir
@@ -165,6 +166,13 @@ def _write_artifact(
                 "log": result.log,
             },
         )
+        if result.quality:
+            manifest.quality = {
+                "settings": result.quality,
+                **({"fusion": result.fusion} if result.fusion else {}),
+                **result.validation,
+                "verdict": verdict(result.quality, "held-out identities").line,
+            }
         write_manifest(staging, manifest)
         if target.exists():
             shutil.rmtree(target)

@@ -1,0 +1,109 @@
+"""The quality gate: does the upgrade retrieve better than not upgrading?
+
+``train`` measures every deploy setting on identities it held out (never
+trained on) and records them in the manifest; ``evaluate`` ends with the same
+verdict on the user's table; ``evolve`` refuses to move an alias to a
+regression unless told to. The floor of every deployed state is old->old,
+today's system (../shared/method.md).
+
+Numpy only: the evolve image checks the gate without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from dmu_migrate.errors import QualityGateError
+from dmu_migrate.metrics import l2_normalize, retrieval_scores
+
+# Settings measured at train time; "fused" is the transition deploy mode
+# (old and evolved vectors side by side, queried by both encoders).
+SETTINGS = ("old->old", "new->old", "new->evolved", "new->mixed", "new->new")
+GATE_SETTING = "new->evolved"  # what evolve deploys
+FLOOR_SETTING = "old->old"  # today's system
+METRIC = "R@1"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    deploy: bool | None  # None: no figures to judge by
+    line: str
+
+
+def measure(
+    old: np.ndarray,
+    new: np.ndarray,
+    evolved: np.ndarray,
+    labels: np.ndarray,
+    seed: int = 0,
+    mixed_fraction: float = 0.5,
+) -> dict[str, dict[str, float]]:
+    """R@1 and mAP of each setting, leave-one-out over the rows (held-out identities).
+
+    new->mixed draws a seeded ``mixed_fraction`` of the gallery natively new,
+    as the store holds after new inserts.
+    """
+    vectors = {"old": l2_normalize(old), "new": l2_normalize(new), "evolved": l2_normalize(evolved)}
+    native = np.random.default_rng(seed).permutation(len(labels))
+    native = native[: round(mixed_fraction * len(labels))]
+    mixed = vectors["evolved"].copy()
+    mixed[native] = vectors["new"][native]
+    vectors["mixed"] = mixed
+    out: dict[str, dict[str, float]] = {}
+    for setting in SETTINGS:
+        query, gallery = setting.split("->")
+        if vectors[query].shape[1] != vectors[gallery].shape[1]:
+            continue  # new->old across sizes: the spaces cannot be compared
+        s = retrieval_scores(
+            vectors[query], labels, vectors[gallery], labels, ks=(1,), leave_one_out=True
+        )
+        out[setting] = {"R@1": float(s.recall[1]), "mAP": float(s.mean_ap)}
+    return out
+
+
+def fit_fusion(
+    old: np.ndarray, new: np.ndarray, evolved: np.ndarray, labels: np.ndarray
+) -> dict[str, float]:
+    """The weight of the old half that retrieves best on held-out rows (R@1, then mAP).
+
+    Returns {"a", "b", "R@1", "mAP"}: the query is [a q_old ; b q_new] with a + b = 1.
+    """
+    gallery = np.hstack([l2_normalize(old), l2_normalize(evolved)])
+    best = (-1.0, -1.0, -1.0, 0.0)
+    for weight in np.linspace(0.0, 1.0, 11):
+        query = np.hstack([weight * l2_normalize(old), (1.0 - weight) * l2_normalize(new)])
+        s = retrieval_scores(query, labels, gallery, labels, ks=(1,), leave_one_out=True)
+        # Ties go to the weights nearest an even split: they keep both views.
+        key = (float(s.recall[1]), float(s.mean_ap), -abs(float(weight) - 0.5), float(weight))
+        best = max(best, key)
+    r1, mean_ap, _, weight = best
+    return {"a": weight, "b": 1.0 - weight, "R@1": r1, "mAP": mean_ap}
+
+
+def verdict(figures: Mapping[str, Mapping[str, float]] | None, where: str) -> Verdict:
+    """The one-line deploy verdict of a set of figures (``where`` says whose)."""
+    if not figures or GATE_SETTING not in figures or FLOOR_SETTING not in figures:
+        return Verdict(None, f"no validated figures in {where}; train with --val-fraction > 0")
+    gain = figures[GATE_SETTING][METRIC] - figures[FLOOR_SETTING][METRIC]
+    numbers = (
+        f"{GATE_SETTING} {100 * figures[GATE_SETTING][METRIC]:.1f} "
+        f"{'>' if gain > 0 else '<=' if gain < 0 else '='} "
+        f"{FLOOR_SETTING} {100 * figures[FLOOR_SETTING][METRIC]:.1f} {METRIC} ({where})"
+    )
+    if gain >= 0:  # a tie is no regression: the gate guards the floor
+        return Verdict(True, f"deploy: {numbers}")
+    return Verdict(False, f"do not deploy: {numbers}")
+
+
+def check_gate(name: str, figures: Mapping[str, Mapping[str, float]] | None) -> Verdict:
+    """Refuse a regression with a one-line error naming both numbers and the way past it."""
+    result = verdict(figures, f"validated at training of '{name}'")
+    if result.deploy is False:
+        raise QualityGateError(
+            f"adapter '{name}' would make search worse: {result.line.removeprefix('do not deploy: ')}; "
+            f"retrain (see docs/method.md) or pass --accept-regression to move the alias anyway"
+        )
+    return result
