@@ -389,6 +389,9 @@ def status(
                 r["updated_at"],
             )
         out.print(table)
+        for r in rows:
+            if r.get("quality"):
+                out.print(f"{r['key']}: {r['quality']}", markup=False)
 
 
 def history(
@@ -414,8 +417,11 @@ def history(
         for r in rows:
             out.print(
                 f"{r['started_at']}  {r['from_version']} -> {r['to_version']}  "
-                f"{r['key']}  ({r['status']})  adapters: {', '.join(r['adapters'])}"
+                f"{r['key']}  ({r['status']})  adapters: {', '.join(r['adapters'])}",
+                markup=False,
             )
+            if r.get("quality"):
+                out.print(f"    {r['quality']}", markup=False)
 
 
 def rollback(

@@ -82,6 +82,12 @@ def train(
         bool, typer.Option(help="Continue an interrupted run from its checkpoint.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact.")] = False,
+    tune: Annotated[
+        int,
+        typer.Option(
+            help="Optuna trials on the held-out identities (0 = train once with the settings)."
+        ),
+    ] = 0,
     as_json: AsJson = False,
     **settings: Any,
 ) -> None:
@@ -119,6 +125,7 @@ def train(
                 overwrite,
                 None if bar is None else _epoch_progress(bar, config.epochs),
                 resume,
+                tune,
             )
         if not main:
             return

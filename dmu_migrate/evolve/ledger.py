@@ -51,6 +51,7 @@ class Record:
     from_version: str
     to_version: str
     filter: str | None = None
+    quality: str | None = None  # the adapters' verdict validated at training (quality.py)
     status: str = RUNNING
     cursor: Id | None = None
     main_pass_done: bool = False

@@ -55,6 +55,10 @@ class Plan:
             to_version=self.chain.to_version,
             filter=self.filter,
             source_rows=self.rows,
+            quality="; ".join(
+                f"{a.manifest.name}: {verdict(a.validated, 'validated at training').line}"
+                for a in self.chain.artifacts
+            ),
         )
 
     def describe(self) -> dict[str, object]:

@@ -27,6 +27,8 @@ from dmu_migrate.training.checkpoint import FILE, Checkpoint, work_dir
 from dmu_migrate.training.export import OPSET, export_onnx
 from dmu_migrate.training.loop import pick_device
 from dmu_migrate.training.trainer import EpochCallback, TrainConfig, TrainResult, train
+from dmu_migrate.training.tuning import check as check_tune
+from dmu_migrate.training.tuning import tune as tune_trials
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -49,15 +51,19 @@ def train_upgrade(
     overwrite: bool = False,
     on_epoch: EpochCallback | None = None,
     resume: bool = False,
+    tune: int = 0,
 ) -> TrainReport:
     """Train by ``config.method`` and write the artifact OUT_DIR/NAME.
 
     Every method writes the same artifact format: adapter.onnx always,
     new_model.onnx unless the method is ``adapter`` (the new model is not ours).
     Progress is checkpointed every epoch in OUT_DIR/.NAME.train/, which
-    ``resume`` continues from and a finished run removes.
+    ``resume`` continues from and a finished run removes. ``tune`` > 0 runs
+    that many Optuna trials on the held-out identities and keeps the best
+    (training/tuning.py).
     """
     config.check()
+    check_tune(config, tune, resume)
     check_version_id(from_version, "--from-version")
     check_version_id(to_version, "--to-version")
     if from_version == to_version:
@@ -90,19 +96,30 @@ def train_upgrade(
         # Batches are split across ranks, so another number of ranks is another run.
         data = table.fingerprint if ranks == 1 else f"{table.fingerprint} on {ranks} ranks"
         checkpoint = Checkpoint(work_dir(out_dir, name) / FILE, run.fingerprint(data), resume)
-        result: TrainResult
-        if adapter_mode:
-            if table.new is None:  # read_table(need_new=True) refuses a table without it
-                raise InputError(
-                    f"table '{table_path}' has no new-model embeddings; pass --new-col"
-                )
-            labels = table.labels if table.labelled else None
-            result = fit_adapter(table.old, table.new, labels, config, on_epoch, checkpoint)
+        new = table.new
+        if adapter_mode and new is None:  # read_table(need_new=True) refuses this
+            raise InputError(f"table '{table_path}' has no new-model embeddings; pass --new-col")
+        if tune and ranks > 1:
+            raise InputError("--tune runs in one process; start it without torchrun")
+
+        def fit(c: TrainConfig, saved: Checkpoint | None = checkpoint) -> TrainResult:
+            if adapter_mode and new is not None:
+                labels = table.labels if table.labelled else None
+                return fit_adapter(table.old, new, labels, c, on_epoch, saved)
+            return train(table.x, table.old, table.labels, c, on_epoch, saved)
+
+        trials: list[dict[str, object]] = []
+        if tune > 0:
+            # Trials are short and independent: they are not checkpointed.
+            result, config, trials = tune_trials(lambda c: fit(c, None), config, tune)
+            run = config.resolved()
         else:
-            result = train(table.x, table.old, table.labels, config, on_epoch, checkpoint)
+            result = fit(config)
 
         def publish() -> TrainReport:
-            _write_artifact(target, table_path, table, run, result, from_version, to_version, ranks)
+            _write_artifact(
+                target, table_path, table, run, result, from_version, to_version, ranks, trials
+            )
             # The run is complete and recorded in the manifest; its checkpoint is spent.
             shutil.rmtree(work_dir(out_dir, name), ignore_errors=True)
             return TrainReport(load_artifact(target), time.perf_counter() - start, result.log)
@@ -120,6 +137,7 @@ def _write_artifact(
     from_version: str,
     to_version: str,
     ranks: int,
+    trials: list[dict[str, object]],
 ) -> None:
     """Export the trained models and the manifest to ``target``, replacing what is there."""
     name = target.name
@@ -164,6 +182,7 @@ def _write_artifact(
                 "validation": result.validation,
                 "q_mean": result.q_mean,
                 "log": result.log,
+                **({"tuning": trials} if trials else {}),
             },
         )
         if result.quality:

@@ -1,0 +1,41 @@
+"""train --tune: Optuna trials on the held-out rows, the best one kept and every one recorded."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from conftest import Digits
+
+from dmu_migrate.errors import InputError
+from dmu_migrate.training.config import TrainConfig
+from dmu_migrate.training.upgrade import train_upgrade
+
+FAST = TrainConfig(epochs=2, batch_size=128, hidden=32, adapter_hidden=32, device="cpu", seed=1)
+
+
+def test_tune_keeps_the_best_trial_and_records_them_all(tmp_path: Path, digits: Digits) -> None:
+    report = train_upgrade(digits.train_path, tmp_path, "tuned", FAST, tune=3)
+    m = report.artifact.manifest
+    trials = m.training["tuning"]
+    assert len(trials) == 3
+    scores = [t["figures"]["new->evolved"]["R@1"] for t in trials]
+    best = trials[scores.index(max(scores))]
+    # The kept settings are the best trial's, and so are the gate's figures.
+    for name, value in best["params"].items():
+        assert m.training["config"][name] == pytest.approx(value)
+    assert m.quality["settings"] == best["figures"]
+    assert {"lr", "scale", "dropout", "lambda_b", "lambda_f", "tau"} == set(best["params"])
+
+
+def test_tune_refuses_what_it_cannot_score(tmp_path: Path, digits: Digits) -> None:
+    with pytest.raises(InputError, match="--val-fraction > 0"):
+        train_upgrade(
+            digits.train_path, tmp_path, "a", dataclasses.replace(FAST, val_fraction=0.0), tune=2
+        )
+    with pytest.raises(InputError, match="not with --resume"):
+        train_upgrade(digits.train_path, tmp_path, "b", FAST, tune=2, resume=True)
+    closed = dataclasses.replace(FAST, method="adapter", adapter_kind="affine")
+    with pytest.raises(InputError, match="nothing to search"):
+        train_upgrade(digits.train_path, tmp_path, "c", closed, tune=2)
