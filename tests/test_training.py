@@ -76,7 +76,11 @@ def test_every_joint_method_writes_a_parity_checked_artifact(
     assert m.input_dim == 64 and m.new_dim == overrides.get("dim", 32)
     assert max(m.parity.values()) < 1e-4
     assert m.training["config"]["model"] == config.model
-    assert m.training["device"] == "cpu" and len(m.training["log"]) == 2
+    log = m.training["log"]
+    assert m.training["device"] == "cpu" and len([e for e in log if "stage" not in e]) == 2
+    # Two stages: psi is fitted after the new model, with an early stopping of its own.
+    psi_epochs = 0 if overrides["method"] == "bct" else 2
+    assert len([e for e in log if e.get("stage") == 2]) == psi_epochs
     # The exported encoder gives unit vectors of the declared size.
     emb = onnx(report.artifact, "new_model.onnx", digits.x_te)
     assert emb.shape == (len(digits.x_te), m.new_dim)
@@ -209,7 +213,7 @@ def test_resume_continues_to_the_same_result_as_an_uninterrupted_run(
         on_epoch=lambda epoch, _: seen.append(epoch),
         resume=True,
     )
-    assert seen == [3, 4]
+    assert seen == [3, 4, 1, 2, 3, 4]  # the new model's last two epochs, then psi's four
     assert resumed.log == whole.log
     for name in ("adapter.onnx", "new_model.onnx"):
         data = digits.old_te if name == "adapter.onnx" else digits.x_te
@@ -226,14 +230,25 @@ def test_resume_without_checkpoint_is_refused(tmp_path: Path, digits: Digits) ->
 def test_validation_holds_out_identities_and_early_stopping_keeps_the_best_epoch(
     tmp_path: Path, digits: Digits
 ) -> None:
-    config = dataclasses.replace(FAST, epochs=12, lr=0.5, val_fraction=0.3, patience=2)
+    # An unregularised MLP on a fifth of the rows overfits: validation peaks, then falls.
+    config = dataclasses.replace(
+        FAST,
+        epochs=30,
+        val_fraction=0.8,
+        patience=2,
+        model="mlp",
+        hidden=256,
+        dropout=0.0,
+        lr=5e-2,
+        weight_decay=0.0,
+    )
     report = train_upgrade(digits.train_path, tmp_path, "e", config)
-    log, training = report.log, report.artifact.manifest.training
+    training = report.artifact.manifest.training
+    log = [entry for entry in report.log if "stage" not in entry]  # the new model's stage
     scores = [entry["val"] for entry in log]
     best = training["best_epoch"]
     assert scores[best - 1] == max(scores) == training["best_val"]
-    # A learning rate far too high overshoots after a few epochs: the run
-    # stops `patience` epochs after its best one instead of running all 12.
+    # The run stops `patience` epochs after its best one instead of running all 30.
     assert len(log) < config.epochs and len(log) - best == config.patience
     # The artifact holds the best epoch's weights: re-score the held-out identities with it.
     table = read_table(digits.train_path)
@@ -241,13 +256,9 @@ def test_validation_holds_out_identities_and_early_stopping_keeps_the_best_epoch
     assert not set(train_idx.tolist()) & set(val_idx.tolist())
     assert training["validation"] == {"rows": len(val_idx), "identities": 10, "held_out": "rows"}
     new = onnx(report.artifact, "new_model.onnx", table.x[val_idx])
-    evolved = onnx(report.artifact, "adapter.onnx", table.old[val_idx])
     y = table.labels[val_idx]
-    rescored = [
-        retrieval_scores(new, y, gallery, y, ks=(1,), leave_one_out=True).mean_ap
-        for gallery in (new, evolved)
-    ]
-    assert np.mean(rescored) == pytest.approx(training["best_val"], abs=1e-4)
+    rescored = retrieval_scores(new, y, new, y, ks=(1,), leave_one_out=True).mean_ap
+    assert rescored == pytest.approx(training["best_val"], abs=1e-4)
 
 
 def test_validation_split_refuses_a_share_that_holds_out_nothing(digits: Digits) -> None:

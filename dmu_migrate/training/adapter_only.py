@@ -19,6 +19,7 @@ from dmu_migrate.training.closed_form import fit_affine, fit_procrustes
 from dmu_migrate.training.config import TrainConfig
 from dmu_migrate.training.loop import (
     EpochCallback,
+    TrainResult,
     Validate,
     embed_rows,
     held_out_kind,
@@ -29,7 +30,6 @@ from dmu_migrate.training.loop import (
 )
 from dmu_migrate.training.losses import PairedAdapterLoss, class_prototypes, discriminativeness
 from dmu_migrate.training.models import LinearAdapter, ResidualAdapter
-from dmu_migrate.training.trainer import TrainResult
 
 
 def fit_adapter(

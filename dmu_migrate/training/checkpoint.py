@@ -51,6 +51,11 @@ class Checkpoint:
             )
         return state
 
+    def stage(self, name: str) -> Checkpoint:
+        """The checkpoint of a later training stage: resumed only if that stage had begun."""
+        path = self.path.with_name(f"{self.path.stem}-{name}{self.path.suffix}")
+        return Checkpoint(path, self.fingerprint, self.resume and path.is_file())
+
     def save(self, state: dict[str, Any]) -> None:
         # Write then rename: a crash mid-save keeps the previous epoch's checkpoint.
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,11 @@ class TrainConfig:
     lambda_f: float = setting(1.0, "Weight of forward adaptation.")
     tau: float = setting(0.05, "InfoNCE temperature.")
     detach: bool = setting(True, "Adapter targets are detached: psi cannot drag the new model.")
+    joint: bool = setting(
+        False,
+        "Train psi in the new model's loop (one stage) instead of after it, on the kept "
+        "new model's embeddings (two stages, each with its own early stopping).",
+    )
     val_fraction: float = setting(
         0.1,
         "Share held out for early stopping and the quality gate: identities (50+ classes) "

@@ -138,6 +138,22 @@ class EarlyStopping:
 
 
 @dataclass
+class TrainResult:
+    new_model: nn.Module | None  # None in adapter-only mode: the new model is not ours
+    adapter: nn.Module
+    log: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val: float | None = None
+    device: str = "cpu"
+    new_dim: int = 0
+    validation: dict[str, int | str] = field(default_factory=dict)  # rows/identities held out
+    q_mean: float | None = None  # mean old discriminativeness of the training rows
+    # R@1/mAP per deploy setting on the held-out rows, with the kept weights (quality.py)
+    quality: dict[str, dict[str, float]] = field(default_factory=dict)
+    fusion: dict[str, float] = field(default_factory=dict)  # transition weights (quality.py)
+
+
+@dataclass
 class LoopResult:
     log: list[dict[str, float]]
     best_epoch: int  # the epoch whose weights were kept (the last one without validation)

@@ -9,18 +9,19 @@ all, on detached targets. Adapter-only training lives in adapter_only.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 from torch import nn
 
 from dmu_migrate.errors import InputError
 from dmu_migrate.quality import fit_fusion, measure
+from dmu_migrate.training import distributed
+from dmu_migrate.training.adapter_only import fit_adapter
 from dmu_migrate.training.checkpoint import Checkpoint
 from dmu_migrate.training.config import TrainConfig
 from dmu_migrate.training.loop import (
     EpochCallback,
+    TrainResult,
     Validate,
     embed_rows,
     held_out_kind,
@@ -39,22 +40,6 @@ from dmu_migrate.training.losses import (
 from dmu_migrate.training.models import IdentityAdapter, ResidualAdapter, build_new_model
 
 __all__ = ["EpochCallback", "TrainConfig", "TrainResult", "pick_device", "train", "validate"]
-
-
-@dataclass
-class TrainResult:
-    new_model: nn.Module | None  # None in adapter-only mode: the new model is not ours
-    adapter: nn.Module
-    log: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val: float | None = None
-    device: str = "cpu"
-    new_dim: int = 0
-    validation: dict[str, int | str] = field(default_factory=dict)  # rows/identities held out
-    q_mean: float | None = None  # mean old discriminativeness of the training rows
-    # R@1/mAP per deploy setting on the held-out rows, with the kept weights (quality.py)
-    quality: dict[str, dict[str, float]] = field(default_factory=dict)
-    fusion: dict[str, float] = field(default_factory=dict)  # transition weights (quality.py)
 
 
 def validate(config: TrainConfig, old_dim: int, num_classes: int, rows: int) -> int:
@@ -113,13 +98,14 @@ def train(
     model = model.to(device)
     classifier = CosFaceLoss(new_dim, num_classes, config.scale, config.margin).to(device)
     train_psi = config.lambda_f > 0
+    joint = train_psi and config.joint
     # psi draws its initial weights from a generator of its own, so that the
     # dropout masks of the new model are the same whether psi exists or not.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + 1)
         adapter: nn.Module = (
             ResidualAdapter(old.shape[1], new_dim, config.adapter_hidden, config.adapter_layers)
-            if train_psi
+            if joint
             else IdentityAdapter()
         ).to(device)
     sbc = SelectiveCompatibilityLoss(config.scale, config.gamma)
@@ -133,7 +119,7 @@ def train(
         zero = f.new_zeros(())
         l_new = classifier(f, ys[idx])
         l_sbc = sbc(f, ys[idx], prototypes, q[idx]) if config.lambda_b > 0 else zero
-        l_fa = fa(adapter(olds[idx]), f, ys[idx], q[idx]) if train_psi else zero
+        l_fa = fa(adapter(olds[idx]), f, ys[idx], q[idx]) if joint else zero
         loss = l_new + config.lambda_b * l_sbc + config.lambda_f * l_fa
         return {"loss": loss, "new": l_new, "sbc": l_sbc, "fa": l_fa}
 
@@ -145,18 +131,15 @@ def train(
 
         def run_validation() -> dict[str, float]:
             f = embed_rows(model, x_val)
-            metrics = {
-                "val_new_new": map_score(f, f, y_val, leave_one_out=True),
-                "val_new_evolved": map_score(
-                    f, embed_rows(adapter, old_val), y_val, leave_one_out=True
-                ),
-            }
-            # independent stops on new->new alone, so that its new model is
-            # exactly the one trained without any adapter in the loop.
-            if config.method == "independent":
-                metrics["val"] = metrics["val_new_new"]
-            else:
-                metrics["val"] = (metrics["val_new_new"] + metrics["val_new_evolved"]) / 2
+            metrics = {"val_new_new": map_score(f, f, y_val, leave_one_out=True)}
+            metrics["val"] = metrics["val_new_new"]
+            if joint:
+                evolved = embed_rows(adapter, old_val)
+                metrics["val_new_evolved"] = map_score(f, evolved, y_val, leave_one_out=True)
+                # independent stops on new->new alone, so that its new model is
+                # exactly the one trained without any adapter in the loop.
+                if config.method != "independent":
+                    metrics["val"] = (metrics["val_new_new"] + metrics["val_new_evolved"]) / 2
             return metrics
 
         validator = run_validation
@@ -164,6 +147,17 @@ def train(
     loop = run_epochs(
         config, modules, optimizer, len(train_idx), step, validator, checkpoint, on_epoch
     )
+    log, best_epoch, best_val = loop.log, loop.best_epoch, loop.best_val
+    if train_psi and not joint:
+        # Stage two: psi learns the kept new model's embeddings of every row,
+        # with a validation and early stopping of its own (on new->evolved).
+        # Under torchrun only rank 0 holds the kept weights: its targets go to every rank.
+        targets = distributed.from_main(lambda: _embed_all(model, x, device))
+        stage = None if checkpoint is None else checkpoint.stage("adapter")
+        fitted = fit_adapter(old, targets, labels, config, on_epoch, stage)
+        adapter = fitted.adapter
+        # best_epoch/best_val stay the new model's; psi's are in its stage-2 log entries.
+        log = log + [{**entry, "stage": 2} for entry in fitted.log]
     figures: dict[str, dict[str, float]] = {}
     fusion: dict[str, float] = {}
     if len(val_idx):
@@ -179,9 +173,9 @@ def train(
     return TrainResult(
         new_model=model,
         adapter=adapter,
-        log=loop.log,
-        best_epoch=loop.best_epoch,
-        best_val=loop.best_val,
+        log=log,
+        best_epoch=best_epoch,
+        best_val=best_val,
         device=str(device),
         new_dim=new_dim,
         validation={
@@ -193,3 +187,10 @@ def train(
         quality=figures,
         fusion=fusion,
     )
+
+
+def _embed_all(model: nn.Module, x: np.ndarray, device: torch.device) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        rows = torch.tensor(x, dtype=torch.float32, device=device)
+        return embed_rows(model, rows).cpu().numpy()

@@ -18,7 +18,7 @@ from typing import Any
 
 from dmu_migrate.errors import InputError
 from dmu_migrate.training.config import TrainConfig
-from dmu_migrate.training.trainer import TrainResult
+from dmu_migrate.training.loop import TrainResult
 
 log = logging.getLogger(__name__)
 

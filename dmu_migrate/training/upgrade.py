@@ -25,8 +25,8 @@ from dmu_migrate.training import distributed
 from dmu_migrate.training.adapter_only import fit_adapter
 from dmu_migrate.training.checkpoint import FILE, Checkpoint, work_dir
 from dmu_migrate.training.export import OPSET, export_onnx
-from dmu_migrate.training.loop import pick_device
-from dmu_migrate.training.trainer import EpochCallback, TrainConfig, TrainResult, train
+from dmu_migrate.training.loop import TrainResult, pick_device
+from dmu_migrate.training.trainer import EpochCallback, TrainConfig, train
 from dmu_migrate.training.tuning import check as check_tune
 from dmu_migrate.training.tuning import tune as tune_trials
 
