@@ -86,7 +86,7 @@ class TrainConfig:
     tau: float = setting(0.05, "InfoNCE temperature.")
     detach: bool = setting(True, "Adapter targets are detached: psi cannot drag the new model.")
     joint: bool = setting(
-        False,
+        True,
         "Train psi in the new model's loop (one stage) instead of after it, on the kept "
         "new model's embeddings (two stages, each with its own early stopping).",
     )
