@@ -23,6 +23,7 @@ import torch
 from pymilvus import DataType, MilvusClient
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+from torch import nn
 
 from dmu_migrate.artifact import NEW_MODEL
 from dmu_migrate.data import write_table
@@ -32,7 +33,6 @@ from dmu_migrate.evolve.pipeline import EvolveResult, evolve_collection
 from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.stores.milvus import MilvusStore
 from dmu_migrate.training.losses import CosFaceLoss
-from dmu_migrate.training.models import MLPHead, Standardize
 from dmu_migrate.training.trainer import EpochCallback, TrainConfig
 from dmu_migrate.training.upgrade import TrainReport, train_upgrade
 
@@ -74,10 +74,19 @@ def prepare_workdir(workdir: Path) -> None:
     (workdir / MARKER).write_text("created by dmu-migrate demo; safe to delete\n")
 
 
-def fit_old_model(x: np.ndarray, y: np.ndarray, seed: int) -> MLPHead:
+def fit_old_model(x: np.ndarray, y: np.ndarray, seed: int) -> nn.Module:
     """The legacy model: small, and trained on little data, as deployed models often were."""
     torch.manual_seed(seed)
-    model = MLPHead(Standardize.fit(x), 32, DIM, dropout=0.0)
+    hidden = 32
+    model = nn.Sequential(
+        nn.Linear(x.shape[1], hidden),
+        nn.LayerNorm(hidden),
+        nn.GELU(),
+        nn.Linear(hidden, hidden),
+        nn.LayerNorm(hidden),
+        nn.GELU(),
+        nn.Linear(hidden, DIM),
+    )
     head = CosFaceLoss(DIM, int(y.max()) + 1, scale=30.0, margin=0.2)
     opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-3)
     xs, ys = torch.as_tensor(x), torch.as_tensor(y)
@@ -89,7 +98,7 @@ def fit_old_model(x: np.ndarray, y: np.ndarray, seed: int) -> MLPHead:
     return model.eval()
 
 
-def embed(model: MLPHead, x: np.ndarray) -> np.ndarray:
+def embed(model: nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         out = torch.nn.functional.normalize(model(torch.as_tensor(x)), dim=1)
     return out.numpy()

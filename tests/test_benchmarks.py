@@ -11,6 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from dmu_migrate.training.config import TrainConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -65,3 +69,132 @@ def test_scaling_benchmark_measures_each_worker_count(milvus_server: str, tmp_pa
     text = doc.read_text()
     assert "<!-- scaling:start -->" in text and "4 shards, 2 workers" in text
     assert "a billion rows" in text
+
+
+# Toy stand-ins for the examples' prepared tables, so that compat.py and sweep.py
+# never run an example's prepare.py here: x is 64 values (an 8x8 image for the
+# fashion_mnist plug-in CNN), old a weaker 16-d view of the same identities.
+TOY_IDENTITIES = {"train": 60, "val": 20, "eval": 20}  # 50+ train identities: held out whole
+
+
+def write_toy_tables(data: Path, examples: list[str]) -> None:
+    from dmu_migrate.data import write_table
+
+    rng = np.random.default_rng(0)
+    projection = rng.normal(size=(64, 16)).astype(np.float32)
+    first = 0
+    for split, count in TOY_IDENTITIES.items():
+        labels = np.repeat(np.arange(first, first + count), 4)
+        first += count
+        centers = rng.normal(size=(first, 64)).astype(np.float32)[labels]
+        x = centers + 0.6 * rng.normal(size=centers.shape).astype(np.float32)
+        old = x @ projection + 8.0 * rng.normal(size=(len(x), 16)).astype(np.float32)
+        columns: dict[str, np.ndarray] = {"label": labels, "x": x, "old": old}
+        if split != "train":
+            is_query = np.arange(len(labels)) % 4 == 0
+            columns["role"] = np.where(is_query, "query", "gallery").astype(object)
+        for example in examples:
+            (data / example).mkdir(parents=True, exist_ok=True)
+            write_table(data / example / f"{split}.parquet", columns)
+
+
+def test_compat_benchmark_and_report_render_every_target_and_the_fused_column(
+    tmp_path: Path,
+) -> None:
+    examples = ["wordnet_text", "fashion_mnist", "glyphs"]
+    write_toy_tables(tmp_path / "data", examples)
+    raw, docs = tmp_path / "compat.json", tmp_path / "docs"
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "compat.py"), "--examples", *examples,
+        "--seeds", "0", "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"),
+        "--raw", str(raw), "--set", "epochs=2",
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
+    rows = json.loads(raw.read_text())["rows"]
+    methods = {
+        "independent", "bct", "dmu", "dmu two-stage", "dmu gamma=0", "dmu beta=0", "dmu lambda_b=0",
+        "adapter procrustes", "adapter affine", "adapter mlp",
+    }  # fmt: skip
+    for example in examples:
+        mine = {r["method"]: r for r in rows if r["example"] == example}
+        assert set(mine) == methods
+        # Trained with the defaults: only the plug-in model (and the toy epochs) is set.
+        default_model = TrainConfig().model
+        assert mine["dmu"]["config"]["model"] == (
+            "nets:cnn" if example == "fashion_mnist" else default_model
+        )
+        assert mine["dmu two-stage"]["config"]["joint"] is False
+        assert mine["dmu lambda_b=0"]["config"]["lambda_b"] == 0.0
+        # The gate's validated figures travel with each row, and fused is scored with them.
+        assert "new->evolved" in mine["dmu"]["quality"]["settings"]
+        assert "fused" in mine["dmu"]["settings"]
+
+    notes = tmp_path / "notes.md"
+    notes.write_text("A note on how the settings were chosen.\n")
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "report.py"), str(raw),
+        "--docs", str(docs), "--notes", str(notes),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    page = (docs / "results.md").read_text()
+    assert "| method | old->old | new->old | new->evolved | new->mixed | new->new | fused |" in page
+    assert "## CJK glyphs: EfficientNet-Lite0 features" in page
+    for target in (
+        "floor: DMU new->evolved",
+        "of the independent model's new->new",
+        "of independent (target >= 98%)",
+        "vs every post-hoc adapter's",
+        "transition: DMU fused",
+    ):
+        lines = [line for line in page.splitlines() if target in line]
+        assert len(lines) == len(examples), target
+        assert all(line.startswith(("- **met**", "- **MISSED**")) for line in lines), lines
+    assert page.count("information (not a target): DMU new->old") == len(examples)
+    assert page.count("### Quality gate") == len(examples)
+    gate = [line for line in page.splitlines() if line.startswith("| dmu |") and "deploy" in line]
+    assert len(gate) == len(examples)
+    adapter = [line for line in page.splitlines() if line.startswith("| adapter procrustes |")]
+    assert adapter and all(line.count("|") == 8 for line in adapter[:1])
+    assert "## Notes" in page and "A note on how the settings were chosen." in page
+    for example in examples:
+        assert (docs / f"results_{example}.png").stat().st_size > 0
+
+
+def test_sweep_compares_the_default_with_a_small_grid_on_val(tmp_path: Path) -> None:
+    examples = ["wordnet_text", "fashion_mnist"]
+    write_toy_tables(tmp_path / "data", examples)
+    raw, doc = tmp_path / "sweep.json", tmp_path / "method.md"
+    doc.write_text("# The method\n\nHand-written text that must survive.\n")
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "sweep.py"), "--examples", *examples,
+        "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"),
+        "--raw", str(raw), "--doc", str(doc), "--set", "epochs=2",
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
+    payload = json.loads(raw.read_text())
+    assert payload["split"] == "val"
+    rows = payload["rows"]
+    text = {r["label"] for r in rows if r["example"] == "wordnet_text"}
+    grid = {
+        f"model={m} scale={s} dropout={d}"
+        for m in ("linear", "mlp") for s in (16, 30) for d in (0.2, 0.5)
+    }  # fmt: skip
+    assert grid <= text and len(text - grid) <= 1  # plus "default" when it is off the grid
+    assert {r["label"] for r in rows if r["example"] == "fashion_mnist"} == {
+        "scale=16",
+        "scale=30",
+    }
+    for example in examples:
+        (default,) = [r for r in rows if r["example"] == example and r["default"]]
+        assert 0.0 <= default["new->new R@1"] <= 1.0
+    (default,) = [r for r in rows if r["example"] == "wordnet_text" and r["default"]]
+    d = TrainConfig()
+    on_grid = f"model={d.model} scale={d.scale:g} dropout={d.dropout:g}"
+    assert default["label"] == (on_grid if on_grid in grid else "default")
+    page = doc.read_text()
+    assert page.startswith("# The method\n\nHand-written text that must survive.")
+    assert "<!-- sweep:start -->" in page and page.rstrip().endswith("<!-- sweep:end -->")
+    assert f"| {default['label']} (default" in page
+    lines = [line for line in page.splitlines() if "default within 1 point of the best" in line]
+    assert len(lines) == len(examples)
+    assert all(line.startswith(("- **met**", "- **MISSED**")) for line in lines)

@@ -58,7 +58,7 @@ class TrainConfig:
         "probability", "Old-feature quality q (entropy is label-free).", MEASURES
     )
     model: str = setting(
-        "linear",
+        "mlp",
         "New model: linear or mlp (over X_COL features, standardised), cnn (X_COL holds "
         "pixels; needs --image-shape) or package.module:factory returning an nn.Module, "
         "called as factory(input_dim=..., output_dim=...).",
@@ -70,7 +70,7 @@ class TrainConfig:
         None, "New embedding size (default: the old size, which BCT/DMU need)."
     )
     hidden: int = setting(256, "Hidden width of the mlp and cnn heads.")
-    dropout: float = setting(0.5, "Dropout on the standardised input of the linear/mlp heads.")
+    dropout: float = setting(0.2, "Dropout on the standardised input of the linear/mlp heads.")
     adapter_hidden: int = setting(256, "Hidden width of the adapter psi.")
     adapter_layers: int = setting(1, "Hidden blocks of the adapter psi.")
     epochs: int = setting(30, "Most epochs; early stopping usually ends sooner.")

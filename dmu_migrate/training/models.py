@@ -45,9 +45,8 @@ class Standardize(nn.Module):
 class LinearHead(nn.Module):
     """New-model encoder over a numeric feature vector: standardise, dropout, one linear map.
 
-    The default: on held-out identities a linear probe over good features
-    generalises better than a deeper head trained from scratch, which learns
-    the training identities by heart (docs/method.md has the sweep).
+    A linear probe: over strong backbone features it generalises to unseen
+    identities about as well as the default mlp head (docs/method.md has the sweep).
     """
 
     def __init__(self, standardize: Standardize, out_dim: int, dropout: float) -> None:
@@ -60,11 +59,12 @@ class LinearHead(nn.Module):
 
 
 class MLPHead(nn.Module):
-    """New-model encoder with one hidden layer beside a linear path.
+    """The default new-model encoder: one hidden layer beside a linear path.
 
-    The linear path keeps what a linear probe gets; the hidden layer adds
-    non-linear corrections, and dropout on both inputs keeps it from
-    memorising the training identities.
+    The linear path keeps what a linear probe gets over strong features; the
+    hidden layer adds what raw inputs (pixels) need; dropout on the
+    standardised input and on the hidden layer keeps it from memorising the
+    training identities, which a deeper head trained from scratch does.
     """
 
     def __init__(self, standardize: Standardize, hidden: int, out_dim: int, dropout: float) -> None:
