@@ -88,6 +88,7 @@ ADAPTERS: dict[str, dict[str, Any]] = {
     "adapter mlp": {"method": "adapter", "adapter_kind": "mlp"},
 }
 METHODS = [*TRAINED, *ADAPTERS]
+CORE = ("independent", "bct", "dmu", *ADAPTERS)  # every seed; the ablations may run on fewer
 
 
 def load_module(example: Example, name: str) -> Any:
@@ -282,38 +283,51 @@ def main() -> None:
         metavar="FIELD=VALUE",
         help="Override a TrainConfig field on every example (tuning).",
     )
+    parser.add_argument(
+        "--ablation-seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="Seeds that also run the DMU ablations (default: every seed).",
+    )
     args = parser.parse_args()
     if "independent" not in args.methods:
         args.methods.insert(0, "independent")  # the reference of every other method
     overrides = parse_set(args.set)
 
+    raw = args.raw or ROOT / "benchmarks" / "results" / f"compat_{args.split}.json"
+    raw.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    core = [m for m in args.methods if m in CORE]
     for name in args.examples:
         example = EXAMPLES[name]
         example = Example(
             example.name, example.directory, {**example.train, **overrides}, example.prepare_args
         )
-        rows += run_example(
-            example,
-            args.data,
-            args.work,
-            args.seeds,
-            args.split,
-            args.methods,
-            lambda msg: print(f"[{time.perf_counter() - start:6.0f}s] {msg}", flush=True),
-        )
-    raw = args.raw or ROOT / "benchmarks" / "results" / f"compat_{args.split}.json"
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "argv": sys.argv[1:],
-        "seconds": time.perf_counter() - start,
-        "examples": {n: EXAMPLES[n].train | overrides for n in args.examples},
-        "prepare": {n: EXAMPLES[n].prepare_args for n in args.examples},
-        "rows": rows,
-    }
-    raw.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    print(f"raw results: {raw} ({payload['seconds']:.0f}s)")
+        for seed in args.seeds:
+            # Ablations cost as much as the methods themselves: --ablation-seeds
+            # runs them on fewer seeds when the machine's time is short.
+            ablate = args.ablation_seeds is None or seed in args.ablation_seeds
+            rows += run_example(
+                example,
+                args.data,
+                args.work,
+                [seed],
+                args.split,
+                args.methods if ablate else core,
+                lambda msg: print(f"[{time.perf_counter() - start:6.0f}s] {msg}", flush=True),
+            )
+            # Written after every seed, so a run stopped early keeps what it finished.
+            payload = {
+                "argv": sys.argv[1:],
+                "seconds": time.perf_counter() - start,
+                "examples": {n: EXAMPLES[n].train | overrides for n in args.examples},
+                "prepare": {n: EXAMPLES[n].prepare_args for n in args.examples},
+                "rows": rows,
+            }
+            raw.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    print(f"raw results: {raw} ({time.perf_counter() - start:.0f}s)")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def cell(values: list[float], scale: float = 100.0) -> str:
     if not values:
         return MISSING
     arr = np.asarray(values) * scale
-    return f"{arr.mean():.1f} ± {arr.std(ddof=1) if len(arr) > 1 else 0.0:.1f}"
+    if len(arr) == 1:
+        return f"{arr[0]:.1f} (1 seed)"
+    return f"{arr.mean():.1f} ± {arr.std(ddof=1):.1f}"
 
 
 def table(data: dict[str, dict[str, list[float]]], methods: list[str]) -> list[str]:

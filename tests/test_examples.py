@@ -46,7 +46,7 @@ def test_wordnet_reader_keeps_glosses_and_multiword_lemmas() -> None:
     assert any(" " in lemma for s in synsets for lemma in s.lemmas)  # e.g. "motor vehicle"
 
 
-def test_short_wordnet_upgrade(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_short_wordnet_upgrade(tmp_path: Path) -> None:
     """A few hundred synsets: compatibility is learned and the upgrade beats the old model.
 
     At this size DMU's adapter does not beat the identity on unseen synsets
@@ -56,20 +56,8 @@ def test_short_wordnet_upgrade(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     paths = load_example("wordnet_text", "prepare").prepare(
         tmp_path / "data", train=400, val=0, test=300, seed=0
     )
-    monkeypatch.syspath_prepend(str(EXAMPLE))  # --model nets:residual
-    monkeypatch.delitem(sys.modules, "nets", raising=False)  # each example has its own nets.py
-    # Small table, so small batches: 20 epochs of 22 steps.
-    config = TrainConfig(
-        method="dmu",
-        model="nets:residual",
-        epochs=20,
-        batch_size=64,
-        lr=1e-3,
-        lambda_f=3.0,
-        tau=0.1,
-        adapter_layers=2,
-        seed=0,
-    )
+    # Every setting the default but the size of the run: 20 epochs of 22 steps.
+    config = TrainConfig(method="dmu", epochs=20, batch_size=64, seed=0)
     report = train_upgrade(paths["train"], tmp_path / "adapters", "wordnet-dmu", config)
     scores = evaluate(paths["eval"], report.artifact, fars=()).scores
     r1 = {setting: s.recall[1] for setting, s in scores.items()}

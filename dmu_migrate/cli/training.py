@@ -211,6 +211,7 @@ def demo(
             )
         s = result.search
         out.print(scores_table(result.evaluation, "held-out digits"))
+        out.print(result.evaluation.verdict.line, markup=False)
         out.print(
             f"Milvus search with new-model queries, top-{s.k} results with the query's label: "
             f"alias '{result.evolve.alias}' (evolved) {s.evolved_hits}/{s.possible}, "

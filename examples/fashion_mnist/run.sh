@@ -4,7 +4,8 @@
 set -euo pipefail
 DATA=${DATA:-data/fashion_mnist}
 OUT=${OUT:-adapters}
-COMMON=(--model nets:cnn --epochs 5 --lr 3e-3 --out-dir "$OUT" --overwrite)
+# The plug-in CNN is the example's architecture; every training setting is the default.
+COMMON=(--model nets:cnn --out-dir "$OUT" --overwrite)
 export PYTHONPATH="examples/fashion_mnist${PYTHONPATH:+:$PYTHONPATH}"  # for --model nets:cnn
 
 python examples/fashion_mnist/prepare.py --out "$DATA" --train-size 20000
