@@ -107,12 +107,22 @@ def pages(
         if vectors is None and vector_field:
             vectors = np.asarray([r.pop(vector_field) for r in rows], dtype=np.float32)
         _check_order(name, ids, last)
-        columns = {k: [r.get(k) for r in rows] for k in rows[0] if k not in (pk, vector_field)}
+        columns = {
+            k: [r.get(k) for r in rows] for k in row_keys(rows) if k not in (pk, vector_field)
+        }
         del result, rows  # the response message is as big as the page: free it before waiting
         yield ids, vectors, columns
         # A short page is not the end: with reduce_stop_for_best a page may stop at a
         # segment boundary. Only an empty page ends the walk.
         last = ids[-1].item()
+
+
+def row_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """Every key of every row, in first-seen order: dynamic-field keys differ from row to row."""
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update(dict.fromkeys(row))
+    return list(keys)
 
 
 def _client_ts() -> int:
