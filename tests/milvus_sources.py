@@ -55,7 +55,7 @@ def seed(
         schema = MilvusClient.create_schema(
             auto_id=create.pop("auto_id", False),
             enable_dynamic_field=create.pop("enable_dynamic_field", False),
-            **{k: create.pop(k) for k in ("partition_key_field",) if k in create},
+            **{k: create.pop(k) for k in ("partition_key_field", "description") if k in create},
         )
         build(schema)
         params = client.prepare_index_params()

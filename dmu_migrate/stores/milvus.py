@@ -21,13 +21,13 @@ from dmu_migrate.stores.base import (
     CollectionInfo,
     Id,
     choose_vector_field,
+    id_array,
     redact,
 )
 
 log = logging.getLogger(__name__)
 
 _VECTOR_TYPES = {DataType.FLOAT_VECTOR}
-_TAG_MAX_LENGTH = 64
 _LEDGER_MAX_LENGTH = 65535
 _GET_CHUNK = 1000  # ids per get(): keeps the filter expression within server limits
 # A migration reads what it just wrote (ledger, counts, verification); a server's
@@ -40,8 +40,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _literal(value: Id) -> str:
-    return json.dumps(value) if isinstance(value, str) else str(int(value))
+_literal = milvus_columns.literal
 
 
 def _and(*exprs: str | None) -> str:
@@ -199,11 +198,11 @@ class MilvusStore:
                 yield ids
             return
         for rows in self._iterate(name, batch_size, filter or "", [pk]):
-            yield np.asarray([r[pk] for r in rows])
+            yield id_array([r[pk] for r in rows])
 
     @staticmethod
     def _to_batch(rows: list[dict[str, Any]], pk: str, field: str) -> Batch:
-        ids = np.asarray([r[pk] for r in rows])
+        ids = id_array([r[pk] for r in rows])
         vectors = np.asarray([r[field] for r in rows], dtype=np.float32)
         other = [k for k in milvus_columns.row_keys(rows) if k not in (pk, field)]
         return Batch(ids, vectors, {k: [r.get(k) for r in rows] for k in other})
@@ -215,8 +214,12 @@ class MilvusStore:
         wanted = ids.tolist()
         for start in range(0, len(wanted), _GET_CHUNK):
             chunk = wanted[start : start + _GET_CHUNK]
-            for row in self.client.get(
-                info.name, ids=chunk, output_fields=["*"], consistency_level=STRONG
+            for row in self.client.query(
+                info.name,
+                filter=milvus_columns.in_list(pk, chunk),
+                output_fields=["*"],
+                consistency_level=STRONG,
+                timeout=milvus_schema.TIMEOUT,
             ):
                 by_id[row[pk]] = row
         missing = [i for i in wanted if i not in by_id]
@@ -241,35 +244,20 @@ class MilvusStore:
     # -- writing -------------------------------------------------------------
     def create_like(self, source: CollectionInfo, target: str, new_dim: int) -> None:
         desc = source.schema
-        schema = MilvusClient.create_schema(
-            auto_id=False,  # evolved rows keep their source ids
-            enable_dynamic_field=bool(desc.get("enable_dynamic_field", False)),
-        )
-        for f in desc["fields"]:
-            params = dict(f.get("params") or {})
-            if f["name"] == source.vector_field:
-                params["dim"] = new_dim
-            if "element_type" in f:  # ARRAY fields carry it beside their params
-                params["element_type"] = f["element_type"]
-            schema.add_field(f["name"], f["type"], is_primary=bool(f.get("is_primary")), **params)
-        present = {f["name"] for f in desc["fields"]}
-        for tag in TAG_FIELDS:
-            if tag not in present:
-                schema.add_field(tag, DataType.VARCHAR, max_length=_TAG_MAX_LENGTH)
+        schema = milvus_schema.build_schema(desc, source.vector_field, new_dim)
         specs = milvus_schema.read_indexes(self.client, source.name)
         for bare in milvus_schema.unindexed_vectors(desc, specs, _VECTOR_TYPES):
             log.info("'%s' has no index on '%s'; '%s' gets none either", source.name, bare, target)
         self._schemas.pop(target, None)
-        # The source's shard (DML channel) count: writes into one channel serialise on a
-        # cluster, so a source laid out for parallel writes keeps that layout.
-        layout = {"num_shards": desc["num_shards"]} if desc.get("num_shards") else {}
+        lite = not self.shared
         milvus_schema.create_with_indexes(
             self.client,
             source.name,
             target,
-            {"schema": schema, "consistency_level": STRONG, **layout},
+            {"schema": schema, **milvus_schema.create_options(desc, lite)},
             specs,
-            nested=not self.shared,  # Milvus Lite keeps nested build parameters only
+            nested=lite,  # Milvus Lite keeps nested build parameters only
+            skip=source.vector_field,
         )
 
     def target_problem(self, source: CollectionInfo, target: str, new_dim: int) -> str | None:
@@ -364,10 +352,20 @@ class MilvusStore:
 
     def delete_ids(self, name: str, ids: np.ndarray) -> None:
         if len(ids):
-            self.client.delete(name, ids=ids.tolist())
+            pk = self._pk(name)
+            wanted = ids.tolist()
+            for start in range(0, len(wanted), _GET_CHUNK):
+                chunk = wanted[start : start + _GET_CHUNK]
+                self.client.delete(
+                    name, filter=milvus_columns.in_list(pk, chunk), timeout=milvus_schema.TIMEOUT
+                )
 
     def tag_filter(self, tag: str, value: str) -> str:
-        return f"{tag} == {json.dumps(value)}"
+        return f"{tag} == {_literal(value)}"
+
+    def source_problem(self, name: str, allowed: dict[str, list[str] | None]) -> str | None:
+        self._ensure_loaded(name)
+        return milvus_schema.source_problem(self.client, name, allowed)
 
     def flush(self, name: str) -> None:
         self.client.flush(name)
@@ -415,9 +413,15 @@ class MilvusStore:
         return json.loads(rows[0]["record"]) if rows else None
 
     def ledger_put(self, key: str, record: dict[str, Any]) -> None:
-        text = json.dumps(record, sort_keys=True, default=str)
-        if len(text) > _LEDGER_MAX_LENGTH:
-            raise StoreError(f"ledger record '{key}' is {len(text)} bytes, over Milvus's limit")
+        # Non-ASCII cursors stay as they are, not \uXXXX: a VARCHAR limit counts bytes, and a
+        # JSON escape takes up to 12 of them for a 4-byte character.
+        text = json.dumps(record, sort_keys=True, default=str, ensure_ascii=False)
+        size = len(text.encode())
+        if size > _LEDGER_MAX_LENGTH:
+            raise StoreError(
+                f"ledger record '{key}' is {size} bytes, over Milvus's limit of "
+                f"{_LEDGER_MAX_LENGTH}; the cursor or the skipped ids are too long for it"
+            )
         self.client.upsert(self._ledger(), [{"key": key, "record": text, "unused": [0.0, 0.0]}])
 
     def ledger_list(self) -> list[dict[str, Any]]:

@@ -20,13 +20,18 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pymilvus import MilvusClient, MilvusException
+from pymilvus import DataType, MilvusClient, MilvusException
 
 from dmu_migrate.errors import StoreError
+from dmu_migrate.stores.base import TAG_FIELDS, TAG_FIX
+from dmu_migrate.stores.milvus_columns import literal
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = 120.0  # seconds per client call: a stalled server fails the step, never hangs it
+TAG_MAX_LENGTH = 64
+# Field attributes a target must repeat, besides name, type and params.
+_FIELD_FLAGS = ("is_primary", "auto_id", "is_partition_key", "nullable", "description")
 # describe_index keys that describe the index rather than configure its build.
 _INDEX_META = {
     "index_type",
@@ -123,6 +128,104 @@ def index_params(client: MilvusClient, specs: list[IndexSpec], nested: bool) -> 
     return out
 
 
+def default_value(field: dict[str, Any]) -> Any:
+    """A field's default as a Python value (describe returns the protobuf ValueField)."""
+    raw = field.get("default_value")
+    if raw is None or not hasattr(raw, "WhichOneof"):
+        return raw
+    kind = raw.WhichOneof("data")
+    return None if kind is None else getattr(raw, kind)
+
+
+def build_schema(desc: dict[str, Any], vector_field: str, new_dim: int) -> Any:
+    """The source's schema with ``vector_field`` resized and the tag fields added."""
+    schema = MilvusClient.create_schema(
+        auto_id=bool(desc.get("auto_id", False)),
+        enable_dynamic_field=bool(desc.get("enable_dynamic_field", False)),
+        description=desc.get("description", ""),
+    )
+    for f in desc["fields"]:
+        params = dict(f.get("params") or {})
+        if f["name"] == vector_field:
+            params["dim"] = new_dim
+        if "element_type" in f:  # ARRAY fields carry it beside their params
+            params["element_type"] = f["element_type"]
+        flags = {k: f[k] for k in _FIELD_FLAGS if f.get(k)}
+        if default_value(f) is not None:
+            flags["default_value"] = default_value(f)
+        schema.add_field(f["name"], f["type"], **flags, **params)
+    present = {f["name"] for f in desc["fields"]}
+    for tag in TAG_FIELDS:
+        if tag not in present:
+            schema.add_field(tag, DataType.VARCHAR, max_length=TAG_MAX_LENGTH)
+    return schema
+
+
+def create_options(desc: dict[str, Any], lite: bool) -> dict[str, Any]:
+    """Collection settings beside the schema: shards, partitions, consistency, properties."""
+    options: dict[str, Any] = {}
+    # The source's shard (DML channel) count: writes into one channel serialise on a
+    # cluster, so a source laid out for parallel writes keeps that layout.
+    if desc.get("num_shards"):
+        options["num_shards"] = desc["num_shards"]
+    if any(f.get("is_partition_key") for f in desc["fields"]) and desc.get("num_partitions"):
+        # Milvus Lite counts its "_default" partition in what it reports, not in what it takes.
+        options["num_partitions"] = int(desc["num_partitions"]) - (1 if lite else 0)
+    if desc.get("consistency_level_name"):
+        options["consistency_level"] = desc["consistency_level_name"]
+    if desc.get("properties"):
+        options["properties"] = dict(desc["properties"])
+    return options
+
+
+def definition(desc: dict[str, Any], skip: str, drop_tags: bool = False) -> dict[str, Any]:
+    """What must be equal between source and target, except field ``skip`` (the evolved
+    vector, resized) and, with ``drop_tags``, the tag fields."""
+    fields = {}
+    for f in desc["fields"]:
+        if f["name"] == skip or (drop_tags and f["name"] in TAG_FIELDS):
+            continue
+        params = {k: str(v) for k, v in (f.get("params") or {}).items()}
+        flags = {k: bool(f.get(k)) for k in _FIELD_FLAGS if k != "description"}
+        text = (f.get("description", ""), str(default_value(f)))
+        fields[f["name"]] = (str(f["type"]), params, flags, text)
+    keys = ("auto_id", "enable_dynamic_field", "description", "num_partitions")
+    out: dict[str, Any] = {k: desc.get(k) for k in keys}
+    out["consistency_level"] = desc.get("consistency_level_name")
+    out["properties"] = {k: str(v) for k, v in (desc.get("properties") or {}).items()}
+    out["fields"] = fields
+    return out
+
+
+def first_difference(want: dict[str, Any], got: dict[str, Any]) -> str | None:
+    for key, value in want.items():
+        if key == "fields":
+            for name, spec in value.items():
+                if got["fields"].get(name) != spec:
+                    return f"field '{name}' ({got['fields'].get(name)} instead of {spec})"
+        elif got.get(key) != value:
+            return f"{key} ({got.get(key)!r} instead of {value!r})"
+    return None
+
+
+def partition_problem(client: MilvusClient, desc: dict[str, Any]) -> str | None:
+    """Named partitions: rows would all land in the target's default partition."""
+    if any(f.get("is_partition_key") for f in desc["fields"]):
+        return None  # the partition key routes every row to its partition by itself
+    named = [p for p in client.list_partitions(desc["collection_name"], timeout=TIMEOUT)]
+    named = [p for p in named if p != "_default"]
+    if named:
+        return (
+            f"has partitions {named}, which evolve cannot carry yet (every row would land in "
+            f"'_default'); evolve each partition's rows as a collection of its own, or use a "
+            f"partition key field"
+        )
+    if desc.get("functions"):
+        names = [getattr(f, "name", f) for f in desc["functions"]]
+        return f"has functions {names}, which evolve cannot carry yet; evolve a copy without them"
+    return None
+
+
 def create_with_indexes(
     client: MilvusClient,
     source: str,
@@ -130,8 +233,10 @@ def create_with_indexes(
     create: dict[str, Any],
     specs: list[IndexSpec],
     nested: bool,
+    skip: str,
 ) -> None:
-    """``create_collection(target, **create)`` with ``specs``, checked; dropped again on failure."""
+    """``create_collection(target, **create)`` with ``specs``, checked against the source
+    (all but field ``skip``, the resized vector); dropped again on failure."""
     try:
         client.create_collection(
             target,
@@ -139,13 +244,22 @@ def create_with_indexes(
             timeout=TIMEOUT,
             **create,
         )
+        wanted = definition(client.describe_collection(source, timeout=TIMEOUT), skip, True)
+        made = definition(client.describe_collection(target, timeout=TIMEOUT), skip, True)
+        differs = first_difference(wanted, made)
+        if differs:
+            raise StoreError(
+                f"this Milvus created collection '{target}' with another {differs} than "
+                f"'{source}' has, so '{target}' was dropped again (nothing was written); "
+                f"evolve into a Milvus version that keeps it"
+            )
         built = {s.field: s for s in read_indexes(client, target)}
         for spec in specs:
             have = built.get(spec.field)
             if have is None or not have.same_build(spec):
-                got = have.describe() if have else "no index"
+                index = have.describe() if have else "no index"
                 raise StoreError(
-                    f"collection '{target}' got {got} on field '{spec.field}' where '{source}' "
+                    f"collection '{target}' got {index} on field '{spec.field}' where '{source}' "
                     f"has {spec.describe()}; this Milvus cannot reproduce the source's index, "
                     f"so '{target}' was dropped again (nothing was written)"
                 )
@@ -167,3 +281,37 @@ def _drop_quietly(client: MilvusClient, name: str) -> None:
             client.drop_collection(name, timeout=TIMEOUT)
     except MilvusException as exc:
         log.warning("could not drop half-created collection %s: %s", name, one_line(exc))
+
+
+def source_problem(
+    client: MilvusClient, name: str, allowed: dict[str, list[str] | None]
+) -> str | None:
+    """See VectorStore.source_problem; ``name`` must be loaded."""
+    desc = client.describe_collection(name, timeout=TIMEOUT)
+    fields = {f["name"]: f for f in desc["fields"]}
+    declared = [t for t in TAG_FIELDS if t in fields]
+    for tag in declared:
+        kind = fields[tag]["type"]
+        if kind != DataType.VARCHAR:
+            return f"has its own field '{tag}' ({getattr(kind, 'name', kind)}), {TAG_FIX}"
+    if declared and len(declared) != len(TAG_FIELDS):
+        # Evolve adds the three together: one alone was the user's.
+        return f"has its own field '{declared[0]}', {TAG_FIX}"
+    dynamic = bool(desc.get("enable_dynamic_field"))
+    for tag, values in allowed.items():
+        if values is None or not (tag in fields or dynamic):
+            continue
+        expr = f"{tag} not in [{', '.join(literal(v) for v in values)}]"
+        if tag not in fields:  # a dynamic key: a row without it matches "not in" on servers
+            expr = f"(exists {tag}) and ({expr})"
+        rows = client.query(
+            name,
+            filter=expr,
+            output_fields=[tag],
+            limit=1,
+            consistency_level="Strong",
+            timeout=TIMEOUT,
+        )
+        if rows:
+            return f"has its own values in field '{tag}' (e.g. {rows[0].get(tag)!r}), {TAG_FIX}"
+    return partition_problem(client, desc)
