@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.stores import parquet_parts
 from dmu_migrate.stores.base import (
     TAG_FIX,
     TAG_ORIGIN,
@@ -137,7 +138,7 @@ class ParquetStore:
             listing.append((path.name, key))
             cached = self._parts.get(path)
             if cached is None or cached[0] != key:
-                table = pq.read_table(path)
+                table = parquet_parts.read_part(path)
                 seq = int((table.schema.metadata or {}).get(_SEQ, b"0"))
                 deleted = path.name.startswith("del-")
                 table = table.replace_schema_metadata(None).append_column(
@@ -150,6 +151,9 @@ class ParquetStore:
         merged_cache = self._merged.get(directory)
         if merged_cache is not None and merged_cache[0] == signature:
             return merged_cache[1]  # describe, count and iterate without re-merging
+        parquet_parts.check_parts(
+            self._schema(name), [(directory / part, t) for _, part, t in tables]
+        )
         if not tables:
             return pa.table({pk: pa.array([], pa.int64())})
         ordered = [t for _, _, t in sorted(tables, key=lambda t: (t[0], t[1]))]
