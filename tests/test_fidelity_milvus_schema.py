@@ -102,7 +102,8 @@ def test_collection_settings_and_field_attributes_are_carried(
     lite = milvus.kind == "milvus-lite"
 
     def build(schema: Any) -> None:
-        schema.add_field("id", DataType.INT64, is_primary=True, auto_id=True)
+        # auto_id on Milvus Lite only: a server refuses it at the plan (test below).
+        schema.add_field("id", DataType.INT64, is_primary=True, auto_id=lite)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("tenant", DataType.VARCHAR, max_length=16, is_partition_key=True)
         schema.add_field("label", DataType.INT64, description="digit class")
@@ -120,6 +121,8 @@ def test_collection_settings_and_field_attributes_are_carried(
         if lite:
             row["note"] = None if i % 3 else f"note {i}"
             row["score"] = float(i)
+        if not lite:
+            row["id"] = 1000 + i
         rows.append(row)
     seed(
         milvus,
@@ -128,7 +131,7 @@ def test_collection_settings_and_field_attributes_are_carried(
         rows,
         [FLAT],
         alias,
-        auto_id=True,
+        auto_id=lite,
         description="digits gallery",
         num_partitions=16,
         consistency_level="Bounded",
@@ -146,9 +149,11 @@ def test_collection_settings_and_field_attributes_are_carried(
         assert target["num_partitions"] == source["num_partitions"] >= 16
         assert target["properties"]["collection.ttl.seconds"] == "86400"
         fields = {f["name"]: f for f in target["fields"]}
-        assert fields["id"].get("auto_id") and fields["tenant"].get("is_partition_key")
-        # The application's inserts through the alias still leave the id to Milvus.
-        new_row = dict(rows[0]) | {"dmu_version": "v2"}
+        assert bool(fields["id"].get("auto_id")) == lite and fields["tenant"].get(
+            "is_partition_key"
+        )
+        # The application's inserts through the alias still leave the id to Milvus (Lite).
+        new_row = dict(rows[0]) | {"dmu_version": "v2"} | ({} if lite else {"id": 5})
         new_row |= {"dmu_from": "", "dmu_origin": "native"}
         new_row["vector"] = [0.1] * int(fields["vector"]["params"]["dim"])
         client.insert(alias, [new_row], timeout=milvus_schema.TIMEOUT)
@@ -182,5 +187,29 @@ def test_named_partitions_are_refused_before_writing(
     store = milvus.open_store()
     before = milvus.list_collections()
     with pytest.raises(InputError, match=r"has partitions \['europe'\], which evolve cannot"):
+        make_plan(store, alias, AdapterChain([artifact]))
+    assert milvus.list_collections() == before
+
+
+@limit(300)
+def test_auto_id_on_a_server_is_refused_before_writing(
+    milvus: Backend, digits: Digits, artifact: Artifact
+) -> None:
+    """Lite keeps given ids in an auto_id collection (the test above); a server does not."""
+    name, alias = milvus.unique("auto"), milvus.unique("live")
+    dim = digits.old_te.shape[1]
+
+    def build(schema: Any) -> None:
+        schema.add_field("id", DataType.INT64, is_primary=True, auto_id=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+
+    rows = [{"vector": digits.old_te[i].tolist()} for i in range(10)]
+    seed(milvus, name, build, rows, [FLAT], alias, auto_id=True)
+    store = milvus.open_store()
+    before = milvus.list_collections()
+    if milvus.kind == "milvus-lite":
+        assert run(milvus, alias, artifact).rows_written == 10
+        return
+    with pytest.raises(InputError, match="has an auto_id primary key, and a Milvus server"):
         make_plan(store, alias, AdapterChain([artifact]))
     assert milvus.list_collections() == before

@@ -365,7 +365,7 @@ class MilvusStore:
 
     def source_problem(self, name: str, allowed: dict[str, list[str] | None]) -> str | None:
         self._ensure_loaded(name)
-        return milvus_schema.source_problem(self.client, name, allowed)
+        return milvus_schema.source_problem(self.client, name, allowed, server=self.shared)
 
     def flush(self, name: str) -> None:
         self.client.flush(name)

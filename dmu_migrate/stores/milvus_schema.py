@@ -209,10 +209,14 @@ def first_difference(want: dict[str, Any], got: dict[str, Any]) -> str | None:
 
 
 def partition_problem(client: MilvusClient, desc: dict[str, Any]) -> str | None:
-    """Named partitions: rows would all land in the target's default partition."""
+    """What create_like cannot carry yet: functions, and named partitions (without a
+    partition key every row would land in the target's default partition)."""
+    if desc.get("functions"):
+        names = [getattr(f, "name", f) for f in desc["functions"]]
+        return f"has functions {names}, which evolve cannot carry yet; evolve a copy without them"
     if any(f.get("is_partition_key") for f in desc["fields"]):
         return None  # the partition key routes every row to its partition by itself
-    named = [p for p in client.list_partitions(desc["collection_name"], timeout=TIMEOUT)]
+    named = client.list_partitions(desc["collection_name"], timeout=TIMEOUT)
     named = [p for p in named if p != "_default"]
     if named:
         return (
@@ -220,9 +224,6 @@ def partition_problem(client: MilvusClient, desc: dict[str, Any]) -> str | None:
             f"'_default'); evolve each partition's rows as a collection of its own, or use a "
             f"partition key field"
         )
-    if desc.get("functions"):
-        names = [getattr(f, "name", f) for f in desc["functions"]]
-        return f"has functions {names}, which evolve cannot carry yet; evolve a copy without them"
     return None
 
 
@@ -284,10 +285,19 @@ def _drop_quietly(client: MilvusClient, name: str) -> None:
 
 
 def source_problem(
-    client: MilvusClient, name: str, allowed: dict[str, list[str] | None]
+    client: MilvusClient, name: str, allowed: dict[str, list[str] | None], server: bool
 ) -> str | None:
     """See VectorStore.source_problem; ``name`` must be loaded."""
     desc = client.describe_collection(name, timeout=TIMEOUT)
+    if server and (desc.get("auto_id") or any(f.get("auto_id") for f in desc["fields"])):
+        # Measured on 2.3.5: an upsert that gives ids to an auto_id collection is refused
+        # ("the number of fields is less than needed"), and a target without auto_id
+        # would refuse the application's inserts after cut-over instead.
+        return (
+            "has an auto_id primary key, and a Milvus server does not take the source's ids "
+            "into an auto_id collection, so the evolved copy cannot keep both; evolve it on "
+            "a copy without auto_id, or on Milvus Lite"
+        )
     fields = {f["name"]: f for f in desc["fields"]}
     declared = [t for t in TAG_FIELDS if t in fields]
     for tag in declared:
