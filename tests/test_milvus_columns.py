@@ -12,7 +12,7 @@ from pymilvus import DataType, MilvusClient
 
 from dmu_migrate.errors import StoreError
 from dmu_migrate.stores import milvus_columns
-from dmu_migrate.stores.base import Batch
+from dmu_migrate.stores.base import Batch, id_value
 from dmu_migrate.stores.milvus import MilvusStore
 
 MILVUS = pytest.mark.parametrize("backend", ["milvus-lite", "milvus-server"], indirect=True)
@@ -87,9 +87,9 @@ def test_columnar_pages_equal_row_pages(backend: Backend, string_ids: bool) -> N
     for f, s in zip(fast, slow, strict=False):
         assert f.vectors.dtype == np.float32 and f.fields == s.fields
     by_id = dict(zip(ids.tolist(), vectors, strict=True))
-    np.testing.assert_array_equal(fast[0].vectors[0], by_id[fast[0].ids[0].item()])
+    np.testing.assert_array_equal(fast[0].vectors[0], by_id[id_value(fast[0].ids[0])])
     # Resuming after a cursor starts at the next key.
-    cursor = got_ids[1234].item()
+    cursor = id_value(got_ids[1234])  # keys are Python ints or strs (stores.base.id_array)
     resumed = np.concatenate([b.ids for b in _pages(store, name, True, after=cursor)])
     assert resumed.tolist() == got_ids[1235:].tolist()
     ids_only = np.concatenate(list(store.iter_ids(name, 600)))

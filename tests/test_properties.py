@@ -97,6 +97,8 @@ elements = st.one_of(
     st.just(0.0),
     st.sampled_from([float("nan"), float("inf"), float("-inf")]),
     st.floats(1e-6, 1e6) | st.floats(-1e6, -1e-6),
+    # Around the float32 overflow of a squared norm (~1.8e19): stored fine, evolved to inf.
+    st.floats(1e18, 3e38) | st.floats(-3e38, -1e18),
 )
 
 
@@ -107,11 +109,18 @@ elements = st.one_of(
     ),
     dtype=st.sampled_from([np.float32, np.float64]),
 )
-def test_bad_rows_flags_exactly_non_finite_and_all_zero_rows(
+def test_bad_rows_flags_exactly_non_finite_all_zero_and_overflowing_rows(
     rows: list[list[float]], dtype: type
 ) -> None:
     vectors: np.ndarray = np.asarray(rows, dtype=dtype).reshape(len(rows), -1 if rows else 4)
-    expected = [any(not np.isfinite(v) for v in row) or all(v == 0 for v in row) for row in rows]
+    cast = vectors.astype(np.float64).tolist()  # the values as stored, exactly
+    largest = float(np.finfo(np.float32).max)
+    expected = [
+        any(not np.isfinite(v) for v in row)
+        or all(v == 0 for v in row)
+        or sum(v * v for v in row) >= largest
+        for row in cast
+    ]
     flagged = bad_rows(vectors)
     assert flagged.shape == (len(rows),)
     assert flagged.tolist() == expected

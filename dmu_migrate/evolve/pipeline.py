@@ -30,7 +30,7 @@ from dmu_migrate.evolve.strategies import InPlace, Strategy, make_strategy
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, VerifyReport, diff_ids, verify
-from dmu_migrate.stores.base import Batch, Id, VectorStore
+from dmu_migrate.stores.base import Batch, Id, VectorStore, id_value
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ class Prepared:
 def prepare(raw: Batch, plan: Plan, options: EvolveOptions) -> Prepared:
     batch, skipped = screen(raw, plan, options.skip_bad_vectors)
     evolved = plan.chain(batch.vectors) if len(batch) else batch.vectors
-    return Prepared(batch, evolved, skipped, raw.ids[-1].item())
+    return Prepared(batch, evolved, skipped, id_value(raw.ids[-1]))
 
 
 def write(strategy: Strategy, ledger: Ledger, record: Record, item: Prepared) -> None:

@@ -117,6 +117,7 @@ def make_plan(
     if strategy not in STRATEGIES:
         raise InputError(f"unknown --strategy '{strategy}'; use one of {', '.join(STRATEGIES)}")
     info = upgraded_source(store, store.describe(collection, vector_field), chain)
+    check_source(store, info, chain)
     if info.dim != chain.in_dim:
         raise InputError(
             f"collection '{collection}' has {info.dim}-d vectors in '{info.vector_field or 'default'}' "
@@ -212,6 +213,29 @@ def upgraded_source(
             source = store.describe(record.source, record.vector_field)
             return replace(source, requested=info.requested, alias=info.alias)
     return info
+
+
+# Values evolve itself writes into dmu_origin (rollback of in-place writes "restored").
+ORIGINS = ["evolved", "native", "restored"]
+
+
+def check_source(store: VectorStore, info: CollectionInfo, chain: AdapterChain) -> None:
+    """Refuse, before anything is written, a source evolve cannot copy faithfully: one
+    whose own fields carry the tag names, or that holds what create_like cannot make.
+
+    Tags in a collection that evolve wrote (a chained upgrade's source, an in-place
+    run resumed) hold this chain's versions and known origins; anything else there is
+    the user's data, which evolve would overwrite in every row.
+    """
+    versions = [a.manifest.from_version for a in chain.artifacts] + [chain.to_version]
+    allowed: dict[str, list[str] | None] = {
+        TAG_ORIGIN: ORIGINS,
+        TAG_VERSION: versions,
+        TAG_FROM: None,  # any earlier version; the store checks it is not alone
+    }
+    problem = store.source_problem(info.name, allowed)
+    if problem:
+        raise InputError(f"collection '{info.name}' {problem}")
 
 
 def resolve_alias(store: VectorStore, info: CollectionInfo, alias: str | None) -> str:

@@ -10,15 +10,20 @@ from dmu_migrate.evolve.plan import Plan
 from dmu_migrate.stores.base import Batch, Id
 
 MAX_SKIPPED = 100_000  # skipped ids live in the ledger record, which must stay small
+# The adapter runs in float32: a row whose squared norm passes float32's largest value
+# (norm >= ~1.8e19) becomes inf inside it, and every such row comes out as one vector.
+MAX_SQUARED_NORM = float(np.finfo(np.float32).max)
 
 
 def bad_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows no adapter can evolve: NaN or inf anywhere, or all zero (no direction)."""
+    """Rows no adapter can evolve: NaN or inf anywhere, all zero (no direction), or so
+    large that float32 arithmetic on them overflows."""
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():  # rare: only then pay for a cleaned copy
         vectors = np.where(np.isfinite(vectors), vectors, 0.0)
+    # float64 sums: the squares of float32 values this large do not overflow here.
     squares = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)  # no batch-size temporary
-    return ~finite | (squares < 1e-24)
+    return ~finite | (squares < 1e-24) | ~(squares < MAX_SQUARED_NORM)
 
 
 def screen(batch: Batch, plan: Plan, skip: bool) -> tuple[Batch, list[Id]]:
@@ -34,7 +39,8 @@ def screen(batch: Batch, plan: Plan, skip: bool) -> tuple[Batch, list[Id]]:
     ids = batch.ids[bad].tolist()
     if not skip:
         raise InputError(
-            f"collection '{plan.source.name}' has {len(ids)} NaN, inf or all-zero vectors in "
+            f"collection '{plan.source.name}' has {len(ids)} NaN, inf or all-zero vectors (or "
+            f"vectors of norm >= 1.8e19, which overflow float32) in "
             f"'{plan.source.vector_field or 'default'}' (first ids: {ids[:5]}); fix or delete "
             f"them, or pass --skip-bad-vectors to leave them out and report them"
         )

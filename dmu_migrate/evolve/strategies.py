@@ -20,7 +20,14 @@ from dmu_migrate.evolve import snapshot
 from dmu_migrate.evolve.ledger import Record
 from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION, NEW_FIELD, Plan
 from dmu_migrate.evolve.verify import ID_BATCH
-from dmu_migrate.stores.base import TAG_FROM, TAG_ORIGIN, TAG_VERSION, Batch, VectorStore
+from dmu_migrate.stores.base import (
+    TAG_FROM,
+    TAG_ORIGIN,
+    TAG_VERSION,
+    Batch,
+    VectorStore,
+    id_value,
+)
 
 
 class Strategy:
@@ -163,7 +170,7 @@ class InPlace(Strategy):
         seq = len(list(self.directory.glob("part-*.parquet")))
         path = snapshot.part_path(self.directory, seq)
         snapshot.write_part(path, batch.ids, batch.vectors)
-        return {"part": str(path), "last_id": batch.ids[-1].item()}
+        return {"part": str(path), "last_id": id_value(batch.ids[-1])}
 
     def apply(self, pending: dict[str, Any]) -> None:
         """Overwrite from a snapshot part: the part, not the store, holds the old vectors."""
@@ -188,7 +195,7 @@ class InPlace(Strategy):
             if rows:
                 evolved = self.plan.chain(old[rows])
                 for k, row in zip(rows, evolved, strict=True):
-                    out[wanted[part_ids[k].item()]] = row
+                    out[wanted[id_value(part_ids[k])]] = row
         return out
 
     def read_back(self, ids: np.ndarray) -> np.ndarray:

@@ -24,6 +24,10 @@ TAG_VERSION = "dmu_version"  # the embedding space the vector lives in now
 TAG_FROM = "dmu_from"  # the space it was evolved from
 TAG_ORIGIN = "dmu_origin"  # "evolved" (adapter output) or "native" (new model)
 TAG_FIELDS = (TAG_VERSION, TAG_FROM, TAG_ORIGIN)
+TAG_FIX = (
+    f"where evolve writes its version tags ({', '.join(TAG_FIELDS)}); copy the collection "
+    f"with that field renamed and evolve the copy"
+)
 
 LEDGER_COLLECTION = "dmu_ledger"  # migration state, kept in the store it describes
 # Batch.fields key of a named vector other than the one being evolved (Qdrant and
@@ -31,6 +35,24 @@ LEDGER_COLLECTION = "dmu_ledger"  # migration state, kept in the store it descri
 VECTOR_KEY_PREFIX = "__vector__:"
 
 Id = int | str
+
+
+def id_array(ids: list[Any]) -> np.ndarray:
+    """Keys as a Batch holds them: int64 for integers, else an object array of Python values.
+
+    Not numpy's fixed-width strings: those drop trailing NUL characters, so a key
+    ending in one would come back as another key.
+    """
+    if ids and all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        return np.asarray(ids, dtype=np.int64)
+    out = np.empty(len(ids), dtype=object)
+    out[:] = ids
+    return out
+
+
+def id_value(value: Any) -> Id:
+    """One key as a plain int or str (a numpy scalar from an int64 array, or an object item)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 @dataclass(frozen=True)
@@ -49,7 +71,7 @@ class CollectionInfo:
 
 @dataclass(frozen=True)
 class Batch:
-    ids: np.ndarray  # (n,) int64, or object for string keys
+    ids: np.ndarray  # (n,) int64, or object (Python str) for string keys: see id_array
     vectors: np.ndarray  # (n, d) float32
     fields: dict[str, list[Any]]  # every other stored field / payload key, column-wise
 
@@ -138,6 +160,13 @@ class VectorStore(Protocol):
 
     def tag_filter(self, tag: str, value: str) -> str:
         """This store's filter text for ``tag == value`` (for counts per version)."""
+        ...
+
+    def source_problem(self, name: str, allowed: dict[str, list[str] | None]) -> str | None:
+        """None when evolve can copy ``name`` faithfully here: its tag fields are absent or
+        hold only tags (values in ``allowed[tag]``; None: no value check), and nothing
+        in it is beyond create_like. Else the rest of a sentence after "collection 'x'"
+        that says what and the fix (see TAG_FIX)."""
         ...
 
     def flush(self, name: str) -> None: ...

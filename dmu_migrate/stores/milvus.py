@@ -13,7 +13,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.client.types import LoadState
 
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.stores import milvus_columns
+from dmu_migrate.stores import milvus_columns, milvus_schema
 from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
     TAG_FIELDS,
@@ -21,11 +21,13 @@ from dmu_migrate.stores.base import (
     CollectionInfo,
     Id,
     choose_vector_field,
+    id_array,
     redact,
 )
 
+log = logging.getLogger(__name__)
+
 _VECTOR_TYPES = {DataType.FLOAT_VECTOR}
-_TAG_MAX_LENGTH = 64
 _LEDGER_MAX_LENGTH = 65535
 _GET_CHUNK = 1000  # ids per get(): keeps the filter expression within server limits
 # A migration reads what it just wrote (ledger, counts, verification); a server's
@@ -38,8 +40,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _literal(value: Id) -> str:
-    return json.dumps(value) if isinstance(value, str) else str(int(value))
+_literal = milvus_columns.literal
 
 
 def _and(*exprs: str | None) -> str:
@@ -105,7 +106,16 @@ class MilvusStore:
         }
         vector_field = choose_vector_field(name, vectors, vector_field)
         pk = next(f for f in desc["fields"] if f.get("is_primary"))
-        index = self._index_params(concrete, vector_field) or {}
+        specs = milvus_schema.read_indexes(self.client, concrete)
+        bare = milvus_schema.unindexed_vectors(desc, specs, _VECTOR_TYPES)
+        if bare and self.shared:
+            # A server loads a collection for reading only when every vector field has an index.
+            raise StoreError(
+                f"collection '{concrete}' has no index on vector field '{bare[0]}', so Milvus "
+                f"cannot load it for reading; create one (e.g. AUTOINDEX with the collection's "
+                f"metric) and run evolve again"
+            )
+        index = next((s for s in specs if s.field == vector_field), None)
         return CollectionInfo(
             requested=name,
             name=concrete,
@@ -113,16 +123,12 @@ class MilvusStore:
             pk_field=pk["name"],
             vector_field=vector_field,
             dim=vectors[vector_field],
-            metric=str(index.get("metric_type", "COSINE")),
+            # Without an index (Milvus Lite) nothing states a metric; COSINE is Milvus's default.
+            metric=(index.metric or "COSINE") if index else "COSINE",
             count=self.count(concrete),
             vector_fields=vectors,
             schema=desc,
         )
-
-    def _index_params(self, collection: str, field: str) -> dict[str, Any] | None:
-        for index_name in self.client.list_indexes(collection, field_name=field):
-            return dict(self.client.describe_index(collection, index_name))
-        return None
 
     def count(self, name: str, filter: str | None = None) -> int:
         self._ensure_loaded(name)
@@ -192,13 +198,13 @@ class MilvusStore:
                 yield ids
             return
         for rows in self._iterate(name, batch_size, filter or "", [pk]):
-            yield np.asarray([r[pk] for r in rows])
+            yield id_array([r[pk] for r in rows])
 
     @staticmethod
     def _to_batch(rows: list[dict[str, Any]], pk: str, field: str) -> Batch:
-        ids = np.asarray([r[pk] for r in rows])
+        ids = id_array([r[pk] for r in rows])
         vectors = np.asarray([r[field] for r in rows], dtype=np.float32)
-        other = [k for k in rows[0] if k not in (pk, field)]
+        other = [k for k in milvus_columns.row_keys(rows) if k not in (pk, field)]
         return Batch(ids, vectors, {k: [r.get(k) for r in rows] for k in other})
 
     def fetch(self, info: CollectionInfo, ids: np.ndarray, vector_field: str) -> Batch:
@@ -208,8 +214,12 @@ class MilvusStore:
         wanted = ids.tolist()
         for start in range(0, len(wanted), _GET_CHUNK):
             chunk = wanted[start : start + _GET_CHUNK]
-            for row in self.client.get(
-                info.name, ids=chunk, output_fields=["*"], consistency_level=STRONG
+            for row in self.client.query(
+                info.name,
+                filter=milvus_columns.in_list(pk, chunk),
+                output_fields=["*"],
+                consistency_level=STRONG,
+                timeout=milvus_schema.TIMEOUT,
             ):
                 by_id[row[pk]] = row
         missing = [i for i in wanted if i not in by_id]
@@ -234,46 +244,21 @@ class MilvusStore:
     # -- writing -------------------------------------------------------------
     def create_like(self, source: CollectionInfo, target: str, new_dim: int) -> None:
         desc = source.schema
-        schema = MilvusClient.create_schema(
-            auto_id=False,  # evolved rows keep their source ids
-            enable_dynamic_field=bool(desc.get("enable_dynamic_field", False)),
-        )
-        for f in desc["fields"]:
-            params = dict(f.get("params") or {})
-            if f["name"] == source.vector_field:
-                params["dim"] = new_dim
-            if "element_type" in f:  # ARRAY fields carry it beside their params
-                params["element_type"] = f["element_type"]
-            schema.add_field(f["name"], f["type"], is_primary=bool(f.get("is_primary")), **params)
-        present = {f["name"] for f in desc["fields"]}
-        for tag in TAG_FIELDS:
-            if tag not in present:
-                schema.add_field(tag, DataType.VARCHAR, max_length=_TAG_MAX_LENGTH)
-        index_params = self.client.prepare_index_params()
-        for field in source.vector_fields:
-            index = self._index_params(source.name, field) or {}
-            index_params.add_index(
-                field_name=field,
-                index_type=index.get("index_type", "AUTOINDEX"),
-                metric_type=index.get("metric_type", "COSINE"),
-                params=index.get("params") if isinstance(index.get("params"), dict) else {},
-            )
+        schema = milvus_schema.build_schema(desc, source.vector_field, new_dim)
+        specs = milvus_schema.read_indexes(self.client, source.name)
+        for bare in milvus_schema.unindexed_vectors(desc, specs, _VECTOR_TYPES):
+            log.info("'%s' has no index on '%s'; '%s' gets none either", source.name, bare, target)
         self._schemas.pop(target, None)
-        # The source's shard (DML channel) count: writes into one channel serialise on a
-        # cluster, so a source laid out for parallel writes keeps that layout.
-        layout = {"num_shards": desc["num_shards"]} if desc.get("num_shards") else {}
-        try:
-            self.client.create_collection(
-                target,
-                schema=schema,
-                index_params=index_params,
-                consistency_level=STRONG,
-                **layout,
-            )
-        except MilvusException as exc:
-            raise StoreError(
-                f"cannot create collection '{target}' ({_one_line(exc.message)})"
-            ) from exc
+        lite = not self.shared
+        milvus_schema.create_with_indexes(
+            self.client,
+            source.name,
+            target,
+            {"schema": schema, **milvus_schema.create_options(desc, lite)},
+            specs,
+            nested=lite,  # Milvus Lite keeps nested build parameters only
+            skip=source.vector_field,
+        )
 
     def target_problem(self, source: CollectionInfo, target: str, new_dim: int) -> str | None:
         desc = self.client.describe_collection(target)
@@ -287,6 +272,12 @@ class MilvusStore:
         expected = {f["name"] for f in source.schema["fields"]} | set(TAG_FIELDS)
         if set(fields) != expected:
             return f"its fields {sorted(fields)} differ from the source's plus tags"
+        built = {i.field: i for i in milvus_schema.read_indexes(self.client, target)}
+        for spec in milvus_schema.read_indexes(self.client, source.name):
+            have = built.get(spec.field)
+            if have is None or not have.same_build(spec):
+                got = have.describe() if have else "no index"
+                return f"its index on '{spec.field}' is {got}, not {spec.describe()} as in '{source.name}'"
         return None
 
     def add_vector_field(self, info: CollectionInfo, name: str, dim: int) -> None:
@@ -313,22 +304,34 @@ class MilvusStore:
             if all(f["name"] in columns or f["name"] == vf for f in schema["fields"]):
                 milvus_columns.upsert(self.client, target, schema, columns, vf, batch.vectors)
                 return
+        # A key outside the schema is a dynamic field: None there means the row lacks the
+        # key (reads fill absent keys with None), so it stays absent rather than null.
+        declared = self._field_names(target)
         rows = []
         for i, row_id in enumerate(batch.ids.tolist()):
-            row: dict[str, Any] = {k: v[i] for k, v in batch.fields.items()}
+            row: dict[str, Any] = {
+                k: v[i] for k, v in batch.fields.items() if v[i] is not None or k in declared
+            }
             row[pk] = row_id
             row[vf] = batch.vectors[i]
             row.update(tags)
             rows.append(row)
         self.client.upsert(target, rows)
 
+    def _described(self, name: str) -> dict[str, Any]:
+        """A write target's schema, described once per store."""
+        if name not in self._schemas:
+            self._schemas[name] = self.client.describe_collection(name)
+        return self._schemas[name]
+
+    def _field_names(self, name: str) -> set[str]:
+        return {f["name"] for f in self._described(name)["fields"]}
+
     def _write_schema(self, name: str) -> dict[str, Any] | None:
         """The target's schema when the columnar path can write it, else None."""
         if not self._columnar:
             return None
-        if name not in self._schemas:
-            self._schemas[name] = self.client.describe_collection(name)
-        schema = self._schemas[name]
+        schema = self._described(name)
         return schema if milvus_columns.write_supported(schema) else None
 
     def write_vectors(
@@ -349,10 +352,20 @@ class MilvusStore:
 
     def delete_ids(self, name: str, ids: np.ndarray) -> None:
         if len(ids):
-            self.client.delete(name, ids=ids.tolist())
+            pk = self._pk(name)
+            wanted = ids.tolist()
+            for start in range(0, len(wanted), _GET_CHUNK):
+                chunk = wanted[start : start + _GET_CHUNK]
+                self.client.delete(
+                    name, filter=milvus_columns.in_list(pk, chunk), timeout=milvus_schema.TIMEOUT
+                )
 
     def tag_filter(self, tag: str, value: str) -> str:
-        return f"{tag} == {json.dumps(value)}"
+        return f"{tag} == {_literal(value)}"
+
+    def source_problem(self, name: str, allowed: dict[str, list[str] | None]) -> str | None:
+        self._ensure_loaded(name)
+        return milvus_schema.source_problem(self.client, name, allowed, server=self.shared)
 
     def flush(self, name: str) -> None:
         self.client.flush(name)
@@ -400,9 +413,15 @@ class MilvusStore:
         return json.loads(rows[0]["record"]) if rows else None
 
     def ledger_put(self, key: str, record: dict[str, Any]) -> None:
-        text = json.dumps(record, sort_keys=True, default=str)
-        if len(text) > _LEDGER_MAX_LENGTH:
-            raise StoreError(f"ledger record '{key}' is {len(text)} bytes, over Milvus's limit")
+        # Non-ASCII cursors stay as they are, not \uXXXX: a VARCHAR limit counts bytes, and a
+        # JSON escape takes up to 12 of them for a 4-byte character.
+        text = json.dumps(record, sort_keys=True, default=str, ensure_ascii=False)
+        size = len(text.encode())
+        if size > _LEDGER_MAX_LENGTH:
+            raise StoreError(
+                f"ledger record '{key}' is {size} bytes, over Milvus's limit of "
+                f"{_LEDGER_MAX_LENGTH}; the cursor or the skipped ids are too long for it"
+            )
         self.client.upsert(self._ledger(), [{"key": key, "record": text, "unused": [0.0, 0.0]}])
 
     def ledger_list(self) -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ tests/test_milvus_columns.py checks both paths give the same rows.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 
 from dmu_migrate.errors import StoreError
+from dmu_migrate.stores.base import id_array, id_value
 
 try:  # the handler-level API that MilvusClient is built on
     from pymilvus.client import entity_helper
@@ -85,7 +85,7 @@ def pages(
     snapshot = {"guarantee_timestamp": _client_ts()}
     reported = False
     while True:
-        cursor = None if last is None else f"{pk} > {_literal(last)}"
+        cursor = None if last is None else f"{pk} > {literal(last)}"
         page_expr = " and ".join(f"({e})" for e in (expr, cursor) if e)
         result = handler.query(
             name,
@@ -103,16 +103,26 @@ def pages(
             snapshot, reported = {"guarantee_timestamp": session_ts}, True
         vectors = _take_vectors(result, vector_field, dim) if vector_field else None
         rows = list(result)  # scalars only now: the vector column was taken out above
-        ids = np.asarray([r[pk] for r in rows])
+        ids = id_array([r[pk] for r in rows])
         if vectors is None and vector_field:
             vectors = np.asarray([r.pop(vector_field) for r in rows], dtype=np.float32)
         _check_order(name, ids, last)
-        columns = {k: [r.get(k) for r in rows] for k in rows[0] if k not in (pk, vector_field)}
+        columns = {
+            k: [r.get(k) for r in rows] for k in row_keys(rows) if k not in (pk, vector_field)
+        }
         del result, rows  # the response message is as big as the page: free it before waiting
         yield ids, vectors, columns
         # A short page is not the end: with reduce_stop_for_best a page may stop at a
         # segment boundary. Only an empty page ends the walk.
-        last = ids[-1].item()
+        last = id_value(ids[-1])
+
+
+def row_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """Every key of every row, in first-seen order: dynamic-field keys differ from row to row."""
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update(dict.fromkeys(row))
+    return list(keys)
 
 
 def _client_ts() -> int:
@@ -144,8 +154,22 @@ def _check_order(name: str, ids: np.ndarray, last: Any) -> None:
         )
 
 
-def _literal(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, str) else str(int(value))
+# Escapes both Milvus parsers read (Milvus Lite knows only \\ \" \' \n \r \t; a server
+# reads those too). JSON's \uXXXX (json.dumps of any non-ASCII key) fails on both ("unknown
+# escape sequence \u"), so every other character, emoji and controls included, goes in raw.
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def literal(value: Any) -> str:
+    """A primary key (or tag value) as a Milvus expression literal that reads back as itself."""
+    if isinstance(value, str):  # numpy string scalars included
+        return '"' + value.translate(_ESCAPES) + '"'
+    return str(int(value))
+
+
+def in_list(field: str, values: list[Any]) -> str:
+    """``field in [...]``: pymilvus's get/delete by ids quote string keys without escaping."""
+    return f"{field} in [{', '.join(literal(v) for v in values)}]"
 
 
 # -- writing ---------------------------------------------------------------

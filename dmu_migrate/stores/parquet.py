@@ -41,12 +41,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.stores import parquet_parts
 from dmu_migrate.stores.base import (
+    TAG_FIX,
+    TAG_ORIGIN,
     VECTOR_KEY_PREFIX,
     Batch,
     CollectionInfo,
     Id,
     choose_vector_field,
+    id_array,
 )
 from dmu_migrate.stores.filters import milvus_style_mask
 
@@ -134,7 +138,7 @@ class ParquetStore:
             listing.append((path.name, key))
             cached = self._parts.get(path)
             if cached is None or cached[0] != key:
-                table = pq.read_table(path)
+                table = parquet_parts.read_part(path)
                 seq = int((table.schema.metadata or {}).get(_SEQ, b"0"))
                 deleted = path.name.startswith("del-")
                 table = table.replace_schema_metadata(None).append_column(
@@ -147,6 +151,9 @@ class ParquetStore:
         merged_cache = self._merged.get(directory)
         if merged_cache is not None and merged_cache[0] == signature:
             return merged_cache[1]  # describe, count and iterate without re-merging
+        parquet_parts.check_parts(
+            self._schema(name), [(directory / part, t) for _, part, t in tables]
+        )
         if not tables:
             return pa.table({pk: pa.array([], pa.int64())})
         ordered = [t for _, _, t in sorted(tables, key=lambda t: (t[0], t[1]))]
@@ -226,7 +233,7 @@ class ParquetStore:
     def _ids(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
         if pa.types.is_integer(column.type):
             return np.asarray(column.to_numpy(), dtype=np.int64)
-        return np.asarray(column.to_pylist(), dtype=object)
+        return id_array(column.to_pylist())
 
     def _to_batch(self, name: str, table: pa.Table, field: str) -> Batch:
         schema = self._schema(name)
@@ -381,6 +388,27 @@ class ParquetStore:
 
     def tag_filter(self, tag: str, value: str) -> str:
         return f"{tag} == {json.dumps(value)}"
+
+    def source_problem(self, name: str, allowed: dict[str, list[str] | None]) -> str | None:
+        table = self._table(name)
+        for tag, values in allowed.items():
+            if tag not in table.column_names:
+                continue
+            column = table[tag]
+            if not (pa.types.is_string(column.type) or pa.types.is_null(column.type)):
+                return f"has its own column '{tag}' ({column.type}), {TAG_FIX}"
+            if values is None:
+                origin = TAG_ORIGIN
+                lone = pc.is_valid(column)
+                if origin in table.column_names:
+                    lone = pc.and_(lone, pc.is_null(table[origin]))
+                hits = table.filter(lone)[tag]
+            else:
+                theirs = pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column, pa.array(values))))
+                hits = table.filter(pc.fill_null(theirs, False))[tag]
+            if len(hits):
+                return f"has its own values in column '{tag}' (e.g. {hits[0].as_py()!r}), {TAG_FIX}"
+        return None
 
     def flush(self, name: str) -> None:
         """Every write is a renamed file; nothing is buffered."""

@@ -29,14 +29,18 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 
 from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.stores import qdrant_schema
 from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
     TAG_FIELDS,
+    TAG_FIX,
+    TAG_ORIGIN,
     VECTOR_KEY_PREFIX,
     Batch,
     CollectionInfo,
     Id,
     choose_vector_field,
+    id_array,
     redact,
 )
 from dmu_migrate.stores.filters import parse_filter
@@ -64,10 +68,16 @@ def _past(point_id: Any, until: Any) -> bool:
     return bool(point_id > until)
 
 
-def _ids_array(ids: list[Any]) -> np.ndarray:
-    if ids and all(isinstance(i, int) for i in ids):
-        return np.asarray(ids, dtype=np.int64)
-    return np.asarray(ids, dtype=object)
+def _ids_array(name: str, ids: list[Any]) -> np.ndarray:
+    kinds = {isinstance(i, int) for i in ids}
+    if len(kinds) > 1:
+        # Scroll puts every integer id before every UUID, but one key column cannot
+        # hold both in an order the merge-join of catch-up and verification can follow.
+        raise StoreError(
+            f"collection '{name}' mixes integer and UUID point ids; dmu-migrate needs one "
+            f"kind per collection (give the integer points UUIDs, or split the collection)"
+        )
+    return id_array(ids)
 
 
 class QdrantStore:
@@ -251,7 +261,7 @@ class QdrantStore:
         self, name: str, batch_size: int, filter: str | None = None
     ) -> Iterator[np.ndarray]:
         for records in self._pages(name, batch_size, filter, full=False):
-            yield _ids_array([r.id for r in records])
+            yield _ids_array(name, [r.id for r in records])
 
     def _to_batch(self, name: str, records: list[Any], field: str) -> Batch:
         vectors: list[Any] = []
@@ -270,11 +280,15 @@ class QdrantStore:
             for vname, vec in named.items():
                 if vname != field:
                     column = others.setdefault(VECTOR_KEY_PREFIX + vname, [None] * len(records))
-                    column[i] = np.asarray(vec, dtype=np.float32)
+                    # Sparse vectors stay SparseVector models: they are written back as read.
+                    sparse = isinstance(vec, models.SparseVector)
+                    column[i] = vec if sparse else np.asarray(vec, dtype=np.float32)
         fields = {k: [(r.payload or {}).get(k) for r in records] for k in payload_keys}
         fields.update(others)
         return Batch(
-            _ids_array([r.id for r in records]), np.asarray(vectors, dtype=np.float32), fields
+            _ids_array(name, [r.id for r in records]),
+            np.asarray(vectors, dtype=np.float32),
+            fields,
         )
 
     def fetch(self, info: CollectionInfo, ids: np.ndarray, vector_field: str) -> Batch:
@@ -319,22 +333,38 @@ class QdrantStore:
             )
         params = source.schema if isinstance(source.schema, models.CollectionParams) else None
         extra: dict[str, Any] = {}
-        if params is not None and not self.local:
-            extra = {
-                "shard_number": params.shard_number,
-                "replication_factor": params.replication_factor,
-                "write_consistency_factor": params.write_consistency_factor,
-                "on_disk_payload": params.on_disk_payload,
-            }
+        indexes: dict[str, Any] = {}
+        with self._errors(f"describe collection '{source.name}'", "check --collection"):
+            if params is not None:  # a Qdrant source: its whole setup, not only its vectors
+                extra = qdrant_schema.create_options(self.client, source.name, self.local)
+                indexes = (
+                    {} if self.local else qdrant_schema.payload_indexes(self.client, source.name)
+                )
         with self._errors(f"create collection '{target}'", "check the server's logs and --uri"):
             self.client.create_collection(
                 target, vectors_config=self._target_vectors(source, new_dim), **extra
             )
-            if not self.local:  # local mode has no payload indexes (it warns and ignores them)
-                for tag in TAG_FIELDS:
-                    self.client.create_payload_index(
-                        target, tag, field_schema=models.PayloadSchemaType.KEYWORD
-                    )
+        try:
+            with self._errors(f"index collection '{target}'", "check the server's logs"):
+                if not self.local:  # local mode has no payload indexes (it warns and ignores them)
+                    for key, schema in indexes.items():
+                        self.client.create_payload_index(target, key, field_schema=schema)
+                    for tag in TAG_FIELDS:
+                        self.client.create_payload_index(
+                            target, tag, field_schema=models.PayloadSchemaType.KEYWORD
+                        )
+                lacking = None
+                if params is not None:
+                    lacking = qdrant_schema.difference(self.client, source.name, target, self.local)
+            if lacking:
+                raise StoreError(
+                    f"Qdrant at '{self.uri}' created collection '{target}' with {lacking}, "
+                    f"unlike '{source.name}', so it was dropped again (nothing was written); "
+                    f"evolve on a Qdrant version that keeps it"
+                )
+        except StoreError:
+            self.drop_collection(target)  # never leave a half-made target behind
+            raise
 
     def target_problem(self, source: CollectionInfo, target: str, new_dim: int) -> str | None:
         if not self.has_collection(target):
@@ -448,6 +478,23 @@ class QdrantStore:
 
     def tag_filter(self, tag: str, value: str) -> str:
         return json.dumps({"must": [{"key": tag, "match": {"value": value}}]})
+
+    def source_problem(self, name: str, allowed: dict[str, list[str] | None]) -> str | None:
+        for tag, values in allowed.items():
+            present = models.IsEmptyCondition(is_empty=models.PayloadField(key=tag))
+            if values is None:
+                # A tag written alone, without the origin evolve writes beside it, is the user's.
+                lone = models.IsEmptyCondition(is_empty=models.PayloadField(key=TAG_ORIGIN))
+                found = models.Filter(must=[lone], must_not=[present])
+            else:
+                ours = models.FieldCondition(key=tag, match=models.MatchAny(any=values))
+                found = models.Filter(must_not=[present, ours])
+            with self._errors(f"read collection '{name}'", "check --collection"):
+                records, _ = self.client.scroll(name, scroll_filter=found, limit=1)
+            if records:
+                value = (records[0].payload or {}).get(tag)
+                return f"has its own values in payload key '{tag}' (e.g. {value!r}), {TAG_FIX}"
+        return None
 
     def flush(self, name: str) -> None:
         """Every write above waits for the server's acknowledgement; nothing is buffered."""
