@@ -68,8 +68,9 @@ def verify(
             return
         out.print(
             f"{plan.key}: OK, {report.source_rows} source rows all present in "
-            f"'{plan.target}', {report.sampled} sampled vectors within "
-            f"{report.max_abs_error:.1e}"
+            f"'{plan.target}' and no evolved row without its source, {report.sampled} sampled "
+            f"vectors within {report.max_abs_error:.1e} of the adapter's output of the current "
+            f"source"
         )
 
 

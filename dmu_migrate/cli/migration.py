@@ -220,8 +220,6 @@ def evolve(
 
         check_flags(batch_size, threads, read_ahead, max_seconds, max_retries, timeout)
         check_range("--workers", workers, 1, 256)
-        if shards is not None:
-            check_range("--shards", shards, 1, 65536)
         fanout = Fanout.from_flags(shards, workers, shard, engine, ray_address)
         threads = fanout.threads(threads)
         plan_args = {
