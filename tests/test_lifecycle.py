@@ -131,8 +131,9 @@ def test_rerun_propagates_deletes_updates_and_inserts_and_leaves_native_rows(
     assert idle.exit_code == 0 and "up to date" in idle.output, idle.output
 
 
+@pytest.mark.parametrize("sharded", [False, True])
 def test_main_pass_never_overwrites_native_rows_of_an_existing_target(
-    gallery: Gallery, artifact: Artifact
+    sharded: bool, gallery: Gallery, artifact: Artifact
 ) -> None:
     """A target that already holds the application's rows: those ids are left alone."""
     first = cli(*evolve_args(gallery, artifact))
@@ -149,7 +150,8 @@ def test_main_pass_never_overwrites_native_rows_of_an_existing_target(
         client.flush("digits__v2")
     finally:
         client.close()
-    redo = cli(*evolve_args(gallery, artifact, "--restart"))
+    shards = ("--shards", "2") if sharded else ()
+    redo = cli(*evolve_args(gallery, artifact, "--restart", *shards))
     assert redo.exit_code == 0, redo.output
     rows = read_all(gallery.db, "digits__v2")
     assert rows[ids[0]]["dmu_origin"] == "native" and rows[ids[0]]["name"] == "native"

@@ -42,7 +42,7 @@ from dmu_migrate.evolve.pipeline import (
 )
 from dmu_migrate.evolve.plan import IN_PLACE, Plan
 from dmu_migrate.evolve.retry import Retrier
-from dmu_migrate.evolve.strategies import make_strategy
+from dmu_migrate.evolve.strategies import NewCollection, make_strategy
 from dmu_migrate.evolve.verify import ID_BATCH, VERIFY_SAMPLE, Reservoir
 from dmu_migrate.stores.base import Id, VectorStore
 
@@ -263,6 +263,8 @@ def run_shard(
     whole = record.cursor == record.start and record.rows_done == 0 and not record.skipped
     sample = Reservoir(VERIFY_SAMPLE)
     with recorded(ledger, retry, record, result, start):
+        if isinstance(strategy, NewCollection):  # the application's rows keep their ids
+            retry.run("finding native rows", strategy.find_native)
         finished = retry.run(
             "reading and writing batches",
             lambda: main_pass(
