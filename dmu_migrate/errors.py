@@ -5,6 +5,7 @@ names the object, what is wrong and the fix. The CLI prints that line and exits
 with the class's ``exit_code``; anything else is a bug and keeps its traceback.
 
     DmuError                 exit 1
+    +-- NothingToDo          exit 0  a state the operator chose (rolled back, pruned): not a failure
     +-- InputError           exit 2  bad flags, tables or files given by the user
     +-- ArtifactError        exit 3  missing, corrupt or inconsistent upgrade artifact
     +-- StoreError           exit 4  vector store unreachable, missing collection, bad schema
@@ -19,6 +20,12 @@ class DmuError(Exception):
     """Base of every error that is the user's to fix."""
 
     exit_code = 1
+
+
+class NothingToDo(DmuError):
+    """The command has nothing to do because of an operator's decision; cron must not fail."""
+
+    exit_code = 0
 
 
 class InputError(DmuError):

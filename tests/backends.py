@@ -44,6 +44,9 @@ from dmu_migrate.stores.base import VectorStore, open_store
 
 _DISTANCE = {"COSINE": "Cosine", "IP": "Dot", "L2": "Euclid"}
 T = TypeVar("T")
+# Every call a test helper makes to a server gives up after this long: a stalled server
+# fails the test instead of blocking the run (it once blocked one for 17 minutes).
+CALL_TIMEOUT = 120
 # Read-only fixtures seeded once per private Milvus server (collections there cost seconds
 # each); the names in _KEPT survive the per-test drop and die with the server.
 _SHARED: dict[tuple[str, str], Any] = {}
@@ -174,7 +177,7 @@ class Backend:
             index = client.prepare_index_params()
             for vname in vectors:
                 index.add_index(field_name=vname, index_type="AUTOINDEX", metric_type=metric)
-            client.create_collection(name, schema=schema, index_params=index)
+            client.create_collection(name, schema=schema, index_params=index, timeout=CALL_TIMEOUT)
             rows = []
             for i, row_id in enumerate(ids):
                 row: dict[str, Any] = {"id": row_id}
@@ -182,10 +185,10 @@ class Backend:
                 row.update({k: v[i] for k, v in fields.items()})
                 rows.append(row)
             for start in range(0, len(rows), 1000):
-                client.insert(name, rows[start : start + 1000])
+                client.insert(name, rows[start : start + 1000], timeout=CALL_TIMEOUT)
             # No flush: it costs seconds on a server, and reads that matter use Strong consistency.
             if alias:
-                client.create_alias(name, alias)
+                client.create_alias(name, alias, timeout=CALL_TIMEOUT)
         finally:
             client.close()
 
@@ -281,9 +284,15 @@ class Backend:
 
         client = MilvusClient(self.uri)
         try:
-            client.load_collection(name)
+            client.load_collection(name, timeout=CALL_TIMEOUT)
             # A Strong query first: iterators read at a client-side timestamp (see milvus.py).
-            client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+            client.query(
+                name,
+                filter="",
+                output_fields=["count(*)"],
+                consistency_level="Strong",
+                timeout=CALL_TIMEOUT,
+            )
             it = client.query_iterator(
                 name, batch_size=1000, filter="", output_fields=["*"], consistency_level="Strong"
             )
@@ -337,10 +346,11 @@ class Backend:
             client = MilvusClient(self.uri)
             try:
                 for name in names:
-                    if client.has_collection(name):
-                        for alias in client.list_aliases(name).get("aliases", []):
-                            client.drop_alias(alias)
-                        client.drop_collection(name)
+                    if client.has_collection(name, timeout=CALL_TIMEOUT):
+                        aliases = client.list_aliases(name, timeout=CALL_TIMEOUT)
+                        for alias in aliases.get("aliases", []):
+                            client.drop_alias(alias, timeout=CALL_TIMEOUT)
+                        client.drop_collection(name, timeout=CALL_TIMEOUT)
             finally:
                 client.close()
         elif self.kind == "qdrant-server":
@@ -360,7 +370,7 @@ class Backend:
 
             client = MilvusClient(self.uri)
             try:
-                return set(client.list_collections())
+                return set(client.list_collections(timeout=CALL_TIMEOUT))
             finally:
                 client.close()
         if self.is_qdrant:

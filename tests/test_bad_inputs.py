@@ -234,7 +234,7 @@ def test_in_place_without_yes_overwrite(
 def test_zero_batch_size(gallery: Gallery, artifact: Artifact) -> None:
     before = state(gallery.db)
     result = evolve(gallery.db, "digits", "--batch-size", "0", adapters=[artifact.path])
-    assert_clean_error(result, 2, "--batch-size must be >= 1")
+    assert_clean_error(result, 2, "--batch-size must be between 1 and 16384, got 0")
     assert_untouched(gallery.db, before)
 
 
@@ -461,7 +461,7 @@ def test_damaged_target_fails_verify_then_evolve_repairs_it(
     assert_clean_error(result, 5, "1 rows of 'digits__v1'", f"[{lost}]", "run evolve again")
     # The cron re-run finds the missing row, writes it and verifies again.
     again = evolve(gallery.db, "digits", adapters=[artifact.path])
-    assert again.exit_code == 0 and "caught up 1 rows" in again.output, again.output
+    assert again.exit_code == 0 and "1 rows added" in again.output, again.output
     assert cli(*verify).exit_code == 0
 
     sample = Reservoir(VERIFY_SAMPLE)
@@ -506,7 +506,7 @@ def test_dry_run_with_zero_batch_size(gallery: Gallery, artifact: Artifact) -> N
     result = evolve(
         gallery.db, "digits", "--dry-run", "--batch-size", "0", adapters=[artifact.path]
     )
-    assert_clean_error(result, 2, "--batch-size must be >= 1")
+    assert_clean_error(result, 2, "--batch-size must be between 1 and 16384, got 0")
 
 
 def edit_manifest(artifact: Artifact, tmp_path: Path, **changes: Any) -> Path:

@@ -15,7 +15,7 @@ from backends import Backend
 from conftest import Digits
 
 from dmu_migrate.artifact import Artifact
-from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.errors import InputError, NothingToDo, StoreError
 from dmu_migrate.evolve import admin
 from dmu_migrate.evolve.ledger import DONE, Ledger
 from dmu_migrate.evolve.pipeline import COMPLETED, REMAINING, EvolveOptions, EvolveResult, evolve
@@ -92,6 +92,7 @@ class InsertsBehindCursor:
 
     def __init__(self, store: VectorStore, row: Batch) -> None:
         self._store, self._row = store, row
+        self._inserted = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -99,8 +100,9 @@ class InsertsBehindCursor:
     def iter_batches(self, info: Any, *args: Any, **kwargs: Any) -> Any:
         for i, batch in enumerate(self._store.iter_batches(info, *args, **kwargs)):
             yield batch
-            if i == 0:
+            if i == 0 and not self._inserted:  # once, into the source, during the main pass
                 self._store.write_rows(info, info.name, self._row, {})
+                self._inserted = True
 
 
 def test_rows_added_behind_the_cursor_mid_pass_are_caught_up(
@@ -123,7 +125,7 @@ def test_full_verify_diffs_every_id(backend: Backend, digits: Digits, artifact: 
     store = backend.open_store()
     options = EvolveOptions(batch_size=32, full_verify=True, read_ahead=0)
     result = run(store, alias, [artifact], options=options)
-    assert result.id_check == "full diff" and "catch_up" in result.phases
+    assert result.id_check == "full diff" and "sync" in result.phases
     assert result.verify is not None and result.verify.missing == 0
 
 
@@ -185,10 +187,13 @@ def test_rollback_and_prune(backend: Backend, digits: Digits, artifact: Artifact
     result = run(store, alias, [artifact])
     key, message = admin.rollback(store, alias)
     assert key == result.migration and store.alias_target(alias) == source
-    with pytest.raises(InputError, match="no finished migration"):
+    with pytest.raises(InputError, match="was rolled back"):
         admin.prune_plan(store, source)  # rolled back: the old data is live again
-    # Evolve again (a no-op catch-up that re-points the alias), then prune the old data.
-    run(store, alias, [artifact])
+    with pytest.raises(NothingToDo, match="--reapply"):
+        run(store, alias, [artifact])  # a scheduled run keeps the rollback
+    assert store.alias_target(alias) == source
+    # Evolve again, told to (a no-op sync that re-points the alias), then prune the old data.
+    run(store, alias, [artifact], options=EvolveOptions(reapply=True))
     assert store.alias_target(alias) == result.target
     record, what = admin.prune_plan(store, source)
     assert source in what

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from dmu_migrate.cli import common, evaluation, migration, training
+from dmu_migrate.cli import admin, common, evaluation, migration, training
 
 app = typer.Typer(
     help="Upgrade the embedding model behind a vector database without backfilling.",
@@ -47,11 +47,11 @@ app.command()(training.train)
 app.command()(training.transition)
 app.command()(evaluation.evaluate)
 app.command()(migration.evolve)
-app.command()(migration.verify)
-app.command()(migration.status)
-app.command()(migration.history)
-app.command()(migration.rollback)
-app.command()(migration.prune)
+app.command()(admin.verify)
+app.command()(admin.status)
+app.command()(admin.history)
+app.command()(admin.rollback)
+app.command()(admin.prune)
 app.command()(training.demo)
 
 

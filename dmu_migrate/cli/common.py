@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from dmu_migrate.errors import DmuError, InputError
+from dmu_migrate.errors import DmuError, InputError, NothingToDo
 
 VERBOSE = 0  # -v count, set by the app's callback
 
@@ -37,9 +37,29 @@ def user_errors() -> Iterator[None]:
     """Turn a DmuError into one line on stderr and its exit code, with no traceback."""
     try:
         yield
+    except NothingToDo as exc:
+        out.print(str(exc), highlight=False, soft_wrap=True)
+        raise typer.Exit(0) from None
     except DmuError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+    except Exception as exc:
+        from dmu_migrate.evolve.retry import client_error
+
+        mapped = client_error(exc, "the store call")
+        if mapped is None:
+            raise  # a bug: keep the traceback
+        err.print(f"[bold red]error:[/] {mapped}", highlight=False, soft_wrap=True)
+        raise typer.Exit(mapped.exit_code) from None
+
+
+def check_range(flag: str, value: float, low: float, high: float, why: str = "") -> None:
+    """A numeric flag outside its range: one line naming the flag, the range and the value."""
+    if not low <= value <= high:
+        raise InputError(
+            f"{flag} must be between {low:g} and {high:g}, got {value:g}"
+            + (f" ({why})" if why else "")
+        )
 
 
 def needs_train_extra() -> None:

@@ -8,13 +8,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
-from rich.table import Table
 
 from dmu_migrate.artifact import load_artifact
-from dmu_migrate.cli.common import AsJson, out, progress, quiet_client_logs, user_errors
-from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.cli.common import (
+    AsJson,
+    check_range,
+    out,
+    progress,
+    quiet_client_logs,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from dmu_migrate.evolve.plan import Plan
@@ -100,14 +104,17 @@ def evolve(
     ] = None,
     batch_size: Annotated[
         int,
-        typer.Option(help="Rows per read/write batch (fewer when rows are wide: at most 8 MiB)."),
+        typer.Option(
+            help="Rows per read/write batch, 1-16384 (Milvus's query window); fewer when rows "
+            "are wide (at most 8 MiB)."
+        ),
     ] = 8192,
-    threads: Annotated[int, typer.Option(help="onnxruntime threads (0 = all cores).")] = 0,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads, 0-256 (0 = all cores).")] = 0,
     read_ahead: Annotated[
         int,
         typer.Option(
-            help="Batches read and transformed ahead of the writer (memory: a few batches "
-            "per unit); 0 reads, transforms and writes in turn."
+            help="Batches read and transformed ahead of the writer, 0-64 (memory: a few "
+            "batches per unit); 0 reads, transforms and writes in turn."
         ),
     ] = 1,
     full_verify: Annotated[
@@ -119,7 +126,9 @@ def evolve(
     ] = False,
     max_seconds: Annotated[
         float | None,
-        typer.Option(help="Stop after this long; exit code 75 means run again to continue."),
+        typer.Option(
+            help="Stop after this many seconds (>= 0); exit code 75 means run again to continue."
+        ),
     ] = None,
     take_over: Annotated[
         bool, typer.Option(help="Take the lease of a run that died without releasing it.")
@@ -127,6 +136,13 @@ def evolve(
     restart: Annotated[
         bool,
         typer.Option(help="Forget this migration's ledger record and start from the first row."),
+    ] = False,
+    reapply: Annotated[
+        bool,
+        typer.Option(
+            help="Cut a rolled-back migration over again (after bringing it in step); without "
+            "it, runs after a rollback change nothing and exit 0."
+        ),
     ] = False,
     yes_overwrite: Annotated[bool, typer.Option(help="Confirm --strategy in-place.")] = False,
     accept_regression: Annotated[
@@ -139,11 +155,14 @@ def evolve(
         int,
         typer.Option(
             help="Retries of a step after a passing store failure (connection lost, timeout, "
-            "rate limit), with exponential backoff."
+            "rate limit), with exponential backoff; 0-100."
         ),
     ] = 5,
     timeout: Annotated[
-        float, typer.Option(help="Seconds to keep retrying one step before giving up (resumably).")
+        float,
+        typer.Option(
+            help="Seconds to keep retrying one step before giving up (resumably); 1-86400."
+        ),
     ] = 300.0,
     skip_bad_vectors: Annotated[
         bool,
@@ -167,7 +186,7 @@ def evolve(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option(help="Local worker processes running --shards in parallel.")
+        int, typer.Option(help="Local worker processes running --shards in parallel; 1-256.")
     ] = 1,
     shard: Annotated[
         str | None,
@@ -205,8 +224,8 @@ def evolve(
         from dmu_migrate.evolve.retry import RetryPolicy
         from dmu_migrate.evolve.shards import SHARD_DONE
 
-        if batch_size < 1:
-            raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+        check_flags(batch_size, threads, read_ahead, max_seconds, max_retries, timeout)
+        check_range("--workers", workers, 1, 256)
         fanout = Fanout.from_flags(shards, workers, shard, engine, ray_address)
         threads = fanout.threads(threads)
         plan_args = {
@@ -244,6 +263,7 @@ def evolve(
                 RetryPolicy(max_retries, timeout),
                 read_ahead,
                 full_verify,
+                reapply,
             )
             with progress() as bar:
                 task = bar.add_task("evolve", total=plan.rows, info="rows")
@@ -261,7 +281,7 @@ def evolve(
             out.print_json(json.dumps(result.as_dict(), default=str))
         else:
             rate = result.rows_written / result.seconds if result.seconds else 0.0
-            if result.rows_written == 0 and result.caught_up == 0:
+            if not (result.rows_written or result.caught_up or result.updated or result.deleted):
                 out.print(f"{result.migration}: up to date, no row left to evolve")
             else:
                 out.print(
@@ -275,8 +295,14 @@ def evolve(
                 pass  # the notes say how many shards are done and who cuts over
             else:
                 v = result.verify
-                if result.caught_up:
-                    out.print(f"caught up {result.caught_up} rows missing from the target")
+                if result.caught_up or result.updated or result.deleted:
+                    out.print(
+                        f"in step with the source: {result.caught_up} rows added, "
+                        f"{result.updated} evolved again (source vector changed), "
+                        f"{result.deleted} deleted (gone from the source)"
+                    )
+                if result.native:
+                    out.print(f"{result.native} rows written by the application left as they are")
                 if v is not None:
                     out.print(
                         f"verified: {v.target_rows} rows, every source id present, "
@@ -292,175 +318,24 @@ def evolve(
             raise typer.Exit(EXIT_REMAINING)
 
 
-def verify(
-    collection: Collection,
-    adapter: Adapters,
-    uri: Uri = "milvus.db",
-    token: Token = None,
-    vector_field: Annotated[str | None, typer.Option(help="Vector field that was evolved.")] = None,
-    strategy: Annotated[str, typer.Option(help="Strategy the migration used.")] = "new-collection",
-    target_field: Annotated[str | None, typer.Option(help="new-field: the evolved field.")] = None,
-    alias: Annotated[str | None, typer.Option(help="Alias of the migration, if any.")] = None,
-    as_json: AsJson = False,
+# Milvus answers at most 16,384 rows per query page (its query window); every store
+# reads in pages of --batch-size rows, so it cannot be larger.
+MAX_BATCH = 16384
+
+
+def check_flags(
+    batch_size: int,
+    threads: int,
+    read_ahead: int,
+    max_seconds: float | None,
+    max_retries: int,
+    timeout: float,
 ) -> None:
-    """Re-check a migration: every source id present, and sampled vectors equal adapter(old).
-
-    Example: dmu-migrate verify --collection faces__v1 --alias faces --adapter adapters/faces-v2
-    """
-    with user_errors():
-        from dmu_migrate.evolve.strategies import make_strategy
-        from dmu_migrate.evolve.verify import Reservoir
-        from dmu_migrate.evolve.verify import verify as run_verify
-
-        with opened(uri, token) as store:
-            plan = build_plan(
-                store,
-                collection,
-                adapter,
-                0,
-                strategy=strategy,
-                alias=alias,
-                vector_field=vector_field,
-                target_field=target_field,
-                yes_overwrite=True,
-                accept_regression=True,  # verify judges the data, not the upgrade
-            )
-            if not store.has_collection(plan.target):
-                raise StoreError(
-                    f"'{plan.target}' does not exist, so there is nothing to verify; run "
-                    f"evolve first"
-                )
-            record = store.ledger_get(plan.key)
-            snapshot_root = Path((record or {}).get("snapshot") or "dmu-snapshots").parent
-            skipped = frozenset((record or {}).get("skipped") or [])
-            sample = Reservoir(256)
-            for _ in sample.tee(store.iter_ids(plan.source.name, 16384)):
-                pass
-            ids = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
-            writer = make_strategy(store, plan, snapshot_root)
-            report = run_verify(store, plan, writer, ids, skipped)
-        if as_json:
-            out.print_json(json.dumps({"migration": plan.key, **report.as_dict()}))
-            return
-        out.print(
-            f"{plan.key}: OK, {report.source_rows} source rows all present in "
-            f"'{plan.target}', {report.sampled} sampled vectors within "
-            f"{report.max_abs_error:.1e}"
-        )
-
-
-def status(
-    uri: Uri = "milvus.db",
-    token: Token = None,
-    collection: Annotated[
-        str | None, typer.Option(help="Only migrations of this collection or alias.")
-    ] = None,
-    as_json: AsJson = False,
-) -> None:
-    """Show migrations recorded in the store: progress, status, versions, alias targets.
-
-    Example: dmu-migrate status --uri faces.db
-    """
-    with user_errors():
-        from dmu_migrate.evolve.admin import migration_status
-        from dmu_migrate.stores.base import redact
-
-        with opened(uri, token) as store:
-            rows = migration_status(store, collection)
-        if as_json:
-            out.print_json(json.dumps(rows, default=str))
-            return
-        if not rows:
-            out.print("no migrations recorded" + (f" for '{collection}'" if collection else ""))
-            return
-        table = Table(title=f"migrations in {redact(uri)}")
-        for col in ("migration", "strategy", "status", "rows", "versions", "alias", "updated"):
-            table.add_column(col, overflow="fold")  # names are what users copy: never elide
-        for r in rows:
-            shards = r.get("shard_status") or []
-            done = sum(s["status"] == "done" for s in shards)
-            table.add_row(
-                r["key"],
-                r["strategy"],
-                r["status"] + (f" ({done}/{len(shards)} shards done)" if shards else ""),
-                f"{r['rows_done']}/{r['source_rows']}",
-                f"{r['from_version']} -> {r['to_version']}",
-                f"{r['alias']} -> {r['alias_target']}" if r["alias"] else "-",
-                r["updated_at"],
-            )
-        out.print(table)
-        for r in rows:
-            if r.get("quality"):
-                out.print(f"{r['key']}: {r['quality']}", markup=False)
-
-
-def history(
-    uri: Uri = "milvus.db",
-    token: Token = None,
-    collection: Annotated[
-        str | None, typer.Option(help="Only the lineage of this collection or alias.")
-    ] = None,
-    as_json: AsJson = False,
-) -> None:
-    """List every recorded upgrade, oldest first (v1 -> v2 -> v3 ...).
-
-    Example: dmu-migrate history --uri faces.db --collection faces
-    """
-    with user_errors():
-        from dmu_migrate.evolve.admin import migration_status
-
-        with opened(uri, token) as store:
-            rows = migration_status(store, collection)
-        if as_json:
-            out.print_json(json.dumps(rows, default=str))
-            return
-        for r in rows:
-            out.print(
-                f"{r['started_at']}  {r['from_version']} -> {r['to_version']}  "
-                f"{r['key']}  ({r['status']})  adapters: {', '.join(r['adapters'])}",
-                markup=False,
-            )
-            if r.get("quality"):
-                out.print(f"    {r['quality']}", markup=False)
-
-
-def rollback(
-    collection: Annotated[str, typer.Option(help="Alias or collection of the migration.")],
-    uri: Uri = "milvus.db",
-    token: Token = None,
-    as_json: AsJson = False,
-) -> None:
-    """Undo the last cut-over: alias back to the old collection, or restore the snapshot.
-
-    Example: dmu-migrate rollback --collection faces --uri faces.db
-    """
-    with user_errors():
-        from dmu_migrate.evolve.admin import rollback as run_rollback
-
-        with opened(uri, token) as store:
-            key, message = run_rollback(store, collection)
-        if as_json:
-            out.print_json(json.dumps({"migration": key, "result": message}))
-            return
-        out.print(f"{key}: {message}")
-
-
-def prune(
-    collection: Annotated[str, typer.Option(help="The OLD collection to drop.")],
-    uri: Uri = "milvus.db",
-    token: Token = None,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
-) -> None:
-    """Drop old vectors that a finished, verified migration replaced. Asks first.
-
-    Example: dmu-migrate prune --collection faces__v1 --uri faces.db --yes
-    """
-    with user_errors():
-        from dmu_migrate.evolve.admin import prune as run_prune
-        from dmu_migrate.evolve.admin import prune_plan
-
-        with opened(uri, token) as store:
-            record, what = prune_plan(store, collection)
-            if not yes and not typer.confirm(f"{what}. This cannot be undone. Continue?"):
-                raise typer.Exit(1)
-            out.print(run_prune(store, record))
+    """Every number evolve takes, checked before anything opens: one line, never a traceback."""
+    check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
+    check_range("--threads", threads, 0, 256, "0 uses every core")
+    check_range("--read-ahead", read_ahead, 0, 64)
+    if max_seconds is not None:
+        check_range("--max-seconds", max_seconds, 0, 10**9)
+    check_range("--max-retries", max_retries, 0, 100)
+    check_range("--timeout", timeout, 1, 86400)

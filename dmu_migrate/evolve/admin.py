@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from dmu_migrate.errors import InputError
-from dmu_migrate.evolve.ledger import DONE, ROLLED_BACK, Ledger, Record, now_iso
+from dmu_migrate.evolve.ledger import (
+    DONE,
+    PRUNED,
+    ROLLED_BACK,
+    RUNNING,
+    Ledger,
+    Record,
+    now_iso,
+)
 from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION
 from dmu_migrate.evolve.strategies import STRATEGY_CLASSES
 from dmu_migrate.stores.base import VectorStore
@@ -41,6 +50,9 @@ def migration_status(store: VectorStore, collection: str | None) -> list[dict[st
     for r in _lineage(store, collection):
         row = r.to_dict()
         row["alias_target"] = store.alias_target(r.alias) if r.alias else None
+        if r.status == RUNNING and r.lease_expires < time.time():
+            # The run that held it died without a word; the next run resumes from its cursor.
+            row["status"] = "interrupted"
         if r.shards:
             row["shard_status"] = _shard_status(store, r)
             if not r.main_pass_done:  # until finish adds them up, the shards hold the progress
@@ -79,21 +91,47 @@ def _latest_done(store: VectorStore, collection: str) -> Record:
 
 def rollback(store: VectorStore, collection: str) -> tuple[str, str]:
     """Undo the newest finished migration of a lineage; the evolved data is kept."""
+    lineage = _lineage(store, collection)
+    if lineage and lineage[-1].status == PRUNED:
+        last = lineage[-1]
+        raise InputError(
+            f"migration '{last.key}' was pruned ({_pruned_at(last)}): '{last.source}' no longer "
+            f"exists, so there is nothing to roll back to"
+        )
+    if lineage and lineage[-1].status == ROLLED_BACK:
+        last = lineage[-1]
+        raise InputError(
+            f"migration '{last.key}' is already rolled back (at {last.finished_at}); "
+            f"'dmu-migrate evolve --reapply' cuts over again"
+        )
     record = _latest_done(store, collection)
     message = STRATEGY_CLASSES[record.strategy].rollback(store, record)
     record.status = ROLLED_BACK
     record.finished_at = now_iso()
+    record.runs.append({"rolled_back_at": record.finished_at, "what": message})
     Ledger(store).save(record)
     return record.key, message
 
 
+def _pruned_at(record: Record) -> str:
+    return next((r["pruned_at"] for r in reversed(record.runs) if "pruned_at" in r), "earlier")
+
+
 def prune_plan(store: VectorStore, collection: str) -> tuple[Record, str]:
     """What prune would delete; refuses anything still live or not verified."""
-    candidates = [
-        r
-        for r in Ledger(store).history()
-        if r.source == collection and r.status == DONE and r.strategy in (NEW_COLLECTION, IN_PLACE)
-    ]
+    mine = [r for r in Ledger(store).history() if r.source == collection]
+    if mine and mine[-1].status == ROLLED_BACK:
+        raise InputError(
+            f"migration '{mine[-1].key}' was rolled back at {mine[-1].finished_at}, so "
+            f"'{collection}' is live again and is not pruned; 'dmu-migrate evolve --reapply' "
+            f"cuts over again"
+        )
+    if mine and mine[-1].status == PRUNED:
+        raise InputError(
+            f"'{collection}' was already pruned ({_pruned_at(mine[-1])}) after migration "
+            f"'{mine[-1].key}'; there is nothing left to prune"
+        )
+    candidates = [r for r in mine if r.status == DONE and r.strategy in (NEW_COLLECTION, IN_PLACE)]
     if not candidates:
         raise InputError(
             f"no finished migration has '{collection}' as its source; prune only drops old "
@@ -123,5 +161,6 @@ def prune(store: VectorStore, record: Record) -> str:
         store.drop_collection(record.source)
         message = f"dropped '{record.source}'"
     record.runs.append({"pruned_at": now_iso(), "what": message})
+    record.status = PRUNED  # later cron runs then stop early with a note (plan.upgraded_source)
     Ledger(store).save(record)
     return message

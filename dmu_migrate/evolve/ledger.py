@@ -9,11 +9,25 @@ whose holder died expires, or can be taken over explicitly.
 
 A sharded migration (evolve/shards.py) keeps one more record per shard, keyed
 ``<migration>#shard-<i>-of-<n>``, with its own id range, cursor and lease.
+
+Records must fit every store's limits (Milvus: a 65,535-byte VARCHAR per record, a
+512-byte primary key). So the ids of skipped bad vectors, which can number
+thousands, live in chunk records ``<key>#skipped-<n>`` of at most CHUNK_CHARS each,
+and a key too long for a primary key is stored under a hashed one (the record
+keeps its real key).
+
+Stores offer no compare-and-set, so a lease is taken by writing it and reading it
+back after SETTLE seconds: of two runs that both found it free, only the last
+writer reads itself back. A run whose read and write lie more than SETTLE / 2
+apart tries again, so a slow writer cannot slip in after the other's read-back.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import random
 import socket
 import time
 import uuid
@@ -25,8 +39,17 @@ from dmu_migrate.errors import StoreError
 from dmu_migrate.stores.base import Id, VectorStore
 
 LEASE_SECONDS = 600.0
+# Seconds between writing a lease and reading it back. A strong read on a loaded
+# Milvus server takes a good part of a second; SETTLE must exceed the read-to-write
+# time of a rival run (bounded to SETTLE / 2 below), so it is generous.
+SETTLE = 2.0
+LEASE_TRIES_SECONDS = 60.0  # keep trying while the store answers too slowly to decide
+CHUNK_CHARS = 32_000  # JSON characters of skipped ids per chunk record
+MAX_KEY_BYTES = 200  # longer keys are stored hashed (Milvus keys stop at 512 bytes)
 
 RUNNING, DONE, FAILED, ROLLED_BACK = "running", "done", "failed", "rolled_back"
+STOPPED = "stopped"  # by --max-seconds or an interrupt, with work left: the next run resumes
+PRUNED = "pruned"  # done, and its old collection (or snapshot) deleted
 
 
 def now_iso() -> str:
@@ -66,6 +89,7 @@ class Record:
     host: str = field(default_factory=this_process)
     lease_owner: str | None = None
     lease_expires: float = 0.0
+    lease_token: str | None = None  # this acquisition's nonce: what a read-back must find
     runs: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[Any] = field(default_factory=list)  # ids of bad vectors left out
     error: str | None = None
@@ -90,41 +114,137 @@ class Record:
         return cls(**known)
 
 
+def storage_key(key: str) -> str:
+    """The key a record is stored under: itself, or a readable prefix and a hash when long."""
+    if len(key.encode()) <= MAX_KEY_BYTES:
+        return key
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return f"{key.encode()[:120].decode(errors='ignore')}#{digest}"
+
+
+def _chunks(ids: list[Any]) -> list[list[Any]]:
+    """Consecutive runs of ids whose JSON stays under CHUNK_CHARS; append-only ids keep
+    every chunk but the last unchanged, so a save rewrites only the tail."""
+    chunks: list[list[Any]] = [[]]
+    size = 0
+    for item in ids:
+        width = len(json.dumps(item, default=str)) + 2
+        if chunks[-1] and size + width > CHUNK_CHARS:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += width
+    return chunks if chunks[0] else []
+
+
 class Ledger:
     def __init__(self, store: VectorStore, owner: str | None = None) -> None:
         self.store = store
         self.owner = owner or this_process()
+        self._chunks: dict[str, tuple[int, int]] = {}  # key -> (ids, chunks) last stored
 
     def load(self, key: str) -> Record | None:
-        raw = self.store.ledger_get(key)
-        return Record.from_dict(raw) if raw else None
+        raw = self.store.ledger_get(storage_key(key))
+        if not raw:
+            return None
+        record = Record.from_dict(raw)
+        count = int(raw.get("skipped_chunks") or 0)
+        if count:
+            for n in range(count):
+                part = self.store.ledger_get(storage_key(f"{key}#skipped-{n}")) or {}
+                record.skipped.extend(part.get("ids") or [])
+            self._chunks[key] = (len(record.skipped), count)
+        return record
 
     def save(self, record: Record) -> None:
         record.updated_at = now_iso()
         if record.lease_owner == self.owner:
             record.lease_expires = time.time() + LEASE_SECONDS
-        self.store.ledger_put(record.key, record.to_dict())
+        raw = record.to_dict()
+        skipped = raw.pop("skipped")
+        raw["skipped"] = []
+        raw["skipped_chunks"] = self._save_skipped(record.key, skipped)
+        raw["skipped_count"] = len(skipped)
+        self.store.ledger_put(storage_key(record.key), raw)
+
+    def _save_skipped(self, key: str, ids: list[Any]) -> int:
+        """Store the skipped ids in chunk records (only those that changed); their count."""
+        stored_ids, stored_chunks = self._chunks.get(key, (0, 0))
+        chunks = _chunks(ids)
+        if len(ids) != stored_ids:
+            for n in range(max(0, stored_chunks - 1), len(chunks)):
+                name = f"{key}#skipped-{n}"
+                part = {"key": name, "chunk_of": key, "ids": chunks[n]}
+                self.store.ledger_put(storage_key(name), part)
+            self._chunks[key] = (len(ids), len(chunks))
+        return len(chunks)
 
     def acquire(self, record: Record, take_over: bool = False) -> None:
-        """Refuse while another live run holds the migration; take a dead one's lease when told."""
-        held = record.lease_owner not in (None, self.owner) and record.lease_expires > time.time()
+        """Refuse while another live run holds the migration; take a dead one's lease when told.
+
+        Write-then-read-back (see the module docstring): of runs that race, one wins.
+        """
+        deadline = time.monotonic() + LEASE_TRIES_SECONDS
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            current = self.load(record.key) or record
+            self._refuse_held(record.key, current, take_over)
+            record.lease_owner = self.owner
+            record.lease_token = uuid.uuid4().hex
+            self.save(record)
+            if not self.store.shared:
+                return  # one process at a time opens this store (its own lock)
+            if time.monotonic() - started > SETTLE / 2:
+                time.sleep(random.uniform(0, SETTLE / 2))  # a rival retrying must not stay in step
+                continue  # our read is too old to rule out a writer in between: again
+            time.sleep(SETTLE)
+            now = self.load(record.key)
+            if now is not None and now.lease_token == record.lease_token:
+                return
+            record.lease_owner, record.lease_token = None, None
+            raise StoreError(
+                f"migration '{record.key}' was taken by "
+                f"{now.lease_owner if now else 'another run'} at the same moment; this run "
+                f"left it to that one (run evolve again once it has finished)"
+            )
+        raise StoreError(
+            f"could not take the lease of migration '{record.key}': the store answered too "
+            f"slowly to take it safely; run evolve again"
+        )
+
+    def _refuse_held(self, key: str, current: Record, take_over: bool) -> None:
+        held = current.lease_owner not in (None, self.owner) and current.lease_expires > time.time()
         if held and not take_over:
-            until = datetime.fromtimestamp(record.lease_expires, timezone.utc).isoformat(
+            until = datetime.fromtimestamp(current.lease_expires, timezone.utc).isoformat(
                 timespec="seconds"
             )
             raise StoreError(
-                f"migration '{record.key}' is being run by {record.lease_owner} (lease until "
+                f"migration '{key}' is being run by {current.lease_owner} (lease until "
                 f"{until}); wait for it, or pass --take-over if that run is dead"
             )
-        record.lease_owner = self.owner
-        self.save(record)
 
     def release(self, record: Record) -> None:
         record.lease_owner = None
         record.lease_expires = 0.0
+        record.lease_token = None
         self.save(record)
+
+    def records(self) -> list[Record]:
+        """Every migration and shard record, with their skipped ids put back together."""
+        raw = self.store.ledger_list()
+        parts = {r["key"]: r for r in raw if "chunk_of" in r}
+        records = []
+        for entry in raw:
+            if "chunk_of" in entry:
+                continue
+            record = Record.from_dict(entry)
+            for n in range(int(entry.get("skipped_chunks") or 0)):
+                part = parts.get(f"{record.key}#skipped-{n}") or {}
+                record.skipped.extend(part.get("ids") or [])
+            records.append(record)
+        return records
 
     def history(self) -> list[Record]:
         """Migrations, oldest first; shard records are parts of theirs, not listed."""
-        records = [Record.from_dict(r) for r in self.store.ledger_list()]
+        records = self.records()
         return sorted((r for r in records if r.parent is None), key=lambda r: r.started_at)

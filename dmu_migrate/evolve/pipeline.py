@@ -21,15 +21,25 @@ from typing import Any
 import numpy as np
 
 from dmu_migrate.artifact import Artifact
-from dmu_migrate.errors import DmuError, InputError
-from dmu_migrate.evolve.ledger import DONE, FAILED, RUNNING, Ledger, Record, now_iso
-from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION, Plan, make_plan
+from dmu_migrate.errors import DmuError, InputError, NothingToDo
+from dmu_migrate.evolve.finish import finish
+from dmu_migrate.evolve.ledger import (
+    DONE,
+    FAILED,
+    LEASE_SECONDS,
+    ROLLED_BACK,
+    RUNNING,
+    STOPPED,
+    Ledger,
+    Record,
+)
+from dmu_migrate.evolve.plan import IN_PLACE, Plan, make_plan
 from dmu_migrate.evolve.retry import Retrier, RetryPolicy
 from dmu_migrate.evolve.screen import add_skipped, screen
 from dmu_migrate.evolve.strategies import InPlace, Strategy, make_strategy
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, VerifyReport, diff_ids, verify
+from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, VerifyReport
 from dmu_migrate.stores.base import Batch, Id, VectorStore, id_value
 
 log = logging.getLogger(__name__)
@@ -39,7 +49,6 @@ ProgressCallback = Callable[[int, int], None]  # (rows done, rows total)
 # Outcomes, with the exit codes schedulers see.
 COMPLETED, REMAINING = "done", "remaining"
 EXIT_REMAINING = 75  # EX_TEMPFAIL: stopped at --max-seconds, run again to continue
-CATCH_UP_BATCH = 4096
 LEDGER_EVERY = 1.0  # seconds between cursor saves in the main pass
 # Wide rows get fewer per batch: a few batches are in flight at once (peak memory), and
 # requests past a few tens of MB hit servers' gRPC limits (64 MiB on Milvus 2.x).
@@ -57,6 +66,7 @@ class EvolveOptions:
     retry: RetryPolicy = RetryPolicy()
     read_ahead: int = 1  # batches each stage may run ahead of the writer; 0 = no threads
     full_verify: bool = False  # diff every id even after a whole pass in one run
+    reapply: bool = False  # bring a rolled-back migration in step and cut over again
 
 
 @dataclass
@@ -81,6 +91,9 @@ class EvolveResult:
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step of this run
     id_check: str = "full diff"  # or "counts": how every source row was shown to be at the target
     shards: list[dict[str, Any]] = field(default_factory=list)  # per shard, sharded runs only
+    updated: int = 0  # evolved again: their source vector changed since
+    deleted: int = 0  # evolved rows whose source row is gone
+    native: int = 0  # target rows the application wrote, left alone
 
     def as_dict(self) -> dict[str, object]:
         out = dict(self.__dict__)
@@ -135,6 +148,7 @@ def evolve(
             result.phases["main_pass"] = time.perf_counter() - clock
             if not finished:
                 result.outcome = REMAINING
+                record.status = STOPPED  # no process runs it now; the next run resumes
                 return result
             record.main_pass_done = True
             retry.run("saving the ledger", lambda: ledger.save(record))
@@ -159,7 +173,28 @@ def open_record(
     if record is None:
         return plan.new_record(), False
     check_adapters(record, plan)
+    if record.status == ROLLED_BACK:
+        keep_rolled_back(record, plan, options)
+    if record.filter != plan.filter:  # a full run after a --filter one covers every row
+        record.filter = plan.filter
+    record.source_rows = plan.rows  # the source keeps changing; status shows it as it is now
     return record, True
+
+
+def keep_rolled_back(record: Record, plan: Plan, options: EvolveOptions) -> None:
+    """A rollback is an operator's decision: a scheduled run must not undo it."""
+    if not options.reapply:
+        raise NothingToDo(
+            f"migration '{plan.key}' was rolled back at {record.finished_at}, so alias "
+            f"'{record.alias}' stays where the rollback put it and nothing was written; pass "
+            f"--reapply to bring '{plan.target}' in step and cut over again, or --restart to "
+            f"start over"
+        )
+    if record.strategy == IN_PLACE:
+        raise InputError(
+            f"migration '{plan.key}' was rolled back by restoring its snapshot; --reapply "
+            f"cannot redo an in-place migration, pass --restart to run it again"
+        )
 
 
 def check_adapters(record: Record, plan: Plan) -> None:
@@ -193,11 +228,21 @@ def new_result(plan: Plan, record: Record, resumed: bool) -> EvolveResult:
 def recorded(
     ledger: Ledger, retry: Retrier, record: Record, result: EvolveResult, start: float
 ) -> Iterator[None]:
-    """Around a leased run: a failure goes on record; totals and the lease, whatever happened."""
+    """Around a leased run: a failure of any kind goes on record; totals and the lease always."""
+    failure: BaseException | None = None
     try:
         yield
     except DmuError as exc:
+        failure = exc
         record.status, record.error = FAILED, str(exc)
+        raise
+    except KeyboardInterrupt as exc:
+        failure = exc
+        record.status, record.error = STOPPED, "interrupted"
+        raise
+    except BaseException as exc:  # a bug: still on record, never left 'running'
+        failure = exc
+        record.status, record.error = FAILED, f"{type(exc).__name__}: {exc}"
         raise
     finally:
         result.rows_done = record.rows_done
@@ -206,68 +251,13 @@ def recorded(
             retry.run("releasing the lease", lambda: ledger.release(record))
         except DmuError as exc:  # the lease expires by itself; keep the first error visible
             log.warning("could not release the lease of %s: %s", record.key, exc)
+            if isinstance(failure, DmuError):
+                # The advice must match what the next run will meet: a lease still held.
+                failure.args = (
+                    f"{failure}; the lease could not be released either, so the next run "
+                    f"needs --take-over (or waits {LEASE_SECONDS / 60:.0f} minutes)",
+                )
         result.seconds = time.perf_counter() - start
-
-
-def finish(
-    store: VectorStore,
-    plan: Plan,
-    strategy: Strategy,
-    record: Record,
-    options: EvolveOptions,
-    result: EvolveResult,
-    retry: Retrier,
-    sample: Reservoir,
-    whole_pass: bool,
-) -> None:
-    """After the main pass: catch up, verify, cut over, and mark the record done.
-
-    ``whole_pass``: this run wrote the whole source in one pass, so equal counts
-    can stand in for the id diff; ``sample`` holds the ids it wrote.
-    """
-    diffed = False  # whether the full id sets were compared after every write
-    if plan.strategy == NEW_COLLECTION and whole_pass and not options.full_verify:
-        diffed = retry.run("counting", lambda: counts_agree(store, plan, record))
-        result.id_check = "counts" if diffed else result.id_check
-    if plan.strategy != IN_PLACE and not diffed:
-        clock = time.perf_counter()
-        result.caught_up, extra, sample = retry.run(
-            "catching up", lambda: catch_up(store, plan, strategy, record, options)
-        )
-        result.phases["catch_up"] = time.perf_counter() - clock
-        # Nothing to write means the diff just taken, after every write, still holds.
-        diffed = result.caught_up == 0
-        if extra:
-            result.notes.append(
-                f"{extra} rows of '{plan.target}' are no longer in the source (deleted "
-                f"there); they were left in place"
-            )
-    elif plan.strategy == IN_PLACE:
-        result.notes.append("in-place does not catch up rows added after its pass")
-    skipped = frozenset(record.skipped)
-    checked = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
-    clock = time.perf_counter()
-    result.verify = retry.run(
-        "verifying", lambda: verify(store, plan, strategy, checked, skipped, diffed)
-    )
-    result.phases["verify"] = time.perf_counter() - clock
-    if record.skipped:
-        result.notes.append(
-            f"{len(record.skipped)} rows with NaN, inf or all-zero vectors were left out "
-            f"(first ids: {record.skipped[:5]}); they are listed in the ledger"
-        )
-    clock = time.perf_counter()
-    result.cut_over = retry.run("cutting over", lambda: strategy.cut_over(record))
-    result.phases["cut_over"] = time.perf_counter() - clock
-    record.status, record.finished_at, record.error = DONE, now_iso(), None
-    record.runs.append(
-        {
-            "finished_at": record.finished_at,
-            "rows": result.rows_written,
-            "caught_up": result.caught_up,
-        }
-    )
-    record.runs = record.runs[-20:]
 
 
 def main_pass(
@@ -362,51 +352,6 @@ def write(strategy: Strategy, ledger: Ledger, record: Record, item: Prepared) ->
         strategy.apply(pending)
         record.pending = None
     record.rows_done += len(item.batch)
-
-
-def counts_agree(store: VectorStore, plan: Plan, record: Record) -> bool:
-    """After one pass read the whole source into a target only it writes: do the counts add up?
-
-    The pass saw every source row of its snapshot, and each acknowledged write is
-    one distinct id, so if the source still has exactly the rows the pass read and
-    the target exactly the rows it wrote, no row was added behind the cursor and
-    no write was lost. Any other count sends the run through the full id diff.
-    (After one whole pass, or one per shard, ``rows_done`` is the rows it wrote.)
-    """
-    seen = record.rows_done + len(record.skipped)
-    if store.count(plan.source.name, plan.filter) != seen:
-        return False
-    return store.count(plan.target, plan.filter) == record.rows_done
-
-
-def catch_up(
-    store: VectorStore, plan: Plan, strategy: Strategy, record: Record, options: EvolveOptions
-) -> tuple[int, int, Reservoir]:
-    """Write source rows that the target lacks: rows inserted since the pass, or lost writes.
-
-    Both id streams come from the same store in its own key order, so a
-    merge-join finds the difference in one pass. The same scan draws the
-    verification sample uniformly over every source row (a cron re-run
-    writes few rows itself). Returns (rows written, rows only in the target, sample).
-    """
-    sample = Reservoir(VERIFY_SAMPLE)
-    missing, extra = diff_ids(store, plan, strategy, sample)
-    known_bad = set(record.skipped)
-    missing = [i for i in missing if i not in known_bad]
-    done = 0
-    for start in range(0, len(missing), CATCH_UP_BATCH):
-        ids = np.asarray(missing[start : start + CATCH_UP_BATCH])
-        batch, bad = screen(
-            store.fetch(plan.source, ids, plan.source.vector_field), plan, options.skip_bad_vectors
-        )
-        add_skipped(record, plan, bad)
-        if len(batch):
-            strategy.write(record, batch, plan.chain(batch.vectors))
-            done += len(batch)
-    if done:
-        store.flush(plan.target)
-        record.rows_done += done
-    return done, len(extra), sample
 
 
 def evolve_collection(

@@ -6,8 +6,8 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from dmu_migrate.errors import InputError
-from dmu_migrate.evolve.ledger import Record
+from dmu_migrate.errors import InputError, NothingToDo
+from dmu_migrate.evolve.ledger import PRUNED, Ledger, Record
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.quality import check_gate, verdict
 from dmu_migrate.stores.base import TAG_FROM, TAG_ORIGIN, TAG_VERSION, CollectionInfo, VectorStore
@@ -202,14 +202,18 @@ def upgraded_source(
     """
     if info.alias is None:
         return info
-    for raw in store.ledger_list():
-        record = Record.from_dict(raw)
+    for record in Ledger(store).records():
         if (
             record.strategy == NEW_COLLECTION
             and record.target == info.name
             and record.to_version == chain.to_version
             and record.alias == info.alias
         ):
+            if record.status == PRUNED:
+                raise NothingToDo(
+                    f"'{record.source}' was pruned after migration '{record.key}'; alias "
+                    f"'{info.alias}' serves '{record.target}' and there is nothing left to evolve"
+                )
             source = store.describe(record.source, record.vector_field)
             return replace(source, requested=info.requested, alias=info.alias)
     return info
@@ -246,7 +250,18 @@ def resolve_alias(store: VectorStore, info: CollectionInfo, alias: str | None) -
             f"'{info.requested}' is a collection, not an alias, so there is nothing to re-point; "
             f"pass --alias NAME to create the alias your queries will use"
         )
-    if store.alias_target(alias) is None and store.has_collection(alias):
+    try:
+        clash = store.alias_target(alias) is None and store.has_collection(alias)
+    except Exception as exc:  # the store refused the name itself
+        from dmu_migrate.evolve.retry import client_error
+
+        if client_error(exc, "") is None:
+            raise
+        raise InputError(
+            f"--alias '{alias}' is not a name '{store.uri}' accepts "
+            f"({' '.join(str(exc).split())[:160]}); use letters, digits and underscores"
+        ) from exc
+    if clash:
         raise InputError(
             f"--alias '{alias}' is the name of a collection, not an alias; choose another name"
         )

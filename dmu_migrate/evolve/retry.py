@@ -84,6 +84,9 @@ class Retrier:
                 return step()
             except Exception as exc:
                 if not is_transient(exc):
+                    mapped = client_error(exc, what)
+                    if mapped is not None:
+                        raise mapped from exc
                     raise
                 now = progress() if progress else None
                 if progress is not None and now != mark:
@@ -107,6 +110,23 @@ class Retrier:
                 time.sleep(delay)
                 attempt += 1
                 self.retries += 1
+
+
+# Exceptions of these packages come from a store's client or the disk under it: the
+# store boundary, reported as one StoreError line. Anything else is a bug and keeps its
+# traceback.
+_CLIENT_MODULES = ("pymilvus", "milvus_lite", "qdrant_client", "grpc", "httpx", "pyarrow")
+
+
+def client_error(exc: BaseException, what: str) -> StoreError | None:
+    """A store client's (or the disk's) failure as one line naming the step; None for bugs."""
+    module = type(exc).__module__ or ""
+    if isinstance(exc, OSError) or module.split(".")[0] in _CLIENT_MODULES:
+        return StoreError(
+            f"{what} failed: {redact(_brief(exc))}; fix the store (space, permissions, "
+            f"collection) and run again, the ledger resumes from the last acknowledged batch"
+        )
+    return None
 
 
 def _brief(exc: BaseException) -> str:

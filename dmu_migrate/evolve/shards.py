@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from dmu_migrate.errors import DmuError, InputError, StoreError
-from dmu_migrate.evolve.ledger import DONE, RUNNING, Ledger, Record, now_iso
+from dmu_migrate.evolve.ledger import DONE, RUNNING, STOPPED, Ledger, Record, now_iso
 from dmu_migrate.evolve.pipeline import (
     COMPLETED,
     REMAINING,
@@ -42,7 +42,7 @@ from dmu_migrate.evolve.pipeline import (
 )
 from dmu_migrate.evolve.plan import IN_PLACE, Plan
 from dmu_migrate.evolve.retry import Retrier
-from dmu_migrate.evolve.strategies import make_strategy
+from dmu_migrate.evolve.strategies import NewCollection, make_strategy
 from dmu_migrate.evolve.verify import ID_BATCH, VERIFY_SAMPLE, Reservoir
 from dmu_migrate.stores.base import Id, VectorStore
 
@@ -263,6 +263,8 @@ def run_shard(
     whole = record.cursor == record.start and record.rows_done == 0 and not record.skipped
     sample = Reservoir(VERIFY_SAMPLE)
     with recorded(ledger, retry, record, result, start):
+        if isinstance(strategy, NewCollection):  # the application's rows keep their ids
+            retry.run("finding native rows", strategy.find_native)
         finished = retry.run(
             "reading and writing batches",
             lambda: main_pass(
@@ -275,6 +277,8 @@ def run_shard(
             record.status, record.finished_at, record.error = DONE, now_iso(), None
             record.sample = sample.ids().tolist()  # finish verifies vectors from every shard
             retry.run("saving the ledger", lambda: ledger.save(record))
+        else:
+            record.status = STOPPED
     outcome.rows_written, outcome.rows_done = result.rows_written, record.rows_done
     outcome.finished, outcome.seconds, outcome.retries = finished, result.seconds, result.retries
     return outcome
@@ -390,6 +394,7 @@ def evolve_split(
                 raise shard_failure(plan, failed, count)
             if not all(o.finished for o in outcomes):
                 result.outcome = REMAINING
+                record.status = STOPPED  # no process runs it now; the next run resumes
                 return result
         left = finish_split(store, plan, record, options, result, ledger, retry)
         if left:  # a shard record vanished or went stale under us

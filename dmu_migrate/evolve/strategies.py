@@ -19,10 +19,12 @@ from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve import snapshot
 from dmu_migrate.evolve.ledger import Record
 from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION, NEW_FIELD, Plan
-from dmu_migrate.evolve.verify import ID_BATCH
+from dmu_migrate.evolve.sync import EVOLVED, checksums, target_info
+from dmu_migrate.evolve.verify import ID_BATCH, diff_sorted
 from dmu_migrate.stores.base import (
     TAG_FROM,
     TAG_ORIGIN,
+    TAG_SOURCE,
     TAG_VERSION,
     Batch,
     VectorStore,
@@ -49,6 +51,10 @@ class Strategy:
     def read_back(self, ids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def evolved_only(self, ids: np.ndarray) -> np.ndarray:
+        """The ids among these whose stored row the migration owns (all, unless overridden)."""
+        return ids
+
     def expected(self, ids: np.ndarray) -> np.ndarray:
         """adapter(old vectors) of these ids: what read_back must return."""
         return self.plan.chain(
@@ -68,6 +74,10 @@ class Strategy:
 class NewCollection(Strategy):
     """Copy every row into ``<base>__<version>`` and move the alias at the end."""
 
+    def __init__(self, store: VectorStore, plan: Plan) -> None:
+        super().__init__(store, plan)
+        self.native: set[Any] = set()  # see find_native
+
     def prepare(self, record: Record) -> None:
         plan = self.plan
         if self.store.has_collection(plan.target):
@@ -77,13 +87,59 @@ class NewCollection(Strategy):
                     f"target collection '{plan.target}' exists but {problem}; drop or rename "
                     f"it, then run evolve again"
                 )
+            if not record.main_pass_done:
+                self.find_native()
         else:
             self.store.create_like(plan.source, plan.target, plan.chain.out_dim)
 
     def write(self, record: Record, batch: Batch, evolved: np.ndarray) -> None:
+        if self.native:  # rows the application wrote into the target are never overwritten
+            keep = np.asarray([i not in self.native for i in batch.ids.tolist()], dtype=bool)
+            batch = Batch(
+                batch.ids[keep],
+                batch.vectors[keep],
+                {
+                    k: [v for v, kept in zip(vs, keep, strict=True) if kept]
+                    for k, vs in batch.fields.items()
+                },
+            )
+            evolved = evolved[keep]
+            if not len(batch):
+                return
+        # Each row remembers which source vector it came from, so re-runs see updates.
+        fields = {**batch.fields, TAG_SOURCE: checksums(batch.vectors)}
         self.store.write_rows(
-            self.plan.source, self.plan.target, replace(batch, vectors=evolved), self.plan.tags
+            self.plan.source,
+            self.plan.target,
+            Batch(batch.ids, evolved, fields),
+            self.plan.tags,
         )
+
+    def find_native(self) -> None:
+        """Ids of rows the application wrote into an existing target (dmu_origin not 'evolved').
+
+        Only a main pass needs them in memory: it writes batches blind, while
+        re-runs compare row by row (evolve/sync.py) and skip native rows there.
+        """
+        plan, store = self.plan, self.store
+        total = store.count(plan.target)
+        evolved = store.tag_filter(TAG_ORIGIN, EVOLVED)
+        if total == 0 or store.count(plan.target, evolved) == total:
+            return
+        native, _ = diff_sorted(
+            store.iter_ids(plan.target, ID_BATCH), store.iter_ids(plan.target, ID_BATCH, evolved)
+        )
+        self.native = set(native)
+
+    def evolved_only(self, ids: np.ndarray) -> np.ndarray:
+        """The ids among these whose target row is evolved, not written by the application."""
+        if not len(ids):
+            return ids
+        rows = self.store.fetch(
+            target_info(self.store, self.plan), ids, self.plan.source.vector_field
+        )
+        origins = rows.fields.get(TAG_ORIGIN) or [EVOLVED] * len(ids)
+        return np.asarray([i for i, o in zip(ids.tolist(), origins, strict=True) if o == EVOLVED])
 
     def written_ids(self) -> Iterator[np.ndarray]:
         return self.store.iter_ids(self.plan.target, ID_BATCH, self.plan.filter)
@@ -96,8 +152,8 @@ class NewCollection(Strategy):
         plan = self.plan
         if plan.filter:
             return (
-                f"'{plan.target}' holds the filtered rows only, so alias '{plan.alias}' was "
-                f"not moved; run evolve without --filter to finish"
+                f"a --filter run does not move alias '{plan.alias}'; run evolve without "
+                f"--filter to cut over"
             )
         if plan.alias is None:
             return f"'{plan.target}' is ready"

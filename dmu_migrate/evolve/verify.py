@@ -122,9 +122,22 @@ def verify(
     ``diffed`` says the caller has just compared the full id sets, after every
     write, and found nothing missing; the id scans are then not repeated.
     """
+    from dmu_migrate.evolve.plan import NEW_COLLECTION
+    from dmu_migrate.evolve.sync import compare
+
     source_rows = store.count(plan.source.name, plan.filter)
     missing: list[Any] = []
-    if not diffed:
+    if not diffed and plan.strategy == NEW_COLLECTION:
+        # Both directions: no source row missing, no evolved row whose source row is gone.
+        # Rows the application wrote (dmu_origin not 'evolved') count as present, never extra.
+        compared = compare(store, plan, hashed=False)
+        missing = [i for i in compared.missing if i not in skipped]
+        if compared.extra:
+            raise VerificationError(
+                f"{len(compared.extra)} evolved rows of '{plan.target}' (first: {compared.extra[:3]}) "
+                f"are no longer in '{plan.source.name}'; run evolve again to delete them"
+            )
+    elif not diffed:
         missing, _extra = diff_ids(store, plan, strategy)
         missing = [i for i in missing if i not in skipped]  # bad vectors left out on purpose
     if missing:
@@ -140,6 +153,7 @@ def verify(
             f"collection '{plan.target}' has {target_rows} rows but '{plan.source.name}' has "
             f"{source_rows}; nothing was cut over, run evolve again to finish"
         )
+    ids = strategy.evolved_only(ids)  # the application's own rows are not adapter output
     error = 0.0
     stored = None
     if len(ids):
@@ -149,7 +163,8 @@ def verify(
         if not error <= VERIFY_TOLERANCE:
             raise VerificationError(
                 f"evolved vectors in '{plan.target}' differ from the adapter output by {error:.2e} "
-                f"(limit {VERIFY_TOLERANCE:.0e}); nothing was cut over"
+                f"(limit {VERIFY_TOLERANCE:.0e}): the source changed since they were evolved, or "
+                f"they were overwritten; nothing was cut over, run evolve again to re-evolve them"
             )
     found = smoke_search(store, plan, ids[:SMOKE_QUERIES], stored if len(ids) else None)
     return VerifyReport(source_rows, target_rows, len(missing), len(ids), error, found)

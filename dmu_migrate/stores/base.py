@@ -23,6 +23,9 @@ from dmu_migrate.errors import InputError, StoreError
 TAG_VERSION = "dmu_version"  # the embedding space the vector lives in now
 TAG_FROM = "dmu_from"  # the space it was evolved from
 TAG_ORIGIN = "dmu_origin"  # "evolved" (adapter output) or "native" (new model)
+# Checksum of the source vector an evolved row came from: a re-run sees which source
+# rows changed since (evolve/sync.py). Written per row, so it travels in Batch.fields.
+TAG_SOURCE = "dmu_src"
 TAG_FIELDS = (TAG_VERSION, TAG_FROM, TAG_ORIGIN)
 TAG_FIX = (
     f"where evolve writes its version tags ({', '.join(TAG_FIELDS)}); copy the collection "

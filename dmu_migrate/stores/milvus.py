@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -17,6 +18,7 @@ from dmu_migrate.stores import milvus_columns, milvus_schema
 from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
     TAG_FIELDS,
+    TAG_SOURCE,
     Batch,
     CollectionInfo,
     Id,
@@ -43,6 +45,46 @@ def _one_line(text: str) -> str:
 _literal = milvus_columns.literal
 
 
+def _lite_locked(path: str) -> bool:
+    """Whether another process holds the Milvus Lite file (its data directory's LOCK)."""
+    import fcntl  # Milvus Lite itself runs on Unix only
+
+    lock = os.path.join(path, "LOCK")
+    if not os.path.exists(lock):
+        return False
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return False
+
+
+def _open_failure(uri: str, token: str | None, text: str) -> str:
+    """Why a store did not open, named: a Lite file in use, credentials, or the address."""
+    where = redact(uri)
+    if uri.endswith(".db") and _lite_locked(uri):
+        return (
+            f"Milvus Lite file '{where}' is in use by another process (a Lite file opens in one "
+            f"process at a time); wait for that process to finish, then run again"
+        )
+    lowered = text.lower()
+    if any(w in lowered for w in ("auth", "credential", "password", "permission denied")):
+        return (
+            f"Milvus at '{where}' refused the credentials ({text}); check --token or DMU_TOKEN "
+            f"(user:password or an API key)"
+        )
+    if token and "illegal connection params" in lowered:
+        # What pymilvus says when a server rejects a user or password at connect time.
+        return (
+            f"Milvus at '{where}' rejected the connection with the given credentials, or is "
+            f"unavailable ({text}); check --token or DMU_TOKEN (user:password), then --uri"
+        )
+    return f"cannot open Milvus at '{where}' ({text}); check --uri"
+
+
 def _and(*exprs: str | None) -> str:
     parts = [f"({e})" for e in exprs if e]
     return " and ".join(parts)
@@ -65,16 +107,16 @@ class MilvusStore:
             quiet = logging.getLogger("pymilvus")
             if quiet.level < logging.ERROR:  # never louder than the command line asked
                 quiet.setLevel(logging.ERROR)
+            # A Lite file that fails to open is reported below in one line, not as
+            # milvus_lite's own logged traceback.
+            lite = logging.getLogger("milvus_lite")
+            if lite.level < logging.CRITICAL:
+                lite.setLevel(logging.CRITICAL)
         try:
             client = MilvusClient(uri=uri, token=token or "")
-        except MilvusException as exc:
-            raise StoreError(
-                f"cannot open Milvus at '{redact(uri)}' ({redact(_one_line(exc.message))}); check --uri"
-            ) from exc
         except Exception as exc:  # connection errors surface as many types
-            raise StoreError(
-                f"cannot open Milvus at '{redact(uri)}' ({redact(str(exc))}); check --uri"
-            ) from exc
+            text = _one_line(exc.message if isinstance(exc, MilvusException) else str(exc))
+            raise StoreError(_open_failure(uri, token, redact(text))) from exc
         return cls(client, uri)
 
     def close(self) -> None:
@@ -263,13 +305,13 @@ class MilvusStore:
     def target_problem(self, source: CollectionInfo, target: str, new_dim: int) -> str | None:
         desc = self.client.describe_collection(target)
         fields = {f["name"]: f for f in desc["fields"]}
-        missing = [t for t in TAG_FIELDS if t not in fields]
+        missing = [t for t in (*TAG_FIELDS, TAG_SOURCE) if t not in fields]
         if missing:
             return f"it has no tag fields {missing}"
         vf = fields.get(source.vector_field)
         if vf is None or int(vf["params"].get("dim", -1)) != new_dim:
             return f"its field '{source.vector_field}' is not a {new_dim}-d float vector"
-        expected = {f["name"] for f in source.schema["fields"]} | set(TAG_FIELDS)
+        expected = {f["name"] for f in source.schema["fields"]} | {*TAG_FIELDS, TAG_SOURCE}
         if set(fields) != expected:
             return f"its fields {sorted(fields)} differ from the source's plus tags"
         built = {i.field: i for i in milvus_schema.read_indexes(self.client, target)}
@@ -295,6 +337,9 @@ class MilvusStore:
         self, source: CollectionInfo, target: str, batch: Batch, tags: dict[str, str]
     ) -> None:
         pk, vf = source.pk_field, source.vector_field
+        if TAG_SOURCE not in batch.fields and TAG_SOURCE in self._field_names(target):
+            # Every field must be supplied; "" reads as "checksum unknown" (evolve/sync.py).
+            batch = replace(batch, fields={**batch.fields, TAG_SOURCE: [""] * len(batch)})
         # Upsert keyed by the source id: a batch written twice (after a crash
         # or a re-run) leaves one row, never a duplicate.
         schema = self._write_schema(target)

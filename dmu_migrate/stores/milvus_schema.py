@@ -23,7 +23,7 @@ from typing import Any
 from pymilvus import DataType, MilvusClient, MilvusException
 
 from dmu_migrate.errors import StoreError
-from dmu_migrate.stores.base import TAG_FIELDS, TAG_FIX
+from dmu_migrate.stores.base import TAG_FIELDS, TAG_FIX, TAG_SOURCE
 from dmu_migrate.stores.milvus_columns import literal
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def build_schema(desc: dict[str, Any], vector_field: str, new_dim: int) -> Any:
             flags["default_value"] = default_value(f)
         schema.add_field(f["name"], f["type"], **flags, **params)
     present = {f["name"] for f in desc["fields"]}
-    for tag in TAG_FIELDS:
+    for tag in (*TAG_FIELDS, TAG_SOURCE):  # TAG_SOURCE: the checksum that re-runs compare
         if tag not in present:
             schema.add_field(tag, DataType.VARCHAR, max_length=TAG_MAX_LENGTH)
     return schema

