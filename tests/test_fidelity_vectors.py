@@ -40,3 +40,23 @@ def test_vectors_that_overflow_float32_are_refused_or_skipped(
     assert sorted(rows) == [i for i in ids.tolist() if i != 21]
     evolved = np.asarray([rows[i][backend.vector_name] for i in sorted(rows)], np.float32)
     assert np.isfinite(evolved).all()
+
+
+@limit(300)
+def test_an_ip_or_l2_collection_of_other_norms_is_refused_unless_asked(
+    backend: Backend, digits: Digits, artifact: Artifact
+) -> None:
+    # Unit vectors under L2 keep their meaning: L2 is a function of cosine there.
+    unit, scaled = backend.unique("unit"), backend.unique("scaled")
+    ids = np.arange(1, 31)
+    backend.seed(unit, ids, digits.old_te[:30], metric="L2", alias=backend.unique("u"))
+    alias = backend.unique("s")
+    backend.seed(scaled, ids, 5.0 * digits.old_te[:30], metric="IP", alias=alias)
+    store = backend.open_store()
+    chain = AdapterChain([artifact])
+    make_plan(store, unit, chain, alias=backend.unique("a"))
+    with pytest.raises(InputError, match=r"scores by IP .* median norm 5, .*--across-metric"):
+        make_plan(store, alias, chain)
+    assert not store.has_collection(f"{scaled}__v2")
+    result = evolve(store, make_plan(store, alias, chain, across_metric=True), EvolveOptions())
+    assert result.outcome == COMPLETED and len(backend.read_all(result.target)) == 30

@@ -47,6 +47,7 @@ def verify(
                 target_field=target_field,
                 yes_overwrite=True,
                 accept_regression=True,  # verify judges the data, not the upgrade
+                across_metric=True,
             )
             if not store.has_collection(plan.target):
                 raise StoreError(

@@ -151,6 +151,10 @@ def evolve(
             help="Move the alias even if the adapter's validated new->evolved is below old->old."
         ),
     ] = False,
+    across_metric: Annotated[
+        bool,
+        typer.Option(help="Evolve an IP/L2 collection of non-unit vectors into unit vectors."),
+    ] = False,
     max_retries: Annotated[
         int,
         typer.Option(
@@ -236,6 +240,7 @@ def evolve(
             "filter": filter,
             "yes_overwrite": yes_overwrite,
             "accept_regression": accept_regression,
+            "across_metric": across_metric,
         }
         with opened(uri, token) as store:
             plan = build_plan(store, collection, adapter, threads, **plan_args)

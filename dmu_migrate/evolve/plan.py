@@ -6,6 +6,8 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from dmu_migrate.errors import InputError, NothingToDo
 from dmu_migrate.evolve.ledger import PRUNED, Ledger, Record
 from dmu_migrate.evolve.transform import AdapterChain
@@ -85,6 +87,42 @@ def target_name(source: str, from_version: str, to_version: str) -> str:
     return f"{base}__{to_version}"
 
 
+NORM_TOLERANCE = 1e-3  # stored float32 unit vectors differ from norm 1 by ~1e-7
+
+
+def check_metric(store: VectorStore, info: CollectionInfo, chain: AdapterChain) -> None:
+    """Refuse an upgrade that would silently change what the collection's scores mean.
+
+    Every artifact writes unit vectors trained for cosine similarity. On a
+    COSINE collection, or an IP/L2 one that already holds unit vectors, scores
+    keep their meaning (IP equals cosine, L2 is a function of it). On an IP/L2
+    collection of vectors of other norms, thresholds and any magnitude the
+    scores carried would change without a word. The median norm of the first
+    rows decides, so that a few corrupt rows (the screen's business) do not.
+    """
+    for artifact in chain.artifacts:
+        m = artifact.manifest
+        if str(m.metric).lower() != "cosine" or not m.normalized:
+            raise InputError(
+                f"adapter '{m.name}' declares metric '{m.metric}' (normalized: {m.normalized}), "
+                f"but evolve writes unit vectors for cosine; re-export it with dmu-migrate "
+                f"train, or pass --across-metric to evolve across them"
+            )
+    if info.metric.upper() == "COSINE":
+        return
+    batch = next(iter(store.iter_batches(info, 256)), None)
+    if batch is None or not len(batch):
+        return
+    norms = np.linalg.norm(batch.vectors.astype(np.float64), axis=1)
+    if abs(float(np.median(norms)) - 1.0) <= NORM_TOLERANCE:
+        return
+    raise InputError(
+        f"collection '{info.name}' scores by {info.metric} and stores vectors of median norm "
+        f"{float(np.median(norms)):.3g}, but adapter '{chain.name}' writes unit vectors for "
+        f"cosine, which changes every score; pass --across-metric to evolve anyway"
+    )
+
+
 def gate(chain: AdapterChain, accept_regression: bool) -> None:
     """Refuse, before anything is written, an upgrade validated as worse than today's system."""
     for artifact in chain.artifacts:
@@ -111,6 +149,7 @@ def make_plan(
     filter: str | None = None,
     yes_overwrite: bool = False,
     accept_regression: bool = False,
+    across_metric: bool = False,
 ) -> Plan:
     if not collection.strip():
         raise InputError("--collection is empty; give the collection or alias to evolve")
@@ -129,6 +168,8 @@ def make_plan(
         raise InputError(f"collection '{collection}' is empty; there is nothing to evolve")
     if rows == 0:
         raise InputError(f"--filter selects no rows of '{collection}'; check the expression")
+    if not across_metric:
+        check_metric(store, info, chain)
 
     if strategy == IN_PLACE or (strategy == NEW_COLLECTION and filter is None):
         # Both change what the application's queries search; new-field and a
