@@ -123,7 +123,7 @@ def test_a_target_left_without_its_index_is_refused(
         for f in desc["fields"]:
             extra = {"dim": plan.chain.out_dim} if f["name"] == "vector" else {}
             schema.add_field(f["name"], f["type"], is_primary=bool(f.get("is_primary")), **extra)
-        for tag in ("dmu_version", "dmu_from", "dmu_origin"):
+        for tag in ("dmu_version", "dmu_from", "dmu_origin", "dmu_src"):
             schema.add_field(tag, DataType.VARCHAR, max_length=64)
         client.create_collection(plan.target, schema=schema, timeout=milvus_schema.TIMEOUT)
     finally:

@@ -18,7 +18,7 @@ from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.stores import milvus_schema
-from dmu_migrate.stores.base import TAG_FIELDS
+from dmu_migrate.stores.base import TAG_FIELDS, TAG_SOURCE
 
 milvus = milvus_fixture()
 FLAT = {"field_name": "vector", "index_type": "FLAT", "metric_type": "COSINE"}
@@ -64,7 +64,9 @@ def test_every_dynamic_key_of_every_row_is_copied(
     source, target = milvus.read_all(name), milvus.read_all(result.target)
     assert sorted(target) == sorted(source) == list(range(100))
     for key, row in source.items():
-        assert without(target[key], "vector", *TAG_FIELDS) == without(row, "vector"), key
+        assert without(target[key], "vector", *TAG_FIELDS, TAG_SOURCE) == without(row, "vector"), (
+            key
+        )
     assert sum("color" in r for r in target.values()) == 10
     assert all(r["dmu_version"] == "v2" for r in target.values())
 
@@ -154,7 +156,7 @@ def test_collection_settings_and_field_attributes_are_carried(
         )
         # The application's inserts through the alias still leave the id to Milvus (Lite).
         new_row = dict(rows[0]) | {"dmu_version": "v2"} | ({} if lite else {"id": 5})
-        new_row |= {"dmu_from": "", "dmu_origin": "native"}
+        new_row |= {"dmu_from": "", "dmu_origin": "native", "dmu_src": ""}
         new_row["vector"] = [0.1] * int(fields["vector"]["params"]["dim"])
         client.insert(alias, [new_row], timeout=milvus_schema.TIMEOUT)
     finally:
@@ -162,7 +164,9 @@ def test_collection_settings_and_field_attributes_are_carried(
     src_rows, dst_rows = milvus.read_all(name), milvus.read_all(result.target)
     assert len(dst_rows) == len(src_rows) + 1
     for key, row in src_rows.items():
-        assert without(dst_rows[key], "vector", *TAG_FIELDS) == without(row, "vector"), key
+        assert without(dst_rows[key], "vector", *TAG_FIELDS, TAG_SOURCE) == without(
+            row, "vector"
+        ), key
 
 
 @limit(300)

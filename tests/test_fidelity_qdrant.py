@@ -17,7 +17,7 @@ from dmu_migrate.artifact import Artifact
 from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.stores.base import TAG_FIELDS, open_store
+from dmu_migrate.stores.base import TAG_FIELDS, TAG_SOURCE, open_store
 
 ROWS = 30
 
@@ -74,5 +74,7 @@ def test_sparse_vectors_are_carried_point_by_point(
         got = after[pid]
         assert vectors(got).get("bm25") == vectors(point).get("bm25"), pid
         assert ("bm25" in vectors(got)) == bool((pid - 1) % 3)
-        assert {k: v for k, v in got.payload.items() if k not in TAG_FIELDS} == point.payload
+        assert {
+            k: v for k, v in got.payload.items() if k not in (*TAG_FIELDS, TAG_SOURCE)
+        } == point.payload
         np.testing.assert_allclose(vectors(got)[dense_name], evolved[pid - 1], atol=1e-5)

@@ -183,7 +183,7 @@ def definition(desc: dict[str, Any], skip: str, drop_tags: bool = False) -> dict
     vector, resized) and, with ``drop_tags``, the tag fields."""
     fields = {}
     for f in desc["fields"]:
-        if f["name"] == skip or (drop_tags and f["name"] in TAG_FIELDS):
+        if f["name"] == skip or (drop_tags and f["name"] in (*TAG_FIELDS, TAG_SOURCE)):
             continue
         params = {k: str(v) for k, v in (f.get("params") or {}).items()}
         flags = {k: bool(f.get(k)) for k in _FIELD_FLAGS if k != "description"}
