@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmu_migrate.stores.base import VectorStore, open_store
+from dmu_migrate.stores.base import LEDGER_COLLECTION, VectorStore, open_store
 
 _DISTANCE = {"COSINE": "Cosine", "IP": "Dot", "L2": "Euclid"}
 T = TypeVar("T")
@@ -338,14 +338,18 @@ class Backend:
 
     # -- teardown ---------------------------------------------------------------
     def drop_created(self, names: list[str]) -> None:
-        """Drop collections (and their aliases) a test made on a shared server."""
+        """Drop collections (and their aliases) a test made on a shared server.
+
+        The ledger goes too, whoever made it: its records describe this test's
+        migrations, and a later test's ledger must not list them.
+        """
         self.close_stores()
         if self.kind == "milvus-server":
             from pymilvus import MilvusClient
 
             client = MilvusClient(self.uri)
             try:
-                for name in names:
+                for name in [*names, LEDGER_COLLECTION]:
                     if client.has_collection(name, timeout=CALL_TIMEOUT):
                         aliases = client.list_aliases(name, timeout=CALL_TIMEOUT)
                         for alias in aliases.get("aliases", []):

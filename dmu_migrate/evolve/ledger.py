@@ -31,12 +31,12 @@ import random
 import socket
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
 from dmu_migrate.errors import StoreError
-from dmu_migrate.stores.base import Id, VectorStore
+from dmu_migrate.stores.base import LEDGER_COLLECTION, Id, VectorStore
 
 LEASE_SECONDS = 600.0
 # Seconds between writing a lease and reading it back. A strong read on a loaded
@@ -111,6 +111,18 @@ class Record:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Record:
         known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        # Unknown keys are dropped (a newer version's additions); missing required ones
+        # mean the entry is not a migration record, and no field may be guessed.
+        required = [
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        ]
+        missing = [name for name in required if name not in known]
+        if missing:
+            raise StoreError(
+                f"ledger entry '{raw.get('key', '?')}' lacks {', '.join(missing)}: it is not a "
+                "migration record dmu-migrate wrote; delete it from the ledger (collection "
+                f"'{LEDGER_COLLECTION}', or ledger.json in a Parquet store)"
+            )
         return cls(**known)
 
 
