@@ -6,8 +6,9 @@ them for. For each example (WordNet text upgrade, Fashion-MNIST 30% -> 100%, CJK
 glyphs 30% -> 100% of the training ideographs) and seed:
 1. ``independent``: the new model trained alone; its new->new is the
    full-backfill reference M(new*->new*) of every other run.
-2. ``bct``, ``dmu`` and the DMU ablations (two-stage training: psi fitted to
-   the kept new model; gamma=0, beta=0, lambda_b=0).
+2. ``bct``, ``dmu`` and the DMU ablations (joint training: psi, a residual
+   mlp, trained in the new model's loop instead of fitted to the kept model;
+   gamma=0, beta=0, lambda_b=0).
 3. Post-hoc adapters (procrustes, affine, mlp) fitted old -> the independent
    model's embeddings, the best a team can do without training compatibility.
 Every artifact is scored by ``dmu_migrate.evaluation.evaluate`` on the
@@ -77,7 +78,7 @@ TRAINED: dict[str, dict[str, Any]] = {
     "independent": {"method": "independent"},
     "bct": {"method": "bct"},
     "dmu": {"method": "dmu"},
-    "dmu two-stage": {"method": "dmu", "joint": False},  # psi fitted after the new model
+    "dmu joint": {"method": "dmu", "joint": True},  # psi trained in the new model's loop
     "dmu gamma=0": {"method": "dmu", "gamma": 0.0},
     "dmu beta=0": {"method": "dmu", "beta": 0.0},
     "dmu lambda_b=0": {"method": "dmu", "lambda_b": 0.0},

@@ -236,7 +236,7 @@ METHOD_ORDER = [
     "independent",
     "bct",
     "dmu",
-    "dmu two-stage",
+    "dmu joint",
     "dmu gamma=0",
     "dmu beta=0",
     "dmu lambda_b=0",

@@ -3,10 +3,10 @@
 For each example of ``compat.py`` and seed, the ``independent`` new model (the
 full-backfill reference) is trained with a small grid of settings and with the
 default config, and scored new->new Recall@1 on the example's VAL split (never
-the test split). Grid: model {linear, mlp} x dropout {0.2, 0.5} at scale 30, and
-mlp with dropout 0.2 at scale 16;
+the test split). Grid: model {linear, mlp} x dropout {0.2, 0.5} at the default
+scale, and mlp with dropout 0.2 at scales 16 and 30 (either side of it);
 an example whose model is a plug-in (fashion_mnist's nets:cnn) keeps it, and
-dropout does not apply to plug-ins, so its grid is scale {16, 30}.
+dropout does not apply to plug-ins, so its grid is the three scales.
 Deliverable: the default within 1 point of the sweep's best on each example.
 
     python benchmarks/sweep.py    # benchmarks/results/sweep_val.json, docs/method.md
@@ -42,16 +42,17 @@ BUILT_IN = ("linear", "mlp")
 
 def grid(example: Example) -> list[dict[str, Any]]:
     """The swept settings of one example (each on top of its shared training config)."""
-    scales = (16.0, 30.0)
+    default = TrainConfig().scale
+    others = (16.0, 30.0)  # either side of the default
     if ":" in str(example.train.get("model", "")):  # a plug-in architecture: scale only
-        return [{"scale": s} for s in scales]
-    # Head x dropout at the default scale, and the other scale on the default head:
-    # the full cube costs twice as much and adds no axis.
+        return [{"scale": s} for s in sorted({default, *others})]
+    # Head x dropout at the default scale, and the other scales on the default head:
+    # the full cube costs three times as much and adds no axis.
     points = [
-        {"model": m, "scale": 30.0, "dropout": d}
+        {"model": m, "scale": default, "dropout": d}
         for m, d in itertools.product(BUILT_IN, (0.2, 0.5))
     ]
-    return [*points, {"model": "mlp", "scale": 16.0, "dropout": 0.2}]
+    return [*points, *({"model": "mlp", "scale": s, "dropout": 0.2} for s in others)]
 
 
 def label(point: dict[str, Any]) -> str:

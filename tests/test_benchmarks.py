@@ -112,7 +112,7 @@ def test_compat_benchmark_and_report_render_every_target_and_the_fused_column(
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
     rows = json.loads(raw.read_text())["rows"]
     methods = {
-        "independent", "bct", "dmu", "dmu two-stage", "dmu gamma=0", "dmu beta=0", "dmu lambda_b=0",
+        "independent", "bct", "dmu", "dmu joint", "dmu gamma=0", "dmu beta=0", "dmu lambda_b=0",
         "adapter procrustes", "adapter affine", "adapter mlp",
     }  # fmt: skip
     for example in examples:
@@ -123,7 +123,7 @@ def test_compat_benchmark_and_report_render_every_target_and_the_fused_column(
         assert mine["dmu"]["config"]["model"] == (
             "nets:cnn" if example == "fashion_mnist" else default_model
         )
-        assert mine["dmu two-stage"]["config"]["joint"] is False
+        assert mine["dmu joint"]["config"]["joint"] is True
         assert mine["dmu lambda_b=0"]["config"]["lambda_b"] == 0.0
         # The gate's validated figures travel with each row, and fused is scored with them.
         assert "new->evolved" in mine["dmu"]["quality"]["settings"]
@@ -175,13 +175,12 @@ def test_sweep_compares_the_default_with_a_small_grid_on_val(tmp_path: Path) -> 
     assert payload["split"] == "val"
     rows = payload["rows"]
     text = {r["label"] for r in rows if r["example"] == "wordnet_text"}
-    grid = {f"model={m} scale=30 dropout={d}" for m in ("linear", "mlp") for d in (0.2, 0.5)} | {
-        "model=mlp scale=16 dropout=0.2"
-    }
+    s = f"{TrainConfig().scale:g}"  # the grid is centred on the default scale
+    grid = {f"model={m} scale={s} dropout={d}" for m in ("linear", "mlp") for d in (0.2, 0.5)}
+    grid |= {"model=mlp scale=16 dropout=0.2", "model=mlp scale=30 dropout=0.2"}
     assert grid <= text and len(text - grid) <= 1  # plus "default" when it is off the grid
     assert {r["label"] for r in rows if r["example"] == "fashion_mnist"} == {
-        "scale=16",
-        "scale=30",
+        f"scale={x:g}" for x in {16.0, 30.0, TrainConfig().scale}
     }
     for example in examples:
         (default,) = [r for r in rows if r["example"] == example and r["default"]]

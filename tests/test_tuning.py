@@ -10,6 +10,7 @@ from conftest import Digits
 
 from dmu_migrate.errors import InputError
 from dmu_migrate.training.config import TrainConfig
+from dmu_migrate.training.tuning import space
 from dmu_migrate.training.upgrade import train_upgrade
 
 FAST = TrainConfig(epochs=2, batch_size=128, hidden=32, adapter_hidden=32, device="cpu", seed=1)
@@ -26,7 +27,8 @@ def test_tune_keeps_the_best_trial_and_records_them_all(tmp_path: Path, digits: 
     for name, value in best["params"].items():
         assert m.training["config"][name] == pytest.approx(value)
     assert m.quality["settings"] == best["figures"]
-    assert {"lr", "scale", "dropout", "lambda_b", "lambda_f", "tau"} == set(best["params"])
+    # psi is a closed form by default: only the new model's settings are searched.
+    assert {"lr", "scale", "dropout", "lambda_b"} == set(best["params"])
 
 
 def test_tune_refuses_what_it_cannot_score(tmp_path: Path, digits: Digits) -> None:
@@ -39,3 +41,19 @@ def test_tune_refuses_what_it_cannot_score(tmp_path: Path, digits: Digits) -> No
     closed = dataclasses.replace(FAST, method="adapter", adapter_kind="affine")
     with pytest.raises(InputError, match="nothing to search"):
         train_upgrade(digits.train_path, tmp_path, "c", closed, tune=2)
+
+
+def test_tune_searches_psi_settings_only_where_psi_is_trained() -> None:
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    new_model = {"lr", "scale", "dropout", "lambda_b"}
+    cases = [
+        (FAST, new_model),  # two stages, closed-form psi
+        (dataclasses.replace(FAST, joint=True), new_model | {"lambda_f", "tau"}),
+        (dataclasses.replace(FAST, adapter_kind="mlp"), new_model | {"tau"}),
+        (dataclasses.replace(FAST, method="adapter", adapter_kind="mlp"), {"lr", "tau"}),
+        (dataclasses.replace(FAST, method="bct"), {"lr", "scale", "dropout"}),
+    ]
+    for config, expected in cases:
+        assert set(space(study.ask(), config)) == expected, config

@@ -53,7 +53,13 @@ class TrainConfig:
         "new model: fit psi on the NEW_COL embeddings, no new_model.onnx).",
         METHODS,
     )
-    adapter_kind: str = setting("mlp", "For --method adapter: the form of psi.", ADAPTER_KINDS)
+    adapter_kind: str = setting(
+        "affine",
+        "The form of psi when it is fitted to a fixed new model (after it, with --no-joint, "
+        "or alone, with --method adapter): affine and procrustes are closed forms, mlp is "
+        "trained.",
+        ADAPTER_KINDS,
+    )
     discriminativeness: str = setting(
         "probability", "Old-feature quality q (entropy is label-free).", MEASURES
     )
@@ -77,7 +83,7 @@ class TrainConfig:
     batch_size: int = setting(256, "Rows per step (per process under torchrun).")
     lr: float = setting(2e-3, "Peak learning rate of AdamW's one-cycle schedule.")
     weight_decay: float = setting(1e-4, "AdamW weight decay.")
-    scale: float = setting(30.0, "Logit scale s of the cosine losses.")
+    scale: float = setting(20.0, "Logit scale s of the cosine losses.")
     margin: float = setting(0.2, "CosFace margin of the new classifier.")
     gamma: float = setting(1.0, "Selectivity of backward compatibility: w = q**gamma; 0 = BCT.")
     beta: float = setting(1.0, "Extra adaptation weight of poor old features: 1 + beta (1 - q).")
@@ -86,9 +92,9 @@ class TrainConfig:
     tau: float = setting(0.05, "InfoNCE temperature.")
     detach: bool = setting(True, "Adapter targets are detached: psi cannot drag the new model.")
     joint: bool = setting(
-        True,
-        "Train psi in the new model's loop (one stage) instead of after it, on the kept "
-        "new model's embeddings (two stages, each with its own early stopping).",
+        False,
+        "Train psi (a residual mlp) in the new model's loop, in one stage, instead of "
+        "fitting it (--adapter-kind) after the new model is kept.",
     )
     val_fraction: float = setting(
         0.1,

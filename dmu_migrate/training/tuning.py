@@ -27,12 +27,16 @@ def space(trial: Any, config: TrainConfig) -> dict[str, Any]:
     """The settings a trial varies; each range brackets the default (docs/method.md)."""
     params: dict[str, Any] = {"lr": trial.suggest_float("lr", 5e-4, 8e-3, log=True)}
     if config.method != "adapter":
-        params["scale"] = trial.suggest_categorical("scale", [16.0, 24.0, 30.0, 40.0])
+        params["scale"] = trial.suggest_categorical("scale", [12.0, 16.0, 20.0, 30.0])
         params["dropout"] = trial.suggest_float("dropout", 0.1, 0.7)
     if config.method == "dmu":
         params["lambda_b"] = trial.suggest_float("lambda_b", 0.25, 4.0, log=True)
-    if config.method in ("dmu", "adapter", "independent"):
+    # psi's loss settings only matter where psi is trained: in the new model's loop
+    # (--joint, weighted by lambda_f) or as an mlp; a closed-form psi has none.
+    joint = config.joint and config.method in ("dmu", "independent")
+    if joint:
         params["lambda_f"] = trial.suggest_float("lambda_f", 0.25, 4.0, log=True)
+    if joint or (config.adapter_kind == "mlp" and config.method != "bct"):
         params["tau"] = trial.suggest_float("tau", 0.03, 0.2, log=True)
     return params
 
