@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +92,25 @@ class Artifact:
         return (
             f"'{self.manifest.name}' ({self.manifest.from_version} -> {self.manifest.to_version})"
         )
+
+
+@contextmanager
+def staged(target: Path) -> Iterator[Path]:
+    """A directory beside ``target`` to build an artifact in, moved into place whole.
+
+    The artifact appears under its real name only when the block succeeds (replacing
+    what was there), so a failed export never leaves a half-written one behind.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        staging.replace(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

@@ -18,8 +18,6 @@ by the new encoder.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from dmu_migrate.artifact import (
     Artifact,
     Manifest,
     load_artifact,
+    staged,
     write_manifest,
 )
 from dmu_migrate.errors import ArtifactError, InputError
@@ -204,9 +203,7 @@ def _write(
     the directory appears whole or not at all."""
     if target.exists() and not overwrite:
         raise InputError(f"artifact '{target}' already exists; pass --overwrite to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged(target) as staging:
         manifest.parity = {name: write(staging) for name, write in writers.items()}
         worst = max(manifest.parity.values())
         if not worst <= PARITY_TOLERANCE:
@@ -215,10 +212,4 @@ def _write(
                 f"{worst:.2e}; report this with the base artifact"
             )
         write_manifest(staging, manifest)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.replace(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return load_artifact(target)

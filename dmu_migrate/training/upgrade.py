@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from dmu_migrate.artifact import (
     Manifest,
     check_version_id,
     load_artifact,
+    staged,
     write_manifest,
 )
 from dmu_migrate.data import Columns, Table, read_table
@@ -142,11 +142,7 @@ def _write_artifact(
     """Export the trained models and the manifest to ``target``, replacing what is there."""
     name = target.name
     adapter_mode = run.method == "adapter"
-    # Build the artifact beside its final place and move it in whole, so a
-    # failed export never leaves a half-written artifact under the real name.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
+    with staged(target) as staging:
         sample = slice(0, min(len(table), 512))
         parity = {
             "adapter_max_abs_diff": export_onnx(
@@ -193,9 +189,3 @@ def _write_artifact(
                 "verdict": verdict(result.quality, "held-out identities").line,
             }
         write_manifest(staging, manifest)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.replace(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
