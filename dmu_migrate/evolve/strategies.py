@@ -22,6 +22,7 @@ from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION, NEW_FIELD, Plan
 from dmu_migrate.evolve.sync import EVOLVED, checksums, target_info
 from dmu_migrate.evolve.verify import ID_BATCH, diff_sorted
 from dmu_migrate.stores.base import (
+    PARTITION_KEY,
     TAG_FROM,
     TAG_ORIGIN,
     TAG_SOURCE,
@@ -54,6 +55,11 @@ class Strategy:
     def evolved_only(self, ids: np.ndarray) -> np.ndarray:
         """The ids among these whose stored row the migration owns (all, unless overridden)."""
         return ids
+
+    def misplaced(self, ids: np.ndarray) -> list[Any]:
+        """The ids among these whose evolved row is in another partition than its source
+        row; none where rows never leave their collection."""
+        return []
 
     def expected(self, ids: np.ndarray) -> np.ndarray:
         """adapter(old vectors) of these ids: what read_back must return."""
@@ -143,6 +149,17 @@ class NewCollection(Strategy):
 
     def written_ids(self) -> Iterator[np.ndarray]:
         return self.store.iter_ids(self.plan.target, ID_BATCH, self.plan.filter)
+
+    def misplaced(self, ids: np.ndarray) -> list[Any]:
+        if not len(ids):
+            return []
+        field = self.plan.source.vector_field
+        source = self.store.fetch(self.plan.source, ids, field).fields.get(PARTITION_KEY)
+        if source is None:
+            return []  # the source has no named partitions (or the store has none at all)
+        target = self.store.fetch(target_info(self.store, self.plan), ids, field).fields
+        placed = target.get(PARTITION_KEY) or [None] * len(ids)
+        return [i for i, a, b in zip(ids.tolist(), source, placed, strict=True) if a != b]
 
     def read_back(self, ids: np.ndarray) -> np.ndarray:
         target = replace(self.plan.source, name=self.plan.target)

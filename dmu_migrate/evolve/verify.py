@@ -154,6 +154,13 @@ def verify(
             f"{source_rows}; nothing was cut over, run evolve again to finish"
         )
     ids = strategy.evolved_only(ids)  # the application's own rows are not adapter output
+    misplaced = strategy.misplaced(ids)
+    if misplaced:
+        raise VerificationError(
+            f"{len(misplaced)} sampled rows of '{plan.target}' (first: {misplaced[:3]}) are in "
+            f"another partition than in '{plan.source.name}'; nothing was cut over, run evolve "
+            f"again to move them"
+        )
     error = 0.0
     stored = None
     if len(ids):

@@ -36,6 +36,9 @@ LEDGER_COLLECTION = "dmu_ledger"  # migration state, kept in the store it descri
 # Batch.fields key of a named vector other than the one being evolved (Qdrant and
 # Parquet keep them apart from payload keys, which live in another namespace).
 VECTOR_KEY_PREFIX = "__vector__:"
+# Batch.fields key of each row's named partition (Milvus, stores/milvus_partitions.py):
+# a read learns it and a write puts the row back there; never a field of its own.
+PARTITION_KEY = "__partition__"
 
 Id = int | str
 

@@ -14,9 +14,10 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.client.types import LoadState
 
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.stores import milvus_columns, milvus_schema
+from dmu_migrate.stores import milvus_columns, milvus_partitions, milvus_schema
 from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
+    PARTITION_KEY,
     TAG_FIELDS,
     TAG_SOURCE,
     Batch,
@@ -98,6 +99,7 @@ class MilvusStore:
         self._loaded: set[str] = set()
         self._columnar = milvus_columns.available(client)
         self._schemas: dict[str, dict[str, Any]] = {}  # write targets, described once
+        self._partitions: dict[str, set[str]] = {}  # partitions known to exist, per write target
 
     @classmethod
     def connect(cls, uri: str, token: str | None = None) -> MilvusStore:
@@ -216,6 +218,18 @@ class MilvusStore:
         cursor = None if after is None else f"{info.pk_field} > {_literal(after)}"
         upper = None if until is None else f"{info.pk_field} <= {_literal(until)}"
         expr = _and(filter, cursor, upper)
+        partitions = milvus_partitions.named(self.client, info.name)
+        for batch in self._read_pages(info, field, batch_size, expr):
+            if partitions:
+                placed = milvus_partitions.locate(
+                    self.client, info.name, info.pk_field, batch.ids, partitions, expr, True
+                )
+                batch = replace(batch, fields={**batch.fields, PARTITION_KEY: placed})
+            yield batch
+
+    def _read_pages(
+        self, info: CollectionInfo, field: str, batch_size: int, expr: str
+    ) -> Iterator[Batch]:
         if self._columnar:
             self._ensure_loaded(info.name)
             dim = info.vector_fields.get(field, info.dim)
@@ -269,7 +283,12 @@ class MilvusStore:
             raise StoreError(
                 f"collection '{info.name}' lacks {len(missing)} expected ids (first: {missing[:3]})"
             )
-        return self._to_batch([by_id[i] for i in wanted], pk, vector_field)
+        batch = self._to_batch([by_id[i] for i in wanted], pk, vector_field)
+        partitions = milvus_partitions.named(self.client, info.name)
+        if partitions:
+            placed = milvus_partitions.locate(self.client, info.name, pk, batch.ids, partitions)
+            batch = replace(batch, fields={**batch.fields, PARTITION_KEY: placed})
+        return batch
 
     def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> list[list[Id]]:
         self._ensure_loaded(name)
@@ -291,6 +310,7 @@ class MilvusStore:
         for bare in milvus_schema.unindexed_vectors(desc, specs, _VECTOR_TYPES):
             log.info("'%s' has no index on '%s'; '%s' gets none either", source.name, bare, target)
         self._schemas.pop(target, None)
+        self._partitions.pop(target, None)
         lite = not self.shared
         milvus_schema.create_with_indexes(
             self.client,
@@ -300,6 +320,7 @@ class MilvusStore:
             specs,
             nested=lite,  # Milvus Lite keeps nested build parameters only
             skip=source.vector_field,
+            partitions=milvus_partitions.named(self.client, source.name),
         )
 
     def target_problem(self, source: CollectionInfo, target: str, new_dim: int) -> str | None:
@@ -336,10 +357,35 @@ class MilvusStore:
     def write_rows(
         self, source: CollectionInfo, target: str, batch: Batch, tags: dict[str, str]
     ) -> None:
-        pk, vf = source.pk_field, source.vector_field
-        if TAG_SOURCE not in batch.fields and TAG_SOURCE in self._field_names(target):
+        fields = dict(batch.fields)
+        placed = fields.pop(PARTITION_KEY, None)
+        for output in milvus_schema.function_outputs(self._described(target)):
+            fields.pop(output, None)  # Milvus computes these from their input fields
+        if TAG_SOURCE not in fields and TAG_SOURCE in self._field_names(target):
             # Every field must be supplied; "" reads as "checksum unknown" (evolve/sync.py).
-            batch = replace(batch, fields={**batch.fields, TAG_SOURCE: [""] * len(batch)})
+            fields[TAG_SOURCE] = [""] * len(batch)
+        batch = Batch(batch.ids, batch.vectors, fields)
+        if placed is None:
+            self._upsert(source, target, batch, tags, None)
+            return
+        groups = milvus_partitions.groups(placed)
+        known = self._partitions.setdefault(target, set())
+        milvus_partitions.ensure(self.client, target, set(groups), known)
+        for partition, rows in groups.items():
+            # Each row goes back into the partition it was read from.
+            part = batch if len(rows) == len(batch) else _take(batch, rows)
+            name = None if partition == milvus_partitions.DEFAULT else partition
+            self._upsert(source, target, part, tags, name)
+
+    def _upsert(
+        self,
+        source: CollectionInfo,
+        target: str,
+        batch: Batch,
+        tags: dict[str, str],
+        partition: str | None,
+    ) -> None:
+        pk, vf = source.pk_field, source.vector_field
         # Upsert keyed by the source id: a batch written twice (after a crash
         # or a re-run) leaves one row, never a duplicate.
         schema = self._write_schema(target)
@@ -347,7 +393,9 @@ class MilvusStore:
             columns: dict[str, Any] = {**batch.fields, pk: batch.ids}
             columns.update({k: [v] * len(batch) for k, v in tags.items()})
             if all(f["name"] in columns or f["name"] == vf for f in schema["fields"]):
-                milvus_columns.upsert(self.client, target, schema, columns, vf, batch.vectors)
+                milvus_columns.upsert(
+                    self.client, target, schema, columns, vf, batch.vectors, partition
+                )
                 return
         # A key outside the schema is a dynamic field: None there means the row lacks the
         # key (reads fill absent keys with None), so it stays absent rather than null.
@@ -361,7 +409,7 @@ class MilvusStore:
             row[vf] = batch.vectors[i]
             row.update(tags)
             rows.append(row)
-        self.client.upsert(target, rows)
+        self.client.upsert(target, rows, partition_name=partition or "")
 
     def _described(self, name: str) -> dict[str, Any]:
         """A write target's schema, described once per store."""
@@ -419,6 +467,7 @@ class MilvusStore:
         self.client.drop_collection(name)
         self._loaded.discard(name)
         self._schemas.pop(name, None)
+        self._partitions.pop(name, None)
 
     # -- aliases -------------------------------------------------------------
     def alias_target(self, alias: str) -> str | None:
@@ -476,6 +525,15 @@ class MilvusStore:
         for rows in self._iterate(self._ledger(), 1000, "", ["record"]):
             records.extend(json.loads(r["record"]) for r in rows)
         return records
+
+
+def _take(batch: Batch, rows: list[int]) -> Batch:
+    """The rows at positions ``rows`` of a batch."""
+    return Batch(
+        batch.ids[rows],
+        batch.vectors[rows],
+        {k: [v[i] for i in rows] for k, v in batch.fields.items()},
+    )
 
 
 def _with_vector_field(info: CollectionInfo, field: str) -> CollectionInfo:

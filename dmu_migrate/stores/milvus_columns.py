@@ -180,6 +180,7 @@ def upsert(
     columns: dict[str, Any],
     vector_field: str,
     vectors: np.ndarray,
+    partition_name: str | None = None,
 ) -> None:
     """Upsert one batch given as columns; the vector payload is the array's bytes.
 
@@ -189,6 +190,8 @@ def upsert(
     """
     count = len(vectors)
     request = milvus_pb2.UpsertRequest(collection_name=name, num_rows=count)
+    if partition_name:
+        request.partition_name = partition_name
     for info in schema["fields"]:
         field = info["name"]
         if field == vector_field:

@@ -1,10 +1,12 @@
 """A Milvus collection's definition, read and reproduced: fields, indexes, settings.
 
 ``create_like`` makes the target of a new-collection migration: the source's
-fields (the evolved vector resized), the tag fields, and every index with its
-type, metric and build parameters. Either the whole definition is in place
-or the target is dropped again and the error names what failed: a target
-without its index would accept every row and then fail on the first read.
+fields (the evolved vector resized), the tag fields, its functions (BM25 and
+the like: Milvus fills their output fields from the input), its named
+partitions, and every index with its type, metric and build parameters.
+Either the whole definition is in place or the target is dropped again and
+the error names what failed: a target without its index would accept every
+row and then fail on the first read.
 
 Index parameters come back from ``describe_index`` in two shapes: servers
 list build parameters beside ``index_type`` (``{'M': '24', 'efConstruction':
@@ -20,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus import DataType, Function, MilvusClient, MilvusException
 
 from dmu_migrate.errors import StoreError
 from dmu_migrate.stores.base import TAG_FIELDS, TAG_FIX, TAG_SOURCE
@@ -154,6 +156,18 @@ def build_schema(desc: dict[str, Any], vector_field: str, new_dim: int) -> Any:
         if default_value(f) is not None:
             flags["default_value"] = default_value(f)
         schema.add_field(f["name"], f["type"], **flags, **params)
+    for function in desc.get("functions") or []:
+        schema.add_function(
+            Function(
+                name=function["name"],
+                function_type=function["type"],
+                # describe returns protobuf containers; Function takes plain lists and dicts
+                input_field_names=list(function["input_field_names"]),
+                output_field_names=list(function["output_field_names"]),
+                description=function.get("description", ""),
+                params=dict(function.get("params") or {}),
+            )
+        )
     present = {f["name"] for f in desc["fields"]}
     for tag in (*TAG_FIELDS, TAG_SOURCE):  # TAG_SOURCE: the checksum that re-runs compare
         if tag not in present:
@@ -194,7 +208,24 @@ def definition(desc: dict[str, Any], skip: str, drop_tags: bool = False) -> dict
     out["consistency_level"] = desc.get("consistency_level_name")
     out["properties"] = {k: str(v) for k, v in (desc.get("properties") or {}).items()}
     out["fields"] = fields
+    out["functions"] = sorted(_function_text(f) for f in desc.get("functions") or [])
     return out
+
+
+def _function_text(function: Any) -> str:
+    """A function's definition as comparable text (name, type, inputs, outputs, params)."""
+    if not isinstance(function, dict):  # some clients describe functions as objects
+        function = {k: getattr(function, k, None) for k in ("name", "type", "params")}
+    keys = ("name", "type", "input_field_names", "output_field_names", "params", "description")
+    return json.dumps(
+        {k: str(list(v) if k.endswith("_names") else v) for k in keys if (v := function.get(k))},
+        sort_keys=True,
+    )
+
+
+def function_outputs(desc: dict[str, Any]) -> set[str]:
+    """Fields Milvus computes from other fields: a write must leave them out."""
+    return {f["name"] for f in desc["fields"] if f.get("is_function_output")}
 
 
 def first_difference(want: dict[str, Any], got: dict[str, Any]) -> str | None:
@@ -208,25 +239,6 @@ def first_difference(want: dict[str, Any], got: dict[str, Any]) -> str | None:
     return None
 
 
-def partition_problem(client: MilvusClient, desc: dict[str, Any]) -> str | None:
-    """What create_like cannot carry yet: functions, and named partitions (without a
-    partition key every row would land in the target's default partition)."""
-    if desc.get("functions"):
-        names = [getattr(f, "name", f) for f in desc["functions"]]
-        return f"has functions {names}, which evolve cannot carry yet; evolve a copy without them"
-    if any(f.get("is_partition_key") for f in desc["fields"]):
-        return None  # the partition key routes every row to its partition by itself
-    named = client.list_partitions(desc["collection_name"], timeout=TIMEOUT)
-    named = [p for p in named if p != "_default"]
-    if named:
-        return (
-            f"has partitions {named}, which evolve cannot carry yet (every row would land in "
-            f"'_default'); evolve each partition's rows as a collection of its own, or use a "
-            f"partition key field"
-        )
-    return None
-
-
 def create_with_indexes(
     client: MilvusClient,
     source: str,
@@ -235,9 +247,11 @@ def create_with_indexes(
     specs: list[IndexSpec],
     nested: bool,
     skip: str,
+    partitions: tuple[str, ...] | list[str] = (),
 ) -> None:
-    """``create_collection(target, **create)`` with ``specs``, checked against the source
-    (all but field ``skip``, the resized vector); dropped again on failure."""
+    """``create_collection(target, **create)`` with ``specs`` and the named ``partitions``,
+    checked against the source (all but field ``skip``, the resized vector); dropped
+    again on failure."""
     try:
         client.create_collection(
             target,
@@ -245,10 +259,13 @@ def create_with_indexes(
             timeout=TIMEOUT,
             **create,
         )
+        for partition in partitions:
+            client.create_partition(target, partition, timeout=TIMEOUT)
         wanted = definition(client.describe_collection(source, timeout=TIMEOUT), skip, True)
         made = definition(client.describe_collection(target, timeout=TIMEOUT), skip, True)
         differs = first_difference(wanted, made)
         if differs:
+            # A 2.3 server, for one, takes a schema with a BM25 function and drops the function.
             raise StoreError(
                 f"this Milvus created collection '{target}' with another {differs} than "
                 f"'{source}' has, so '{target}' was dropped again (nothing was written); "
@@ -324,4 +341,4 @@ def source_problem(
         )
         if rows:
             return f"has its own values in field '{tag}' (e.g. {rows[0].get(tag)!r}), {TAG_FIX}"
-    return partition_problem(client, desc)
+    return None
