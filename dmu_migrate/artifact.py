@@ -4,8 +4,10 @@
       manifest.json     versions, dims, metric, checksums, training summary
       adapter.onnx      stored old vector -> evolved vector (input "old", output "evolved")
       new_model.onnx    new-model input -> new embedding (input "x", output "embedding")
+      backfill_score.onnx  stored old vector -> (n, 1) score, higher = re-embed sooner
+                        (input "old", output "score"; optional: older artifacts lack it)
 
-Both models L2-normalise their output, so the store's metric is cosine / IP.
+Both embedding models L2-normalise their output, so the store's metric is cosine / IP.
 Reading an artifact checks every file against its recorded checksum, so a
 truncated copy or a swapped file is refused before any vector is written.
 """
@@ -30,6 +32,7 @@ FORMAT = "dmu-migrate/1"
 MANIFEST = "manifest.json"
 ADAPTER = "adapter.onnx"
 NEW_MODEL = "new_model.onnx"
+BACKFILL_SCORE = "backfill_score.onnx"
 _VERSION_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
@@ -82,6 +85,11 @@ class Artifact:
         return self.path / NEW_MODEL if NEW_MODEL in self.manifest.files else None
 
     @property
+    def backfill_score_path(self) -> Path | None:
+        """The partial-backfill ranking model (backfill.py), if the artifact ships one."""
+        return self.path / BACKFILL_SCORE if BACKFILL_SCORE in self.manifest.files else None
+
+    @property
     def validated(self) -> dict[str, dict[str, float]] | None:
         """R@1/mAP per setting measured at training on held-out identities, if any."""
         settings = self.manifest.quality.get("settings") if self.manifest.quality else None
@@ -122,7 +130,7 @@ def write_manifest(directory: Path, manifest: Manifest) -> Path:
     """
     manifest.files = {
         name: file_sha256(directory / name)
-        for name in (ADAPTER, NEW_MODEL)
+        for name in (ADAPTER, NEW_MODEL, BACKFILL_SCORE)
         if (directory / name).exists()
     }
     tmp = directory / (MANIFEST + ".tmp")

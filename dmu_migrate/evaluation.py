@@ -9,6 +9,8 @@ Settings (query model -> gallery vectors):
     new->new       new queries against a re-embedded gallery (full backfill)
     fused          transition mode: [a q_old ; b q_new] against [o ; psi(o)], with the
                    weights fitted at training (artifacts trained with held-out identities)
+Beside them, the partial-backfill curve (backfill.py): new->mixed as a growing
+share of the gallery is re-embedded, in the artifact's ranked order and at random.
 Only onnxruntime is used (matplotlib for the optional chart), so evaluation
 runs wherever evolve runs.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmu_migrate import backfill
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.data import Columns, Table, read_table
 from dmu_migrate.errors import InputError
@@ -53,6 +56,7 @@ class EvalReport:
     reference: str | None = None  # full-backfill reference artifact, when given
     reference_scores: RetrievalScores | None = None  # its new->new = M(new*->new*)
     derived: Derived = field(default_factory=lambda: Derived({}, {}, {}))
+    backfill: backfill.BackfillReport | None = None  # None when not asked for
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -70,6 +74,7 @@ class EvalReport:
             ),
             "derived": self.derived.as_dict(),
             "verdict": self.verdict.line,
+            "backfill": self.backfill.as_dict() if self.backfill is not None else None,
         }
 
     @property
@@ -174,12 +179,14 @@ def evaluate(
     seed: int = 0,
     fars: Sequence[float] = FARS,
     new_col: str | None = None,
+    backfill_curve: bool = True,
 ) -> EvalReport:
     """Score every setting on a held-out table; ``reference`` is the full-backfill model.
 
     The mixed gallery is the table's gallery rows with a seeded ``mixed_fraction``
     of them embedded natively by the new model and the rest evolved. ``new_col``
     overrides ``columns.new``, the column read when the artifact has no encoder.
+    ``backfill_curve`` adds new->mixed along the artifact's ranked order and at random.
     """
     if new_col is not None:
         columns = replace(columns, new=new_col)
@@ -212,6 +219,21 @@ def evaluate(
         )
         scores[FUSED] = score(query[q_idx], q_labels, gallery, g_labels, loo, fars)
 
+    curves = None
+    if backfill_curve:
+        path = artifact.backfill_score_path
+        ranks = None if path is None else OnnxModel(path)(gallery_rows["old"])[:, 0]
+        curves = backfill.measure(
+            vectors["new"][q_idx],
+            q_labels,
+            gallery_rows["evolved"],
+            gallery_rows["new"],
+            g_labels,
+            ranks,
+            loo,
+            seed,
+        )
+
     ref_scores = None
     if reference is not None:
         ref_new, _ = new_embeddings(reference, table, columns, table.x.shape[1] > 0)
@@ -228,6 +250,7 @@ def evaluate(
         reference=str(reference.path) if reference is not None else None,
         reference_scores=ref_scores,
         derived=derived_figures(scores, ref_scores, ("new->evolved", "new->mixed", FUSED)),
+        backfill=curves,
     )
 
 
@@ -258,3 +281,17 @@ def plot_report(report: EvalReport, path: str | Path, title: str | None = None) 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def backfill_plot_path(path: str | Path) -> Path:
+    """The curve's PNG beside the bar chart: report.png -> report-backfill.png."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-backfill{path.suffix}")
+
+
+def plot_backfill(report: EvalReport, path: str | Path) -> Path | None:
+    """The partial-backfill line chart, when the report has the curve."""
+    if report.backfill is None:
+        return None
+    title = f"new->mixed by share re-embedded: {Path(report.table).name}"
+    return backfill.plot_curves(report.backfill, path, title)

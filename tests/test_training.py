@@ -74,7 +74,7 @@ def test_every_trained_method_writes_a_parity_checked_artifact(
     report = train_upgrade(digits.train_path, tmp_path, "a", config)
     m = load_artifact(report.artifact.path).manifest
     assert m.method == overrides["method"]
-    assert set(m.files) == {"adapter.onnx", "new_model.onnx"}
+    assert set(m.files) == {"adapter.onnx", "new_model.onnx", "backfill_score.onnx"}
     assert m.input_dim == 64 and m.new_dim == overrides.get("dim", 32)
     assert max(m.parity.values()) < 1e-4
     assert m.training["config"]["model"] == config.model
@@ -139,7 +139,8 @@ def test_adapter_method_fits_psi_only_and_ships_no_new_model(
     report = train_upgrade(paired, tmp_path, kind, config)
     m = report.artifact.manifest
     assert m.method == f"adapter:{kind}" and m.input_dim is None
-    assert set(m.files) == {"adapter.onnx"} and report.artifact.new_model_path is None
+    assert set(m.files) == {"adapter.onnx", "backfill_score.onnx"}
+    assert report.artifact.new_model_path is None
     assert m.parity["adapter_max_abs_diff"] < 1e-4
     table = read_table(paired, need_x=False, need_new=True)
     assert table.new is not None

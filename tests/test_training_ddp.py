@@ -207,7 +207,7 @@ def test_torchrun_trains_on_two_ranks_and_rank_0_writes_one_artifact(
     artifact = load_artifact(out / "ddp")
     training = artifact.manifest.training
     assert training["processes"] == 2 and training["config"]["batch_size"] == 64
-    assert set(artifact.manifest.files) == {"adapter.onnx", "new_model.onnx"}
+    assert set(artifact.manifest.files) == {"adapter.onnx", "new_model.onnx", "backfill_score.onnx"}
     assert max(artifact.manifest.parity.values()) < 1e-4
     emb = OnnxModel(artifact.path / "new_model.onnx")(digits.x_te)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)

@@ -47,6 +47,28 @@ def derived_table(report: EvalReport) -> Table:
     return table
 
 
+def backfill_table(report: EvalReport) -> Table | None:
+    """new->mixed per budget re-embedded, one row per order and metric, with the area."""
+    if report.backfill is None:
+        return None
+    curves = [c for c in (report.backfill.ranked, report.backfill.random) if c is not None]
+    table = Table(
+        title="partial backfill: new->mixed by share of the gallery re-embedded",
+        caption="ranked: the artifact's backfill_score.onnx order; random: mean of "
+        "seeded random orders. AUC: area under the curve over 0-100%.",
+    )
+    table.add_column("order", no_wrap=True)
+    for budget in curves[0].budgets:
+        table.add_column(f"{budget:.0%}", justify="right")
+    table.add_column("AUC", justify="right")
+    for c in curves:
+        for metric, values in c.figures.items():
+            table.add_row(
+                f"{c.order} {metric}", *(f"{v:.3f}" for v in values), f"{c.area(metric):.3f}"
+            )
+    return table
+
+
 def evaluate(
     table: Annotated[Path, typer.Argument(help="Held-out table (Parquet).")],
     adapter: Annotated[Path, typer.Option(help="Artifact directory written by train.")],
@@ -74,8 +96,19 @@ def evaluate(
     tar: Annotated[
         bool, typer.Option(help="Compute TAR@FAR=1e-3/1e-4 over all query-gallery pairs.")
     ] = True,
+    backfill_curve: Annotated[
+        bool,
+        typer.Option(
+            help="Score new->mixed at 0-100% of the gallery re-embedded, in the artifact's "
+            "ranked order and at random (partial backfill)."
+        ),
+    ] = True,
     plot: Annotated[
-        Path | None, typer.Option(help="Write a PNG chart (needs matplotlib) to this path.")
+        Path | None,
+        typer.Option(
+            help="Write a PNG bar chart (needs matplotlib) to this path, and the partial-backfill "
+            "line chart beside it as NAME-backfill.png."
+        ),
     ] = None,
     as_json: AsJson = False,
 ) -> None:
@@ -85,7 +118,7 @@ def evaluate(
     --reference adapters/faces-v2-independent --plot report.png
     """
     with user_errors():
-        from dmu_migrate.evaluation import FARS, plot_report
+        from dmu_migrate.evaluation import FARS, backfill_plot_path, plot_backfill, plot_report
         from dmu_migrate.evaluation import evaluate as run_evaluation
 
         columns = Columns(label_col, old_col, x_col, role_col, new_col)
@@ -99,9 +132,12 @@ def evaluate(
             mixed_fraction=mixed_fraction,
             seed=seed,
             fars=FARS if tar else (),
+            backfill_curve=backfill_curve,
         )
+        curve_chart = None
         if plot is not None:
             plot_report(report, plot)
+            curve_chart = plot_backfill(report, backfill_plot_path(plot))
         if as_json:
             out.print_json(json.dumps(report.as_dict()))
             return
@@ -120,8 +156,14 @@ def evaluate(
         else:
             out.print("no --reference: gain captured and new->new degradation need one")
         out.print(derived_table(report))
+        curves = backfill_table(report)
+        if curves is not None and report.backfill is not None:
+            out.print(curves)
+            out.print(report.backfill.line, markup=False)
         if plot is not None:
             out.print(f"chart: {plot}")
+        if curve_chart is not None:
+            out.print(f"partial-backfill chart: {curve_chart}")
         out.print(report.verdict.line, markup=False)
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from dmu_migrate.errors import InputError
 from dmu_migrate.quality import measure
+from dmu_migrate.training.backfill_score import fit_backfill_score
 from dmu_migrate.training.checkpoint import Checkpoint
 from dmu_migrate.training.closed_form import fit_affine, fit_procrustes
 from dmu_migrate.training.config import TrainConfig
@@ -73,7 +74,17 @@ def fit_adapter(
             log.append({"epoch": 1, "val_new_evolved": best_val, "val": best_val})
         figures = _figures(adapter, old, new, labels, val_idx, config.seed)
         return TrainResult(
-            None, adapter, log, 1, best_val, "cpu", new.shape[1], validation, None, figures
+            None,
+            adapter,
+            log,
+            1,
+            best_val,
+            "cpu",
+            new.shape[1],
+            validation,
+            None,
+            figures,
+            backfill_score=_score(adapter, old[train_idx], new[train_idx]),
         )
 
     olds = torch.tensor(old[train_idx], dtype=torch.float32, device=device)
@@ -132,7 +143,16 @@ def fit_adapter(
         validation=validation,
         q_mean=None if q is None else float(q.mean()),
         quality=_figures(adapter, old, new, labels, val_idx, config.seed),
+        backfill_score=_score(adapter, old[train_idx], new[train_idx]),
     )
+
+
+def _score(adapter: nn.Module, old: np.ndarray, new: np.ndarray) -> nn.Module:
+    """The backfill score fitted on the training pairs (backfill_score.py)."""
+    device = next(iter(adapter.parameters())).device
+    with torch.no_grad():
+        evolved = embed_rows(adapter, torch.tensor(old, dtype=torch.float32, device=device))
+    return fit_backfill_score(old, evolved.cpu().numpy(), new)
 
 
 def _paired_map(

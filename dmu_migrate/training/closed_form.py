@@ -32,10 +32,14 @@ def fit_procrustes(old: np.ndarray, new: np.ndarray) -> np.ndarray:
 
 
 def fit_affine(
-    old: np.ndarray, new: np.ndarray, ridge: float = 1e-4
+    old: np.ndarray, new: np.ndarray, ridge: float = 1e-4, normalize_target: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(W, b) minimising ||normalize(O) W + b - normalize(N)||^2 + ridge ||W||^2."""
-    o, n = l2_normalize(old).astype(np.float64), l2_normalize(new).astype(np.float64)
+    """(W, b) minimising ||normalize(O) W + b - normalize(N)||^2 + ridge ||W||^2.
+
+    ``normalize_target=False`` regresses N as it is (the backfill score's errors).
+    """
+    o = l2_normalize(old).astype(np.float64)
+    n = (l2_normalize(new) if normalize_target else np.asarray(new)).astype(np.float64)
     o_mean, n_mean = o.mean(axis=0), n.mean(axis=0)
     oc, nc = o - o_mean, n - n_mean
     # Centred normal equations: the bias absorbs the means, and the ridge

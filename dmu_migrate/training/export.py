@@ -13,7 +13,7 @@ from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.training.models import Normalized
 
 OPSET = 17
-PARITY_TOLERANCE = 1e-4  # on unit vectors; float32 kernels differ by ~1e-6
+PARITY_TOLERANCE = 1e-4  # on unit vectors and scores near 1; float32 kernels differ by ~1e-6
 
 
 def export_onnx(
@@ -22,15 +22,18 @@ def export_onnx(
     path: Path,
     input_name: str,
     output_name: str,
+    normalize: bool = True,
 ) -> float:
     """Export ``normalize(model(x))`` with a dynamic batch axis; return the parity error.
+
+    ``normalize=False`` exports ``model(x)`` as it is: a score, not an embedding.
 
     The parity error is the largest absolute difference between torch and
     onnxruntime outputs on ``sample``; above PARITY_TOLERANCE the file is
     removed and export fails, so no artifact ships a model that computes
     something else than what was trained.
     """
-    wrapped = Normalized(model).cpu().eval()
+    wrapped = (Normalized(model) if normalize else model).cpu().eval()
     example = torch.tensor(sample[:2], dtype=torch.float32)
     tmp = path.with_suffix(".onnx.tmp")
     torch.onnx.export(

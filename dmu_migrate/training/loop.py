@@ -151,6 +151,8 @@ class TrainResult:
     # R@1/mAP per deploy setting on the held-out rows, with the kept weights (quality.py)
     quality: dict[str, dict[str, float]] = field(default_factory=dict)
     fusion: dict[str, float] = field(default_factory=dict)  # transition weights (quality.py)
+    # Predicted alignment error from the old vector: the partial-backfill order (backfill_score.py)
+    backfill_score: nn.Module | None = None
 
 
 @dataclass

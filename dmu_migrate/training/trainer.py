@@ -17,6 +17,7 @@ from dmu_migrate.errors import InputError
 from dmu_migrate.quality import fit_fusion, measure
 from dmu_migrate.training import distributed
 from dmu_migrate.training.adapter_only import fit_adapter
+from dmu_migrate.training.backfill_score import fit_backfill_score
 from dmu_migrate.training.checkpoint import Checkpoint
 from dmu_migrate.training.config import TrainConfig
 from dmu_migrate.training.loop import (
@@ -158,6 +159,12 @@ def train(
         adapter = fitted.adapter
         # best_epoch/best_val stay the new model's; psi's are in its stage-2 log entries.
         log = log + [{**entry, "stage": 2} for entry in fitted.log]
+    with torch.no_grad():
+        # Training rows only: the held-out rows judge the ranking as they judge psi.
+        evolved, embedded = embed_rows(adapter, olds), embed_rows(model, xs)
+    score = None
+    if evolved.shape[1] == embedded.shape[1]:  # an identity psi across sizes evolves nothing
+        score = fit_backfill_score(old[train_idx], evolved.cpu().numpy(), embedded.cpu().numpy())
     figures: dict[str, dict[str, float]] = {}
     fusion: dict[str, float] = {}
     if len(val_idx):
@@ -186,6 +193,7 @@ def train(
         q_mean=float(q.mean()),
         quality=figures,
         fusion=fusion,
+        backfill_score=score,
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dmu_migrate.artifact import (
     ADAPTER,
+    BACKFILL_SCORE,
     NEW_MODEL,
     Artifact,
     Manifest,
@@ -152,6 +153,15 @@ def _write_artifact(
         if result.new_model is not None:
             parity["new_model_max_abs_diff"] = export_onnx(
                 result.new_model, table.x[sample], staging / NEW_MODEL, "x", "embedding"
+            )
+        if result.backfill_score is not None:
+            parity["backfill_score_max_abs_diff"] = export_onnx(
+                result.backfill_score,
+                table.old[sample],
+                staging / BACKFILL_SCORE,
+                "old",
+                "score",
+                normalize=False,
             )
         method = f"adapter:{run.adapter_kind}" if adapter_mode else run.method
         manifest = Manifest(
