@@ -32,8 +32,9 @@ def test_train_writes_artifact(tmp_path: Path, digits: Digits) -> None:
     manifest = json.loads((tmp_path / "d2" / "manifest.json").read_text())
     assert manifest["old_dim"] == 32 and manifest["new_dim"] == 32
     assert manifest["parity"]["adapter_max_abs_diff"] < 1e-4
-    assert len(manifest["training"]["log"]) == 3
-    assert {"adapter.onnx", "new_model.onnx"} == set(manifest["files"])
+    stages = [entry.get("stage", 1) for entry in manifest["training"]["log"]]
+    assert stages == [1, 1, 1, 2]  # three epochs of the new model, then psi's closed form
+    assert {"adapter.onnx", "new_model.onnx", "backfill_score.onnx"} == set(manifest["files"])
     # A second run under the same name refuses to overwrite the artifact.
     again = runner.invoke(app, [*args, "--epochs", "1"])
     assert_clean_error(again, 2, "already exists", "--overwrite")
