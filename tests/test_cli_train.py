@@ -78,7 +78,10 @@ def test_adapter_method_from_the_command_line(tmp_path: Path, digits: Digits) ->
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert payload["method"] == "adapter:affine" and payload["input_dim"] is None
-    assert payload["new_dim"] == 64 and set(payload["files"]) == {"adapter.onnx", "backfill_score.onnx"}
+    assert payload["new_dim"] == 64 and set(payload["files"]) == {
+        "adapter.onnx",
+        "backfill_score.onnx",
+    }
     # Procrustes cannot rotate 64-d old vectors into a 32-d space.
     narrow = train_args(pairs, tmp_path, "q", "--method", "adapter", "--adapter-kind", "procrustes")
     result = runner.invoke(app, [*narrow, "--old-col", "emb_v2", "--new-col", "old"])
