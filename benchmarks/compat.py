@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmu_migrate.artifact import Artifact
+from dmu_migrate.artifact import Artifact, load_artifact
 from dmu_migrate.evaluation import evaluate
 from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.training.config import TrainConfig
@@ -183,10 +183,21 @@ def run_example(
     split: str,
     methods: list[str],
     log: Callable[[str], None],
+    reuse: bool = False,
 ) -> list[dict[str, Any]]:
     paths = tables(example, data)
     with plugins(example):
-        return _run_seeds(example, paths, work, seeds, split, methods, log)
+        return _run_seeds(example, paths, work, seeds, split, methods, log, reuse)
+
+
+def reusable(path: Path, config: TrainConfig) -> Artifact | None:
+    """The artifact at ``path`` when it was trained with exactly ``config``, else None."""
+    if not (path / "manifest.json").exists():
+        return None
+    artifact = load_artifact(path)
+    recorded = artifact.manifest.training.get("config", {})
+    wanted = json.loads(json.dumps(config.resolved().as_dict()))  # tuples as lists
+    return artifact if recorded == wanted else None
 
 
 def _run_seeds(
@@ -197,13 +208,15 @@ def _run_seeds(
     split: str,
     methods: list[str],
     log: Callable[[str], None],
+    reuse: bool = False,
 ) -> list[dict[str, Any]]:
     rows = []
+    seconds: dict[str, float | None]
     for seed in seeds:
         out = work / example.name / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
         artifacts: dict[str, Artifact] = {}
-        seconds: dict[str, float] = {}
+        seconds = {}
         for label in methods:
             fields = {**example.train, **(TRAINED | ADAPTERS)[label], "seed": seed}
             table = paths["train"]
@@ -211,14 +224,14 @@ def _run_seeds(
                 table = with_new(
                     paths["train"], artifacts["independent"], out / "train_new.parquet"
                 )
+            config = TrainConfig(**fields)
+            kept = reusable(out / artifact_name(label), config) if reuse else None
+            if kept is not None:
+                artifacts[label], seconds[label] = kept, None
+                log(f"{example.name} seed {seed} {label}: reused {kept.path}")
+                continue
             start = time.perf_counter()
-            trained = train_upgrade(
-                table,
-                out,
-                artifact_name(label),
-                TrainConfig(**fields),
-                overwrite=True,
-            )
+            trained = train_upgrade(table, out, artifact_name(label), config, overwrite=True)
             seconds[label] = time.perf_counter() - start
             artifacts[label] = trained.artifact
             log(f"{example.name} seed {seed} {label}: trained in {seconds[label]:.0f}s")
@@ -291,6 +304,12 @@ def main() -> None:
         default=None,
         help="Seeds that also run the DMU ablations (default: every seed).",
     )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="Evaluate artifacts already in --work that were trained with this run's exact "
+        "config instead of training them again (their training time is then not measured).",
+    )
     args = parser.parse_args()
     if "independent" not in args.methods:
         args.methods.insert(0, "independent")  # the reference of every other method
@@ -318,6 +337,7 @@ def main() -> None:
                 args.split,
                 args.methods if ablate else core,
                 lambda msg: print(f"[{time.perf_counter() - start:6.0f}s] {msg}", flush=True),
+                args.reuse,
             )
             # Written after every seed, so a run stopped early keeps what it finished.
             payload = {

@@ -352,14 +352,18 @@ def render(payload: dict[str, Any], docs: Path, commands: list[str], notes: str)
             )
         png = docs / f"results_{example}.png"
         chart(r1, METHOD_ORDER, TITLES.get(example, example), png)
-        secs = {m: [r["train_seconds"] for r in ex_rows if r["method"] == m] for m in METHOD_ORDER}
+        secs = {
+            m: [r["train_seconds"] for r in ex_rows if r["method"] == m and r["train_seconds"]]
+            for m in METHOD_ORDER
+        }
+        timed = ", ".join(f"{m} {np.mean(v):.0f}" for m, v in secs.items() if v)
         lines += [
             "",
             f"![Recall@1 per method, {example}]({png.name})",
             "",
-            "Training time per run (s, mean): "
-            + ", ".join(f"{m} {np.mean(v):.0f}" for m, v in secs.items() if v)
-            + ".",
+            f"Training time per run (s, mean): {timed}."
+            if timed
+            else "Training time: not measured (the artifacts were reused, `compat.py --reuse`).",
             "",
         ]
     lines += ["## Notes", "", notes.strip(), ""] if notes.strip() else []

@@ -129,10 +129,19 @@ def test_compat_benchmark_and_report_render_every_target_and_the_fused_column(
         assert "new->evolved" in mine["dmu"]["quality"]["settings"]
         assert "fused" in mine["dmu"]["settings"]
 
+    # --reuse evaluates the artifacts already trained with the same config, untrained again.
+    again = tmp_path / "again.json"
+    reuse = [*cmd[: cmd.index("--raw")], "--raw", str(again), "--set", "epochs=2", "--reuse"]
+    subprocess.run(reuse, check=True, capture_output=True, text=True, timeout=900)
+    reused = json.loads(again.read_text())["rows"]
+    assert len(reused) == len(rows) and all(r["train_seconds"] is None for r in reused)
+    for first, second in zip(rows, reused, strict=True):
+        assert first["settings"]["new->evolved"] == second["settings"]["new->evolved"]
+
     notes = tmp_path / "notes.md"
     notes.write_text("A note on how the settings were chosen.\n")
     cmd = [
-        sys.executable, str(ROOT / "benchmarks" / "report.py"), str(raw),
+        sys.executable, str(ROOT / "benchmarks" / "report.py"), str(again),
         "--docs", str(docs), "--notes", str(notes),
     ]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
@@ -156,6 +165,7 @@ def test_compat_benchmark_and_report_render_every_target_and_the_fused_column(
     adapter = [line for line in page.splitlines() if line.startswith("| adapter procrustes |")]
     assert adapter and all(line.count("|") == 8 for line in adapter[:1])
     assert "## Notes" in page and "A note on how the settings were chosen." in page
+    assert page.count("Training time: not measured (the artifacts were reused") == len(examples)
     for example in examples:
         assert (docs / f"results_{example}.png").stat().st_size > 0
 
