@@ -100,8 +100,10 @@ def test_short_wordnet_upgrade(tmp_path: Path) -> None:
     paths = load_example("wordnet_text", "prepare").prepare(
         tmp_path / "data", train=400, val=0, test=300, seed=0
     )
-    # Every setting the default but the size of the run: 20 epochs of 22 steps.
-    config = TrainConfig(method="dmu", epochs=20, batch_size=64, seed=0)
+    # Every setting the default but the batch (22 steps per epoch) and early stopping:
+    # 40 held-out synsets are too few to stop on, and the two-stage default stops on
+    # new->new alone, which here peaks before compatibility has settled.
+    config = TrainConfig(method="dmu", batch_size=64, seed=0, val_fraction=0.0)
     report = train_upgrade(paths["train"], tmp_path / "adapters", "wordnet-dmu", config)
     scores = evaluate(paths["eval"], report.artifact, fars=()).scores
     r1 = {setting: s.recall[1] for setting, s in scores.items()}
