@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -191,6 +192,12 @@ SMALL = [
 RUN = [*SMALL, "--epochs", "12", "--lr", "0.02", "--val-fraction", "0.3", "--patience", "2"]
 
 
+def small_config(**fields: Any) -> TrainConfig:
+    """One process with the network and settings of SMALL, for comparing with torchrun."""
+    base = {"hidden": 32, "adapter_hidden": 32, "dropout": 0.0, "device": "cpu", "seed": 3}
+    return TrainConfig(**{**base, "val_fraction": 0.3, **fields})
+
+
 def test_torchrun_trains_on_two_ranks_and_rank_0_writes_one_artifact(
     tmp_path: Path, digits: Digits
 ) -> None:
@@ -215,16 +222,7 @@ def test_torchrun_trains_on_two_ranks_and_rank_0_writes_one_artifact(
     assert {"old->old", "new->old", "new->evolved", "new->new"} <= set(report.scores)
 
     # Per-rank batch 64 on 2 ranks is one process with batch 128, to rounding.
-    config = TrainConfig(
-        epochs=12,
-        batch_size=128,
-        hidden=32,
-        adapter_hidden=32,
-        dropout=0.0,
-        device="cpu",
-        seed=3,
-    )
-    config = dataclasses.replace(config, lr=0.02, val_fraction=0.3, patience=2)
+    config = small_config(epochs=12, batch_size=128, lr=0.02, patience=2)
     one = train_upgrade(digits.train_path, tmp_path / "one", "one", config)
     assert one.artifact.manifest.training["processes"] == 1
     # Both stop at the same epoch (early stopping, or the last one).
@@ -265,16 +263,7 @@ def test_torchrun_resumes_from_rank_0s_checkpoint(tmp_path: Path, digits: Digits
     torch.save(state, checkpoint)
 
     # The batches depend on the number of ranks: one process may not continue this run.
-    config = TrainConfig(
-        epochs=4,
-        batch_size=64,
-        hidden=32,
-        adapter_hidden=32,
-        dropout=0.0,
-        device="cpu",
-        seed=3,
-    )
-    config = dataclasses.replace(config, val_fraction=0.3, patience=0)
+    config = small_config(epochs=4, batch_size=64, patience=0)
     with pytest.raises(InputError, match="another configuration"):
         train_upgrade(digits.train_path, out, "r", config, resume=True)
 
