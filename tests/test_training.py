@@ -197,10 +197,14 @@ def test_default_psi_is_the_affine_map_of_the_kept_model_on_training_rows_only(
         result.new_model.eval()
         new = result.new_model(torch.tensor(table.x, dtype=torch.float32)).numpy()
         evolved = result.adapter(torch.tensor(table.old, dtype=torch.float32)).numpy()
-    weight, bias = fit_affine(table.old[train_idx], new[train_idx])
+    # psi's ridge and prior were picked on training identities (closed_form.select_affine).
+    (chosen,) = [e for e in result.log if e.get("stage") == 2]
+    prior = "identity" if chosen["psi_identity_prior"] else "zero"
+    ridge = chosen["psi_ridge"]
+    weight, bias = fit_affine(table.old[train_idx], new[train_idx], ridge=ridge, prior=prior)
     np.testing.assert_allclose(evolved, l2_normalize(table.old) @ weight + bias, atol=1e-4)
     # Fitted with the held-out rows, the map would differ: they were left out.
-    leaky, _ = fit_affine(table.old, new)
+    leaky, _ = fit_affine(table.old, new, ridge=ridge, prior=prior)
     assert not np.allclose(leaky, weight, atol=1e-4)
     assert len(val_idx) and result.quality["new->evolved"]["R@1"] > 0
 

@@ -16,7 +16,7 @@ from dmu_migrate.errors import InputError
 from dmu_migrate.quality import measure
 from dmu_migrate.training.backfill_score import fit_backfill_score
 from dmu_migrate.training.checkpoint import Checkpoint
-from dmu_migrate.training.closed_form import fit_affine, fit_procrustes
+from dmu_migrate.training.closed_form import SELECT_FRACTION, fit_procrustes, select_affine
 from dmu_migrate.training.config import TrainConfig
 from dmu_migrate.training.loop import (
     EpochCallback,
@@ -62,16 +62,22 @@ def fit_adapter(
 
     if config.adapter_kind in ("procrustes", "affine"):
         o, n = old[train_idx], new[train_idx]
+        entry: dict[str, float] = {"epoch": 1}
         if config.adapter_kind == "procrustes":
             adapter: nn.Module = LinearAdapter(fit_procrustes(o, n))
         else:
-            adapter = LinearAdapter(*fit_affine(o, n))
+            select = _selection_rows(ids[train_idx], config.seed, min_rows)
+            fitted, choice = select_affine(o, n, ids[train_idx], select, labels is not None)
+            adapter = LinearAdapter(*fitted)
+            entry["psi_ridge"] = float(choice["ridge"])
+            entry["psi_identity_prior"] = float(choice["prior"] == "identity")
         adapter.eval()
         log: list[dict[str, float]] = []
         best_val = None
         if len(val_idx):
             best_val = _paired_map(adapter, old[val_idx], new[val_idx], ids[val_idx], labels)
-            log.append({"epoch": 1, "val_new_evolved": best_val, "val": best_val})
+            entry |= {"val_new_evolved": best_val, "val": best_val}
+        log.append(entry)
         figures = _figures(adapter, old, new, labels, val_idx, config.seed)
         return TrainResult(
             None,
@@ -145,6 +151,18 @@ def fit_adapter(
         quality=_figures(adapter, old, new, labels, val_idx, config.seed),
         backfill_score=_score(adapter, old[train_idx], new[train_idx]),
     )
+
+
+def _selection_rows(ids: np.ndarray, seed: int, min_rows: int) -> np.ndarray:
+    """A mask of training rows (whole identities where there are many) that picks psi's
+    ridge; all False where the table is too small to spare any (the default ridge is kept)."""
+    mask = np.zeros(len(ids), dtype=bool)
+    try:
+        _, held = split_by_label(ids, SELECT_FRACTION, seed + 1, min_rows)
+    except InputError:  # too few identities or rows to hold any out
+        return mask
+    mask[held] = True
+    return mask
 
 
 def _score(adapter: nn.Module, old: np.ndarray, new: np.ndarray) -> nn.Module:
