@@ -168,7 +168,10 @@ def test_backfill_writes_native_rows_that_cron_evolve_keeps_and_verify_accepts(
     changed = plan.ids[:1]
     fresh = digits.old_te[300:302]
     store.write_rows(
-        info, source, Batch(np.asarray([changed[0], 1]), fresh, {"label": [1, 2], "name": ["c", "i"]}), {}
+        info,
+        source,
+        Batch(np.asarray([changed[0], 1]), fresh, {"label": [1, 2], "name": ["c", "i"]}),
+        {},
     )
     store.flush(source)
     cron = run(store, alias, [artifact])
@@ -228,7 +231,9 @@ def test_a_failed_run_resumes_after_its_last_acknowledged_batch(
     done = backend.read_all(first.target)
     position = {i: k for k, i in enumerate(ids.tolist())}
     for row_id in planned:
-        np.testing.assert_allclose(done[row_id][backend.vector_name], native[position[row_id]], atol=1e-6)
+        np.testing.assert_allclose(
+            done[row_id][backend.vector_name], native[position[row_id]], atol=1e-6
+        )
         assert done[row_id]["dmu_origin"] == "native"
     assert sum(r["dmu_origin"] == "native" for r in done.values()) == PLANNED
 
@@ -254,9 +259,14 @@ def test_bad_inputs_are_one_line_and_write_nothing(
     write_manifest(bare, load_artifact(artifact.path).manifest)
     plan_args = ["plan-backfill", "--collection", "digits", "--uri", db]
     assert_clean_error(
-        cli(*plan_args, "--adapter", str(bare)), 3, f"artifact '{bare}' has no {BACKFILL_SCORE}", "re-train"
+        cli(*plan_args, "--adapter", str(bare)),
+        3,
+        f"artifact '{bare}' has no {BACKFILL_SCORE}",
+        "re-train",
     )
-    assert_clean_error(cli(*plan_args, "--adapter", str(artifact.path), "--budget", "ten"), 2, "--budget")
+    assert_clean_error(
+        cli(*plan_args, "--adapter", str(artifact.path), "--budget", "ten"), 2, "--budget"
+    )
 
     def table(name: str, rows: np.ndarray, vecs: np.ndarray) -> str:
         write_table(tmp_path / name, {"id": rows, "vector": vecs})
@@ -297,7 +307,11 @@ def test_a_killed_backfill_resumes_with_take_over(
     tmp_path: Path,
 ) -> None:
     """SIGKILL inside the run (the third batch's embedding); stores other processes can open."""
-    uri = request.getfixturevalue("milvus_server") if kind == "milvus-server" else f"parquet:{tmp_path / 'pq'}"
+    uri = (
+        request.getfixturevalue("milvus_server")
+        if kind == "milvus-server"
+        else f"parquet:{tmp_path / 'parquet'}"
+    )
     harness = Backend(kind, uri, tmp_path)
     existing = harness.list_collections() if kind == "milvus-server" else set()
     try:
@@ -314,7 +328,9 @@ def _killed_backfill_resumes(
     source, alias, ids = seed_gallery(harness, digits)
     store = harness.open_store()
     first = run(store, alias, [artifact])
-    plan_path = plan_backfill(store, alias, artifact, parse_budget("10%")).write(tmp_path / "plan.parquet")
+    plan_path = plan_backfill(store, alias, artifact, parse_budget("10%")).write(
+        tmp_path / "plan.parquet"
+    )
     planned = pq.read_table(plan_path).column("id").to_pylist()
     harness.close_stores()
     write_table(tmp_path / "x.parquet", {"id": ids, "x": digits.x_te[:ROWS]})
