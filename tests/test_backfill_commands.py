@@ -81,6 +81,17 @@ def test_top_scores_keeps_the_best_in_stream_order_with_ties() -> None:
         np.testing.assert_array_equal(got_scores, scores[order])
 
 
+def test_backfill_path_does_not_import_torch() -> None:
+    """plan-backfill and backfill run in the cron image, which has no torch."""
+    code = (
+        "import sys, dmu_migrate.cli.backfill, dmu_migrate.evolve.backfill_plan, "
+        "dmu_migrate.evolve.backfill_write, dmu_migrate.evolve.backfill_input; "
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
+
+
 def test_budget_parsing() -> None:
     assert parse_budget("10%") == Budget(share=0.1)
     assert parse_budget(" 2.5 % ") == Budget(share=0.025)
@@ -379,3 +390,8 @@ def _killed_backfill_resumes(
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert verified.returncode == 0, verified.stderr
+    history = subprocess.run(
+        [sys.executable, "-m", "dmu_migrate", "history", "--uri", harness.uri],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert f"backfilled {PLANNED} native rows from backfill_embed:embed on" in history.stdout
