@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from dmu_migrate.cli import admin, common, evaluation, migration, training
+from dmu_migrate.cli import admin, backfill, common, evaluation, migration, training
 
 app = typer.Typer(
     help="Upgrade the embedding model behind a vector database without backfilling.",
@@ -53,6 +53,8 @@ app.command()(admin.history)
 app.command()(admin.rollback)
 app.command()(admin.prune)
 app.command()(training.demo)
+app.command("plan-backfill")(backfill.plan_backfill)
+app.command()(backfill.backfill)
 
 
 def main() -> None:

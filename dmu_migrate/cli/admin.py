@@ -131,6 +131,8 @@ def describe_event(event: dict[str, Any]) -> str:
         return f"{event['rolled_back_at']}  rolled back: {event['what']}"
     if "pruned_at" in event:
         return f"{event['pruned_at']}  pruned: {event['what']}"
+    if "backfilled_at" in event:
+        return f"{event['backfilled_at']}  backfilled {event['rows']} native rows from {event['input']}"
     changes = f"+{event.get('added', event.get('rows', 0))} ~{event.get('updated', 0)} -{event.get('deleted', 0)}"
     return (
         f"{event.get('finished_at')}  run done ({changes}): {event.get('cut_over') or 'finished'}"

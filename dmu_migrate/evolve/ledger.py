@@ -104,6 +104,9 @@ class Record:
     until: Id | None = None  # a shard record: inclusive upper bound (None: the last id)
     whole_pass: bool = False  # a shard record: its pass ran start to end in one go
     sample: list[Any] = field(default_factory=list)  # a shard record: ids to verify at finish
+    # Progress of the newest `backfill` into the target (evolve/backfill_write.py): the
+    # input's fingerprint, rows acknowledged in input order, status; None: never run.
+    backfill: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,156 @@
+"""Partial backfill: plan-backfill ranks what to re-embed first, backfill writes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dmu_migrate.artifact import load_artifact
+from dmu_migrate.cli.common import AsJson, check_range, out, progress, user_errors
+from dmu_migrate.cli.migration import MAX_BATCH, Token, Uri, opened
+from dmu_migrate.errors import InputError
+
+SHOWN = 10  # rows of the plan printed without --json
+
+
+def plan_backfill(
+    collection: Annotated[
+        str, typer.Option(help="Alias, evolved collection or old collection of the migration.")
+    ],
+    adapter: Annotated[
+        Path, typer.Option(help="Artifact directory written by train (its backfill_score.onnx).")
+    ],
+    uri: Uri = "milvus.db",
+    token: Token = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Write the plan as Parquet: rank, id, score (highest score first)."),
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(help="Keep the best share of the collection (10%) or a row count (5000)."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Keep at most this many ids (with --budget: the smaller).")
+    ] = None,
+    vector_field: Annotated[
+        str | None, typer.Option(help="Vector field of the old vectors.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows read per batch, 1-16384.")] = 8192,
+    as_json: AsJson = False,
+) -> None:
+    """Rank the stored old vectors by expected gain of re-embedding, highest first.
+
+    Streams every old vector of the migration through the artifact's backfill_score.onnx;
+    rows already re-embedded natively are left out.
+
+    Example: dmu-migrate plan-backfill --collection faces --adapter adapters/faces-v2 --uri faces.db --budget 10% --output plan.parquet
+    """
+    with user_errors():
+        from dmu_migrate.evolve.backfill_plan import parse_budget
+        from dmu_migrate.evolve.backfill_plan import plan_backfill as run_plan
+
+        check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
+        if limit is not None:
+            check_range("--limit", limit, 1, 10**12)
+        share = parse_budget(budget) if budget is not None else None
+        artifact = load_artifact(adapter)
+        with opened(uri, token) as store:
+            plan = run_plan(store, collection, artifact, share, limit, vector_field, batch_size)
+        if output is not None:
+            plan.write(output)
+        if as_json:
+            out.print_json(json.dumps(plan.as_dict(), default=str))
+            return
+        table = Table(title=f"re-embed first ({plan.collection}, {plan.artifact})")
+        for col in ("rank", "id", "score"):
+            table.add_column(col, justify="right")
+        for k, (i, s) in enumerate(zip(plan.ids.tolist()[:SHOWN], plan.scores, strict=False)):
+            table.add_row(str(k + 1), str(i), f"{s:.4f}")
+        out.print(table)
+        out.print(
+            f"{len(plan.ids)} of {plan.rows_scored} scored rows planned"
+            + (f", {plan.native_left_out} already native left out" if plan.native_left_out else "")
+            + (f"; written to {output}" if output is not None else ""),
+            soft_wrap=True,
+        )
+
+
+def backfill(
+    collection: Annotated[
+        str, typer.Option(help="Alias, evolved collection or old collection of the migration.")
+    ],
+    uri: Uri = "milvus.db",
+    token: Token = None,
+    input: Annotated[
+        Path | None,
+        typer.Option(help="Parquet table of native vectors: --id-column and --vector-column."),
+    ] = None,
+    embed: Annotated[
+        str | None,
+        typer.Option(
+            help="pkg.module:function called as function(ids, fields) -> (n, d) array on the "
+            "stored rows of the ids in --ids.",
+            show_default=False,
+        ),
+    ] = None,
+    ids: Annotated[
+        Path | None,
+        typer.Option(
+            help="Parquet table of the ids to write (e.g. plan-backfill --output): the rows "
+            "--embed embeds, or the rows of --input to write."
+        ),
+    ] = None,
+    id_column: Annotated[str, typer.Option(help="Column with the row ids.")] = "id",
+    vector_column: Annotated[str, typer.Option(help="Column with the native vectors.")] = "vector",
+    batch_size: Annotated[int, typer.Option(help="Rows written per batch, 1-16384.")] = 1024,
+    take_over: Annotated[
+        bool, typer.Option(help="Take the lease of a run that died without releasing it.")
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Write natively re-embedded vectors into the evolved collection, by id.
+
+    Rows get dmu_origin=native and the new version tag; evolve re-runs never touch
+    them. The input is checked whole before the first write; each batch is read back
+    before the ledger records it, so a killed run resumes where it stopped.
+
+    Example: dmu-migrate backfill --collection faces --uri faces.db --input native.parquet
+    """
+    with user_errors():
+        from dmu_migrate.evolve.backfill_input import EmbedCall, VectorTable
+        from dmu_migrate.evolve.backfill_write import backfill as run_backfill
+
+        check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
+        if (input is None) == (embed is None):
+            raise InputError("give either --input TABLE or --embed pkg.module:function, not both")
+        if embed is not None and ids is None:
+            raise InputError("--embed needs --ids TABLE (e.g. the plan-backfill --output file)")
+        source = (
+            VectorTable(input, id_column, vector_column, ids)
+            if input is not None
+            else EmbedCall(str(embed), ids, id_column)  # type: ignore[arg-type]
+        )
+        with opened(uri, token) as store, progress() as bar:
+            task = bar.add_task("backfill", total=source.rows, info="rows")
+
+            def moved(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = run_backfill(store, collection, source, batch_size, take_over, moved)
+        if as_json:
+            out.print_json(json.dumps(result.as_dict(), default=str))
+        elif result.up_to_date:
+            out.print(f"{result.migration}: {result.input} was already written; nothing to do")
+        else:
+            out.print(
+                f"{result.migration}: wrote {result.rows_written} native rows into "
+                f"'{result.target}' from {result.input}, {result.rows_done}/{result.rows_total} "
+                + ("in all (resumed)" if result.resumed else "in all")
+                + "; read back and verified",
+                soft_wrap=True,
+            )
