@@ -7,14 +7,12 @@ goes to stderr so that it never mixes with JSON. The library never prints.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from typing import Annotated
 
 import typer
 
-from dmu_migrate.cli import admin, common, evaluation, migration, training
+from dmu_migrate.cli import admin, evaluation, logs, migration, training
 
 app = typer.Typer(
     help="Upgrade the embedding model behind a vector database without backfilling.",
@@ -24,23 +22,27 @@ app = typer.Typer(
 )
 
 
+def _version(show: bool) -> None:
+    if show:
+        from dmu_migrate import __version__
+
+        typer.echo(f"dmu-migrate {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def configure(
-    verbose: Annotated[
-        int,
-        typer.Option("--verbose", "-v", count=True, help="Log progress to stderr (-vv: debug)."),
-    ] = 0,
+    verbose: logs.Verbose = 0,
+    quiet: logs.Quiet = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_version, is_eager=True
+        ),
+    ] = False,
 ) -> None:
     """Upgrade the embedding model behind a vector database without backfilling."""
-    common.VERBOSE = verbose
-    if verbose:
-        level = logging.DEBUG if verbose > 1 else logging.INFO
-        logging.basicConfig(
-            level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        # Client libraries are chatty at debug level; keep their warnings only.
-        for noisy in ("pymilvus", "grpc", "httpx", "httpcore", "faiss", "milvus_lite"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.GLOBAL.update(verbose=verbose, quiet=quiet)
 
 
 app.command()(training.train)
@@ -53,6 +55,10 @@ app.command()(admin.history)
 app.command()(admin.rollback)
 app.command()(admin.prune)
 app.command()(training.demo)
+
+# Last, so that every command registered above also takes -v/-q after its name.
+for _command in app.registered_commands:
+    _command.callback = logs.with_output_flags(_command.callback)  # type: ignore[arg-type]
 
 
 def main() -> None:
