@@ -37,8 +37,11 @@ CLIENTS = (
 OURS = "dmu_migrate"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+_ROOT_LEVEL: list[int] = []  # the root level before -v changed it
 VERBOSE = 0  # -v count, before and after the command together
 QUIET = False  # -q: errors only
+# What the app's callback saw before the command name; the command adds its own.
+GLOBAL: dict[str, Any] = {"verbose": 0, "quiet": False}
 
 
 Verbose = Annotated[
@@ -90,15 +93,19 @@ def configure(verbose: int, quiet: bool) -> None:
     common.out.quiet = quiet
     ours = logging.getLogger(OURS)
     ours.setLevel(logging.ERROR if quiet else logging.NOTSET)
+    root = logging.getLogger()
+    # An earlier invocation in this process (tests, notebooks) wrote to its own stderr.
+    for old in [h for h in root.handlers if getattr(h, "dmu_migrate", False)]:
+        root.removeHandler(old)
+    if _ROOT_LEVEL:
+        root.setLevel(_ROOT_LEVEL.pop())
     if verbose:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(FORMAT))
         handler.addFilter(_OneLine())
-        root = logging.getLogger()
-        for old in [h for h in root.handlers if getattr(h, "dmu_migrate", False)]:
-            root.removeHandler(old)  # an earlier invocation's stderr
         handler.dmu_migrate = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+        _ROOT_LEVEL.append(root.level)
         root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     client_logs()
 
@@ -134,7 +141,3 @@ def with_output_flags(command: Callable[..., Any]) -> Callable[..., Any]:
         parameters=[*signature.parameters.values(), *extra]
     )
     return run
-
-
-# What the app's callback saw before the command name; the command adds its own.
-GLOBAL: dict[str, Any] = {"verbose": 0, "quiet": False}

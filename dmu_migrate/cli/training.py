@@ -29,6 +29,16 @@ from dmu_migrate.cli.common import (
 )
 from dmu_migrate.data import Columns
 
+# Not a TrainConfig field: it changes speed, not the result, so --resume accepts any value.
+TorchThreads = Annotated[
+    int,
+    typer.Option(
+        "--threads",
+        help="CPU threads of torch, >= 0; 0 = the cores other work leaves idle, capped for "
+        "small models (OMP_NUM_THREADS, if set, is kept).",
+    ),
+]
+
 
 def _setting_options() -> list[inspect.Parameter]:
     """One option per TrainConfig field, its default and help taken from the field itself.
@@ -90,6 +100,7 @@ def train(
             help="Optuna trials on the held-out identities, >= 0 (0 = train once with the settings)."
         ),
     ] = 0,
+    threads: TorchThreads = 0,
     as_json: AsJson = False,
     **settings: Any,
 ) -> None:
@@ -128,6 +139,7 @@ def train(
                 None if bar is None else _epoch_progress(bar, config.epochs),
                 resume,
                 tune,
+                threads,
             )
         if not main:
             return
@@ -193,6 +205,7 @@ def demo(
     ),
     epochs: Annotated[int, typer.Option(help="Most training epochs of the new model (> 0).")] = 40,
     seed: Annotated[int, typer.Option(help="Seed of the data split and the training.")] = 0,
+    threads: TorchThreads = 0,
 ) -> None:
     """Run the whole upgrade on real data (scikit-learn digits) in Milvus Lite.
 
@@ -210,6 +223,7 @@ def demo(
                 epochs,
                 on_step=say,
                 on_epoch=epoch_logger(bar, task),
+                threads=threads,
             )
         s = result.search
         out.print(scores_table(result.evaluation, "held-out digits"))
