@@ -114,9 +114,7 @@ def test_messages_are_printed_literally(gallery: Gallery, artifact: Artifact) ->
     assert plot.exit_code == 2 and "--plot '[train].txt' is not a .png" in plot.stderr
 
 
-def test_prune_answered_no_drops_nothing_and_exits_0(
-    gallery: Gallery, artifact: Artifact
-) -> None:
+def test_prune_answered_no_drops_nothing_and_exits_0(gallery: Gallery, artifact: Artifact) -> None:
     assert runner.invoke(app, evolve_args(gallery, artifact)).exit_code == 0
     asked = runner.invoke(
         app, ["prune", "--collection", "digits__v1", "--uri", str(gallery.db)], input="n\n"
