@@ -19,6 +19,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help is printed as written: "[o ; psi(o)]" or "[train]" are text, not Rich markup.
+    rich_markup_mode=None,
 )
 
 
