@@ -146,7 +146,10 @@ def test_train_progress_is_logged_off_a_terminal(tmp_path: Path, digits: Digits)
 
 
 def test_status_and_history_fit_80_columns(gallery: Gallery, artifact: Artifact) -> None:
-    assert runner.invoke(app, evolve_args(gallery, artifact)).exit_code == 0
+    evolved = runner.invoke(app, [*evolve_args(gallery, artifact), "-v"])
+    assert evolved.exit_code == 0, evolved.output
+    rows = f"{len(gallery.ids):,}"
+    assert f"dmu_migrate.progress: evolve: {rows}/{rows}" in evolved.stderr  # no terminal here
     for command in ("status", "history"):
         shown = runner.invoke(app, [command, "--uri", str(gallery.db)], env={"COLUMNS": "80"})
         assert shown.exit_code == 0, shown.output
