@@ -154,6 +154,7 @@ def run_demo(
     epochs: int = 40,
     on_step: Callable[[str], None] | None = None,
     on_epoch: EpochCallback | None = None,
+    threads: int = 0,
 ) -> DemoResult:
     step = on_step or (lambda _msg: None)
     prepare_workdir(workdir)
@@ -180,7 +181,12 @@ def run_demo(
     step(f"train: new model + adapter on {len(y_tr)} images (100% of the training split)")
     config = TrainConfig(epochs=epochs, batch_size=128, hidden=256, seed=seed)
     report = train_upgrade(
-        workdir / "train.parquet", workdir / "adapters", "digits-v2", config, on_epoch=on_epoch
+        workdir / "train.parquet",
+        workdir / "adapters",
+        "digits-v2",
+        config,
+        on_epoch=on_epoch,
+        threads=threads,
     )
 
     step("evolve: old vectors -> adapter -> new collection, then the alias moves")

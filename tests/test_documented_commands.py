@@ -158,9 +158,10 @@ def test_documented_command_parses(where: str, args: list[str]) -> None:
 def test_the_check_catches_what_users_hit() -> None:
     """The check itself can fail: a flag after the wrong command, a typo, a bad choice."""
     evolve = ["evolve", "--collection", "faces", "--adapter", "a"]
-    assert "--verbose" in (usage_error([*evolve, "--verbose"]) or "")  # the CronJob's old bug
+    assert "--version" in (usage_error([*evolve, "--version"]) or "")  # a global flag only
     assert "--colection" in (usage_error(["evolve", "--colection", "faces"]) or "")
     assert "--epochs" in (
         usage_error(["train", "t.parquet", "--name", "n", "--epochs", "ten"]) or ""
     )
     assert usage_error(["-v", *evolve]) is None
+    assert usage_error([*evolve, "--verbose"]) is None  # -v goes before or after the command

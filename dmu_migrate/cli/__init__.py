@@ -7,40 +7,44 @@ goes to stderr so that it never mixes with JSON. The library never prints.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from typing import Annotated
 
 import typer
 
-from dmu_migrate.cli import admin, backfill, common, evaluation, migration, training
+from dmu_migrate.cli import admin, backfill, evaluation, logs, migration, training
 
 app = typer.Typer(
     help="Upgrade the embedding model behind a vector database without backfilling.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help is printed as written: "[o ; psi(o)]" or "[train]" are text, not Rich markup.
+    rich_markup_mode=None,
 )
+
+
+def _version(show: bool) -> None:
+    if show:
+        from dmu_migrate import __version__
+
+        typer.echo(f"dmu-migrate {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def configure(
-    verbose: Annotated[
-        int,
-        typer.Option("--verbose", "-v", count=True, help="Log progress to stderr (-vv: debug)."),
-    ] = 0,
+    verbose: logs.Verbose = 0,
+    quiet: logs.Quiet = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_version, is_eager=True
+        ),
+    ] = False,
 ) -> None:
     """Upgrade the embedding model behind a vector database without backfilling."""
-    common.VERBOSE = verbose
-    if verbose:
-        level = logging.DEBUG if verbose > 1 else logging.INFO
-        logging.basicConfig(
-            level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        # Client libraries are chatty at debug level; keep their warnings only.
-        for noisy in ("pymilvus", "grpc", "httpx", "httpcore", "faiss", "milvus_lite"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.GLOBAL.update(verbose=verbose, quiet=quiet)
 
 
 app.command()(training.train)
@@ -55,6 +59,10 @@ app.command()(admin.prune)
 app.command()(training.demo)
 app.command("plan-backfill")(backfill.plan_backfill)
 app.command()(backfill.backfill)
+
+# Last, so that every command registered above also takes -v/-q after its name.
+for _command in app.registered_commands:
+    _command.callback = logs.with_output_flags(_command.callback)  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 import typer
-from rich.table import Table
 
-from dmu_migrate.cli.common import AsJson, out, user_errors
+from dmu_migrate.cli.common import AsJson, choices, out, user_errors
 from dmu_migrate.cli.migration import Adapters, Collection, Token, Uri, build_plan, opened
+from dmu_migrate.cli.views import history_view, status_view
 from dmu_migrate.errors import StoreError
+from dmu_migrate.evolve import NEW_COLLECTION, STRATEGIES
 
 
 def verify(
@@ -21,7 +22,9 @@ def verify(
     uri: Uri = "milvus.db",
     token: Token = None,
     vector_field: Annotated[str | None, typer.Option(help="Vector field that was evolved.")] = None,
-    strategy: Annotated[str, typer.Option(help="Strategy the migration used.")] = "new-collection",
+    strategy: Annotated[
+        str, typer.Option(help="Strategy the migration used.", metavar=choices(STRATEGIES))
+    ] = NEW_COLLECTION,
     target_field: Annotated[str | None, typer.Option(help="new-field: the evolved field.")] = None,
     alias: Annotated[str | None, typer.Option(help="Alias of the migration, if any.")] = None,
     as_json: AsJson = False,
@@ -100,51 +103,7 @@ def status(
         if not rows:
             out.print("no migrations recorded" + (f" for '{collection}'" if collection else ""))
             return
-        table = Table(title=f"migrations in {redact(uri)}")
-        columns = ("migration", "strategy", "status", "rows", "last run", "versions", "alias")
-        for col in (*columns, "updated"):
-            table.add_column(col, overflow="fold")  # names are what users copy: never elide
-        for r in rows:
-            shards = r.get("shard_status") or []
-            done = sum(s["status"] == "done" for s in shards)
-            table.add_row(
-                r["key"],
-                r["strategy"],
-                r["status"]
-                + (f" ({done}/{len(shards)} shards done)" if shards else "")
-                + (f" (--filter {r['filter']}: alias not moved)" if r.get("filter") else ""),
-                f"{r['rows_done']}/{r['source_rows']}",
-                last_run(r.get("runs") or []),
-                f"{r['from_version']} -> {r['to_version']}",
-                f"{r['alias']} -> {r['alias_target']}" if r["alias"] else "-",
-                r["updated_at"],
-            )
-        out.print(table)
-        for r in rows:
-            if r.get("quality"):
-                out.print(f"{r['key']}: {r['quality']}", markup=False, soft_wrap=True)
-
-
-def describe_event(event: dict[str, Any]) -> str:
-    """One line of a migration's history: a run that finished, a rollback, a prune."""
-    if "rolled_back_at" in event:
-        return f"{event['rolled_back_at']}  rolled back: {event['what']}"
-    if "pruned_at" in event:
-        return f"{event['pruned_at']}  pruned: {event['what']}"
-    if "backfilled_at" in event:
-        return f"{event['backfilled_at']}  backfilled {event['rows']} native rows from {event['input']}"
-    changes = f"+{event.get('added', event.get('rows', 0))} ~{event.get('updated', 0)} -{event.get('deleted', 0)}"
-    return (
-        f"{event.get('finished_at')}  run done ({changes}): {event.get('cut_over') or 'finished'}"
-    )
-
-
-def last_run(runs: list[dict[str, Any]]) -> str:
-    """What the newest finished run changed in the target: +added ~updated -deleted."""
-    for run in reversed(runs):
-        if "added" in run:
-            return f"+{run['added']} ~{run['updated']} -{run['deleted']}"
-    return "-"
+        out.print(status_view(out, rows, f"migrations in {redact(uri)}"))
 
 
 def history(
@@ -167,17 +126,7 @@ def history(
         if as_json:
             out.print_json(json.dumps(rows, default=str))
             return
-        for r in rows:
-            out.print(
-                f"{r['started_at']}  {r['from_version']} -> {r['to_version']}  "
-                f"{r['key']}  ({r['status']})  adapters: {', '.join(r['adapters'])}",
-                soft_wrap=True,
-                markup=False,
-            )
-            if r.get("quality"):
-                out.print(f"  {r['quality']}", soft_wrap=True, markup=False)
-            for event in r.get("runs") or []:
-                out.print(f"  {describe_event(event)}", soft_wrap=True)
+        out.print(history_view(rows))
 
 
 def rollback(
@@ -218,5 +167,7 @@ def prune(
         with opened(uri, token) as store:
             record, what = prune_plan(store, collection)
             if not yes and not typer.confirm(f"{what}. This cannot be undone. Continue?"):
-                raise typer.Exit(1)
+                # The operator's answer, not a failure: scripts that say no must not break.
+                out.print(f"not pruned: nothing was dropped from '{collection}'")
+                return
             out.print(run_prune(store, record))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -18,13 +19,29 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from dmu_migrate.errors import DmuError, InputError, NothingToDo
 
-VERBOSE = 0  # -v count, set by the app's callback
+progress_log = logging.getLogger("dmu_migrate.progress")
 
-out = Console()
-err = Console(stderr=True)
+
+class _Out(Console):
+    """stdout: -q silences it, except for the --json document a script asked for."""
+
+    def print_json(self, *args: Any, **kwargs: Any) -> None:
+        quiet, self.quiet = self.quiet, False
+        try:
+            super().print_json(*args, **kwargs)
+        finally:
+            self.quiet = quiet
+
+
+# markup=False: messages carry user and library text ("pip install 'dmu-migrate[train]'",
+# filters, paths) that Rich would otherwise read as style tags and swallow. Styles are
+# given as Text objects instead.
+out = _Out(markup=False)
+err = Console(stderr=True, markup=False)
 
 LabelCol = Annotated[str, typer.Option(help="Column with the identity / class label.")]
 OldCol = Annotated[str, typer.Option(help="Column with the stored old-model embedding.")]
@@ -41,7 +58,7 @@ def user_errors() -> Iterator[None]:
         out.print(str(exc), highlight=False, soft_wrap=True)
         raise typer.Exit(0) from None
     except DmuError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
     except Exception as exc:
         from dmu_migrate.evolve.retry import client_error
@@ -49,8 +66,25 @@ def user_errors() -> Iterator[None]:
         mapped = client_error(exc, "the store call")
         if mapped is None:
             raise  # a bug: keep the traceback
-        err.print(f"[bold red]error:[/] {mapped}", highlight=False, soft_wrap=True)
+        print_error(str(mapped))
         raise typer.Exit(mapped.exit_code) from None
+
+
+def choices(names: tuple[str, ...]) -> str:
+    """The metavar of an option that takes one of ``names``: --help shows them, not <str>."""
+    return "[" + "|".join(names) + "]"
+
+
+def say(message: str) -> None:
+    """A step of a long command, on stderr beside the bar; -q hides it."""
+    from dmu_migrate.cli import logs
+
+    if not logs.QUIET:
+        err.print(message, highlight=False, soft_wrap=True)
+
+
+def print_error(message: str) -> None:
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
 def check_range(flag: str, value: float, low: float, high: float, why: str = "") -> None:
@@ -71,8 +105,48 @@ def needs_train_extra() -> None:
         ) from None
 
 
+class _Progress(Progress):
+    """A bar at a terminal; elsewhere (cron, CI, a pipe) the same updates as -v log lines.
+
+    A log line at most every LOG_EVERY seconds per task, plus the last one, so
+    a long training or migration is never silent in a log file.
+    """
+
+    LOG_EVERY = 10.0
+
+    def __init__(self, *columns: Any, logged: bool, **kwargs: Any) -> None:
+        super().__init__(*columns, **kwargs)
+        self.logged = logged
+        self.last_logged: dict[Any, float] = {}
+
+    def update(self, task_id: Any, **kwargs: Any) -> None:
+        super().update(task_id, **kwargs)
+        if not self.logged:
+            return
+        task = next(t for t in self.tasks if t.id == task_id)
+        now = time.monotonic()
+        finished = task.total is not None and task.completed >= task.total
+        if not finished and now - self.last_logged.get(task_id, -self.LOG_EVERY) < self.LOG_EVERY:
+            return
+        self.last_logged[task_id] = now
+        total = "?" if task.total is None else f"{task.total:,.0f}"
+        info = task.fields.get("info", "")
+        rate = task.speed  # None until two updates apart
+        progress_log.info(
+            "%s: %s/%s %s%s",
+            task.description,
+            f"{task.completed:,.0f}",
+            total,
+            info,
+            f" ({rate:,.1f}/s)" if rate else "",
+        )
+
+
 def progress() -> Progress:
-    return Progress(
+    from dmu_migrate.cli import logs
+
+    at_terminal = err.is_terminal and not logs.QUIET
+    return _Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -81,8 +155,8 @@ def progress() -> Progress:
         TimeRemainingColumn(),
         console=err,
         transient=False,
-        # Bars are for people at a terminal; cron logs get -v lines instead.
-        disable=not err.is_terminal,
+        disable=not at_terminal,
+        logged=not at_terminal,
     )
 
 
@@ -103,16 +177,3 @@ def scores_table(report: Any, title: str) -> Table:
     for setting, scores in report.scores.items():
         table.add_row(setting, *(f"{v:.4f}" for v in scores.as_dict().values()))
     return table
-
-
-def quiet_client_logs() -> None:
-    """Silence client libraries' own error logs unless -v was given.
-
-    pymilvus configures its loggers when first imported (so this runs after a
-    store is opened) and logs a traceback for every failed call, which this
-    tool already reports as one line.
-    """
-    if VERBOSE:
-        return
-    for name in ("pymilvus", "milvus_lite", "grpc"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -90,7 +90,8 @@ def evaluate(
         str, typer.Option(help="Column marking 'query'/'gallery' rows; without it, leave-one-out.")
     ] = "role",
     mixed_fraction: Annotated[
-        float, typer.Option(help="Share of gallery items natively new in the new->mixed setting.")
+        float,
+        typer.Option(help="Share of gallery items natively new in the new->mixed setting, 0-1."),
     ] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the mixed gallery's draw.")] = 0,
     tar: Annotated[
@@ -159,12 +160,12 @@ def evaluate(
         curves = backfill_table(report)
         if curves is not None and report.backfill is not None:
             out.print(curves)
-            out.print(report.backfill.line, markup=False)
+            out.print(report.backfill.line)
         if plot is not None:
             out.print(f"chart: {plot}")
         if curve_chart is not None:
             out.print(f"partial-backfill chart: {curve_chart}")
-        out.print(report.verdict.line, markup=False)
+        out.print(report.verdict.line)
 
 
 def _check_plotting(plot: Path) -> None:

@@ -14,11 +14,14 @@ from dmu_migrate.artifact import load_artifact
 from dmu_migrate.cli.common import (
     AsJson,
     check_range,
+    choices,
     out,
     progress,
-    quiet_client_logs,
     user_errors,
 )
+from dmu_migrate.cli.logs import client_logs
+from dmu_migrate.cli.sharding import ENGINES
+from dmu_migrate.evolve import NEW_COLLECTION, STRATEGIES
 
 if TYPE_CHECKING:
     from dmu_migrate.evolve.plan import Plan
@@ -27,14 +30,15 @@ if TYPE_CHECKING:
 Uri = Annotated[
     str,
     typer.Option(
-        help="Milvus Lite file (x.db), Milvus server (http://host:19530), "
-        "Qdrant (qdrant://host:6333, qdrant:local/dir) or parquet:dir."
+        help="Milvus Lite file (x.db), Milvus server (http://host:19530), Qdrant "
+        "(http://host:6333, qdrant://host:PORT, qdrant:local/dir) or parquet:dir.",
     ),
 ]
 Token = Annotated[
     str | None,
     typer.Option(
-        help="Store credentials (Milvus user:password or token, Qdrant API key).",
+        help="Store credentials (Milvus user:password or token, Qdrant API key). Unset: "
+        "DMU_TOKEN, else MILVUS_TOKEN for Milvus or QDRANT_API_KEY for Qdrant.",
         envvar="DMU_TOKEN",
         show_default=False,
     ),
@@ -51,10 +55,10 @@ Adapters = Annotated[
 
 @contextmanager
 def opened(uri: str, token: str | None) -> Iterator[VectorStore]:
-    from dmu_migrate.stores.base import open_store
+    from dmu_migrate.stores.base import open_store, store_token
 
-    store = open_store(uri, token)
-    quiet_client_logs()
+    store = open_store(uri, store_token(uri, token))
+    client_logs()
     try:
         yield store
     finally:
@@ -80,9 +84,10 @@ def evolve(
         str,
         typer.Option(
             help="new-collection (copy + alias), new-field (vector beside the old one) or "
-            "in-place (overwrite after a snapshot)."
+            "in-place (overwrite after a snapshot).",
+            metavar=choices(STRATEGIES),
         ),
-    ] = "new-collection",
+    ] = NEW_COLLECTION,
     alias: Annotated[
         str | None,
         typer.Option(
@@ -184,7 +189,7 @@ def evolve(
     shards: Annotated[
         int | None,
         typer.Option(
-            help="Split the ids into N ranges that run, fail and resume independently; the "
+            help="Split the ids into N >= 1 ranges that run, fail and resume independently; the "
             "alias moves when all are done and verified.",
             show_default=False,
         ),
@@ -201,8 +206,11 @@ def evolve(
         ),
     ] = None,
     engine: Annotated[
-        str, typer.Option(help="Where --shards run: local (processes here) or ray.")
-    ] = "local",
+        str,
+        typer.Option(
+            help="Where --shards run: local (processes here) or ray.", metavar=choices(ENGINES)
+        ),
+    ] = ENGINES[0],
     ray_address: Annotated[
         str | None,
         typer.Option(
@@ -227,6 +235,7 @@ def evolve(
         from dmu_migrate.evolve.plan import estimate
         from dmu_migrate.evolve.retry import RetryPolicy
         from dmu_migrate.evolve.shards import SHARD_DONE
+        from dmu_migrate.stores.base import store_token
 
         check_flags(batch_size, threads, read_ahead, max_seconds, max_retries, timeout)
         check_range("--workers", workers, 1, 256)
@@ -277,6 +286,8 @@ def evolve(
                     bar.update(task, completed=done, total=total)
 
                 if fanout.sharded:
+                    # Ray workers on other machines lack this one's environment: pass the token.
+                    token = store_token(uri, token)
                     job = fanout.job(uri, token, collection, adapter, threads, plan_args, options)
                     result = run_fanout(store, plan, fanout, job, moved)
                 else:

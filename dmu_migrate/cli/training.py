@@ -18,14 +18,26 @@ from dmu_migrate.cli.common import (
     LabelCol,
     OldCol,
     XCol,
+    choices,
     epoch_logger,
     needs_train_extra,
     out,
     progress,
+    say,
     scores_table,
     user_errors,
 )
 from dmu_migrate.data import Columns
+
+# Not a TrainConfig field: it changes speed, not the result, so --resume accepts any value.
+TorchThreads = Annotated[
+    int,
+    typer.Option(
+        "--threads",
+        help="CPU threads of torch, >= 0; 0 = the cores other work leaves idle, capped for "
+        "small models (OMP_NUM_THREADS, if set, is kept).",
+    ),
+]
 
 
 def _setting_options() -> list[inspect.Parameter]:
@@ -45,10 +57,10 @@ def _setting_options() -> list[inspect.Parameter]:
             kind = str | None  # typed as C,H,W; parse_image_shape turns it into a tuple
         elif default is None:
             kind = int | None
-        choices = f.metadata.get("choices")
+        names = f.metadata.get("choices")
         option = typer.Option(
             help=f.metadata.get("help", ""),
-            metavar=f"[{'|'.join(choices)}]" if choices else None,
+            metavar=choices(names) if names else None,
         )
         options.append(
             inspect.Parameter(
@@ -85,9 +97,10 @@ def train(
     tune: Annotated[
         int,
         typer.Option(
-            help="Optuna trials on the held-out identities (0 = train once with the settings)."
+            help="Optuna trials on the held-out identities, >= 0 (0 = train once with the settings)."
         ),
     ] = 0,
+    threads: TorchThreads = 0,
     as_json: AsJson = False,
     **settings: Any,
 ) -> None:
@@ -126,6 +139,7 @@ def train(
                 None if bar is None else _epoch_progress(bar, config.epochs),
                 resume,
                 tune,
+                threads,
             )
         if not main:
             return
@@ -137,7 +151,7 @@ def train(
             return
         ranks = m.training.get("processes", 1)
         out.print(
-            f"artifact [bold]{report.artifact.path}[/] ({m.method}, {m.from_version} -> "
+            f"artifact {report.artifact.path} ({m.method}, {m.from_version} -> "
             f"{m.to_version}, {m.old_dim}-d -> {m.new_dim}-d) in {report.seconds:.1f}s "
             f"on {m.training['device']}" + (f" x {ranks} processes" if ranks > 1 else "")
         )
@@ -149,7 +163,7 @@ def train(
                 f"{validation.get('held_out', 'identities')}"
             )
         if m.quality:
-            out.print("  " + m.quality["verdict"], markup=False)
+            out.print("  " + m.quality["verdict"])
         for key, value in m.parity.items():
             out.print(f"  onnxruntime vs torch {key}: {value:.2e}")
 
@@ -189,8 +203,9 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Scratch directory for the demo's files.")] = Path(
         "dmu-demo"
     ),
-    epochs: int = 40,
-    seed: int = 0,
+    epochs: Annotated[int, typer.Option(help="Most training epochs of the new model (> 0).")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the data split and the training.")] = 0,
+    threads: TorchThreads = 0,
 ) -> None:
     """Run the whole upgrade on real data (scikit-learn digits) in Milvus Lite.
 
@@ -206,12 +221,13 @@ def demo(
                 workdir,
                 seed,
                 epochs,
-                on_step=lambda msg: bar.console.print(msg),
+                on_step=say,
                 on_epoch=epoch_logger(bar, task),
+                threads=threads,
             )
         s = result.search
         out.print(scores_table(result.evaluation, "held-out digits"))
-        out.print(result.evaluation.verdict.line, markup=False)
+        out.print(result.evaluation.verdict.line)
         out.print(
             f"Milvus search with new-model queries, top-{s.k} results with the query's label: "
             f"alias '{result.evolve.alias}' (evolved) {s.evolved_hits}/{s.possible}, "
@@ -258,12 +274,10 @@ def transition(
             m = artifact.manifest
             out.print(
                 f"{kind}: {artifact.path} ({m.from_version} -> {m.to_version}, {m.old_dim}-d -> {m.new_dim}-d)",
-                markup=False,
             )
         out.print(
             f"query = [{fusion['a']:.2f} q_old ; {fusion['b']:.2f} q_new]: validated R@1 "
             f"{100 * fusion['R@1']:.1f}",
-            markup=False,
         )
         out.print(
             "  "
@@ -271,5 +285,4 @@ def transition(
                 made.transition.validated,
                 f"validated at training of '{made.transition.manifest.name}'",
             ).line,
-            markup=False,
         )

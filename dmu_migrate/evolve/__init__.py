@@ -3,3 +3,8 @@
 This package must not import torch: the cron image carries only onnxruntime,
 numpy and the store clients.
 """
+
+# The strategies by name, here so that the command line can show them without
+# importing the whole evolve path (onnxruntime) for --help.
+NEW_COLLECTION, NEW_FIELD, IN_PLACE = "new-collection", "new-field", "in-place"
+STRATEGIES = (NEW_COLLECTION, NEW_FIELD, IN_PLACE)

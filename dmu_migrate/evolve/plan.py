@@ -9,15 +9,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from dmu_migrate.errors import InputError, NothingToDo
+from dmu_migrate.evolve import IN_PLACE, NEW_COLLECTION, STRATEGIES
+from dmu_migrate.evolve import NEW_FIELD as NEW_FIELD  # the strategies import it from here
 from dmu_migrate.evolve.ledger import PRUNED, Ledger, Record
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.quality import check_gate, verdict
 from dmu_migrate.stores.base import TAG_FROM, TAG_ORIGIN, TAG_VERSION, CollectionInfo, VectorStore
 
 log = logging.getLogger(__name__)
-
-NEW_COLLECTION, NEW_FIELD, IN_PLACE = "new-collection", "new-field", "in-place"
-STRATEGIES = (NEW_COLLECTION, NEW_FIELD, IN_PLACE)
 
 
 @dataclass(frozen=True)

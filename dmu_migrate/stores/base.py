@@ -9,11 +9,13 @@ the same store can be merge-joined to find missing rows.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -225,22 +227,63 @@ def choose_vector_field(collection: str, vectors: dict[str, int], requested: str
     return requested
 
 
+# Qdrant's REST and gRPC ports: an http(s):// URL on one of them means Qdrant, not Milvus.
+QDRANT_PORTS = (6333, 6334)
+# Each store's own credential variable, read when neither --token nor DMU_TOKEN is given.
+TOKEN_ENV = {"milvus": "MILVUS_TOKEN", "qdrant": "QDRANT_API_KEY"}
+
+
+def store_kind(uri: str) -> str:
+    """'milvus', 'qdrant' or 'parquet': which backend a URI names (see open_store)."""
+    if uri.startswith("parquet:"):
+        return "parquet"
+    if uri.startswith(("qdrant://", "qdrants://", "qdrant:")):
+        return "qdrant"
+    if uri.startswith(("http://", "https://")):
+        try:
+            port = urlsplit(uri).port
+        except ValueError:
+            port = None  # a bad port is the Milvus client's to report
+        return "qdrant" if port in QDRANT_PORTS else "milvus"
+    return "milvus"
+
+
+def store_token(uri: str, token: str | None) -> str | None:
+    """--token (or DMU_TOKEN), else the store's own variable: MILVUS_TOKEN or QDRANT_API_KEY."""
+    if token:
+        return token
+    name = TOKEN_ENV.get(store_kind(uri))
+    return (os.environ.get(name) or None) if name else None
+
+
+def _qdrant_url(uri: str) -> str:
+    """http(s)://host:6333 (or :6334, gRPC) as the qdrant(s)://host:6333 form QdrantStore takes."""
+    parts = urlsplit(uri)
+    scheme = "qdrants" if parts.scheme == "https" else "qdrant"
+    netloc = parts.netloc.rsplit(":", 1)[0] + ":6333"
+    return urlunsplit((scheme, netloc, parts.path, parts.query, ""))
+
+
 def open_store(uri: str, token: str | None = None) -> VectorStore:
     """Open the store a URI names.
 
     ``./file.db``                   Milvus Lite (embedded, the default)
-    ``http(s)://host:19530``        a Milvus server
-    ``qdrant://host:6333``          a Qdrant server (``qdrants://`` for TLS)
+    ``http(s)://host:19530``        a Milvus server (any port but Qdrant's)
+    ``http(s)://host:6333``         a Qdrant server (its REST port 6333 or gRPC port 6334)
+    ``qdrant://host:6333``          a Qdrant server on any port (``qdrants://`` for TLS)
     ``qdrant:path/to/dir``          Qdrant local mode (embedded, for tests and small data)
     ``parquet:path/to/dir``         a directory of Parquet files (offline evolve, snapshots)
     """
-    if uri.startswith("parquet:"):
+    kind = store_kind(uri)
+    if kind == "parquet":
         from dmu_migrate.stores.parquet import ParquetStore
 
         return ParquetStore.connect(uri, token)
-    if uri.startswith(("qdrant://", "qdrants://", "qdrant:")):
+    if kind == "qdrant":
         from dmu_migrate.stores.qdrant import QdrantStore
 
+        if uri.startswith(("http://", "https://")):
+            uri = _qdrant_url(uri)
         return QdrantStore.connect(uri, token)
     if uri.startswith(("http://", "https://", "tcp://", "grpc://")):
         from dmu_migrate.stores.milvus import MilvusStore

@@ -32,13 +32,46 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric setting takes: stated in its --help and checked by check()."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False  # low itself is refused
+    high_open: bool = False
+    why: str = ""
+
+    def text(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        if self.high is None:
+            return above
+        return above and (value < self.high if self.high_open else value <= self.high)
+
+
+POSITIVE = Bounds(0, low_open=True)
+NON_NEGATIVE = Bounds(0)
+SHARE = Bounds(0, 1, high_open=True)
+
+
+def setting(
+    default: Any, help: str, choices: tuple[str, ...] | None = None, bounds: Bounds | None = None
+) -> Any:
     """A TrainConfig field with its help text: the one place a setting is written.
 
     ``train``'s flags are generated from these fields (cli/training.py), so a
-    default or a help text never has a second copy to drift from.
+    default, a help text, its choices or its range never has a second copy to
+    drift from; the range is appended to the help.
     """
-    metadata = {"help": help, "choices": choices}
+    if bounds is not None:
+        help = f"{help.rstrip('.')} ({bounds.text()})."
+    metadata = {"help": help, "choices": choices, "bounds": bounds}
     if isinstance(default, tuple):
         return dataclasses.field(default_factory=lambda: default, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -73,23 +106,33 @@ class TrainConfig:
         None, "C,H,W of the flattened pixels in X_COL, e.g. 1,28,28."
     )
     dim: int | None = setting(
-        None, "New embedding size (default: the old size, which BCT/DMU need)."
+        None, "New embedding size (default: the old size, which BCT/DMU need).", bounds=Bounds(1)
     )
-    hidden: int = setting(256, "Hidden width of the mlp and cnn heads.")
-    dropout: float = setting(0.2, "Dropout on the standardised input of the linear/mlp heads.")
-    adapter_hidden: int = setting(256, "Hidden width of the adapter psi.")
-    adapter_layers: int = setting(1, "Hidden blocks of the adapter psi.")
-    epochs: int = setting(30, "Most epochs; early stopping usually ends sooner.")
-    batch_size: int = setting(256, "Rows per step (per process under torchrun).")
-    lr: float = setting(2e-3, "Peak learning rate of AdamW's one-cycle schedule.")
-    weight_decay: float = setting(1e-4, "AdamW weight decay.")
-    scale: float = setting(20.0, "Logit scale s of the cosine losses.")
-    margin: float = setting(0.2, "CosFace margin of the new classifier.")
-    gamma: float = setting(1.0, "Selectivity of backward compatibility: w = q**gamma; 0 = BCT.")
-    beta: float = setting(1.0, "Extra adaptation weight of poor old features: 1 + beta (1 - q).")
-    lambda_b: float = setting(1.0, "Weight of backward compatibility.")
-    lambda_f: float = setting(1.0, "Weight of forward adaptation.")
-    tau: float = setting(0.05, "InfoNCE temperature.")
+    hidden: int = setting(256, "Hidden width of the mlp and cnn heads.", bounds=POSITIVE)
+    dropout: float = setting(
+        0.2, "Dropout on the standardised input of the linear/mlp heads.", bounds=SHARE
+    )
+    adapter_hidden: int = setting(256, "Hidden width of the adapter psi.", bounds=POSITIVE)
+    adapter_layers: int = setting(1, "Hidden blocks of the adapter psi.", bounds=POSITIVE)
+    epochs: int = setting(30, "Most epochs; early stopping usually ends sooner.", bounds=POSITIVE)
+    batch_size: int = setting(
+        256,
+        "Rows per step (per process under torchrun).",
+        bounds=Bounds(2, why="for in-batch negatives"),
+    )
+    lr: float = setting(2e-3, "Peak learning rate of AdamW's one-cycle schedule.", bounds=POSITIVE)
+    weight_decay: float = setting(1e-4, "AdamW weight decay.", bounds=NON_NEGATIVE)
+    scale: float = setting(20.0, "Logit scale s of the cosine losses.", bounds=POSITIVE)
+    margin: float = setting(0.2, "CosFace margin of the new classifier.", bounds=NON_NEGATIVE)
+    gamma: float = setting(
+        1.0, "Selectivity of backward compatibility: w = q**gamma; 0 = BCT.", bounds=NON_NEGATIVE
+    )
+    beta: float = setting(
+        1.0, "Extra adaptation weight of poor old features: 1 + beta (1 - q).", bounds=NON_NEGATIVE
+    )
+    lambda_b: float = setting(1.0, "Weight of backward compatibility.", bounds=NON_NEGATIVE)
+    lambda_f: float = setting(1.0, "Weight of forward adaptation.", bounds=NON_NEGATIVE)
+    tau: float = setting(0.05, "InfoNCE temperature.", bounds=POSITIVE)
     detach: bool = setting(True, "Adapter targets are detached: psi cannot drag the new model.")
     joint: bool = setting(
         False,
@@ -100,8 +143,11 @@ class TrainConfig:
         0.1,
         "Share held out for early stopping and the quality gate: identities (50+ classes) "
         "or rows of each class; 0 = none.",
+        bounds=SHARE,
     )
-    patience: int = setting(5, "Stop after this many epochs without validation gain; 0 = never.")
+    patience: int = setting(
+        5, "Stop after this many epochs without validation gain; 0 = never.", bounds=NON_NEGATIVE
+    )
     device: str = setting("auto", "auto (CUDA when present), cpu or cuda.", DEVICES)
     seed: int = setting(0, "Seed of the split, initialisation and batches.")
 
@@ -128,17 +174,12 @@ class TrainConfig:
 
     def check(self) -> None:
         """One-line errors for values that cannot train, naming the flag and the fix."""
-        choices = {
-            "method": METHODS,
-            "adapter_kind": ADAPTER_KINDS,
-            "discriminativeness": MEASURES,
-            "device": DEVICES,
-        }
-        for name, allowed in choices.items():
-            value = getattr(self, name)
-            if value not in allowed:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed = f.metadata.get("choices")
+            if allowed and value not in allowed:
                 raise InputError(
-                    f"{flag(name)} '{value}' is unknown; use one of {', '.join(allowed)}"
+                    f"{flag(f.name)} '{value}' is unknown; use one of {', '.join(allowed)}"
                 )
         if self.model not in ("linear", "mlp", "cnn") and ":" not in self.model:
             raise InputError(
@@ -146,25 +187,11 @@ class TrainConfig:
             )
         if self.model == "cnn" and self.image_shape is None:
             raise InputError("--model cnn needs --image-shape C,H,W (e.g. 1,28,28)")
-        positive = ("hidden", "adapter_hidden", "adapter_layers", "epochs", "scale", "tau")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise InputError(f"{flag(name)} must be > 0 (got {getattr(self, name)})")
-        if self.batch_size < 2:
-            raise InputError(
-                f"--batch-size must be >= 2 for in-batch negatives (got {self.batch_size})"
-            )
-        if self.dim is not None and self.dim < 1:
-            raise InputError(f"--dim must be >= 1 (got {self.dim})")
-        for name in ("gamma", "beta", "lambda_b", "lambda_f", "margin", "weight_decay", "patience"):
-            if getattr(self, name) < 0:
-                raise InputError(f"{flag(name)} must be >= 0 (got {getattr(self, name)})")
-        if not self.lr > 0:
-            raise InputError(f"--lr must be > 0 (got {self.lr})")
-        if not 0 <= self.dropout < 1:
-            raise InputError(f"--dropout must be in [0, 1) (got {self.dropout})")
-        if not 0 <= self.val_fraction < 1:
-            raise InputError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
+        for f in dataclasses.fields(self):
+            value, bounds = getattr(self, f.name), f.metadata.get("bounds")
+            if bounds is not None and value is not None and not bounds.holds(value):
+                why = f" {bounds.why}" if bounds.why else ""
+                raise InputError(f"{flag(f.name)} must be {bounds.text()}{why} (got {value})")
 
 
 def parse_image_shape(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, ...] | None:

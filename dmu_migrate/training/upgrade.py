@@ -27,6 +27,7 @@ from dmu_migrate.training.adapter_only import fit_adapter
 from dmu_migrate.training.checkpoint import FILE, Checkpoint, work_dir
 from dmu_migrate.training.export import OPSET, export_onnx
 from dmu_migrate.training.loop import TrainResult, pick_device
+from dmu_migrate.training.threads import use_threads
 from dmu_migrate.training.trainer import EpochCallback, TrainConfig, train
 from dmu_migrate.training.tuning import check as check_tune
 from dmu_migrate.training.tuning import tune as tune_trials
@@ -53,6 +54,7 @@ def train_upgrade(
     on_epoch: EpochCallback | None = None,
     resume: bool = False,
     tune: int = 0,
+    threads: int | None = None,
 ) -> TrainReport:
     """Train by ``config.method`` and write the artifact OUT_DIR/NAME.
 
@@ -61,7 +63,8 @@ def train_upgrade(
     Progress is checkpointed every epoch in OUT_DIR/.NAME.train/, which
     ``resume`` continues from and a finished run removes. ``tune`` > 0 runs
     that many Optuna trials on the held-out identities and keeps the best
-    (training/tuning.py).
+    (training/tuning.py). ``threads`` sets torch's CPU threads (0: automatic,
+    see training/threads.py); None leaves them as the caller has them.
     """
     config.check()
     check_tune(config, tune, resume)
@@ -82,6 +85,8 @@ def train_upgrade(
             f"artifact '{target}' already exists; pick another --name or pass --overwrite"
         )
 
+    if threads is not None:
+        use_threads(threads)
     start = time.perf_counter()
     with distributed.process_group(pick_device(config.device)):
         adapter_mode = config.method == "adapter"

@@ -1,0 +1,143 @@
+"""How much the command line says: -v/-q before or after the command, and whose logs show.
+
+Users type ``dmu-migrate evolve ... -v`` as often as ``dmu-migrate -v evolve``;
+both count (``-v -v`` anywhere is ``-vv``). Our own modules log progress at
+-v and debug at -vv. Client libraries (pymilvus, grpc, qdrant-client, ...)
+log failed calls that are normal states here (an alias that does not exist
+yet) and the real failures come out as our own one-line errors, so their
+records only show at -vv, and then as one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+# Loggers of the client libraries a command can load; pymilvus installs its own
+# handlers on import, so the policy is applied again after a store is opened.
+CLIENTS = (
+    "pymilvus",
+    "pymilvus.milvus_client",
+    "pymilvus.bulk_writer",
+    "milvus_lite",
+    "grpc",
+    "httpx",
+    "httpcore",
+    "urllib3",
+    "qdrant_client",
+    "faiss",
+    "onnxruntime",
+)
+OURS = "dmu_migrate"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+_ROOT_LEVEL: list[int] = []  # the root level before -v changed it
+VERBOSE = 0  # -v count, before and after the command together
+QUIET = False  # -q: errors only
+# What the app's callback saw before the command name; the command adds its own.
+GLOBAL: dict[str, Any] = {"verbose": 0, "quiet": False}
+
+
+Verbose = Annotated[
+    int,
+    typer.Option(
+        "--verbose",
+        "-v",
+        count=True,
+        help="Log progress to stderr; -vv adds debug lines (also before the command).",
+        show_default=False,
+    ),
+]
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="Print errors only: no progress, notes or results (--json output still prints).",
+        show_default=False,
+    ),
+]
+
+
+class _OneLine(logging.Filter):
+    """Client records reach stderr at -vv only, as their first line and without a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == OURS or record.name.startswith(OURS + "."):
+            return True
+        if VERBOSE < 2:
+            return record.levelno >= logging.CRITICAL
+        record.msg = record.getMessage().splitlines()[0] if record.getMessage() else ""
+        record.args = None
+        record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+def configure(verbose: int, quiet: bool) -> None:
+    """Set this invocation's verbosity; every invocation sets it anew (tests run many)."""
+    global VERBOSE, QUIET
+    from dmu_migrate.cli import common
+
+    if verbose and quiet:
+        from dmu_migrate.errors import InputError
+
+        with common.user_errors():
+            raise InputError("-q (errors only) and -v (more output) contradict; give one of them")
+    VERBOSE, QUIET = verbose, quiet
+    common.out.quiet = quiet
+    ours = logging.getLogger(OURS)
+    ours.setLevel(logging.ERROR if quiet else logging.NOTSET)
+    root = logging.getLogger()
+    # An earlier invocation in this process (tests, notebooks) wrote to its own stderr.
+    for old in [h for h in root.handlers if getattr(h, "dmu_migrate", False)]:
+        root.removeHandler(old)
+    if _ROOT_LEVEL:
+        root.setLevel(_ROOT_LEVEL.pop())
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.addFilter(_OneLine())
+        handler.dmu_migrate = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        _ROOT_LEVEL.append(root.level)
+        root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    client_logs()
+
+
+def client_logs() -> None:
+    """Route client libraries' loggers through our filter (see the module docstring)."""
+    for name in CLIENTS:
+        logger = logging.getLogger(name)
+        if VERBOSE >= 2:
+            logger.setLevel(logging.WARNING)  # their debug lines would drown ours
+        else:
+            logger.setLevel(logging.CRITICAL)
+        # pymilvus logs to its own handler with propagate off; ours applies the filter.
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def with_output_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` that also takes -v/-q after the command name, added to those before it."""
+    signature = inspect.signature(command, eval_str=True)
+    extra = [
+        inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=Verbose),
+        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet),
+    ]
+
+    @functools.wraps(command)
+    def run(*args: Any, verbose: int = 0, quiet: bool = False, **kwargs: Any) -> Any:
+        configure(GLOBAL["verbose"] + verbose, GLOBAL["quiet"] or quiet)
+        return command(*args, **kwargs)
+
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *extra]
+    )
+    return run
