@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from dmu_migrate.errors import InputError, NothingToDo
+from dmu_migrate.errors import AccessDenied, InputError, NothingToDo
 from dmu_migrate.evolve.ledger import PRUNED, Ledger, Record
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.quality import check_gate, verdict
@@ -296,8 +296,11 @@ def resolve_alias(store: VectorStore, info: CollectionInfo, alias: str | None) -
     except Exception as exc:  # the store refused the name itself
         from dmu_migrate.evolve.retry import client_error
 
-        if client_error(exc, "") is None:
+        mapped = client_error(exc, "")
+        if mapped is None:
             raise
+        if isinstance(mapped, AccessDenied):  # the user, not the name, was refused
+            raise mapped from exc
         raise InputError(
             f"--alias '{alias}' is not a name '{store.uri}' accepts "
             f"({' '.join(str(exc).split())[:160]}); use letters, digits and underscores"

@@ -29,7 +29,7 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.stores import qdrant_schema
+from dmu_migrate.stores import access, qdrant_schema
 from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
     TAG_FIELDS,
@@ -142,6 +142,10 @@ class QdrantStore:
         except (InputError, StoreError):
             raise
         except Exception as exc:  # grpc, http and local-mode errors share no base class
+            # A wrong or read-only API key (a server only; local mode has no keys).
+            denied = access.access_error(exc, f"Qdrant at '{self.uri}'", what)
+            if denied is not None:
+                raise denied from exc
             detail = getattr(exc, "details", None)
             text = detail() if callable(detail) else str(exc)
             text = redact(" ".join(str(text).split())[:300])
