@@ -9,6 +9,7 @@ with the class's ``exit_code``; anything else is a bug and keeps its traceback.
     +-- InputError           exit 2  bad flags, tables or files given by the user
     +-- ArtifactError        exit 3  missing, corrupt or inconsistent upgrade artifact
     +-- StoreError           exit 4  vector store unreachable, missing collection, bad schema
+    |   +-- AccessDenied     exit 4  the store rejected the credentials or lacks a privilege
     +-- VerificationError    exit 5  written data does not match what was expected
     +-- QualityGateError     exit 6  the upgrade was validated as worse than not upgrading
 """
@@ -38,6 +39,10 @@ class ArtifactError(DmuError):
 
 class StoreError(DmuError):
     exit_code = 4
+
+
+class AccessDenied(StoreError):
+    """Credentials rejected or a privilege missing: never retried, fixed by the operator."""
 
 
 class VerificationError(DmuError):

@@ -5,7 +5,8 @@ A renamed flag, a removed choice or an option typed after the wrong command
 read from the fenced code blocks of the README and docs/, and from the example
 scripts; shell arrays (``"${COMMON[@]}"``) are expanded from their definitions.
 Parsing validates names, choices and types without running anything; the cron
-examples and the demo also run for real (test_lifecycle.py, test_cli.py).
+examples and the demo also run for real (test_lifecycle.py, test_cli.py), and so
+does every command on a Milvus Lite file (test_documented_runs.py).
 """
 
 from __future__ import annotations

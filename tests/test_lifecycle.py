@@ -280,29 +280,55 @@ def test_help_states_the_ranges() -> None:
         assert rng in text, rng
 
 
-def test_a_lite_file_in_use_is_named_as_such(tmp_path: Path) -> None:
-    db = tmp_path / "busy.db"  # made and held by another process from the start
+def test_a_lite_file_in_use_is_named_as_such(tmp_path: Path, artifact: Artifact) -> None:
+    """Every command that opens the store, while a second process holds the Lite file.
+
+    The holder makes the file itself: this process would hold any file it opened.
+    """
+    db = str(tmp_path / "busy.db")
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import sys, time\nfrom pymilvus import MilvusClient\n"
-            f"MilvusClient({str(db)!r})\nprint('open', flush=True)\ntime.sleep(120)",
+            f"client = MilvusClient({db!r})\n"
+            "client.create_collection('digits__v1', dimension=32)\n"
+            "client.create_alias('digits__v1', 'digits')\n"
+            "print('open', flush=True)\ntime.sleep(300)",
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
+    adapter = ["--adapter", str(artifact.path)]
+    commands = {
+        "evolve": ["evolve", "--uri", db, "--collection", "digits", *adapter],
+        "verify": ["verify", "--uri", db, "--collection", "digits", *adapter],
+        "status": ["status", "--uri", db],
+        "history": ["history", "--uri", db],
+        "rollback": ["rollback", "--uri", db, "--collection", "digits"],
+        "prune": ["prune", "--uri", db, "--collection", "digits__v1", "--yes"],
+    }
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        result = subprocess.run(
-            [sys.executable, "-m", "dmu_migrate", "status", "--uri", str(db)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 4, result.stderr
-        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-        assert "is in use by another process" in result.stderr, result.stderr
+        for name, args in commands.items():
+            result = subprocess.run(
+                [sys.executable, "-m", "dmu_migrate", *args],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert result.returncode == 4, (name, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and result.stdout == "", (name, result.stderr)
+            # Names the file, the process that holds it, and what to do.
+            assert f"Milvus Lite file '{db}' is in use by process {holder.pid} (" in lines[0], (
+                name,
+                lines[0],
+            )
+            assert "wait for that process to finish" in lines[0], lines[0]
     finally:
         holder.kill()
         holder.wait(timeout=30)
+    # Nothing was written while it was held; once released the file opens as before.
+    assert cli("status", "--uri", db).exit_code == 0
+    assert not MilvusClient(db).has_collection("digits__v2")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from dmu_migrate.errors import InputError, NothingToDo
+from dmu_migrate.errors import AccessDenied, InputError, NothingToDo
 from dmu_migrate.evolve import IN_PLACE, NEW_COLLECTION, STRATEGIES
 from dmu_migrate.evolve import NEW_FIELD as NEW_FIELD  # the strategies import it from here
 from dmu_migrate.evolve.ledger import PRUNED, Ledger, Record
@@ -295,8 +295,11 @@ def resolve_alias(store: VectorStore, info: CollectionInfo, alias: str | None) -
     except Exception as exc:  # the store refused the name itself
         from dmu_migrate.evolve.retry import client_error
 
-        if client_error(exc, "") is None:
+        mapped = client_error(exc, "")
+        if mapped is None:
             raise
+        if isinstance(mapped, AccessDenied):  # the user, not the name, was refused
+            raise mapped from exc
         raise InputError(
             f"--alias '{alias}' is not a name '{store.uri}' accepts "
             f"({' '.join(str(exc).split())[:160]}); use letters, digits and underscores"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dmu_migrate.errors import StoreError
+from dmu_migrate.stores.access import access_error, denial
 from dmu_migrate.stores.base import redact
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ class RetryPolicy:
 
 def is_transient(exc: BaseException | None) -> bool:
     """True when this error, or one it was raised from, is a passing failure."""
+    if denial(exc) is not None:
+        # A refused login wears pymilvus's "cannot connect" code 2; waiting never fixes it.
+        return False
     seen = 0
     while exc is not None and seen < 10:
         if _transient_one(exc):
@@ -120,6 +124,9 @@ _CLIENT_MODULES = ("pymilvus", "milvus_lite", "qdrant_client", "grpc", "httpx", 
 
 def client_error(exc: BaseException, what: str) -> StoreError | None:
     """A store client's (or the disk's) failure as one line naming the step; None for bugs."""
+    denied = access_error(exc, "the store", what)
+    if denied is not None:
+        return denied
     module = type(exc).__module__ or ""
     if isinstance(exc, OSError) or module.split(".")[0] in _CLIENT_MODULES:
         return StoreError(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -14,7 +13,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.client.types import LoadState
 
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.stores import milvus_columns, milvus_partitions, milvus_schema
+from dmu_migrate.stores import access, lite_lock, milvus_columns, milvus_partitions, milvus_schema
 from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
     PARTITION_KEY,
@@ -46,44 +45,18 @@ def _one_line(text: str) -> str:
 _literal = milvus_columns.literal
 
 
-def _lite_locked(path: str) -> bool:
-    """Whether another process holds the Milvus Lite file (its data directory's LOCK)."""
-    import fcntl  # Milvus Lite itself runs on Unix only
-
-    lock = os.path.join(path, "LOCK")
-    if not os.path.exists(lock):
-        return False
-    fd = os.open(lock, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing drops a lock we took
-    return False
-
-
-def _open_failure(uri: str, token: str | None, text: str) -> str:
+def _open_failure(uri: str, token: str | None, exc: Exception) -> StoreError:
     """Why a store did not open, named: a Lite file in use, credentials, or the address."""
     where = redact(uri)
-    if uri.endswith(".db") and _lite_locked(uri):
-        return (
-            f"Milvus Lite file '{where}' is in use by another process (a Lite file opens in one "
-            f"process at a time); wait for that process to finish, then run again"
-        )
-    lowered = text.lower()
-    if any(w in lowered for w in ("auth", "credential", "password", "permission denied")):
-        return (
-            f"Milvus at '{where}' refused the credentials ({text}); check --token or DMU_TOKEN "
-            f"(user:password or an API key)"
-        )
-    if token and "illegal connection params" in lowered:
-        # What pymilvus says when a server rejects a user or password at connect time.
-        return (
-            f"Milvus at '{where}' rejected the connection with the given credentials, or is "
-            f"unavailable ({text}); check --token or DMU_TOKEN (user:password), then --uri"
-        )
-    return f"cannot open Milvus at '{where}' ({text}); check --uri"
+    if uri.endswith(".db") and lite_lock.locked(uri):
+        return StoreError(lite_lock.in_use(uri, where))
+    # pymilvus also takes user:password from the URI (http://user:password@host:19530).
+    given = bool(token) or "@" in uri.split("://", 1)[-1].split("/", 1)[0]
+    denied = access.access_error(exc, f"Milvus at '{where}'", token_given=given)
+    if denied is not None:
+        return denied
+    text = redact(_one_line(exc.message if isinstance(exc, MilvusException) else str(exc)))
+    return StoreError(f"cannot open Milvus at '{where}' ({text}); check --uri")
 
 
 def _and(*exprs: str | None) -> str:
@@ -117,8 +90,7 @@ class MilvusStore:
         try:
             client = MilvusClient(uri=uri, token=token or "")
         except Exception as exc:  # connection errors surface as many types
-            text = _one_line(exc.message if isinstance(exc, MilvusException) else str(exc))
-            raise StoreError(_open_failure(uri, token, redact(text))) from exc
+            raise _open_failure(uri, token, exc) from exc
         return cls(client, uri)
 
     def close(self) -> None:

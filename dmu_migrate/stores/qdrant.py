@@ -11,7 +11,10 @@ Conventions that map Qdrant onto the store protocol:
   ``VECTOR_KEY_PREFIX + name`` as float32 arrays (None where the point lacks one),
   so that ``write_rows`` preserves them; payload keys and vector names live in
   separate namespaces in Qdrant, hence a prefix rather than the bare name.
-- A payload value that is None is written back as an absent key.
+- A payload column holds None both where a point lacks the key and where its
+  value is JSON null; the keys whose value is null travel per point in
+  ``Batch.fields[NULL_KEYS]``, so that null stays null and absent stays absent
+  (Qdrant's ``is_null`` and ``is_empty`` filters tell them apart).
 - Cosine collections store unit-normalised vectors (Qdrant normalises on write).
 """
 
@@ -29,7 +32,7 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.stores import qdrant_schema
+from dmu_migrate.stores import access, qdrant_schema
 from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
     TAG_FIELDS,
@@ -47,6 +50,7 @@ from dmu_migrate.stores.filters import parse_filter
 
 log = logging.getLogger(__name__)
 
+NULL_KEYS = "__null_keys__"  # Batch.fields column: each point's payload keys set to null
 _METRICS = {"Cosine": "COSINE", "Dot": "IP", "Euclid": "L2"}
 _DISTANCES = {v: k for k, v in _METRICS.items()}
 _LEDGER_NS = uuid.UUID("5b0f3c1e-6d3a-4f4e-9a55-0d6d6b1f7a10")  # ledger point ids: uuid5(key)
@@ -142,6 +146,10 @@ class QdrantStore:
         except (InputError, StoreError):
             raise
         except Exception as exc:  # grpc, http and local-mode errors share no base class
+            # A wrong or read-only API key (a server only; local mode has no keys).
+            denied = access.access_error(exc, f"Qdrant at '{self.uri}'", what)
+            if denied is not None:
+                raise denied from exc
             detail = getattr(exc, "details", None)
             text = detail() if callable(detail) else str(exc)
             text = redact(" ".join(str(text).split())[:300])
@@ -283,7 +291,12 @@ class QdrantStore:
                     # Sparse vectors stay SparseVector models: they are written back as read.
                     sparse = isinstance(vec, models.SparseVector)
                     column[i] = vec if sparse else np.asarray(vec, dtype=np.float32)
-        fields = {k: [(r.payload or {}).get(k) for r in records] for k in payload_keys}
+        fields: dict[str, list[Any]] = {
+            k: [(r.payload or {}).get(k) for r in records] for k in payload_keys
+        }
+        nulls = [tuple(k for k, v in (r.payload or {}).items() if v is None) for r in records]
+        if any(nulls):
+            fields[NULL_KEYS] = nulls
         fields.update(others)
         return Batch(
             _ids_array(name, [r.id for r in records]),
@@ -415,11 +428,15 @@ class QdrantStore:
             if k.startswith(VECTOR_KEY_PREFIX)
         }
         payload_cols = {
-            k: v for k, v in batch.fields.items() if not k.startswith(VECTOR_KEY_PREFIX)
+            k: v
+            for k, v in batch.fields.items()
+            if not k.startswith(VECTOR_KEY_PREFIX) and k != NULL_KEYS
         }
+        nulls = batch.fields.get(NULL_KEYS) or [()] * len(batch)
         points = []
         for i, row_id in enumerate(batch.ids.tolist()):
             payload = {k: _plain(v[i]) for k, v in payload_cols.items() if v[i] is not None}
+            payload.update(dict.fromkeys(nulls[i]))  # null stays null; absent stays absent
             payload.update(tags)
             vec: Any = vectors[i]
             if named or field != "":
