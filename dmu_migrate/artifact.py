@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,15 +126,16 @@ def write_manifest(directory: Path, manifest: Manifest) -> Path:
 
     The manifest is written to a temporary name and renamed, so a crash leaves
     either no artifact or a complete one, never a manifest pointing at
-    half-written models.
+    half-written models. ``manifest`` itself is left as it is: it may be the
+    manifest of a loaded artifact whose files are elsewhere.
     """
-    manifest.files = {
+    files = {
         name: file_sha256(directory / name)
         for name in (ADAPTER, NEW_MODEL, BACKFILL_SCORE)
         if (directory / name).exists()
     }
     tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(manifest.to_json() + "\n")
+    tmp.write_text(replace(manifest, files=files).to_json() + "\n")
     tmp.replace(directory / MANIFEST)
     return directory / MANIFEST
 

@@ -170,3 +170,14 @@ def test_check_version_id_rejects(value: str) -> None:
 def test_check_version_id_rejects_trailing_newline() -> None:
     with pytest.raises(InputError):
         check_version_id("v2\n", "--to-version")
+
+
+def test_write_manifest_leaves_the_given_manifest_alone(tmp_path: Path) -> None:
+    """Copying a loaded artifact without one of its files must not change the loaded one."""
+    source = load_artifact(make_artifact(tmp_path / "a", with_new_model=True))
+    copy = tmp_path / "b"
+    copy.mkdir()
+    (copy / ADAPTER).write_bytes(ADAPTER_BYTES)
+    write_manifest(copy, source.manifest)
+    assert source.new_model_path is not None  # still listed in the loaded artifact
+    assert load_artifact(copy).new_model_path is None
