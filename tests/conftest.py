@@ -250,3 +250,17 @@ def ray_cluster() -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def evolve_args(gallery: Gallery, artifact: Artifact, *more: str) -> list[str]:
+    """The CLI arguments of an evolve of the digits gallery through ``artifact``."""
+    return [
+        "evolve",
+        "--collection",
+        "digits",
+        "--adapter",
+        str(artifact.path),
+        "--uri",
+        str(gallery.db),
+        *more,
+    ]

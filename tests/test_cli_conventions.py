@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import typer
-from conftest import Digits, Gallery
+from conftest import Digits, Gallery, evolve_args
 from pymilvus import MilvusClient
 from typer.testing import CliRunner
 
@@ -24,19 +24,6 @@ from dmu_migrate.cli import app
 from dmu_migrate.stores.base import open_store, store_kind, store_token
 
 runner = CliRunner()
-
-
-def evolve_args(gallery: Gallery, artifact: Artifact, *extra: str) -> list[str]:
-    return [
-        "evolve",
-        "--collection",
-        "digits",
-        "--adapter",
-        str(artifact.path),
-        "--uri",
-        str(gallery.db),
-        *extra,
-    ]
 
 
 def test_version() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Gallery, read_all
+from conftest import Gallery, evolve_args, read_all
 from pymilvus import MilvusClient
 from test_cli import assert_clean_error
 from typer.testing import CliRunner, Result
@@ -25,19 +25,6 @@ runner = CliRunner()
 
 def cli(*args: str) -> Result:
     return runner.invoke(app, list(args))
-
-
-def evolve_args(gallery: Gallery, artifact: Artifact, *more: str) -> list[str]:
-    return [
-        "evolve",
-        "--collection",
-        "digits",
-        "--adapter",
-        str(artifact.path),
-        "--uri",
-        str(gallery.db),
-        *more,
-    ]
 
 
 def verify_args(gallery: Gallery, artifact: Artifact) -> list[str]:
