@@ -36,7 +36,7 @@ from dmu_migrate.metrics import (
     retrieval_scores,
     tar_at_far,
 )
-from dmu_migrate.quality import Verdict, verdict
+from dmu_migrate.quality import Verdict, transition_hint, verdict
 
 SETTINGS = ("old->old", "new->old", "new->evolved", "new->mixed", "new->new")
 FUSED = "fused"  # transition mode, when the artifact carries fitted weights
@@ -74,6 +74,7 @@ class EvalReport:
             ),
             "derived": self.derived.as_dict(),
             "verdict": self.verdict.line,
+            "transition_hint": self.transition_hint,
             "backfill": self.backfill.as_dict() if self.backfill is not None else None,
         }
 
@@ -82,6 +83,14 @@ class EvalReport:
         """Deploy or not: new->evolved against old->old on this table."""
         figures = {k: {"R@1": s.recall[1], "mAP": s.mean_ap} for k, s in self.scores.items()}
         return verdict(figures, Path(self.table).name)
+
+    @property
+    def transition_hint(self) -> str | None:
+        """When the evolved gallery loses to old->old here but the fused one wins."""
+        if self.verdict.deploy is not False or "fused" not in self.scores:
+            return None
+        figures = {k: {"R@1": s.recall[1]} for k, s in self.scores.items()}
+        return transition_hint({"fusion": figures["fused"], "settings": figures}, self.artifact)
 
 
 def new_embeddings(

@@ -98,12 +98,36 @@ def verdict(figures: Mapping[str, Mapping[str, float]] | None, where: str) -> Ve
     return Verdict(False, f"do not deploy: {numbers}")
 
 
-def check_gate(name: str, figures: Mapping[str, Mapping[str, float]] | None) -> Verdict:
-    """Refuse a regression with a one-line error naming both numbers and the way past it."""
+def transition_hint(quality: Mapping[str, object] | None, artifact: str) -> str | None:
+    """The way forward when the evolved gallery loses to today's system but the transition
+    mode (old and evolved vectors side by side, docs/method.md) was validated above it."""
+    if not quality:
+        return None
+    fusion, figures = quality.get("fusion"), quality.get("settings")
+    if not isinstance(fusion, Mapping) or not isinstance(figures, Mapping):
+        return None
+    floor = figures.get(FLOOR_SETTING)
+    if not isinstance(floor, Mapping) or fusion.get(METRIC, 0.0) <= floor.get(METRIC, 1.0):
+        return None
+    return (
+        f"the transition mode beats it (fused {100 * fusion[METRIC]:.1f} > "
+        f"{FLOOR_SETTING} {100 * floor[METRIC]:.1f} {METRIC}): run "
+        f"'dmu-migrate transition --adapter {artifact}' and evolve with its -transition artifact"
+    )
+
+
+def check_gate(
+    name: str,
+    figures: Mapping[str, Mapping[str, float]] | None,
+    hint: str | None = None,
+) -> Verdict:
+    """Refuse a regression with a one-line error naming both numbers and the way past it
+    (``hint``: the transition mode, when it was validated above the floor)."""
     result = verdict(figures, f"validated at training of '{name}'")
     if result.deploy is False:
+        way = f"{hint}; or retrain" if hint else "retrain"
         raise QualityGateError(
             f"adapter '{name}' would make search worse: {result.line.removeprefix('do not deploy: ')}; "
-            f"retrain (see docs/method.md) or pass --accept-regression to move the alias anyway"
+            f"{way} (see docs/method.md) or pass --accept-regression to move the alias anyway"
         )
     return result

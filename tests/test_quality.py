@@ -18,7 +18,7 @@ from dmu_migrate.cli import app
 from dmu_migrate.errors import QualityGateError
 from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.metrics import l2_normalize
-from dmu_migrate.quality import check_gate, fit_fusion, measure, verdict
+from dmu_migrate.quality import check_gate, fit_fusion, measure, transition_hint, verdict
 from dmu_migrate.training.transition import fuse_gallery, fuse_query, make_transition
 
 runner = CliRunner()
@@ -52,6 +52,22 @@ def test_measure_and_verdict_follow_the_numbers() -> None:
     assert verdict(None, "t").deploy is None
 
 
+def test_a_refusal_points_at_the_transition_mode_only_where_it_was_validated_above() -> None:
+    figures = {"old->old": {"R@1": 0.9}, "new->evolved": {"R@1": 0.5}}
+    above = {"settings": figures, "fusion": {"R@1": 0.95, "a": 0.5, "b": 0.5}}
+    hint = transition_hint(above, "adapters/a")
+    assert hint is not None and "95.0 > old->old 90.0" in hint
+    assert "dmu-migrate transition --adapter adapters/a" in hint
+    with pytest.raises(
+        QualityGateError, match="transition --adapter adapters/a.*--accept-regression"
+    ):
+        check_gate("a", figures, hint)
+    below = {"settings": figures, "fusion": {"R@1": 0.9, "a": 0.5, "b": 0.5}}
+    assert transition_hint(below, "adapters/a") is None  # a tie does not beat the floor
+    assert transition_hint({"settings": figures}, "adapters/a") is None
+    assert transition_hint(None, "adapters/a") is None
+
+
 def test_fusion_weights_recover_the_better_half() -> None:
     clean, labels = clustered(40, 4, 16, 0.3, 0)
     noisy = clean + 3.0 * np.random.default_rng(1).normal(size=clean.shape)
@@ -69,13 +85,15 @@ def test_training_records_the_gate_figures(artifact: Artifact) -> None:
     assert q["fusion"]["a"] + q["fusion"]["b"] == pytest.approx(1.0)
 
 
-def regressed(artifact: Artifact, root: Path) -> Artifact:
-    """A copy of the artifact whose validated figures put new->evolved below old->old."""
-    copy = root / "regressed"
+def regressed(artifact: Artifact, root: Path, fused: float = 0.8) -> Artifact:
+    """A copy of the artifact whose validated figures put new->evolved below old->old
+    (and the transition mode at ``fused``)."""
+    copy = root / f"regressed-{fused}"
     shutil.copytree(artifact.path, copy)
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["quality"]["settings"]["old->old"]["R@1"] = 0.9
     manifest["quality"]["settings"]["new->evolved"]["R@1"] = 0.5
+    manifest["quality"]["fusion"]["R@1"] = fused
     (copy / MANIFEST).write_text(json.dumps(manifest))
     return load_artifact(copy)
 
@@ -95,6 +113,7 @@ def test_evolve_refuses_a_regression_and_writes_nothing(
     ]
     refused = cli(*args)
     assert_clean_error(refused, 6, "would make search worse", "50.0", "90.0", "--accept-regression")
+    assert "transition" not in refused.output  # fused 80.0 does not beat old->old either
     client = MilvusClient(str(gallery.db))
     assert not client.has_collection("digits__v2")
     assert client.describe_alias("digits")["collection_name"] == "digits__v1"
@@ -107,6 +126,21 @@ def test_evolve_refuses_a_regression_and_writes_nothing(
     assert accepted.exit_code == 0, accepted.output
     client = MilvusClient(str(gallery.db))
     assert client.describe_alias("digits")["collection_name"] == "digits__v2"
+    client.close()
+
+
+def test_a_refused_upgrade_names_the_transition_mode_when_it_beats_the_floor(
+    gallery: Gallery, artifact: Artifact, tmp_path: Path
+) -> None:
+    bad = regressed(artifact, tmp_path, fused=0.95)
+    refused = cli(
+        "evolve", "--collection", "digits", "--adapter", str(bad.path), "--uri", str(gallery.db)
+    )
+    assert_clean_error(
+        refused, 6, "fused 95.0 > old->old 90.0", f"dmu-migrate transition --adapter {bad.path}"
+    )
+    client = MilvusClient(str(gallery.db))
+    assert not client.has_collection("digits__v2")
     client.close()
 
 

@@ -165,6 +165,8 @@ def evaluate(
             out.print(f"chart: {plot}")
         if curve_chart is not None:
             out.print(f"partial-backfill chart: {curve_chart}")
+        if report.transition_hint:  # before the verdict: the verdict stays the last line
+            out.print(report.transition_hint)
         out.print(report.verdict.line)
 
 

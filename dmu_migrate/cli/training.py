@@ -28,6 +28,7 @@ from dmu_migrate.cli.common import (
     user_errors,
 )
 from dmu_migrate.data import Columns
+from dmu_migrate.quality import transition_hint
 
 # Not a TrainConfig field: it changes speed, not the result, so --resume accepts any value.
 TorchThreads = Annotated[
@@ -164,6 +165,9 @@ def train(
             )
         if m.quality:
             out.print("  " + m.quality["verdict"])
+            hint = transition_hint(m.quality, str(report.artifact.path))
+            if hint and m.quality["verdict"].startswith("do not deploy"):
+                out.print("  " + hint)
         for key, value in m.parity.items():
             out.print(f"  onnxruntime vs torch {key}: {value:.2e}")
 

@@ -13,7 +13,7 @@ from dmu_migrate.evolve import IN_PLACE, NEW_COLLECTION, STRATEGIES
 from dmu_migrate.evolve import NEW_FIELD as NEW_FIELD  # the strategies import it from here
 from dmu_migrate.evolve.ledger import PRUNED, Ledger, Record
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.quality import check_gate, verdict
+from dmu_migrate.quality import check_gate, transition_hint, verdict
 from dmu_migrate.stores.base import TAG_FROM, TAG_ORIGIN, TAG_VERSION, CollectionInfo, VectorStore
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ def gate(chain: AdapterChain, accept_regression: bool) -> None:
             if result.deploy is False:
                 log.warning("--accept-regression: %s", result.line)
             continue
-        result = check_gate(artifact.manifest.name, artifact.validated)
+        hint = transition_hint(artifact.manifest.quality, str(artifact.path))
+        result = check_gate(artifact.manifest.name, artifact.validated, hint)
         if result.deploy is None:
             log.warning("adapter '%s': %s", artifact.manifest.name, result.line)
 
