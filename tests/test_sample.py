@@ -30,7 +30,8 @@ from dmu_migrate.data import read_table
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.sample import ID_COLUMN, priorities, sample_collection
 
-pytestmark = pytest.mark.timeout(300)
+# 600: a test on the Milvus server may first wait for another run to release it.
+pytestmark = pytest.mark.timeout(600)
 runner = CliRunner()
 N, DIM = 600, 16
 
