@@ -51,6 +51,8 @@ def elsewhere(where: str, args: list[str]) -> str | None:
         return "test_backfill_commands.py::test_backfill_writes_native_rows_that_cron_evolve_keeps_and_verify_accepts"
     if command in ("plan-backfill", "backfill"):
         return "test_backfill_commands.py (every store, through the CLI; needs a plan and vectors)"
+    if "faces_v2" in args:  # the own-collection walk-through's alias for the new encoder
+        return "test_sample.py::test_the_readme_walk_through_runs_on_a_lite_file"
     if command == "evolve" and "--shards" in args:
         return "test_cli_shards.py (--shards and --workers on the Milvus server)"
     return None

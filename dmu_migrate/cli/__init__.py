@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from dmu_migrate.cli import admin, backfill, evaluation, logs, migration, training
+from dmu_migrate.cli import admin, backfill, evaluation, logs, migration, sampling, training
 
 app = typer.Typer(
     help="Upgrade the embedding model behind a vector database without backfilling.",
@@ -59,6 +59,7 @@ app.command()(admin.prune)
 app.command()(training.demo)
 app.command("plan-backfill")(backfill.plan_backfill)
 app.command()(backfill.backfill)
+app.command()(sampling.sample)
 
 # Last, so that every command registered above also takes -v/-q after its name.
 for _command in app.registered_commands:
