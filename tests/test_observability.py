@@ -83,6 +83,18 @@ def test_metrics_file_holds_the_runs_numbers_and_survives_a_failure(
     success = value(samples, "last_success_timestamp_seconds")
     assert abs(success - value(samples, "run_timestamp_seconds")) < 1e-6
 
+    # verify reports its own numbers the same way.
+    checked_prom = tmp_path / "textfile" / "verify.prom"
+    verify_args = ["verify", *evolve_args(gallery, artifact)[1:], "--json"]
+    checked = runner.invoke(app, [*verify_args, "--metrics-file", str(checked_prom)])
+    assert checked.exit_code == 0, checked.output
+    report = json.loads(checked.stdout)
+    verified = parse(checked_prom.read_text())
+    assert value(verified, "run_outcome", command="verify", outcome="done") == 1
+    assert value(verified, "verify_target_rows") == report["target_rows"]
+    assert value(verified, "verify_source_rows") == report["source_rows"]
+    checked_prom.unlink()
+
     # A failing run (no such collection): error outcome, its exit code, the old success kept.
     args = evolve_args(gallery, artifact, "--metrics-file", str(prom))
     args[args.index("digits")] = "no_such"
@@ -141,3 +153,16 @@ def test_text_logs_are_unchanged_and_a_bad_format_is_named(
     bad = runner.invoke(app, ["--log-format", "yaml", *evolve_args(gallery, artifact)])
     assert bad.exit_code == 2
     assert "--log-format must be text or json, got 'yaml'" in bad.stderr
+
+
+def test_an_unwritable_metrics_path_is_refused_before_the_run(
+    gallery: Gallery, artifact: Artifact, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-dir" / "dmu.prom"
+    refused = runner.invoke(app, [*evolve_args(gallery, artifact), "--metrics-file", str(missing)])
+    assert refused.exit_code == 2
+    assert (
+        refused.stderr.startswith("error: --metrics-file ") and "does not exist" in refused.stderr
+    )
+    assert "Traceback" not in refused.output
+    assert not missing.parent.exists()

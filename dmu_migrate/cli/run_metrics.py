@@ -106,6 +106,11 @@ def recorded(
     """Yield a Run for the command to fill; write ``path`` however the command ends."""
     run = Run()
     start, code = time.monotonic(), 0
+    if path is not None:
+        from dmu_migrate.cli.common import user_errors
+
+        with user_errors():  # refused before the run, not after hours of work
+            _check_writable(path)
     try:
         yield run
     except typer.Exit as exc:
@@ -120,7 +125,44 @@ def recorded(
     finally:
         if path is not None:
             run.labels = {"command": command, **labels}
-            write(path, run, code, time.monotonic() - start, outcomes)
+            _write_or_say(path, run, code, time.monotonic() - start, outcomes)
+
+
+def _write_or_say(
+    path: Path, run: Run, code: int, seconds: float, outcomes: tuple[str, ...]
+) -> None:
+    """Write the file; if the directory went away meanwhile, one error line (exit 2 if none yet)."""
+    from dmu_migrate.cli.common import print_error
+    from dmu_migrate.errors import InputError
+
+    try:
+        write(path, run, code, seconds, outcomes)
+    except (InputError, OSError) as exc:
+        print_error(str(exc) if isinstance(exc, InputError) else _unwritable(path, exc))
+        if code == 0:
+            raise typer.Exit(2) from None
+
+
+def _unwritable(path: Path, exc: OSError) -> str:
+    return (
+        f"--metrics-file {path}: cannot write in {path.parent} ({exc.strerror or exc}); "
+        "give a path in a writable directory"
+    )
+
+
+def _check_writable(path: Path) -> None:
+    from dmu_migrate.errors import InputError
+
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputError(
+            f"--metrics-file {path} is a directory; give a file path such as {path / 'dmu-migrate.prom'}"
+        )
+    if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+        raise InputError(
+            f"--metrics-file {path}: directory {directory} does not exist or is not writable; "
+            "create it or give a path in a writable directory"
+        )
 
 
 def write(path: Path, run: Run, code: int, seconds: float, outcomes: tuple[str, ...]) -> None:
@@ -186,10 +228,7 @@ def _replace(path: Path, text: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise InputError(
-            f"--metrics-file {path}: cannot write in {directory} ({exc.strerror}); "
-            "give a path in a writable directory"
-        ) from None
+        raise InputError(_unwritable(path, exc)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -250,6 +289,15 @@ def evolve_numbers(result: Any) -> None:
         )
     if result.verify is not None:
         verify_numbers(result.verify, **where)
+
+
+def verify_result(report: Any, target: str) -> None:
+    """The verify command's report: it passed (a failure raises before this)."""
+    active().outcome = "done"
+    active().add(
+        "verify_source_rows", "gauge", "Rows in the source.", report.source_rows, target=target
+    )
+    verify_numbers(report, target=target)
 
 
 def verify_numbers(report: Any, **where: str) -> None:
