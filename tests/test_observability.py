@@ -6,7 +6,9 @@ back with a small parser of the Prometheus text format written here."""
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sys
 from pathlib import Path
 
 from conftest import Gallery, evolve_args
@@ -14,6 +16,8 @@ from typer.testing import CliRunner
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.cli import app
+from dmu_migrate.cli.jsonlog import JsonFormatter
+from dmu_migrate.cli.run_metrics import Run, write
 
 runner = CliRunner()
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
@@ -166,3 +170,32 @@ def test_an_unwritable_metrics_path_is_refused_before_the_run(
     )
     assert "Traceback" not in refused.output
     assert not missing.parent.exists()
+
+
+def test_a_traceback_is_folded_into_one_json_line() -> None:
+    record = logging.LogRecord(
+        "dmu_migrate.x", logging.ERROR, __file__, 1, "failed %s", ("x",), None
+    )
+    try:
+        raise ValueError("first\nsecond")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    record.collection = "faces"
+    text = JsonFormatter().format(record)
+    assert "\n" not in text
+    parsed = json.loads(text)
+    assert parsed["msg"] == "failed x" and parsed["collection"] == "faces"
+    assert "Traceback" in parsed["exc"] and "ValueError: first\nsecond" in parsed["exc"]
+
+
+def test_label_values_are_escaped_and_the_file_replaced_whole(tmp_path: Path) -> None:
+    prom = tmp_path / "odd.prom"
+    prom.write_text("dmu_migrate_last_success_timestamp_seconds 1234.5\n")
+    run = Run(labels={"command": "evolve", "collection": 'a"b\\c\nd'})
+    run.add("run_rows_written_total", "counter", "Rows.", 7, target="t")
+    write(prom, run, 4, 1.5, ("done",))
+    samples = parse(prom.read_text())
+    assert value(samples, "run_rows_written_total", collection='a"b\\c\nd', target="t") == 7
+    assert value(samples, "last_success_timestamp_seconds") == 1234.5  # exit 4: kept
+    assert value(samples, "run_outcome", outcome="error") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.prom"]

@@ -51,7 +51,7 @@ class Run:
     """What a command hands to the metrics file: its outcome and its measured numbers."""
 
     outcome: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)  # e.g. target, known once it ran
+    labels: dict[str, str] = field(default_factory=dict)  # command and its label options
     values: list[tuple[str, str, str, dict[str, str], float]] = field(default_factory=list)
 
     def add(self, name: str, kind: str, help: str, value: float, **labels: str) -> None:
