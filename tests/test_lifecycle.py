@@ -216,6 +216,7 @@ def cron_commands() -> dict[str, list[str]]:
 def localise(args: list[str], gallery: Gallery, artifact: Artifact) -> list[str]:
     """The same command against the test's Milvus Lite file and artifact."""
     swap = {"--collection": "digits", "--adapter": str(artifact.path), "--uri": str(gallery.db)}
+    swap["--metrics-file"] = str(gallery.db.parent / "dmu-migrate.prom")
     out: list[str] = []
     take = None
     for arg in args:

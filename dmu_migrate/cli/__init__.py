@@ -36,6 +36,7 @@ def _version(show: bool) -> None:
 def configure(
     verbose: logs.Verbose = 0,
     quiet: logs.Quiet = False,
+    log_format: logs.LogFormat = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -44,7 +45,7 @@ def configure(
     ] = False,
 ) -> None:
     """Upgrade the embedding model behind a vector database without backfilling."""
-    logs.GLOBAL.update(verbose=verbose, quiet=quiet)
+    logs.GLOBAL.update(verbose=verbose, quiet=quiet, log_format=log_format)
 
 
 app.command()(training.train)
@@ -61,7 +62,7 @@ app.command("plan-backfill")(backfill.plan_backfill)
 app.command()(backfill.backfill)
 app.command()(sampling.sample)
 
-# Last, so that every command registered above also takes -v/-q after its name.
+# Last, so that every command registered above also takes -v/-q/--log-format after its name.
 for _command in app.registered_commands:
     _command.callback = logs.with_output_flags(_command.callback)  # type: ignore[arg-type]
 

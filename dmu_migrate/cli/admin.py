@@ -11,11 +11,13 @@ import typer
 
 from dmu_migrate.cli.common import AsJson, choices, out, user_errors
 from dmu_migrate.cli.migration import Adapters, Collection, Token, Uri, build_plan, opened
+from dmu_migrate.cli.run_metrics import reported, verify_result
 from dmu_migrate.cli.views import history_view, status_view
 from dmu_migrate.errors import StoreError
 from dmu_migrate.evolve import NEW_COLLECTION, STRATEGIES
 
 
+@reported("verify", ("done",), "collection")
 def verify(
     collection: Collection,
     adapter: Adapters,
@@ -68,6 +70,7 @@ def verify(
             ids = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
             writer = make_strategy(store, plan, snapshot_root)
             report = run_verify(store, plan, writer, ids, skipped)
+        verify_result(report, plan.target)
         if as_json:
             out.print_json(json.dumps({"migration": plan.key, **report.as_dict()}))
             return

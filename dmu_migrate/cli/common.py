@@ -84,6 +84,12 @@ def say(message: str) -> None:
 
 
 def print_error(message: str) -> None:
+    from dmu_migrate.cli import jsonlog, logs
+
+    if logs.LOG_FORMAT == "json":  # the same one line, as a record a log collector parses
+        err.file.write(jsonlog.line("ERROR", "dmu_migrate.cli", message) + "\n")
+        err.file.flush()
+        return
     err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
@@ -139,6 +145,9 @@ class _Progress(Progress):
             total,
             info,
             f" ({rate:,.1f}/s)" if rate else "",
+            # The same numbers as fields, for --log-format json.
+            extra={"task": task.description, "rows": task.completed, "total": task.total}
+            | ({"rate": round(rate, 1)} if rate else {}),
         )
 
 

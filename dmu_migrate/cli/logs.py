@@ -6,6 +6,9 @@ both count (``-v -v`` anywhere is ``-vv``). Our own modules log progress at
 log failed calls that are normal states here (an alias that does not exist
 yet) and the real failures come out as our own one-line errors, so their
 records only show at -vv, and then as one line without a traceback.
+``--log-format json`` (also before or after the command) writes every record,
+warnings included, as one JSON line (cli/jsonlog.py) for a scheduled run's log
+collector.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _ROOT_LEVEL: list[int] = []  # the root level before -v changed it
 VERBOSE = 0  # -v count, before and after the command together
 QUIET = False  # -q: errors only
+LOG_FORMAT = "text"  # or "json": one JSON object per record and per error line
 # What the app's callback saw before the command name; the command adds its own.
-GLOBAL: dict[str, Any] = {"verbose": 0, "quiet": False}
+GLOBAL: dict[str, Any] = {"verbose": 0, "quiet": False, "log_format": None}
 
 
 Verbose = Annotated[
@@ -64,6 +68,17 @@ Quiet = Annotated[
     ),
 ]
 
+LogFormat = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        help="Log records and errors on stderr as text (default) or json: one JSON object a "
+        "line, for log collectors (also before the command).",
+        metavar="[text|json]",
+        show_default=False,
+    ),
+]
+
 
 class _OneLine(logging.Filter):
     """Client records reach stderr at -vv only, as their first line and without a traceback."""
@@ -79,10 +94,18 @@ class _OneLine(logging.Filter):
         return True
 
 
-def configure(verbose: int, quiet: bool) -> None:
+def configure(verbose: int, quiet: bool, log_format: str | None = None) -> None:
     """Set this invocation's verbosity; every invocation sets it anew (tests run many)."""
-    global VERBOSE, QUIET
-    from dmu_migrate.cli import common
+    global VERBOSE, QUIET, LOG_FORMAT
+    from dmu_migrate.cli import common, jsonlog
+
+    LOG_FORMAT = "text"
+    if log_format is not None and log_format not in jsonlog.FORMATS:
+        from dmu_migrate.errors import InputError
+
+        with common.user_errors():
+            raise InputError(f"--log-format must be text or json, got {log_format!r}")
+    LOG_FORMAT = log_format or "text"
 
     if verbose and quiet:
         from dmu_migrate.errors import InputError
@@ -99,14 +122,18 @@ def configure(verbose: int, quiet: bool) -> None:
         root.removeHandler(old)
     if _ROOT_LEVEL:
         root.setLevel(_ROOT_LEVEL.pop())
-    if verbose:
+    # Without -v, text leaves warnings to Python's last-resort handler (plain lines);
+    # json installs its handler anyway so that those come out as JSON too.
+    if verbose or LOG_FORMAT == "json":
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(FORMAT))
+        json_lines = LOG_FORMAT == "json"
+        handler.setFormatter(jsonlog.JsonFormatter() if json_lines else logging.Formatter(FORMAT))
         handler.addFilter(_OneLine())
         handler.dmu_migrate = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         _ROOT_LEVEL.append(root.level)
-        root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+        if verbose:
+            root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     client_logs()
 
 
@@ -125,16 +152,30 @@ def client_logs() -> None:
 
 
 def with_output_flags(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``command`` that also takes -v/-q after the command name, added to those before it."""
+    """``command`` that also takes -v/-q/--log-format after the command name."""
     signature = inspect.signature(command, eval_str=True)
     extra = [
         inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=Verbose),
         inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet),
+        inspect.Parameter(
+            "log_format", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=LogFormat
+        ),
     ]
 
     @functools.wraps(command)
-    def run(*args: Any, verbose: int = 0, quiet: bool = False, **kwargs: Any) -> Any:
-        configure(GLOBAL["verbose"] + verbose, GLOBAL["quiet"] or quiet)
+    def run(
+        *args: Any,
+        verbose: int = 0,
+        quiet: bool = False,
+        log_format: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        # After the command wins over before it, as the later flag does everywhere.
+        configure(
+            GLOBAL["verbose"] + verbose,
+            GLOBAL["quiet"] or quiet,
+            log_format or GLOBAL["log_format"],
+        )
         return command(*args, **kwargs)
 
     run.__signature__ = signature.replace(  # type: ignore[attr-defined]

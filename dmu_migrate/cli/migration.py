@@ -20,6 +20,7 @@ from dmu_migrate.cli.common import (
     user_errors,
 )
 from dmu_migrate.cli.logs import client_logs
+from dmu_migrate.cli.run_metrics import evolve_numbers, reported
 from dmu_migrate.cli.sharding import ENGINES
 from dmu_migrate.evolve import NEW_COLLECTION, STRATEGIES
 
@@ -75,6 +76,7 @@ def build_plan(
     return make_plan(store, collection, chain, **kwargs)
 
 
+@reported("evolve", ("done", "remaining", "shard done"), "collection")
 def evolve(
     collection: Collection,
     adapter: Adapters,
@@ -293,6 +295,7 @@ def evolve(
                 else:
                     result = run_evolve(store, plan, options, moved)
                 bar.update(task, completed=result.rows_done)  # resumed or no-op runs too
+        evolve_numbers(result)
         if as_json:
             out.print_json(json.dumps(result.as_dict(), default=str))
         else:

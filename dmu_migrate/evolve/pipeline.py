@@ -310,7 +310,13 @@ def main_pass(
             if isinstance(strategy, InPlace) or now - saved >= LEDGER_EVERY:
                 ledger.save(record)
                 saved = now
-            log.info("batch acknowledged: %d rows, cursor %r", record.rows_done, record.cursor)
+            log.info(
+                "batch acknowledged: %d rows, cursor %r",
+                record.rows_done,
+                record.cursor,
+                extra={"collection": plan.source.name, "target": plan.target}
+                | {"rows": record.rows_done, "batch_rows": len(item.batch)},
+            )
             if on_progress is not None:
                 on_progress(record.rows_done, plan.rows)
             if options.max_seconds is not None and now - start > options.max_seconds:
