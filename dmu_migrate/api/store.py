@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from dmu_migrate.errors import DmuError
+
 if TYPE_CHECKING:
     from dmu_migrate.stores.base import VectorStore
 
@@ -29,13 +31,36 @@ def resolve_token(uri: str, token: str | None) -> str | None:
 
 @contextmanager
 def opened(uri: str, token: str | None) -> Iterator[VectorStore]:
-    """The store at ``uri``, with the credentials of ``resolve_token``."""
+    """The store at ``uri``, with the credentials of ``resolve_token``.
+
+    A store client's own exception (connection lost, disk full, permission) in
+    the body leaves as StoreError (or AccessDenied), so that a script catches
+    the same tree the command line maps to exit codes; anything else is a bug
+    and keeps its traceback.
+    """
     from dmu_migrate.stores.base import open_store
 
-    store = open_store(uri, resolve_token(uri, token))
+    with _client_errors():
+        store = open_store(uri, resolve_token(uri, token))
     for hook in AFTER_OPEN:
         hook()
     try:
-        yield store
+        with _client_errors():
+            yield store
     finally:
         store.close()
+
+
+@contextmanager
+def _client_errors() -> Iterator[None]:
+    from dmu_migrate.evolve.retry import client_error
+
+    try:
+        yield
+    except DmuError:
+        raise
+    except Exception as exc:
+        mapped = client_error(exc, "the store call")
+        if mapped is None:
+            raise
+        raise mapped from exc
