@@ -13,6 +13,7 @@ import inspect
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ RESULTS = [
     "RankedIds",
     "BackfillResult",
 ]
-COMMANDS = {
+COMMANDS: dict[str, Callable[..., Any]] = {
     "train": training.train,
     "evaluate": evaluation.evaluate,
     "evolve": migration.evolve,
@@ -69,10 +70,22 @@ CALLBACKS = {"on_epoch", "on_progress", "confirm"}
 
 
 def section(text: str, title: str) -> str:
-    """The body of the Markdown section headed ``title`` (any level), up to the next heading."""
-    match = re.search(rf"^#+ {re.escape(title)}\n(.*?)(?=^#+ |\Z)", text, re.S | re.M)
-    assert match, f"docs/api.md has no section '{title}'"
-    return match.group(1)
+    """The body of the Markdown section headed ``title`` (any level), up to the next heading
+    of the same or a higher level; '#' lines inside code blocks are comments, not headings."""
+    body: list[str] | None = None
+    level = 0
+    fenced = False
+    for line in text.splitlines():
+        fenced ^= line.startswith("```")
+        heading = None if fenced else re.match(r"(#+) (.*)", line)
+        if heading and body is not None and len(heading.group(1)) <= level:
+            break
+        if heading and body is None and heading.group(2) == title:
+            body, level = [], len(heading.group(1))
+        elif body is not None:
+            body.append(line)
+    assert body is not None, f"docs/api.md has no section '{title}'"
+    return "\n".join(body) + "\n"
 
 
 @pytest.mark.timeout(120)
@@ -122,7 +135,7 @@ def test_evolve_is_the_verb_even_when_the_subpackage_is_imported_first() -> None
     assert done.returncode == 0, done.stderr
 
 
-def error_classes() -> list[type]:
+def error_classes() -> list[type[dmu_migrate.DmuError]]:
     from dmu_migrate import errors
 
     return [
@@ -138,7 +151,8 @@ def error_classes() -> list[type]:
 @pytest.mark.parametrize("verb", VERBS)
 def test_command_and_verb_share_names_and_defaults(verb: str) -> None:
     """Each command option is the verb's keyword argument of that name, with its default."""
-    library = inspect.signature(getattr(dmu_migrate, verb)).parameters
+    verb_function: Callable[..., Any] = getattr(dmu_migrate, verb)
+    library = inspect.signature(verb_function).parameters
     command = inspect.signature(COMMANDS[verb], eval_str=True).parameters
     if verb == "train":
         from dmu_migrate.training.config import TrainConfig
@@ -247,7 +261,10 @@ def test_verbs_raise_the_error_tree_and_print_nothing(
             dmu_migrate.InputError,
             lambda: dmu_migrate.evaluate("e.parquet", artifact.path, plot=tmp_path / "c.jpg"),
         ),
-        (dmu_migrate.StoreError, lambda: dmu_migrate.verify("digits__v1", artifact.path, uri=uri)),
+        (
+            dmu_migrate.StoreError,
+            lambda: dmu_migrate.verify("digits__v1", artifact.path, uri=uri, alias="digits"),
+        ),
         (dmu_migrate.ArtifactError, lambda: dmu_migrate.evolve("digits", tmp_path, uri=uri)),
     ]
     for error, call in calls:
@@ -271,7 +288,12 @@ def test_prune_drops_nothing_unless_confirmed(
     assert isinstance(result, dmu_migrate.EvolveResult) and result.outcome == "done"
     with pytest.raises(dmu_migrate.InputError, match="yes=True"):
         dmu_migrate.prune("digits__v1", uri=uri)
-    kept = dmu_migrate.prune("digits__v1", uri=uri, confirm=lambda what: seen.append(what) or False)
+
+    def say_no(what: str) -> bool:
+        seen.append(what)
+        return False
+
+    kept = dmu_migrate.prune("digits__v1", uri=uri, confirm=say_no)
     assert not kept.pruned and "drop collection 'digits__v1'" in seen[0]
     dropped = dmu_migrate.prune("digits__v1", uri=uri, yes=True)
     assert dropped.pruned and dropped.migration == result.migration

@@ -15,7 +15,7 @@ class Migrations:
     """The ledger records of a store (or of one lineage), oldest first.
 
     Each row is the record's fields (key, source, target, alias, strategy,
-    from_version, to_version, status, rows_done, rows_total, started_at,
+    from_version, to_version, status, rows_done, source_rows, started_at,
     finished_at, runs, ...) plus ``alias_target``, where the alias points now,
     and ``shard_status`` for sharded migrations.
     """
