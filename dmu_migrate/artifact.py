@@ -86,7 +86,7 @@ class Artifact:
 
     @property
     def backfill_score_path(self) -> Path | None:
-        """The partial-backfill ranking model (backfill.py), if the artifact ships one."""
+        """The partial-backfill ranking model (backfill_curve.py), if the artifact ships one."""
         return self.path / BACKFILL_SCORE if BACKFILL_SCORE in self.manifest.files else None
 
     @property

@@ -51,3 +51,12 @@ class VerificationError(DmuError):
 
 class QualityGateError(DmuError):
     exit_code = 6
+
+
+def check_range(flag: str, value: float, low: float, high: float, why: str = "") -> None:
+    """A number outside its range: one line naming the option, the range and the value."""
+    if not low <= value <= high:
+        raise InputError(
+            f"{flag} must be between {low:g} and {high:g}, got {value:g}"
+            + (f" ({why})" if why else "")
+        )

@@ -9,7 +9,7 @@ Settings (query model -> gallery vectors):
     new->new       new queries against a re-embedded gallery (full backfill)
     fused          transition mode: [a q_old ; b q_new] against [o ; psi(o)], with the
                    weights fitted at training (artifacts trained with held-out identities)
-Beside them, the partial-backfill curve (backfill.py): new->mixed as a growing
+Beside them, the partial-backfill curve (backfill_curve.py): new->mixed as a growing
 share of the gallery is re-embedded, in the artifact's ranked order and at random.
 Only onnxruntime is used (matplotlib for the optional chart), so evaluation
 runs wherever evolve runs.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmu_migrate import backfill
+from dmu_migrate import backfill_curve as backfill
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.data import Columns, Table, read_table
 from dmu_migrate.errors import InputError
@@ -57,6 +57,7 @@ class EvalReport:
     reference_scores: RetrievalScores | None = None  # its new->new = M(new*->new*)
     derived: Derived = field(default_factory=lambda: Derived({}, {}, {}))
     backfill: backfill.BackfillReport | None = None  # None when not asked for
+    charts: tuple[Path, ...] = ()  # PNG files written (evaluate's plot): bars, then curve
 
     def as_dict(self) -> dict[str, object]:
         return {

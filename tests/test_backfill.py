@@ -12,7 +12,7 @@ from conftest import Digits
 from typer.testing import CliRunner
 
 from dmu_migrate.artifact import BACKFILL_SCORE, Artifact, load_artifact, write_manifest
-from dmu_migrate.backfill import BUDGETS, Curve, reach, reach_line
+from dmu_migrate.backfill_curve import BUDGETS, Curve, reach, reach_line
 from dmu_migrate.cli import app
 from dmu_migrate.evaluation import evaluate
 from dmu_migrate.evolve.transform import OnnxModel

@@ -27,7 +27,7 @@ from test_evolve_pipeline import ROWS, run, seed_gallery
 from typer.testing import CliRunner, Result
 
 from dmu_migrate.artifact import BACKFILL_SCORE, Artifact, load_artifact, write_manifest
-from dmu_migrate.backfill import order_by_score
+from dmu_migrate.backfill_curve import order_by_score
 from dmu_migrate.cli import app
 from dmu_migrate.data import write_table
 from dmu_migrate.errors import InputError

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from dmu_migrate.cli.common import AsJson, choices, out, user_errors
-from dmu_migrate.cli.migration import Adapters, Collection, Token, Uri, build_plan, opened
+from dmu_migrate.cli.migration import Adapters, Collection, Token, Uri
 from dmu_migrate.cli.run_metrics import reported, verify_result
 from dmu_migrate.cli.views import history_view, status_view
-from dmu_migrate.errors import StoreError
 from dmu_migrate.evolve import NEW_COLLECTION, STRATEGIES
 
 
@@ -36,47 +33,25 @@ def verify(
     Example: dmu-migrate verify --collection faces__v1 --alias faces --adapter adapters/faces-v2
     """
     with user_errors():
-        from dmu_migrate.evolve.strategies import make_strategy
-        from dmu_migrate.evolve.verify import Reservoir
-        from dmu_migrate.evolve.verify import verify as run_verify
+        from dmu_migrate.api.migrate import verify as run_verify
 
-        with opened(uri, token) as store:
-            plan = build_plan(
-                store,
-                collection,
-                adapter,
-                0,
-                strategy=strategy,
-                alias=alias,
-                vector_field=vector_field,
-                target_field=target_field,
-                yes_overwrite=True,
-                accept_regression=True,  # verify judges the data, not the upgrade
-                across_metric=True,
-            )
-            if not store.has_collection(plan.target):
-                raise StoreError(
-                    f"'{plan.target}' does not exist, so there is nothing to verify; run "
-                    f"evolve first"
-                )
-            from dmu_migrate.evolve.ledger import Ledger
-
-            record = Ledger(store).load(plan.key)
-            snapshot_root = Path((record and record.snapshot) or "dmu-snapshots").parent
-            skipped = frozenset(record.skipped if record else [])
-            sample = Reservoir(256)
-            for _ in sample.tee(store.iter_ids(plan.source.name, 16384)):
-                pass
-            ids = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
-            writer = make_strategy(store, plan, snapshot_root)
-            report = run_verify(store, plan, writer, ids, skipped)
-        verify_result(report, plan.target)
+        report = run_verify(
+            collection,
+            adapter,
+            uri=uri,
+            token=token,
+            vector_field=vector_field,
+            strategy=strategy,
+            target_field=target_field,
+            alias=alias,
+        )
+        verify_result(report, report.target)
         if as_json:
-            out.print_json(json.dumps({"migration": plan.key, **report.as_dict()}))
+            out.print_json(json.dumps(report.as_dict()))
             return
         out.print(
-            f"{plan.key}: OK, {report.source_rows} source rows all present in "
-            f"'{plan.target}' and no evolved row without its source, {report.sampled} sampled "
+            f"{report.migration}: OK, {report.source_rows} source rows all present in "
+            f"'{report.target}' and no evolved row without its source, {report.sampled} sampled "
             f"vectors within {report.max_abs_error:.1e} of the adapter's output of the current "
             f"source"
         )
@@ -95,11 +70,10 @@ def status(
     Example: dmu-migrate status --uri faces.db
     """
     with user_errors():
-        from dmu_migrate.evolve.admin import migration_status
+        from dmu_migrate.api.records import status as run_status
         from dmu_migrate.stores.base import redact
 
-        with opened(uri, token) as store:
-            rows = migration_status(store, collection)
+        rows = run_status(uri=uri, token=token, collection=collection).migrations
         if as_json:
             out.print_json(json.dumps(rows, default=str))
             return
@@ -122,10 +96,9 @@ def history(
     Example: dmu-migrate history --uri faces.db --collection faces
     """
     with user_errors():
-        from dmu_migrate.evolve.admin import migration_status
+        from dmu_migrate.api.records import history as run_history
 
-        with opened(uri, token) as store:
-            rows = migration_status(store, collection)
+        rows = run_history(uri=uri, token=token, collection=collection).migrations
         if as_json:
             out.print_json(json.dumps(rows, default=str))
             return
@@ -143,14 +116,13 @@ def rollback(
     Example: dmu-migrate rollback --collection faces --uri faces.db
     """
     with user_errors():
-        from dmu_migrate.evolve.admin import rollback as run_rollback
+        from dmu_migrate.api.records import rollback as run_rollback
 
-        with opened(uri, token) as store:
-            key, message = run_rollback(store, collection)
+        result = run_rollback(collection, uri=uri, token=token)
         if as_json:
-            out.print_json(json.dumps({"migration": key, "result": message}))
+            out.print_json(json.dumps(result.as_dict()))
             return
-        out.print(f"{key}: {message}")
+        out.print(f"{result.migration}: {result.message}")
 
 
 def prune(
@@ -164,13 +136,13 @@ def prune(
     Example: dmu-migrate prune --collection faces__v1 --uri faces.db --yes
     """
     with user_errors():
-        from dmu_migrate.evolve.admin import prune as run_prune
-        from dmu_migrate.evolve.admin import prune_plan
+        from dmu_migrate.api.records import prune as run_prune
 
-        with opened(uri, token) as store:
-            record, what = prune_plan(store, collection)
-            if not yes and not typer.confirm(f"{what}. This cannot be undone. Continue?"):
-                # The operator's answer, not a failure: scripts that say no must not break.
-                out.print(f"not pruned: nothing was dropped from '{collection}'")
-                return
-            out.print(run_prune(store, record))
+        result = run_prune(
+            collection,
+            uri=uri,
+            token=token,
+            yes=yes,
+            confirm=lambda what: typer.confirm(f"{what}. This cannot be undone. Continue?"),
+        )
+        out.print(result.message)

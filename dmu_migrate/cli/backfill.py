@@ -9,10 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dmu_migrate.artifact import load_artifact
-from dmu_migrate.cli.common import AsJson, check_range, out, progress, user_errors
-from dmu_migrate.cli.migration import MAX_BATCH, Token, Uri, opened
-from dmu_migrate.errors import InputError
+from dmu_migrate.cli.common import AsJson, RowsBar, out, progress, user_errors
+from dmu_migrate.cli.migration import Token, Uri
 
 SHOWN = 10  # rows of the plan printed without --json
 
@@ -51,18 +49,19 @@ def plan_backfill(
     Example: dmu-migrate plan-backfill --collection faces --adapter adapters/faces-v2 --uri faces.db --budget 10% --output plan.parquet
     """
     with user_errors():
-        from dmu_migrate.evolve.backfill_plan import parse_budget
-        from dmu_migrate.evolve.backfill_plan import plan_backfill as run_plan
+        from dmu_migrate.api.backfill import plan_backfill as run_plan
 
-        check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
-        if limit is not None:
-            check_range("--limit", limit, 1, 10**12)
-        share = parse_budget(budget) if budget is not None else None
-        artifact = load_artifact(adapter)
-        with opened(uri, token) as store:
-            plan = run_plan(store, collection, artifact, share, limit, vector_field, batch_size)
-        if output is not None:
-            plan.write(output)
+        plan = run_plan(
+            collection,
+            adapter,
+            uri=uri,
+            token=token,
+            output=output,
+            budget=budget,
+            limit=limit,
+            vector_field=vector_field,
+            batch_size=batch_size,
+        )
         if as_json:
             out.print_json(json.dumps(plan.as_dict(), default=str))
             return
@@ -122,26 +121,22 @@ def backfill(
     Example: dmu-migrate backfill --collection faces --uri faces.db --input native.parquet
     """
     with user_errors():
-        from dmu_migrate.evolve.backfill_input import EmbedCall, VectorTable
-        from dmu_migrate.evolve.backfill_write import backfill as run_backfill
+        from dmu_migrate.api.backfill import backfill as run_backfill
 
-        check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
-        if (input is None) == (embed is None):
-            raise InputError("give either --input TABLE or --embed pkg.module:function, not both")
-        if embed is not None and ids is None:
-            raise InputError("--embed needs --ids TABLE (e.g. the plan-backfill --output file)")
-        source = (
-            VectorTable(input, id_column, vector_column, ids)
-            if input is not None
-            else EmbedCall(str(embed), ids, id_column)  # type: ignore[arg-type]
-        )
-        with opened(uri, token) as store, progress() as bar:
-            task = bar.add_task("backfill", total=source.rows, info="rows")
-
-            def moved(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            result = run_backfill(store, collection, source, batch_size, take_over, moved)
+        with progress() as bar:
+            result = run_backfill(
+                collection,
+                uri=uri,
+                token=token,
+                input=input,
+                embed=embed,
+                ids=ids,
+                id_column=id_column,
+                vector_column=vector_column,
+                batch_size=batch_size,
+                take_over=take_over,
+                on_progress=RowsBar(bar, "backfill"),
+            )
         if as_json:
             out.print_json(json.dumps(result.as_dict(), default=str))
         elif result.up_to_date:

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dmu_migrate.errors import DmuError, InputError, NothingToDo
+from dmu_migrate.errors import check_range as check_range  # where the commands import it from
 
 progress_log = logging.getLogger("dmu_migrate.progress")
 
@@ -93,15 +94,6 @@ def print_error(message: str) -> None:
     err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
-def check_range(flag: str, value: float, low: float, high: float, why: str = "") -> None:
-    """A numeric flag outside its range: one line naming the flag, the range and the value."""
-    if not low <= value <= high:
-        raise InputError(
-            f"{flag} must be between {low:g} and {high:g}, got {value:g}"
-            + (f" ({why})" if why else "")
-        )
-
-
 def needs_train_extra() -> None:
     try:
         import torch  # noqa: F401
@@ -167,6 +159,23 @@ def progress() -> Progress:
         disable=not at_terminal,
         logged=not at_terminal,
     )
+
+
+class RowsBar:
+    """A rows bar that appears with the first report, so that a bad flag's error line is
+    not printed under an empty bar; a progress callback (done, total) of the library."""
+
+    def __init__(self, bar: Progress, name: str) -> None:
+        self.bar, self.name = bar, name
+        self.task: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task(self.name, total=total, info="rows")
+        self.bar.update(self.task, completed=done, total=total)
+
+    def finish(self, done: int, total: int) -> None:
+        self(done, total)
 
 
 def epoch_logger(bar: Progress, task: Any) -> Any:

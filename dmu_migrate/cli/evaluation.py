@@ -10,9 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from dmu_migrate.artifact import load_artifact
 from dmu_migrate.cli.common import AsJson, LabelCol, OldCol, XCol, out, scores_table, user_errors
-from dmu_migrate.data import Columns
 
 if TYPE_CHECKING:
     from dmu_migrate.evaluation import EvalReport
@@ -119,26 +117,23 @@ def evaluate(
     --reference adapters/faces-v2-independent --plot report.png
     """
     with user_errors():
-        from dmu_migrate.evaluation import FARS, backfill_plot_path, plot_backfill, plot_report
-        from dmu_migrate.evaluation import evaluate as run_evaluation
+        from dmu_migrate.api.build import evaluate as run_evaluation
 
-        columns = Columns(label_col, old_col, x_col, role_col, new_col)
-        if plot is not None:
-            _check_plotting(plot)
         report = run_evaluation(
             table,
-            load_artifact(adapter),
-            columns,
-            reference=load_artifact(reference) if reference is not None else None,
+            adapter,
+            reference=reference,
+            label_col=label_col,
+            old_col=old_col,
+            x_col=x_col,
+            new_col=new_col,
+            role_col=role_col,
             mixed_fraction=mixed_fraction,
             seed=seed,
-            fars=FARS if tar else (),
+            tar=tar,
             backfill_curve=backfill_curve,
+            plot=plot,
         )
-        curve_chart = None
-        if plot is not None:
-            plot_report(report, plot)
-            curve_chart = plot_backfill(report, backfill_plot_path(plot))
         if as_json:
             out.print_json(json.dumps(report.as_dict()))
             return
@@ -161,23 +156,8 @@ def evaluate(
         if curves is not None and report.backfill is not None:
             out.print(curves)
             out.print(report.backfill.line)
-        if plot is not None:
-            out.print(f"chart: {plot}")
-        if curve_chart is not None:
-            out.print(f"partial-backfill chart: {curve_chart}")
+        for kind, chart in zip(("chart", "partial-backfill chart"), report.charts, strict=False):
+            out.print(f"{kind}: {chart}")
         if report.transition_hint:  # before the verdict: the verdict stays the last line
             out.print(report.transition_hint)
         out.print(report.verdict.line)
-
-
-def _check_plotting(plot: Path) -> None:
-    from dmu_migrate.errors import InputError
-
-    if plot.suffix.lower() != ".png":
-        raise InputError(f"--plot '{plot}' is not a .png path; give a file name ending in .png")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise InputError(
-            "--plot needs matplotlib; install the training extra: pip install 'dmu-migrate[train]'"
-        ) from None

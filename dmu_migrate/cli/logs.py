@@ -22,6 +22,8 @@ from typing import Annotated, Any
 
 import typer
 
+from dmu_migrate.api import store
+
 # Loggers of the client libraries a command can load; pymilvus installs its own
 # handlers on import, so the policy is applied again after a store is opened.
 CLIENTS = (
@@ -149,6 +151,10 @@ def client_logs() -> None:
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
         logger.propagate = True
+
+
+# The library opens stores; the command line's log policy follows each opening.
+store.AFTER_OPEN.append(client_logs)
 
 
 def with_output_flags(command: Callable[..., Any]) -> Callable[..., Any]:

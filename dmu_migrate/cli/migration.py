@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
-from dmu_migrate.artifact import load_artifact
+from dmu_migrate.api.sharding import ENGINES
 from dmu_migrate.cli.common import (
     AsJson,
-    check_range,
+    RowsBar,
     choices,
     out,
     progress,
     user_errors,
 )
-from dmu_migrate.cli.logs import client_logs
 from dmu_migrate.cli.run_metrics import evolve_numbers, reported
-from dmu_migrate.cli.sharding import ENGINES
 from dmu_migrate.evolve import NEW_COLLECTION, STRATEGIES
-
-if TYPE_CHECKING:
-    from dmu_migrate.evolve.plan import Plan
-    from dmu_migrate.stores.base import VectorStore
 
 Uri = Annotated[
     str,
@@ -52,28 +44,6 @@ Adapters = Annotated[
         help="Artifact directory written by train; repeat to chain upgrades (oldest first).",
     ),
 ]
-
-
-@contextmanager
-def opened(uri: str, token: str | None) -> Iterator[VectorStore]:
-    from dmu_migrate.stores.base import open_store, store_token
-
-    store = open_store(uri, store_token(uri, token))
-    client_logs()
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-def build_plan(
-    store: VectorStore, collection: str, adapters: list[Path], threads: int, **kwargs: Any
-) -> Plan:
-    from dmu_migrate.evolve.plan import make_plan
-    from dmu_migrate.evolve.transform import AdapterChain
-
-    chain = AdapterChain([load_artifact(a) for a in adapters], threads)
-    return make_plan(store, collection, chain, **kwargs)
 
 
 @reported("evolve", ("done", "remaining", "shard done"), "collection")
@@ -231,71 +201,63 @@ def evolve(
     Example: dmu-migrate evolve --collection faces --adapter adapters/faces-v2 --uri faces.db
     """
     with user_errors():
-        from dmu_migrate.cli.sharding import Fanout, run_fanout
-        from dmu_migrate.evolve.pipeline import EXIT_REMAINING, REMAINING, EvolveOptions
-        from dmu_migrate.evolve.pipeline import evolve as run_evolve
-        from dmu_migrate.evolve.plan import estimate
-        from dmu_migrate.evolve.retry import RetryPolicy
+        from dmu_migrate.api.migrate import EvolvePreview
+        from dmu_migrate.api.migrate import evolve as run_evolve
+        from dmu_migrate.evolve.pipeline import EXIT_REMAINING, REMAINING
         from dmu_migrate.evolve.shards import SHARD_DONE
-        from dmu_migrate.stores.base import store_token
 
-        check_flags(batch_size, threads, read_ahead, max_seconds, max_retries, timeout)
-        check_range("--workers", workers, 1, 256)
-        fanout = Fanout.from_flags(shards, workers, shard, engine, ray_address)
-        threads = fanout.threads(threads)
-        plan_args = {
-            "strategy": strategy,
-            "alias": alias,
-            "vector_field": vector_field,
-            "target_field": target_field,
-            "filter": filter,
-            "yes_overwrite": yes_overwrite,
-            "accept_regression": accept_regression,
-            "across_metric": across_metric,
-        }
-        with opened(uri, token) as store:
-            plan = build_plan(store, collection, adapter, threads, **plan_args)
-            if dry_run:
-                est = estimate(store, plan, batch_size)
-                report = {**plan.describe(), "estimate": est.__dict__, "dry_run": True}
-                if as_json:
-                    out.print_json(json.dumps(report, default=str))
-                    return
-                for key, value in plan.describe().items():
-                    out.print(f"{key:>13}: {value}")
-                out.print(
-                    f"     estimate: read + transform {est.read_transform_rows_per_s:,.0f} "
-                    f"rows/s on a {est.sample_rows}-row sample -> "
-                    f"{est.seconds_read_transform:,.1f}s plus write time. Nothing was changed."
-                )
-                return
-            options = EvolveOptions(
-                batch_size,
-                max_seconds,
-                take_over,
-                restart,
-                snapshot_dir,
-                skip_bad_vectors,
-                RetryPolicy(max_retries, timeout),
-                read_ahead,
-                full_verify,
-                reapply,
+        with progress() as bar:
+            rows = RowsBar(bar, "evolve")
+            result = run_evolve(
+                collection,
+                adapter,
+                uri=uri,
+                token=token,
+                strategy=strategy,
+                alias=alias,
+                vector_field=vector_field,
+                target_field=target_field,
+                filter=filter,
+                batch_size=batch_size,
+                threads=threads,
+                read_ahead=read_ahead,
+                full_verify=full_verify,
+                max_seconds=max_seconds,
+                take_over=take_over,
+                restart=restart,
+                reapply=reapply,
+                yes_overwrite=yes_overwrite,
+                accept_regression=accept_regression,
+                across_metric=across_metric,
+                max_retries=max_retries,
+                timeout=timeout,
+                skip_bad_vectors=skip_bad_vectors,
+                snapshot_dir=snapshot_dir,
+                dry_run=dry_run,
+                shards=shards,
+                workers=workers,
+                shard=shard,
+                engine=engine,
+                ray_address=ray_address,
+                on_progress=rows,
             )
-            with progress() as bar:
-                task = bar.add_task("evolve", total=plan.rows, info="rows")
-
-                def moved(done: int, total: int) -> None:
-                    bar.update(task, completed=done, total=total)
-
-                if fanout.sharded:
-                    # Ray workers on other machines lack this one's environment: pass the token.
-                    token = store_token(uri, token)
-                    job = fanout.job(uri, token, collection, adapter, threads, plan_args, options)
-                    result = run_fanout(store, plan, fanout, job, moved)
-                else:
-                    result = run_evolve(store, plan, options, moved)
-                bar.update(task, completed=result.rows_done)  # resumed or no-op runs too
-        evolve_numbers(result)
+            if not isinstance(result, EvolvePreview):
+                rows.finish(result.rows_done, result.rows_total)  # resumed or no-op runs too
+        if not isinstance(result, EvolvePreview):
+            evolve_numbers(result)
+        if isinstance(result, EvolvePreview):
+            if as_json:
+                out.print_json(json.dumps(result.as_dict(), default=str))
+                return
+            est = result.estimate
+            for key, value in result.plan.items():
+                out.print(f"{key:>13}: {value}")
+            out.print(
+                f"     estimate: read + transform {est.read_transform_rows_per_s:,.0f} "
+                f"rows/s on a {est.sample_rows}-row sample -> "
+                f"{est.seconds_read_transform:,.1f}s plus write time. Nothing was changed."
+            )
+            return
         if as_json:
             out.print_json(json.dumps(result.as_dict(), default=str))
         else:
@@ -335,26 +297,3 @@ def evolve(
                 out.print(f"note: {note}")
         if result.outcome == REMAINING:
             raise typer.Exit(EXIT_REMAINING)
-
-
-# Milvus answers at most 16,384 rows per query page (its query window); every store
-# reads in pages of --batch-size rows, so it cannot be larger.
-MAX_BATCH = 16384
-
-
-def check_flags(
-    batch_size: int,
-    threads: int,
-    read_ahead: int,
-    max_seconds: float | None,
-    max_retries: int,
-    timeout: float,
-) -> None:
-    """Every number evolve takes, checked before anything opens: one line, never a traceback."""
-    check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
-    check_range("--threads", threads, 0, 256, "0 uses every core")
-    check_range("--read-ahead", read_ahead, 0, 64)
-    if max_seconds is not None:
-        check_range("--max-seconds", max_seconds, 0, 10**9)
-    check_range("--max-retries", max_retries, 0, 100)
-    check_range("--timeout", timeout, 1, 86400)

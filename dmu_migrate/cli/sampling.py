@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from dmu_migrate.cli.common import AsJson, check_range, out, progress, user_errors
-from dmu_migrate.cli.migration import MAX_BATCH, Token, Uri, opened
+from dmu_migrate.cli.migration import Token, Uri
 
 
 def sample(
@@ -57,6 +57,8 @@ def sample(
     Example: dmu-migrate sample --collection faces --uri faces.db --label-field label --limit 1000 --output train_old.parquet
     """
     with user_errors():
+        from dmu_migrate.api.migrate import MAX_BATCH
+        from dmu_migrate.api.store import opened
         from dmu_migrate.sample import sample_collection
 
         check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")

@@ -27,7 +27,6 @@ from dmu_migrate.cli.common import (
     scores_table,
     user_errors,
 )
-from dmu_migrate.data import Columns
 from dmu_migrate.quality import transition_hint
 
 # Not a TrainConfig field: it changes speed, not the result, so --resume accepts any value.
@@ -111,9 +110,9 @@ def train(
     """
     with user_errors():
         needs_train_extra()
+        from dmu_migrate.api.build import train as run_train
+        from dmu_migrate.api.build import train_config
         from dmu_migrate.training import distributed
-        from dmu_migrate.training.config import build_config, load_config_file, parse_image_shape
-        from dmu_migrate.training.upgrade import train_upgrade
 
         flags = {
             key: value
@@ -121,26 +120,27 @@ def train(
             # Compared by name: typer may ship its own copy of click's enum.
             if getattr(ctx.get_parameter_source(key), "name", "DEFAULT") != "DEFAULT"
         }
-        if "image_shape" in flags:
-            flags["image_shape"] = parse_image_shape(flags["image_shape"])
-        file_values = load_config_file(config_file) if config_file is not None else {}
-        config = build_config(file_values, flags)
         # Under torchrun every rank trains, and rank 0 alone shows progress and the result.
         main = distributed.is_main()
+        epochs = train_config(config_file, **flags).epochs  # the bar's length
         with progress() if main else nullcontext() as bar:
-            report = train_upgrade(
+            report = run_train(
                 table,
-                out_dir,
                 name,
-                config,
-                Columns(label_col, old_col, x_col, new=new_col),
-                from_version,
-                to_version,
-                overwrite,
-                None if bar is None else _epoch_progress(bar, config.epochs),
-                resume,
-                tune,
-                threads,
+                out_dir=out_dir,
+                config_file=config_file,
+                label_col=label_col,
+                old_col=old_col,
+                x_col=x_col,
+                new_col=new_col,
+                from_version=from_version,
+                to_version=to_version,
+                resume=resume,
+                overwrite=overwrite,
+                tune=tune,
+                threads=threads,
+                on_epoch=None if bar is None else _epoch_progress(bar, epochs),
+                **flags,
             )
         if not main:
             return

@@ -5,14 +5,12 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from dmu_migrate.artifact import (
     ADAPTER,
     BACKFILL_SCORE,
     NEW_MODEL,
-    Artifact,
     Manifest,
     check_version_id,
     load_artifact,
@@ -27,19 +25,13 @@ from dmu_migrate.training.adapter_only import fit_adapter
 from dmu_migrate.training.checkpoint import FILE, Checkpoint, work_dir
 from dmu_migrate.training.export import OPSET, export_onnx
 from dmu_migrate.training.loop import TrainResult, pick_device
+from dmu_migrate.training.report import TrainReport
 from dmu_migrate.training.threads import use_threads
 from dmu_migrate.training.trainer import EpochCallback, TrainConfig, train
 from dmu_migrate.training.tuning import check as check_tune
 from dmu_migrate.training.tuning import tune as tune_trials
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-
-@dataclass(frozen=True)
-class TrainReport:
-    artifact: Artifact
-    seconds: float
-    log: list[dict[str, float]]
 
 
 def train_upgrade(
