@@ -63,8 +63,9 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "plan_backfill": backfill.plan_backfill,
     "backfill": backfill.backfill,
 }
-# Command parameters that are rendering, not a library argument.
-RENDERING = {"ctx", "as_json"}
+# Output of the command itself, not of the work: --json, and the run report for scrapers
+# (--metrics-file records the exit code, which only the command line has).
+RENDERING = {"ctx", "as_json", "metrics_file"}
 # Library arguments a command cannot take: callbacks the command fills in itself.
 CALLBACKS = {"on_epoch", "on_progress", "confirm"}
 
