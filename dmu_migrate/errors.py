@@ -10,6 +10,7 @@ with the class's ``exit_code``; anything else is a bug and keeps its traceback.
     +-- ArtifactError        exit 3  missing, corrupt or inconsistent upgrade artifact
     +-- StoreError           exit 4  vector store unreachable, missing collection, bad schema
     |   +-- AccessDenied     exit 4  the store rejected the credentials or lacks a privilege
+    |   +-- LeaseHeld        exit 4  another live run holds the migration's (or shard's) lease
     +-- VerificationError    exit 5  written data does not match what was expected
     +-- QualityGateError     exit 6  the upgrade was validated as worse than not upgrading
 """
@@ -43,6 +44,15 @@ class StoreError(DmuError):
 
 class AccessDenied(StoreError):
     """Credentials rejected or a privilege missing: never retried, fixed by the operator."""
+
+
+class LeaseHeld(StoreError):
+    """Another live run holds the lease: the work is that run's, not a store failure.
+
+    Kept apart from other store errors so that a caller that may leave the work to
+    the holder (the last shard finishing a split) never mistakes a slow or failing
+    store for a rival run.
+    """
 
 
 class VerificationError(DmuError):

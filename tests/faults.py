@@ -2,8 +2,10 @@
 
 Clients connect to ``proxy.port``; bytes are relayed to the upstream server.
 ``cut()`` closes every relayed connection and refuses new ones (connection
-refused, like a restarting server); ``restore()`` accepts again. Traffic never
-leaves 127.0.0.1.
+refused, like a restarting server); ``restore()`` accepts again. ``delay`` holds every
+chunk of bytes that many seconds before relaying it: a slow server (a loaded
+machine, a far network) whose slowness does not depend on this machine's load.
+Traffic never leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 
 class Proxy:
@@ -21,6 +24,7 @@ class Proxy:
         self._conns: list[socket.socket] = []
         self._listener: socket.socket | None = None
         self._stopped = False
+        self.delay = 0.0  # seconds each chunk waits before it is relayed
         self.restore()
 
     def restore(self) -> None:
@@ -64,12 +68,14 @@ class Proxy:
             with self._lock:
                 self._conns += [client, server]
             for a, b in ((client, server), (server, client)):
-                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=_pump, args=(a, b, self), daemon=True).start()
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+def _pump(src: socket.socket, dst: socket.socket, proxy: Proxy) -> None:
     try:
         while data := src.recv(65536):
+            if proxy.delay:
+                time.sleep(proxy.delay)
             dst.sendall(data)
     except OSError:
         pass

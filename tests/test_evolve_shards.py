@@ -8,29 +8,43 @@ only once every shard is done.
 
 from __future__ import annotations
 
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 from backends import Backend
 from conftest import Digits
+from faults import Proxy
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve import fanout
+from dmu_migrate.evolve import ledger as ledger_module
 from dmu_migrate.evolve.ledger import DONE, Ledger
-from dmu_migrate.evolve.pipeline import COMPLETED, REMAINING, EvolveOptions, EvolveResult, evolve
+from dmu_migrate.evolve.pipeline import (
+    COMPLETED,
+    REMAINING,
+    EvolveOptions,
+    EvolveResult,
+    evolve,
+    new_result,
+)
 from dmu_migrate.evolve.plan import Plan, make_plan
+from dmu_migrate.evolve.retry import Retrier
 from dmu_migrate.evolve.shards import (
     SHARD_DONE,
     cut_points,
     evolve_one_shard,
     evolve_split,
+    finish_if_last,
     load_shards,
     parse_shard,
+    run_shard,
 )
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.stores.base import VectorStore
+from dmu_migrate.stores.base import VectorStore, open_store
 
 ROWS = 150
 OPTIONS = EvolveOptions(batch_size=16)
@@ -235,5 +249,61 @@ def test_a_failing_shard_is_reported_and_the_others_are_kept(
         assert result.outcome == COMPLETED and [s["index"] for s in result.shards] == [1]
         assert result.rows_written == 50 and store.alias_target(alias) == plan.target
     finally:
+        backend.close_stores()
+        backend.drop_created(backend.created_since(before))
+
+
+def test_the_last_shard_on_a_store_too_slow_for_the_lease_says_so(
+    milvus_server: str,
+    tmp_path: Any,
+    digits: Digits,
+    artifact: Artifact,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loaded server, made deterministic: the finishing lease cannot be taken safely.
+
+    The last shard then fails with "run evolve again" and leaves no lease behind; it
+    used to take the failure for a rival holding the lease and report "another shard's
+    process is verifying and cutting over" when no process was.
+    """
+    backend = Backend("milvus-server", milvus_server, tmp_path)
+    before = backend.list_collections()
+    proxy = Proxy(int(urlsplit(milvus_server).port or 19530))
+    try:
+        _, alias, _ = seed(backend, digits)
+        store = backend.open_store()
+        plan = plan_for(store, alias, artifact)
+        assert evolve_one_shard(store, plan, 0, 2, OPTIONS).outcome == SHARD_DONE
+        assert run_shard(store, plan, 1, 2, OPTIONS).finished  # its pass alone: none finished
+        # Every chunk held 0.5 s each way: reading and writing the lease take over SETTLE / 2
+        # (1 s) whatever the machine's load, so every try is too slow to be safe.
+        proxy.delay = 0.5
+        slow = open_store(f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setattr(ledger_module, "LEASE_TRIES_SECONDS", 3.0)  # two tries, not 60 s
+        try:
+            ledger = Ledger(slow, owner="slow-host:1")
+            record = ledger.load(plan.key)
+            assert record is not None
+            with pytest.raises(StoreError, match="answered too slowly"):
+                finish_if_last(
+                    slow,
+                    plan,
+                    2,
+                    OPTIONS,
+                    new_result(plan, record, False),
+                    ledger,
+                    Retrier(OPTIONS.retry),
+                    time.perf_counter(),
+                )
+        finally:
+            slow.close()
+        stored = Ledger(store).load(plan.key)
+        assert stored is not None and stored.lease_owner is None  # withdrawn, no --take-over
+        assert store.alias_target(alias) != plan.target
+        # The next run of any shard finishes the migration.
+        last = evolve_one_shard(store, plan, 1, 2, OPTIONS)
+        assert last.outcome == COMPLETED and store.alias_target(alias) == plan.target
+    finally:
+        proxy.close()
         backend.close_stores()
         backend.drop_created(backend.created_since(before))

@@ -181,7 +181,9 @@ class RetryableShard(Exception):
 
 def _ray_shard(job: ShardJob, index: int) -> ShardOutcome:
     outcome = run_job(job, index)
-    if outcome.error_kind == "StoreError":
+    # A store that kept failing, or a lease held elsewhere (that run may end meanwhile);
+    # never AccessDenied, which waiting does not fix.
+    if outcome.error_kind in ("StoreError", "LeaseHeld"):
         raise RetryableShard(outcome.error)
     return outcome
 

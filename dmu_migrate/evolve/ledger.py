@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import socket
@@ -35,8 +36,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
-from dmu_migrate.errors import StoreError
+from dmu_migrate.errors import LeaseHeld, StoreError
 from dmu_migrate.stores.base import LEDGER_COLLECTION, Id, VectorStore
+
+log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 600.0
 # Seconds between writing a lease and reading it back. A strong read on a loaded
@@ -209,7 +212,14 @@ class Ledger:
             self.save(record)
             if not self.store.shared:
                 return  # one process at a time opens this store (its own lock)
-            if time.monotonic() - started > SETTLE / 2:
+            window = time.monotonic() - started
+            if window > SETTLE / 2:
+                log.info(
+                    "lease of %s: reading and writing it took %.1fs (over %.1fs); trying again",
+                    record.key,
+                    window,
+                    SETTLE / 2,
+                )
                 time.sleep(random.uniform(0, SETTLE / 2))  # a rival retrying must not stay in step
                 continue  # our read is too old to rule out a writer in between: again
             time.sleep(SETTLE)
@@ -217,15 +227,30 @@ class Ledger:
             if now is not None and now.lease_token == record.lease_token:
                 return
             record.lease_owner, record.lease_token = None, None
-            raise StoreError(
+            raise LeaseHeld(
                 f"migration '{record.key}' was taken by "
                 f"{now.lease_owner if now else 'another run'} at the same moment; this run "
                 f"left it to that one (run evolve again once it has finished)"
             )
+        self._withdraw(record)
         raise StoreError(
             f"could not take the lease of migration '{record.key}': the store answered too "
             f"slowly to take it safely; run evolve again"
         )
+
+    def _withdraw(self, record: Record) -> None:
+        """Clear the lease a give-up left written, when it is still ours (best effort).
+
+        Each try wrote a live lease; left there, the next run (another process) would be
+        refused for LEASE_SECONDS as if this one were still running.
+        """
+        token, record.lease_owner, record.lease_token = record.lease_token, None, None
+        try:
+            stored = self.load(record.key)
+            if stored is not None and stored.lease_token == token:
+                self.release(stored)
+        except Exception as exc:  # the store is failing already; the lease expires by itself
+            log.warning("could not withdraw the lease of %s: %s", record.key, exc)
 
     def _refuse_held(self, key: str, current: Record, take_over: bool) -> None:
         held = current.lease_owner not in (None, self.owner) and current.lease_expires > time.time()
@@ -233,7 +258,7 @@ class Ledger:
             until = datetime.fromtimestamp(current.lease_expires, timezone.utc).isoformat(
                 timespec="seconds"
             )
-            raise StoreError(
+            raise LeaseHeld(
                 f"migration '{key}' is being run by {current.lease_owner} (lease until "
                 f"{until}); wait for it, or pass --take-over if that run is dead"
             )

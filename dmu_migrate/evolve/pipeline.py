@@ -310,6 +310,9 @@ def main_pass(
             if isinstance(strategy, InPlace) or now - saved >= LEDGER_EVERY:
                 ledger.save(record)
                 saved = now
+                # What a resumed run starts from: an operator (or a test) can tell from this
+                # line, not from the clock, that killing the run now leaves progress behind.
+                log.debug("cursor saved: %d rows, cursor %r", record.rows_done, record.cursor)
             log.info(
                 "batch acknowledged: %d rows, cursor %r",
                 record.rows_done,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dmu_migrate.errors import DmuError, InputError, StoreError
+from dmu_migrate.errors import DmuError, InputError, LeaseHeld, StoreError
 from dmu_migrate.evolve.ledger import DONE, RUNNING, STOPPED, Ledger, Record, now_iso
 from dmu_migrate.evolve.pipeline import (
     COMPLETED,
@@ -444,7 +444,7 @@ def evolve_one_shard(
     while not record.main_pass_done and record.shards != count:
         try:
             mine = claim(ledger, record, options.take_over)
-        except StoreError:  # another process holds the lease: it is splitting
+        except LeaseHeld:  # another process holds the lease: it is splitting
             mine = False
         if mine:
             try:
@@ -487,7 +487,9 @@ def finish_if_last(
     )
     try:
         mine = not waiting and claim(ledger, record, take_over=False)
-    except StoreError:  # another shard's process is finishing
+    except LeaseHeld:  # another shard's process is finishing
+        # Only a live holder: a store too slow or failing to take the lease raises, so a
+        # run never reports "another process is cutting over" when none is.
         mine = False
     if not mine:
         result.outcome = SHARD_DONE

@@ -73,6 +73,10 @@ class MilvusStore:
         self._columnar = milvus_columns.available(client)
         self._schemas: dict[str, dict[str, Any]] = {}  # write targets, described once
         self._partitions: dict[str, set[str]] = {}  # partitions known to exist, per write target
+        # The ledger collection, once seen (or made) and loaded, is not looked up again: a
+        # lease is taken by a read and a write that must lie within SETTLE / 2 of each other
+        # (evolve/ledger.py), and on a loaded server each extra call costs a good part of that.
+        self._ledger_ready = False
 
     @classmethod
     def connect(cls, uri: str, token: str | None = None) -> MilvusStore:
@@ -437,6 +441,8 @@ class MilvusStore:
 
     def drop_collection(self, name: str) -> None:
         self.client.drop_collection(name)
+        if name == LEDGER_COLLECTION:
+            self._ledger_ready = False
         self._loaded.discard(name)
         self._schemas.pop(name, None)
         self._partitions.pop(name, None)
@@ -456,7 +462,9 @@ class MilvusStore:
 
     # -- ledger --------------------------------------------------------------
     def _ledger(self) -> str:
-        if not self.client.has_collection(LEDGER_COLLECTION):
+        if self._ledger_ready:
+            return LEDGER_COLLECTION
+        if not self.client.has_collection(LEDGER_COLLECTION, timeout=milvus_schema.TIMEOUT):
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=512)
             schema.add_field("record", DataType.VARCHAR, max_length=_LEDGER_MAX_LENGTH)
@@ -465,16 +473,27 @@ class MilvusStore:
             index = self.client.prepare_index_params()
             index.add_index(field_name="unused", index_type="AUTOINDEX", metric_type="L2")
             self.client.create_collection(
-                LEDGER_COLLECTION, schema=schema, index_params=index, consistency_level=STRONG
+                LEDGER_COLLECTION,
+                schema=schema,
+                index_params=index,
+                consistency_level=STRONG,
+                timeout=milvus_schema.TIMEOUT,
             )
         self._ensure_loaded(LEDGER_COLLECTION)
+        self._ledger_ready = True
         return LEDGER_COLLECTION
 
     def ledger_get(self, key: str) -> dict[str, Any] | None:
-        if not self.client.has_collection(LEDGER_COLLECTION):
+        if not self._ledger_ready and not self.client.has_collection(
+            LEDGER_COLLECTION, timeout=milvus_schema.TIMEOUT
+        ):
             return None  # reading must not create the ledger in a store never migrated
         rows = self.client.get(
-            self._ledger(), ids=[key], output_fields=["record"], consistency_level=STRONG
+            self._ledger(),
+            ids=[key],
+            output_fields=["record"],
+            consistency_level=STRONG,
+            timeout=milvus_schema.TIMEOUT,
         )
         return json.loads(rows[0]["record"]) if rows else None
 
@@ -488,7 +507,8 @@ class MilvusStore:
                 f"ledger record '{key}' is {size} bytes, over Milvus's limit of "
                 f"{_LEDGER_MAX_LENGTH}; the cursor or the skipped ids are too long for it"
             )
-        self.client.upsert(self._ledger(), [{"key": key, "record": text, "unused": [0.0, 0.0]}])
+        row = {"key": key, "record": text, "unused": [0.0, 0.0]}
+        self.client.upsert(self._ledger(), [row], timeout=milvus_schema.TIMEOUT)
 
     def ledger_list(self) -> list[dict[str, Any]]:
         if not self.client.has_collection(LEDGER_COLLECTION):
