@@ -55,6 +55,12 @@ class LeaseHeld(StoreError):
     """
 
 
+class LeaseLost(LeaseHeld):
+    """Another run took the lease while this one held it (a take-over, or a rival's slow
+    write landing after this run's read-back): this run stops and never writes the
+    record again, so the holder's record stays whole."""
+
+
 class VerificationError(DmuError):
     exit_code = 5
 

@@ -15,7 +15,7 @@ from backends import Backend
 from conftest import Digits
 
 from dmu_migrate.artifact import Artifact
-from dmu_migrate.errors import InputError, NothingToDo, StoreError
+from dmu_migrate.errors import InputError, LeaseLost, NothingToDo, StoreError
 from dmu_migrate.evolve import admin
 from dmu_migrate.evolve.ledger import DONE, Ledger
 from dmu_migrate.evolve.pipeline import COMPLETED, REMAINING, EvolveOptions, EvolveResult, evolve
@@ -179,6 +179,42 @@ def test_live_lease_refuses_second_run(
     assert not store.has_collection(plan.target)
     result = evolve(store, plan, EvolveOptions(take_over=True))
     assert result.outcome == COMPLETED
+
+
+class TakenMidRun:
+    """The real store; at the second batch written, a rival run takes the lease (as a
+    --take-over does, or a rival's slow write landing after this run's read-back)."""
+
+    def __init__(self, store: VectorStore, key: str) -> None:
+        self._store, self._key, self._writes = store, key, 0
+        self.rival = Ledger(store, owner="rival:4242")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def write_rows(self, *args: Any, **kwargs: Any) -> None:
+        self._writes += 1
+        if self._writes == 2:
+            taken = self.rival.load(self._key)
+            assert taken is not None
+            self.rival.acquire(taken, take_over=True)
+        self._store.write_rows(*args, **kwargs)
+
+
+def test_a_run_whose_lease_is_taken_stops_and_leaves_the_record_to_the_taker(
+    backend: Backend, digits: Digits, artifact: Artifact
+) -> None:
+    source, alias, _ = seed_gallery(backend, digits)
+    store = backend.open_store()
+    plan = make_plan(store, alias, AdapterChain([artifact]))
+    taken = TakenMidRun(store, plan.key)
+    with pytest.raises(LeaseLost, match="taken by rival:4242"):
+        evolve(taken, plan, EvolveOptions(batch_size=32, read_ahead=0))
+    record = Ledger(store).load(plan.key)
+    assert record is not None
+    # The taker's lease and record stand: the loser neither released nor overwrote them.
+    assert record.lease_owner == "rival:4242" and record.status != "failed"
+    assert store.alias_target(alias) == source  # no cut-over by a run that lost its lease
 
 
 def test_rollback_and_prune(backend: Backend, digits: Digits, artifact: Artifact) -> None:

@@ -36,7 +36,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
-from dmu_migrate.errors import LeaseHeld, StoreError
+from dmu_migrate.errors import LeaseHeld, LeaseLost, StoreError
 from dmu_migrate.stores.base import LEDGER_COLLECTION, Id, VectorStore
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,28 @@ class Ledger:
         return record
 
     def save(self, record: Record) -> None:
+        """Write the record; while this run holds its lease, only if no other run took it.
+
+        The fence: stores offer no compare-and-set, so a rival's write can land after
+        our read-back (a slow writer) or a --take-over can reclaim a lease whose holder
+        is alive. Checking the stored token before each write ends such a run at its
+        next save (at most LEDGER_EVERY of writes later, and before any cut-over) instead
+        of letting both finish; the writes in between are the same evolved rows.
+        """
+        self._fence(record)
+        self._put(record)
+
+    def _fence(self, record: Record) -> None:
+        if record.lease_owner != self.owner or record.lease_token is None:
+            return  # not holding it: an operator's command, or a released record
+        stored = self.store.ledger_get(storage_key(record.key)) or {}
+        if stored.get("lease_token") not in (None, record.lease_token):
+            raise LeaseLost(
+                f"migration '{record.key}' was taken by {stored.get('lease_owner')} while "
+                f"this run held it; this run stopped and left it to that one (see status)"
+            )
+
+    def _put(self, record: Record) -> None:
         record.updated_at = now_iso()
         if record.lease_owner == self.owner:
             record.lease_expires = time.time() + LEASE_SECONDS
@@ -209,7 +231,7 @@ class Ledger:
             self._refuse_held(record.key, current, take_over)
             record.lease_owner = self.owner
             record.lease_token = uuid.uuid4().hex
-            self.save(record)
+            self._put(record)  # over any earlier token: ours from a slow try, or a dead run's
             if not self.store.shared:
                 return  # one process at a time opens this store (its own lock)
             window = time.monotonic() - started
@@ -264,10 +286,16 @@ class Ledger:
             )
 
     def release(self, record: Record) -> None:
+        """Clear our lease and write the record's last state, unless another run took it."""
+        try:
+            self._fence(record)  # a lost lease leaves the holder's record alone
+        except LeaseLost as exc:
+            log.info("not writing %s: %s", record.key, exc)
+            return
         record.lease_owner = None
         record.lease_expires = 0.0
         record.lease_token = None
-        self.save(record)
+        self._put(record)
 
     def records(self) -> list[Record]:
         """Every migration and shard record, with their skipped ids put back together."""
