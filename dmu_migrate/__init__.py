@@ -24,6 +24,8 @@ from dmu_migrate.errors import (
     ArtifactError,
     DmuError,
     InputError,
+    LeaseHeld,
+    LeaseLost,
     NothingToDo,
     QualityGateError,
     StoreError,
@@ -86,6 +88,8 @@ __all__ = [
     "ArtifactError",
     "StoreError",
     "AccessDenied",
+    "LeaseHeld",
+    "LeaseLost",
     "VerificationError",
     "QualityGateError",
 ]

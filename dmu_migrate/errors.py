@@ -11,6 +11,7 @@ with the class's ``exit_code``; anything else is a bug and keeps its traceback.
     +-- StoreError           exit 4  vector store unreachable, missing collection, bad schema
     |   +-- AccessDenied     exit 4  the store rejected the credentials or lacks a privilege
     |   +-- LeaseHeld        exit 4  another live run holds the migration's (or shard's) lease
+    |       +-- LeaseLost    exit 4  another run took the lease while this one held it
     +-- VerificationError    exit 5  written data does not match what was expected
     +-- QualityGateError     exit 6  the upgrade was validated as worse than not upgrading
 """
