@@ -16,6 +16,7 @@ from dmu_migrate.evolve import NEW_COLLECTION
 from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult, ProgressCallback
 from dmu_migrate.evolve.plan import Estimate
 from dmu_migrate.evolve.retry import RetryPolicy
+from dmu_migrate.evolve.verify import VerifyReport
 
 if TYPE_CHECKING:
     from dmu_migrate.evolve.plan import Plan
@@ -45,20 +46,11 @@ class EvolvePreview:
 
 
 @dataclass(frozen=True)
-class VerifyResult:
+class VerifyResult(VerifyReport):
     """A migration re-checked: every source id present, sampled vectors equal adapter(old)."""
 
     migration: str
     target: str  # the evolved collection
-    source_rows: int
-    target_rows: int
-    missing: int
-    sampled: int
-    max_abs_error: float
-    searched: int  # sampled rows found by searching the target with their own vectors
-
-    def as_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
 
 
 def adapter_paths(adapter: AdapterPaths) -> list[Path]:
@@ -230,4 +222,4 @@ def verify(
         ids = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
         writer = make_strategy(store, plan, snapshot_root)
         report = run_verify(store, plan, writer, ids, skipped)
-    return VerifyResult(plan.key, plan.target, **report.as_dict())  # type: ignore[arg-type]
+    return VerifyResult(**report.as_dict(), migration=plan.key, target=plan.target)  # type: ignore[arg-type]
