@@ -40,6 +40,7 @@ MARKER = ".dmu-demo"
 DIM = 32
 ALIAS = "digits"
 OLD_COLLECTION = "digits__v1"
+DATABASE = "gallery.db"  # the Milvus Lite file in the workdir
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,18 @@ class SearchCheck:
     old_hits: int  # the same queries against the untouched old collection
     examples: list[tuple[int, int, int]]  # (query label, top-1 label evolved, top-1 label old)
 
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "k": self.k,
+            "possible": self.possible,
+            "evolved_hits": self.evolved_hits,
+            "old_hits": self.old_hits,
+            "examples": [
+                {"label": label, "evolved_top1": evolved, "old_top1": old}
+                for label, evolved, old in self.examples
+            ],
+        }
+
 
 @dataclass(frozen=True)
 class DemoResult:
@@ -60,6 +73,21 @@ class DemoResult:
     evolve: EvolveResult
     evaluation: EvalReport
     search: SearchCheck
+
+    @property
+    def database(self) -> Path:
+        return self.workdir / DATABASE
+
+    def as_dict(self) -> dict[str, object]:
+        """What the demo prints, for --json: the evaluation report, the migration, the searches."""
+        return {
+            "workdir": str(self.workdir),
+            "artifact": str(self.train.artifact.path),
+            "database": str(self.database),
+            "evaluation": self.evaluation.as_dict(),
+            "evolve": self.evolve.as_dict(),
+            "search": self.search.as_dict(),
+        }
 
 
 def prepare_workdir(workdir: Path) -> None:
@@ -173,7 +201,7 @@ def run_demo(
     write_table(workdir / "train.parquet", {"label": y_tr, "old": old_tr, "x": x_tr})
     write_table(workdir / "eval.parquet", {"label": y_te, "old": old_te, "x": x_te, "role": role})
 
-    db = workdir / "gallery.db"
+    db = workdir / DATABASE
     gallery = role == "gallery"
     store_gallery(db, old_te[gallery], y_te[gallery])
     step(f"Milvus Lite: {int(gallery.sum())} old vectors in '{OLD_COLLECTION}', alias '{ALIAS}'")

@@ -7,11 +7,14 @@ and in a ``dmu-migrate backfill`` child process:
     DMU_TEST_MODEL    the artifact's new_model.onnx
     DMU_TEST_FAIL_AT  optional: the call (1-based) that fails instead of embedding
     DMU_TEST_FAULT    "raise" (an exception, the default) or "kill" (SIGKILL this process)
+    DMU_TEST_REMOVE   optional: a directory deleted at the first call (one that goes away
+                      while the run works, such as a --metrics-file directory)
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ NAMES: list[list[Any]] = []  # the stored "name" field each call was given
 def embed(ids: np.ndarray, fields: dict[str, list[Any]]) -> np.ndarray:
     CALLS.append(ids.tolist())
     NAMES.append(list(fields.get("name", [])))
+    if os.environ.get("DMU_TEST_REMOVE"):
+        shutil.rmtree(os.environ["DMU_TEST_REMOVE"], ignore_errors=True)
     fail_at = os.environ.get("DMU_TEST_FAIL_AT")
     if fail_at and len(CALLS) == int(fail_at):
         if os.environ.get("DMU_TEST_FAULT") == "kill":

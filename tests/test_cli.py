@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
 from conftest import Digits, Gallery
 from pymilvus import MilvusClient
 from typer.testing import CliRunner
@@ -157,11 +159,39 @@ def test_evolve_unknown_scheme(artifact: Artifact) -> None:
     assert_clean_error(result, 2, "unknown store URI scheme 'ftp://'")
 
 
-def test_demo_runs_and_refuses_foreign_workdir(tmp_path: Path) -> None:
+def test_demo_runs_and_refuses_foreign_workdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dmu_migrate.demo
+    from dmu_migrate.cli.common import out
+    from dmu_migrate.cli.training import show_demo
+
+    # One run (it trains): --json for scripts, and the same result rendered for people.
+    runs: list[Any] = []
+    real = dmu_migrate.demo.run_demo
+
+    def kept(*args: Any, **kwargs: Any) -> Any:
+        runs.append(real(*args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(dmu_migrate.demo, "run_demo", kept)
     workdir = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--workdir", str(workdir), "--epochs", "10"])
+    result = runner.invoke(app, ["demo", "--workdir", str(workdir), "--epochs", "10", "--json"])
     assert result.exit_code == 0, result.output
-    assert "new->evolved" in result.output and "Milvus search" in result.output
+    shown = json.loads(result.stdout)
+    (demo,) = runs
+    scores = demo.evaluation.scores["new->evolved"].as_dict()
+    assert shown["evaluation"]["settings"]["new->evolved"] == scores
+    assert shown["evaluation"]["verdict"] == demo.evaluation.verdict.line
+    assert shown["evolve"]["rows_written"] == demo.evolve.rows_written > 0
+    assert shown["evolve"]["alias"] == "digits"
+    assert shown["search"]["evolved_hits"] == demo.search.evolved_hits
+    assert shown["search"]["possible"] == demo.search.possible > 0
+    assert shown["database"] == str(workdir / "gallery.db")
+    with out.capture() as human:
+        show_demo(demo)
+    assert "new->evolved" in human.get() and "Milvus search" in human.get()
+    assert f"{demo.search.evolved_hits}/{demo.search.possible}" in human.get()
     assert (workdir / "adapters" / "digits-v2" / "adapter.onnx").exists()
     # Re-running over its own directory is fine; over someone else's files it refuses.
     foreign = tmp_path / "mine"

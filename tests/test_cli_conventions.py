@@ -8,7 +8,10 @@ logs, credentials from the usual variables, Qdrant URLs, 80 columns.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from dmu_migrate.cli import app
 from dmu_migrate.stores.base import open_store, store_kind, store_token
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_version() -> None:
@@ -110,16 +114,84 @@ def test_messages_are_printed_literally(gallery: Gallery, artifact: Artifact) ->
 
 def test_prune_answered_no_drops_nothing_and_exits_0(gallery: Gallery, artifact: Artifact) -> None:
     assert runner.invoke(app, evolve_args(gallery, artifact)).exit_code == 0
-    asked = runner.invoke(
-        app, ["prune", "--collection", "digits__v1", "--uri", str(gallery.db)], input="n\n"
-    )
+    prune = ["prune", "--collection", "digits__v1", "--uri", str(gallery.db)]
+    asked = runner.invoke(app, prune, input="n\n")
     assert asked.exit_code == 0, asked.output
     assert "nothing was dropped from 'digits__v1'" in asked.stdout
+    # No answer at all (stdin closed, as under cron): one line naming --yes, not "Aborted!".
+    unanswered = runner.invoke(app, prune, input="")
+    assert unanswered.exit_code == 2, unanswered.output
+    assert unanswered.stderr.count("\n") == 1 and "Aborted" not in unanswered.output
+    assert "got no answer" in unanswered.stderr and "pass --yes" in unanswered.stderr
+    # --json is for scripts: it never asks (the prompt would break the document), it refuses.
+    scripted = runner.invoke(app, [*prune, "--json"], input="y\n")
+    assert scripted.exit_code == 2, scripted.output
+    assert scripted.stdout == "" and scripted.stderr.count("\n") == 1
+    assert "drop collection 'digits__v1'" in scripted.stderr and "(--yes)" in scripted.stderr
     client = MilvusClient(str(gallery.db))
     try:
         assert client.has_collection("digits__v1")
     finally:
         client.close()
+
+    pruned = runner.invoke(app, [*prune, "--json", "--yes"])
+    assert pruned.exit_code == 0, pruned.output
+    assert json.loads(pruned.stdout) == {
+        "migration": "digits__v1->digits__v2",
+        "collection": "digits__v1",
+        "pruned": True,
+        "message": "dropped 'digits__v1'",
+        "dropped": "digits__v1",
+        "rows": len(gallery.ids),
+    }
+    client = MilvusClient(str(gallery.db))
+    try:
+        assert not client.has_collection("digits__v1")
+    finally:
+        client.close()
+
+
+def test_completion_scripts_name_the_program_and_complete_in_bash(tmp_path: Path) -> None:
+    scripts = {}
+    for shell in ("bash", "zsh", "fish", "powershell"):
+        shown = runner.invoke(app, ["completion", shell])
+        assert shown.exit_code == 0, shown.output
+        scripts[shell] = shown.stdout
+        assert "dmu-migrate" in shown.stdout and "_DMU_MIGRATE_COMPLETE" in shown.stdout
+    assert "complete -o default -F _dmu_migrate_completion dmu-migrate" in scripts["bash"]
+    refused = runner.invoke(app, ["completion", "tcsh"])
+    assert refused.exit_code == 2 and "unknown shell 'tcsh'; use one of bash" in refused.stderr
+
+    # The printed script, loaded by a real bash, completes through the program itself.
+    program = tmp_path / "bin" / "dmu-migrate"  # as pip installs it: argv[0] names it
+    program.parent.mkdir()
+    program.write_text(f"#!{sys.executable}\nfrom dmu_migrate.cli import main\nmain()\n")
+    program.chmod(0o755)
+    (tmp_path / "complete.bash").write_text(scripts["bash"])
+    words = {"ev": "dmu-migrate ev", "prune --": "dmu-migrate prune --"}
+    lines = [f"source {tmp_path / 'complete.bash'}"]
+    for typed in words.values():
+        count = len(typed.split()) - (0 if typed.endswith(" ") else 1)
+        lines.append(
+            f"COMP_WORDS=({typed}); COMP_CWORD={count}; _dmu_migrate_completion dmu-migrate; "
+            'echo "${COMPREPLY[*]}"'
+        )
+    env = {
+        **os.environ,
+        "PATH": f"{program.parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),  # this checkout, as the test process imports it
+    }
+    done = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", "\n".join(lines)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stderr
+    commands, flags = done.stdout.splitlines()
+    assert commands.split() == ["evaluate", "evolve"], done.stdout
+    assert {"--collection", "--yes", "--json"} <= set(flags.split()), done.stdout
 
 
 def test_train_progress_is_logged_off_a_terminal(tmp_path: Path, digits: Digits) -> None:

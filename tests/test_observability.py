@@ -11,13 +11,15 @@ import re
 import sys
 from pathlib import Path
 
-from conftest import Gallery, evolve_args
+import pytest
+from conftest import Digits, Gallery, evolve_args, read_all
 from typer.testing import CliRunner
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.cli import app
 from dmu_migrate.cli.jsonlog import JsonFormatter
 from dmu_migrate.cli.run_metrics import Run, write
+from dmu_migrate.data import write_table
 
 runner = CliRunner()
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
@@ -119,6 +121,67 @@ def test_metrics_file_holds_the_runs_numbers_and_survives_a_failure(
     samples = parse(prom.read_text())
     assert value(samples, "last_success_timestamp_seconds") > success
     assert value(samples, "run_rows_written_total") == 0
+
+
+def test_backfill_reports_its_numbers_and_a_metrics_dir_gone_mid_run_keeps_its_work(
+    gallery: Gallery,
+    artifact: Artifact,
+    digits: Digits,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert runner.invoke(app, evolve_args(gallery, artifact)).exit_code == 0
+    assert artifact.new_model_path is not None
+    # backfill_embed embeds the stored rows with the new model, from their inputs x.
+    x = digits.x_te[~digits.is_query]
+    write_table(tmp_path / "x.parquet", {"id": gallery.ids, "x": x})
+    monkeypatch.setenv("DMU_TEST_X", str(tmp_path / "x.parquet"))
+    monkeypatch.setenv("DMU_TEST_MODEL", str(artifact.new_model_path))
+    write_table(tmp_path / "first.parquet", {"id": gallery.ids[:12]})
+    backfill = ["backfill", "--collection", "digits", "--uri", str(gallery.db)]
+    backfill += ["--embed", "backfill_embed:embed", "--json", "--metrics-file"]
+    first = [*backfill, str(tmp_path / "b.prom"), "--ids", str(tmp_path / "first.parquet")]
+
+    done = runner.invoke(app, first)
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
+    samples = parse((tmp_path / "b.prom").read_text())
+    where = {"command": "backfill", "collection": "digits", "target": result["target"]}
+    assert value(samples, "run_outcome", command="backfill", outcome="done") == 1
+    assert value(samples, "run_exit_code") == 0
+    assert value(samples, "run_rows_written_total", **where) == result["rows_written"] == 12
+    assert value(samples, "backfill_rows_done", **where) == result["rows_done"] == 12
+    assert value(samples, "backfill_rows_total", **where) == 12
+    assert value(samples, "run_backfill_seconds", **where) == result["seconds"]
+    assert "dmu_migrate_last_success_timestamp_seconds" in samples
+    # The same input again: nothing to do, still a success.
+    again = runner.invoke(app, first)
+    assert again.exit_code == 0 and json.loads(again.stdout)["up_to_date"], again.output
+    samples = parse((tmp_path / "b.prom").read_text())
+    assert value(samples, "run_outcome", outcome="nothing to do") == 1
+    assert value(samples, "run_rows_written_total") == 0
+
+    # The metrics directory is there when the run starts and gone when it ends.
+    gone = tmp_path / "textfile"
+    gone.mkdir()
+    monkeypatch.setenv("DMU_TEST_REMOVE", str(gone))
+    write_table(tmp_path / "second.parquet", {"id": gallery.ids[12:20]})
+    second = [*backfill, str(gone / "b.prom"), "--ids", str(tmp_path / "second.parquet")]
+    lost = runner.invoke(app, second)
+    assert not gone.exists()
+    assert lost.exit_code == 2, lost.output
+    # One line naming the file and the fix, and saying that the run's work stands ...
+    assert lost.stderr.count("\n") == 1 and "Traceback" not in lost.output
+    assert lost.stderr.startswith(f"error: --metrics-file {gone / 'b.prom'}: cannot write in")
+    assert "give a path in a writable directory" in lost.stderr
+    assert "the run itself ended with exit code 0; its work is kept" in lost.stderr
+    # ... which it is: the result was printed, and the rows and the ledger hold it.
+    assert json.loads(lost.stdout)["rows_written"] == 8
+    rows = read_all(gallery.db, result["target"])
+    assert all(rows[i]["dmu_origin"] == "native" for i in gallery.ids[:20].tolist())
+    monkeypatch.delenv("DMU_TEST_REMOVE")
+    plain = [a for a in second if a not in ("--metrics-file", str(gone / "b.prom"))]
+    assert json.loads(runner.invoke(app, plain).stdout)["up_to_date"]
 
 
 def test_json_logs_are_one_object_a_line_with_fields(gallery: Gallery, artifact: Artifact) -> None:

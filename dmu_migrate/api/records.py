@@ -39,6 +39,11 @@ class PruneResult:
     collection: str  # the old collection (or in-place snapshot's collection) named
     pruned: bool  # False when ``confirm`` said no: nothing was dropped
     message: str
+    dropped: str | None = None  # what went: the old collection, or the snapshot's path
+    rows: int = 0  # old vectors that went with it (the migration's source rows)
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
 
 
 def status(
@@ -82,6 +87,7 @@ def prune(
     Nothing is dropped unless ``yes`` is True or ``confirm(what)`` (given the
     sentence saying what would go) returns True; with neither, InputError.
     """
+    from dmu_migrate.evolve import IN_PLACE
     from dmu_migrate.evolve.admin import prune as run_prune
     from dmu_migrate.evolve.admin import prune_plan
 
@@ -96,4 +102,8 @@ def prune(
                 # The operator's answer, not a failure: scripts that say no must not break.
                 message = f"not pruned: nothing was dropped from '{collection}'"
                 return PruneResult(record.key, collection, False, message)
-        return PruneResult(record.key, collection, True, run_prune(store, record))
+        message = run_prune(store, record)
+        dropped = record.snapshot if record.strategy == IN_PLACE else record.source
+        return PruneResult(
+            record.key, collection, True, message, dropped=dropped, rows=record.source_rows
+        )

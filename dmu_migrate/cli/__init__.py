@@ -12,7 +12,16 @@ from typing import Annotated
 
 import typer
 
-from dmu_migrate.cli import admin, backfill, evaluation, logs, migration, sampling, training
+from dmu_migrate.cli import (
+    admin,
+    backfill,
+    completion,
+    evaluation,
+    logs,
+    migration,
+    sampling,
+    training,
+)
 
 app = typer.Typer(
     help="Upgrade the embedding model behind a vector database without backfilling.",
@@ -61,6 +70,8 @@ app.command()(training.demo)
 app.command("plan-backfill")(backfill.plan_backfill)
 app.command()(backfill.backfill)
 app.command()(sampling.sample)
+app.command()(completion.completion)
+completion.enable()
 
 # Last, so that every command registered above also takes -v/-q/--log-format after its name.
 for _command in app.registered_commands:

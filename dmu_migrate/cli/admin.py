@@ -130,8 +130,11 @@ def prune(
     uri: Uri = "milvus.db",
     token: Token = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Drop old vectors that a finished, verified migration replaced. Asks first.
+
+    Answering no drops nothing and exits 0. --json never asks: it needs --yes.
 
     Example: dmu-migrate prune --collection faces__v1 --uri faces.db --yes
     """
@@ -143,6 +146,24 @@ def prune(
             uri=uri,
             token=token,
             yes=yes,
-            confirm=lambda what: typer.confirm(f"{what}. This cannot be undone. Continue?"),
+            # A script reading --json cannot answer a prompt (and the prompt would land in its
+            # JSON): without a confirm the library refuses, naming what would go and --yes.
+            confirm=None if as_json else _confirm,
         )
+        if as_json:
+            out.print_json(json.dumps(result.as_dict()))
+            return
         out.print(result.message)
+
+
+def _confirm(what: str) -> bool:
+    """Ask at the prompt; no answer at all (stdin closed, as under cron) drops nothing."""
+    from dmu_migrate.errors import InputError
+
+    try:
+        return typer.confirm(f"{what}. This cannot be undone. Continue?")
+    except typer.Abort:
+        raise InputError(
+            f"prune would {what} and got no answer to its confirmation; nothing was dropped; "
+            "pass --yes to prune without asking"
+        ) from None

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from dmu_migrate.cli.common import AsJson, RowsBar, out, progress, user_errors
 from dmu_migrate.cli.migration import Token, Uri
+from dmu_migrate.cli.run_metrics import backfill_numbers, reported
 
 SHOWN = 10  # rows of the plan printed without --json
 
@@ -79,6 +80,7 @@ def plan_backfill(
         )
 
 
+@reported("backfill", ("done",), "collection")
 def backfill(
     collection: Annotated[
         str, typer.Option(help="Alias, evolved collection or old collection of the migration.")
@@ -137,6 +139,7 @@ def backfill(
                 take_over=take_over,
                 on_progress=RowsBar(bar, "backfill"),
             )
+        backfill_numbers(result)
         if as_json:
             out.print_json(json.dumps(result.as_dict(), default=str))
         elif result.up_to_date:

@@ -10,8 +10,8 @@ is carried over from the previous file when this run failed, so an alert on
 its age fires when runs keep failing, not when they stop reporting.
 
 Only numbers the run measured are written: the result object of the verb
-(evolve.pipeline.EvolveResult, evolve.verify.VerifyReport) and the command's
-own wall time and exit code.
+(evolve.pipeline.EvolveResult, evolve.verify.VerifyReport,
+evolve.backfill_write.BackfillResult) and the command's own wall time and exit code.
 """
 
 from __future__ import annotations
@@ -131,14 +131,19 @@ def recorded(
 def _write_or_say(
     path: Path, run: Run, code: int, seconds: float, outcomes: tuple[str, ...]
 ) -> None:
-    """Write the file; if the directory went away meanwhile, one error line (exit 2 if none yet)."""
+    """Write the file; if the directory went away meanwhile, one error line (exit 2 if none yet).
+
+    The run's own work is done by now and its result already printed: the line says
+    so, so that an operator fixes the path instead of re-running a migration.
+    """
     from dmu_migrate.cli.common import print_error
     from dmu_migrate.errors import InputError
 
     try:
         write(path, run, code, seconds, outcomes)
     except (InputError, OSError) as exc:
-        print_error(str(exc) if isinstance(exc, InputError) else _unwritable(path, exc))
+        message = str(exc) if isinstance(exc, InputError) else _unwritable(path, exc)
+        print_error(f"{message} (the run itself ended with exit code {code}; its work is kept)")
         if code == 0:
             raise typer.Exit(2) from None
 
@@ -313,5 +318,34 @@ def verify_numbers(report: Any, **where: str) -> None:
         "gauge",
         "Largest difference in the sample.",
         v.max_abs_error,
+        **where,
+    )
+
+
+def backfill_numbers(result: Any) -> None:
+    """A BackfillResult's counts; the same input already written is 'nothing to do'."""
+    run, where = active(), {"target": result.target}
+    if not result.up_to_date:
+        run.outcome = "done"
+    run.add(
+        "run_rows_written_total",
+        "counter",
+        "Native rows written by the last run.",
+        result.rows_written,
+        **where,
+    )
+    run.add(
+        "backfill_rows_done",
+        "gauge",
+        "Rows of the input written so far.",
+        result.rows_done,
+        **where,
+    )
+    run.add("backfill_rows_total", "gauge", "Rows in the input.", result.rows_total, **where)
+    run.add(
+        "run_backfill_seconds",
+        "gauge",
+        "Seconds the backfill itself took.",
+        result.seconds,
         **where,
     )

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import Progress
@@ -28,6 +28,9 @@ from dmu_migrate.cli.common import (
     user_errors,
 )
 from dmu_migrate.quality import transition_hint
+
+if TYPE_CHECKING:
+    from dmu_migrate.demo import DemoResult  # imports torch: only for the annotation
 
 # Not a TrainConfig field: it changes speed, not the result, so --resume accepts any value.
 TorchThreads = Annotated[
@@ -210,6 +213,7 @@ def demo(
     epochs: Annotated[int, typer.Option(help="Most training epochs of the new model (> 0).")] = 40,
     seed: Annotated[int, typer.Option(help="Seed of the data split and the training.")] = 0,
     threads: TorchThreads = 0,
+    as_json: AsJson = False,
 ) -> None:
     """Run the whole upgrade on real data (scikit-learn digits) in Milvus Lite.
 
@@ -229,17 +233,25 @@ def demo(
                 on_epoch=epoch_logger(bar, task),
                 threads=threads,
             )
-        s = result.search
-        out.print(scores_table(result.evaluation, "held-out digits"))
-        out.print(result.evaluation.verdict.line)
-        out.print(
-            f"Milvus search with new-model queries, top-{s.k} results with the query's label: "
-            f"alias '{result.evolve.alias}' (evolved) {s.evolved_hits}/{s.possible}, "
-            f"old collection '{result.evolve.source}' {s.old_hits}/{s.possible}"
-        )
-        for label, top_evolved, top_old in s.examples:
-            out.print(f"  query digit {label}: evolved top-1 {top_evolved}, old top-1 {top_old}")
-        out.print(f"artifact: {result.train.artifact.path}   database: {workdir / 'gallery.db'}")
+        if as_json:
+            out.print_json(json.dumps(result.as_dict(), default=str))
+            return
+        show_demo(result)
+
+
+def show_demo(result: DemoResult) -> None:
+    """The demo's figures as a person reads them: the report, its verdict, the searches."""
+    s = result.search
+    out.print(scores_table(result.evaluation, "held-out digits"))
+    out.print(result.evaluation.verdict.line)
+    out.print(
+        f"Milvus search with new-model queries, top-{s.k} results with the query's label: "
+        f"alias '{result.evolve.alias}' (evolved) {s.evolved_hits}/{s.possible}, "
+        f"old collection '{result.evolve.source}' {s.old_hits}/{s.possible}"
+    )
+    for label, top_evolved, top_old in s.examples:
+        out.print(f"  query digit {label}: evolved top-1 {top_evolved}, old top-1 {top_old}")
+    out.print(f"artifact: {result.train.artifact.path}   database: {result.database}")
 
 
 def transition(
