@@ -48,7 +48,9 @@ def elsewhere(where: str, args: list[str]) -> str | None:
     if command == "demo":
         return "test_cli.py::test_demo_runs_and_refuses_foreign_workdir"
     if command == "completion":
-        return "test_cli_conventions.py::test_completion_scripts_name_the_program_and_complete_in_bash"
+        return (
+            "test_cli_conventions.py::test_completion_scripts_name_the_program_and_complete_in_bash"
+        )
     if "gallery.db" in args:  # the demo's workdir: plan, backfill, then the nightly evolve
         return "test_backfill_commands.py::test_backfill_writes_native_rows_that_cron_evolve_keeps_and_verify_accepts"
     if command in ("plan-backfill", "backfill"):

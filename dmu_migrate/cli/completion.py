@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from dmu_migrate.cli.common import choices, user_errors
+from dmu_migrate.cli.common import user_errors
 
 PROGRAM = "dmu-migrate"  # the console script of pyproject.toml, whatever argv[0] is
 COMPLETE_VAR = "_DMU_MIGRATE_COMPLETE"  # the variable Typer reads for that program name
@@ -21,9 +21,7 @@ SHELLS = ("bash", "zsh", "fish", "powershell")
 
 
 def completion(
-    shell: Annotated[
-        str, typer.Argument(help="The shell to complete in.", metavar=choices(SHELLS))
-    ],
+    shell: Annotated[str, typer.Argument(help=f"The shell: {', '.join(SHELLS)}.")],
 ) -> None:
     """Print the shell completion script of dmu-migrate for bash, zsh, fish or powershell.
 
