@@ -67,7 +67,8 @@ def test_bulk_equals_insert_row_for_row(
     assert (report.source_rows, report.target_rows, report.missing) == (ROWS, ROWS, 0), report
     record = Ledger(store).load(by_bulk.migration)
     assert record is not None and record.bulk is not None
-    assert [p["rows"] for p in record.bulk["parts"]] == [250, 250, 100]
+    # Parts close at the first batch boundary past 250 rows: two of three 100-row batches.
+    assert [p["rows"] for p in record.bulk["parts"]] == [300, 300]
     assert all(p["done"] and p["job"] for p in record.bulk["parts"])
     assert list(files.iterdir()) == []  # imported files are deleted
     inserted, imported = server.read_all(by_insert.target), server.read_all(by_bulk.target)
@@ -135,7 +136,7 @@ def test_bulk_is_refused_on_stores_without_import(
     uri = {
         "milvus-lite": str(tmp_path / "store.db"),
         "qdrant-local": f"qdrant:{tmp_path / 'qdrant'}",
-        "parquet": f"parquet:{tmp_path / 'pq'}",
+        "parquet": f"parquet:{tmp_path / 'parquet'}",
     }[kind]
     backend = Backend(kind, uri, tmp_path)
     source = "live"
