@@ -64,6 +64,7 @@ def test_bulk_equals_insert_row_for_row(
     by_bulk = _run(store, b, artifact, write_path="bulk", bulk_storage=str(files))
     assert by_bulk.outcome == COMPLETED and by_bulk.verify is not None
     report = by_bulk.verify
+    assert (by_bulk.caught_up, by_bulk.updated) == (0, 0)  # the imports wrote every row
     assert (report.source_rows, report.target_rows, report.missing) == (ROWS, ROWS, 0), report
     record = Ledger(store).load(by_bulk.migration)
     assert record is not None and record.bulk is not None

@@ -219,6 +219,9 @@ def bulk_pass(
     if part is not None:
         _close(parts, part, plan, skipped, last_id)
     parts.settle_all()
+    imported = sum(p["rows"] for p in parts.all)
+    if not milvus_bulk.wait_visible(store.client, plan.target, imported):  # type: ignore[attr-defined]
+        log.warning("'%s' does not show all %d imported rows yet", plan.target, imported)
     if on_progress is not None:
         on_progress(record.rows_done, plan.rows)
     return True

@@ -233,6 +233,28 @@ def wait(
         time.sleep(POLL_SECONDS)
 
 
+def wait_visible(client: MilvusClient, collection: str, rows: int, timeout: float = 600) -> bool:
+    """Wait until a count sees ``rows``: a completed job's segments reach the query nodes a
+    little later, and verification (and the cut-over) must not run before they do."""
+    import contextlib
+
+    with contextlib.suppress(MilvusException):  # a refresh hint; older servers lack it
+        client.load_collection(collection, timeout=TIMEOUT, _refresh=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = client.query(
+            collection,
+            filter="",
+            output_fields=["count(*)"],
+            consistency_level="Strong",
+            timeout=TIMEOUT,
+        )
+        if int(got[0]["count(*)"]) >= rows:
+            return True
+        time.sleep(POLL_SECONDS)
+    return False
+
+
 def hint(reason: str) -> str:
     if "no such file" in reason:
         return (
