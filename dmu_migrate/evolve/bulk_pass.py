@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 
 INSERT, BULK, AUTO = "insert", "bulk", "auto"
 WRITE_PATHS = (INSERT, BULK, AUTO)
-# Below this many rows `auto` keeps the insert path: each import job costs the
-# server seconds of fixed work (measured in docs/benchmarks.md).
-AUTO_MIN_ROWS = 200_000
+# Below this many rows `auto` keeps the insert path. Measured at 100k x 128 bulk was no
+# faster than insert end to end (docs/benchmarks.md); no size has yet been measured
+# where it wins, so auto stays on insert up to 1M until one is.
+AUTO_MIN_ROWS = 1_000_000
 PART_BYTES = 256 << 20  # vector bytes per import job: a few jobs per million wide rows
 MAX_PENDING = 2  # jobs in flight while the next part is written; bounds files on disk
 
