@@ -11,13 +11,17 @@ then copied three ways, each in a fresh process (so each peak RSS is its own):
   records -> ``PointStruct`` -> ``upsert``;
 - ``dmu-migrate evolve``: the real command (run in-process by the worker),
   through a 256-hidden residual adapter of the shipped shape, including
-  catch-up, verification and the alias cut-over.
+  catch-up, verification and the alias cut-over;
+- with ``--bulk``, on the Milvus server only: the same command with
+  ``--write-path bulk`` (import jobs from files in the case's directory, which
+  the local-storage server shares), after the evolve step's target is dropped.
 
 Collections use a FLAT index, so no background index build competes for
 the CPU during a measurement; what is timed is the data path.
 
     python benchmarks/evolve.py                               # the full matrix, docs/benchmarks.md
     python benchmarks/evolve.py --stores milvus-lite --rows 100000 --dims 128
+    python benchmarks/evolve.py --stores milvus-server --rows 100000 --dims 128 --bulk
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         seconds = raw_copy(args.uri, rows_per_batch(args))
     elif args.worker == "naive":
         seconds = naive_copy(args.uri, rows_per_batch(args))
+    elif args.worker == "bulk":
+        return bulk_command(args)
     else:
         return evolve_command(args)
     return {"seconds": seconds}
@@ -183,13 +189,32 @@ def naive_qdrant(path: str, batch_size: int) -> float:
     return seconds
 
 
-def evolve_command(args: argparse.Namespace) -> dict[str, Any]:
+def bulk_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Evolve again through import jobs, into a fresh target (untimed: the evolve step's
+    target is dropped and the alias put back on the source first)."""
+    from pymilvus import MilvusClient
+
+    from dmu_migrate.stores.base import LEDGER_COLLECTION
+
+    client = MilvusClient(args.uri, timeout=120)
+    client.alter_alias(SOURCE, ALIAS)
+    for name in client.list_collections():
+        if name not in (SOURCE, RAW, NAIVE, LEDGER_COLLECTION):
+            client.drop_collection(name)
+    client.close()
+    storage = Path(args.uri_dir) / "bulk-files"
+    storage.mkdir(exist_ok=True)
+    more = ["--write-path", "bulk", "--bulk-storage", str(storage), "--restart"]
+    return evolve_command(args, more)
+
+
+def evolve_command(args: argparse.Namespace, more: list[str] | None = None) -> dict[str, Any]:
     """``dmu-migrate evolve ... --json`` run in this process, so its peak RSS is this one's."""
     from dmu_migrate.cli import app
 
     argv = [
         "evolve", "--collection", SOURCE, "--alias", ALIAS, "--adapter", args.artifact,
-        "--uri", args.uri, "--batch-size", str(args.batch_size), "--json",
+        "--uri", args.uri, "--batch-size", str(args.batch_size), "--json", *(more or []),
     ]  # fmt: skip
     stdout = io.StringIO()
     start = time.perf_counter()
@@ -207,6 +232,7 @@ def run_worker(
     cmd = [
         sys.executable, __file__, "--worker", method, "--uri", uri, "--rows-n", str(rows),
         "--dim", str(dim), "--batch-size", str(opts.batch_size), "--artifact", str(opts.artifact),
+        "--uri-dir", str(opts.case_dir),
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -247,6 +273,17 @@ def run_case(kind: str, uri: str, rows: int, dim: int, opts: argparse.Namespace)
             f"peak RSS {case[method]['peak_rss_mb']:.0f} MB",
             flush=True,
         )
+    if opts.bulk and kind == "milvus-server":
+        case["bulk_waited_s"] = settle()
+        case["bulk"] = run_worker("bulk", uri, rows, dim, opts)
+        case["bulk"]["rows_per_s"] = rows / case["bulk"]["seconds"]
+        case["bulk_vs_raw"] = case["bulk"]["rows_per_s"] / case["raw"]["rows_per_s"]
+        print(
+            f"  {kind} {rows:,} x {dim}: evolve --write-path bulk "
+            f"{case['bulk']['rows_per_s']:,.0f} rows/s ({case['bulk_vs_raw']:.2f} x raw), "
+            f"peak RSS {case['bulk']['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
     case["evolve_vs_raw"] = case["evolve"]["rows_per_s"] / case["raw"]["rows_per_s"]
     case["evolve_vs_naive"] = case["evolve"]["rows_per_s"] / case["naive"]["rows_per_s"]
     return case
@@ -284,6 +321,7 @@ def run_store(kind: str, opts: argparse.Namespace, root: Path) -> list[dict[str,
                 continue
             case_dir = root / f"{kind}-{rows}-{dim}"
             case_dir.mkdir()
+            opts.case_dir = case_dir
             if kind == "milvus-server":
                 with milvus_server(case_dir) as uri:  # a fresh server: no state carried over
                     cases.append(run_case(kind, uri, rows, dim, opts))
@@ -352,8 +390,45 @@ def render(results: dict[str, Any]) -> str:
             f"| {main:,.0f} ({main / c['raw']['rows_per_s']:.2f}) | {checks:.1f} | {setup:.1f} "
             f"| {rss} | {cpu} |"
         )
-    lines += ["", *verdicts(cases)]
+    lines += ["", *verdicts(cases), *bulk_table(cases)]
     return "\n".join(lines) + "\n"
+
+
+def bulk_table(cases: list[dict[str, Any]]) -> list[str]:
+    """``evolve --write-path bulk`` beside the same case's raw insert copy (``--bulk`` runs)."""
+    bulk = [c for c in cases if "bulk" in c]
+    if not bulk:
+        return []
+    out = [
+        "",
+        "### Bulk import write path (`--bulk`)",
+        "",
+        "`evolve --write-path bulk` on the same source, after the evolve step's target was "
+        "dropped: the main pass writes per-field NumPy files into a directory of the case that "
+        "the local-storage server reads, and imports them as sealed segments (256 MiB of "
+        "vectors per job, two jobs in flight); catch-up, verification and the cut-over as "
+        "above. Rows/s over the whole command.",
+        "",
+        "| store | rows x dim | raw insert copy rows/s | evolve rows/s | evolve --write-path bulk "
+        "rows/s | bulk / raw | bulk / evolve | bulk main pass s | peak RSS MB bulk |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in bulk:
+        b = c["bulk"]
+        out.append(
+            f"| {c['store']} | {c['rows']:,} x {c['dim']} | {c['raw']['rows_per_s']:,.0f} "
+            f"| {c['evolve']['rows_per_s']:,.0f} | {b['rows_per_s']:,.0f} "
+            f"| {c['bulk_vs_raw']:.2f} | {b['rows_per_s'] / c['evolve']['rows_per_s']:.2f} "
+            f"| {b['phases']['main_pass']:.1f} | {b['peak_rss_mb']:.0f} |"
+        )
+    out += ["", "Targets: bulk >= 2 x raw insert copy, peak RSS < 500 MB:", ""]
+    for c in bulk:
+        ok = c["bulk_vs_raw"] >= 2 and c["bulk"]["peak_rss_mb"] < 500
+        out.append(
+            f"- {c['store']} {c['rows']:,} x {c['dim']}: {'met' if ok else 'missed'} "
+            f"({c['bulk_vs_raw']:.2f} x raw, {c['bulk']['peak_rss_mb']:.0f} MB)"
+        )
+    return out
 
 
 def verdicts(cases: list[dict[str, Any]]) -> list[str]:
@@ -408,10 +483,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--qdrant-max-rows", type=int, default=100_000,
         help="local mode writes ~1k points/s: larger sizes take hours",
     )  # fmt: skip
+    parser.add_argument(
+        "--bulk", action="store_true", help="also time --write-path bulk (Milvus server)"
+    )
     parser.add_argument("--render", action="store_true", help="rewrite the doc from the JSON")
     parser.add_argument("--results", type=Path, default=RESULTS, help="raw numbers (JSON)")
     parser.add_argument("--doc", type=Path, default=DOC, help="the page whose section is written")
-    parser.add_argument("--worker", choices=("seed", *METHODS), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("seed", "bulk", *METHODS), help=argparse.SUPPRESS)
+    parser.add_argument("--uri-dir", help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     parser.add_argument("--rows-n", dest="n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dim", type=int, help=argparse.SUPPRESS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from conftest import Gallery
 from pymilvus import MilvusClient
@@ -129,3 +130,28 @@ def test_unknown_strategy_and_alias_misuse(gallery: Gallery, artifact: Artifact)
         2,
         "--alias applies to --strategy new-collection only",
     )
+
+
+def test_write_path_refusals(gallery: Gallery, artifact: Artifact, tmp_path: Path) -> None:
+    """--write-path reaches the verb: a bad value, bulk with shards, bulk on Milvus Lite."""
+    base = [
+        "evolve",
+        "--collection",
+        "digits",
+        "--adapter",
+        str(artifact.path),
+        "--uri",
+        str(gallery.db),
+    ]
+    assert_clean_error(cli(*base, "--write-path", "copy"), 2, "--write-path must be one of")
+    assert_clean_error(
+        cli(*base, "--write-path", "auto", "--shards", "2"), 2, "runs unsharded; drop --shards"
+    )
+    assert_clean_error(
+        cli(*base, "--write-path", "bulk", "--bulk-storage", str(tmp_path)),
+        2,
+        "has no bulk import (Milvus server only)",
+    )
+    client = MilvusClient(str(gallery.db))
+    assert not client.has_collection("digits__v2")  # refused before anything was written
+    client.close()

@@ -13,6 +13,7 @@ from dmu_migrate.api.sharding import ENGINES
 from dmu_migrate.api.store import opened, resolve_token
 from dmu_migrate.errors import InputError, StoreError, check_range
 from dmu_migrate.evolve import NEW_COLLECTION
+from dmu_migrate.evolve.bulk_pass import INSERT, WRITE_PATHS
 from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult, ProgressCallback
 from dmu_migrate.evolve.plan import Estimate
 from dmu_migrate.evolve.retry import RetryPolicy
@@ -107,6 +108,8 @@ def evolve(
     take_over: bool = _OPTIONS.take_over,
     restart: bool = _OPTIONS.restart,
     reapply: bool = _OPTIONS.reapply,
+    write_path: str = _OPTIONS.write_path,
+    bulk_storage: str | Path | None = _OPTIONS.bulk_storage,
     yes_overwrite: bool = False,
     accept_regression: bool = False,
     across_metric: bool = False,
@@ -129,6 +132,10 @@ def evolve(
     ``result.outcome == "remaining"`` means ``max_seconds`` stopped it: call
     again to continue. ``dry_run`` returns an EvolvePreview and changes nothing.
     ``on_progress(rows_done, rows_total)`` is called as batches land.
+    ``write_path`` is "insert" (upsert batches), "bulk" (a Milvus server imports
+    the main pass from files written to ``bulk_storage``, a directory it shares)
+    or "auto" (bulk when ``bulk_storage`` is given and the source is large);
+    bulk runs unsharded.
     """
     from dmu_migrate.api.sharding import Fanout, run_fanout
     from dmu_migrate.evolve.pipeline import evolve as run_evolve
@@ -137,7 +144,13 @@ def evolve(
     adapters = adapter_paths(adapter)
     check_flags(batch_size, threads, read_ahead, max_seconds, max_retries, timeout)
     check_range("--workers", workers, 1, 256)
+    if write_path not in WRITE_PATHS:
+        raise InputError(
+            f"--write-path must be one of {', '.join(WRITE_PATHS)}, got '{write_path}'"
+        )
     fanout = Fanout.from_flags(shards, workers, shard, engine, ray_address)
+    if fanout.sharded and write_path != INSERT:
+        raise InputError("--write-path bulk/auto runs unsharded; drop --shards")
     threads = fanout.threads(threads)
     plan_args = {
         "strategy": strategy,
@@ -164,6 +177,8 @@ def evolve(
             read_ahead,
             full_verify,
             reapply,
+            write_path,
+            None if bulk_storage is None else str(bulk_storage),
         )
         if not fanout.sharded:
             return run_evolve(store, plan, options, on_progress)

@@ -121,6 +121,21 @@ def evolve(
             "it, runs after a rollback change nothing and exit 0."
         ),
     ] = False,
+    write_path: Annotated[
+        str,
+        typer.Option(
+            help="insert (upsert batches), bulk (Milvus server import jobs from files on "
+            "--bulk-storage) or auto (bulk when --bulk-storage is given and the source is large).",
+            metavar="insert|bulk|auto",
+        ),
+    ] = "insert",
+    bulk_storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Directory the Milvus server reads (absolute path on its shared file system) "
+            "where bulk import files are written and deleted after import.",
+        ),
+    ] = None,
     yes_overwrite: Annotated[bool, typer.Option(help="Confirm --strategy in-place.")] = False,
     accept_regression: Annotated[
         bool,
@@ -239,6 +254,8 @@ def evolve(
                 shard=shard,
                 engine=engine,
                 ray_address=ray_address,
+                write_path=write_path,
+                bulk_storage=bulk_storage,
                 on_progress=rows,
             )
             if not isinstance(result, EvolvePreview):

@@ -110,6 +110,9 @@ class Record:
     # Progress of the newest `backfill` into the target (evolve/backfill_write.py): the
     # input's fingerprint, rows acknowledged in input order, status; None: never run.
     backfill: dict[str, Any] | None = None
+    # A bulk-import main pass (evolve/bulk_pass.py): the shared storage and each part's
+    # files, rows, last id, import job id and whether the server finished it.
+    bulk: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,6 +22,7 @@ import numpy as np
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import DmuError, InputError, NothingToDo
+from dmu_migrate.evolve import bulk_pass
 from dmu_migrate.evolve.finish import finish
 from dmu_migrate.evolve.ledger import (
     DONE,
@@ -67,6 +68,8 @@ class EvolveOptions:
     read_ahead: int = 1  # batches each stage may run ahead of the writer; 0 = no threads
     full_verify: bool = False  # diff every id even after a whole pass in one run
     reapply: bool = False  # bring a rolled-back migration in step and cut over again
+    write_path: str = "insert"  # insert, bulk (Milvus import jobs) or auto (evolve/bulk_pass.py)
+    bulk_storage: str | None = None  # a directory the Milvus server reads, for bulk
 
 
 @dataclass
@@ -118,6 +121,8 @@ def evolve(
             f"--shards {record.shards} (or --restart to start over unsharded)"
         )
     resumed = found and record.status != DONE
+    # Before the lease: a bulk run that cannot be fails with nothing written.
+    write_path = bulk_pass.resolve(store, plan, options, record if found else None)
     retry.run("taking the lease", lambda: ledger.acquire(record, options.take_over))
     record.status = RUNNING
     strategy = make_strategy(store, plan, options.snapshot_root)
@@ -129,9 +134,10 @@ def evolve(
         sample = Reservoir(VERIFY_SAMPLE)
         if not record.main_pass_done:
             clock = time.perf_counter()
+            run_pass = bulk_pass.bulk_pass if write_path == bulk_pass.BULK else main_pass
             finished = retry.run(
                 "reading and writing batches",
-                lambda: main_pass(
+                lambda: run_pass(
                     store,
                     plan,
                     strategy,

@@ -1,0 +1,164 @@
+"""``evolve --write-path bulk``: Milvus server import jobs instead of upserts.
+
+The real Milvus 2.3.5 server from the `milvus` package uses local storage, so a
+directory on this machine is storage it shares. Each test compares against the
+insert path on the same source, or checks that a refused run wrote nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from backends import Backend
+from conftest import Digits
+
+from dmu_migrate.artifact import Artifact
+from dmu_migrate.errors import InputError
+from dmu_migrate.evolve import bulk_pass
+from dmu_migrate.evolve.ledger import Ledger
+from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, evolve
+from dmu_migrate.evolve.plan import make_plan
+from dmu_migrate.evolve.transform import AdapterChain
+from dmu_migrate.stores.base import VectorStore
+
+ROWS = 600
+
+
+def _seed(backend: Backend, digits: Digits) -> tuple[str, np.ndarray]:
+    source = backend.unique("bulk_src")
+    ids = np.arange(ROWS, dtype=np.int64) * 3 + 7
+    names = [f"n{i}" for i in ids.tolist()]
+    fields: dict[str, list[Any]] = {"name": names, "label": digits.y_te[:ROWS].tolist()}
+    alias = backend.unique("bulk")
+    backend.seed(source, ids, digits.old_te[:ROWS], fields, alias=alias)
+    return alias, ids
+
+
+def _run(store: VectorStore, source: str, artifact: Artifact, **options: Any) -> Any:
+    plan = make_plan(store, source, AdapterChain([artifact]))
+    return evolve(store, plan, EvolveOptions(batch_size=100, **options))
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    backend = Backend("milvus-server", request.getfixturevalue("milvus_server"), tmp_path)
+    before = backend.list_collections()
+    yield backend
+    backend.close_stores()
+    backend.drop_created(backend.created_since(before))
+
+
+def test_bulk_equals_insert_row_for_row(
+    server: Backend, digits: Digits, artifact: Artifact, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(bulk_pass, "PART_BYTES", 250 * 4 * AdapterChain([artifact]).out_dim)
+    a, _ = _seed(server, digits)
+    b, _ = _seed(server, digits)
+    files = tmp_path / "bulk"
+    files.mkdir()
+    store = server.open_store()
+    by_insert = _run(store, a, artifact)
+    by_bulk = _run(store, b, artifact, write_path="bulk", bulk_storage=str(files))
+    assert by_bulk.outcome == COMPLETED and by_bulk.verify is not None
+    report = by_bulk.verify
+    assert (by_bulk.caught_up, by_bulk.updated) == (0, 0)  # the imports wrote every row
+    assert (report.source_rows, report.target_rows, report.missing) == (ROWS, ROWS, 0), report
+    record = Ledger(store).load(by_bulk.migration)
+    assert record is not None and record.bulk is not None
+    # Parts close at the first batch boundary past 250 rows: two of three 100-row batches.
+    assert [p["rows"] for p in record.bulk["parts"]] == [300, 300]
+    assert all(p["done"] and p["job"] for p in record.bulk["parts"])
+    assert list(files.iterdir()) == []  # imported files are deleted
+    inserted, imported = server.read_all(by_insert.target), server.read_all(by_bulk.target)
+    assert sorted(imported) == sorted(inserted)
+    for key, row in inserted.items():
+        other = imported[key]
+        np.testing.assert_allclose(other["vector"], row["vector"], atol=1e-6)
+        assert {k: v for k, v in other.items() if k != "vector"} == {
+            k: v for k, v in row.items() if k != "vector"
+        }
+
+
+def test_run_killed_after_submit_resumes_without_duplicates(
+    server: Backend, digits: Digits, artifact: Artifact, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Dies right after the first job id is on record; the next run settles, reads on."""
+    monkeypatch.setattr(bulk_pass, "PART_BYTES", 200 * 4 * AdapterChain([artifact]).out_dim)
+    source, ids = _seed(server, digits)
+    files = tmp_path / "bulk"
+    files.mkdir()
+    store = server.open_store()
+    submit = bulk_pass.Parts.submit
+
+    def submit_then_die(self: bulk_pass.Parts, part: dict[str, Any]) -> None:
+        submit(self, part)
+        raise KeyboardInterrupt  # the process is gone with the job on the server
+
+    monkeypatch.setattr(bulk_pass.Parts, "submit", submit_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(store, source, artifact, write_path="bulk", bulk_storage=str(files))
+    monkeypatch.setattr(bulk_pass.Parts, "submit", submit)
+    # The job id went on record; so did the files, which the next run must not re-import.
+    result = _run(store, source, artifact, write_path="insert", take_over=True)
+    assert result.outcome == COMPLETED and result.verify is not None
+    assert (result.verify.target_rows, result.verify.missing) == (ROWS, 0)
+    rows = server.read_all(result.target)
+    assert sorted(rows) == sorted(ids.tolist())
+    client = store.client  # type: ignore[attr-defined]
+    count = client.query(
+        result.target, filter="", output_fields=["count(*)"], consistency_level="Strong"
+    )
+    assert count[0]["count(*)"] == ROWS  # no row imported twice
+
+
+def test_bad_storage_is_one_line_and_writes_nothing(
+    server: Backend, digits: Digits, artifact: Artifact, tmp_path: Path
+) -> None:
+    source, _ = _seed(server, digits)
+    store = server.open_store()
+    before = server.list_collections()
+    with pytest.raises(InputError, match="is not a directory") as missing:
+        _run(store, source, artifact, write_path="bulk", bulk_storage=str(tmp_path / "nope"))
+    assert "\n" not in str(missing.value)
+    with pytest.raises(InputError, match="object storage") as s3:
+        _run(store, source, artifact, write_path="bulk", bulk_storage="s3://bucket/prefix")
+    assert "\n" not in str(s3.value)
+    assert server.list_collections() == before
+    assert Ledger(store).records() == [] or all(r.source != source for r in Ledger(store).records())
+
+
+@pytest.mark.parametrize("kind", ["milvus-lite", "qdrant-local", "parquet"])
+def test_bulk_is_refused_on_stores_without_import(
+    kind: str, digits: Digits, artifact: Artifact, tmp_path: Path
+) -> None:
+    uri = {
+        "milvus-lite": str(tmp_path / "store.db"),
+        "qdrant-local": f"qdrant:{tmp_path / 'qdrant'}",
+        "parquet": f"parquet:{tmp_path / 'parquet'}",
+    }[kind]
+    backend = Backend(kind, uri, tmp_path)
+    source = "live"
+    backend.seed("src", np.arange(20) + 1, digits.old_te[:20], {"name": ["x"] * 20}, alias=source)
+    store = backend.open_store()
+    try:
+        with pytest.raises(InputError, match="has no bulk import") as refused:
+            _run(store, source, artifact, write_path="bulk", bulk_storage=str(tmp_path))
+        assert "\n" not in str(refused.value)
+        # auto falls back to the insert path there
+        assert _run(store, source, artifact, write_path="auto").outcome == COMPLETED
+    finally:
+        backend.close_stores()
+
+
+def test_bulk_refuses_a_target_holding_rows(
+    server: Backend, digits: Digits, artifact: Artifact, tmp_path: Path
+) -> None:
+    source, _ = _seed(server, digits)
+    store = server.open_store()
+    first = _run(store, source, artifact)
+    with pytest.raises(InputError, match="already holds rows"):
+        _run(store, source, artifact, write_path="bulk", bulk_storage=str(tmp_path), restart=True)
+    assert first.outcome == COMPLETED
