@@ -101,6 +101,17 @@ def test_evolve_path_imports_no_torch() -> None:
 
 
 @pytest.mark.timeout(120)
+def test_a_qdrant_evolve_path_imports_no_pymilvus() -> None:
+    # pymilvus takes over a second to import; Qdrant and Parquet runs never need it.
+    code = (
+        "import sys, dmu_migrate.api.migrate, dmu_migrate.evolve.pipeline, "
+        "dmu_migrate.stores.qdrant; assert 'pymilvus' not in sys.modules, 'pymilvus was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.timeout(120)
 def test_exports_listed_and_lazy() -> None:
     assert sorted(dmu_migrate.__all__) == sorted(
         ["__version__", *VERBS, *RESULTS, *(c.__name__ for c in error_classes())]

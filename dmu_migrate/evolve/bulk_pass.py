@@ -23,15 +23,24 @@ from dmu_migrate.evolve.plan import NEW_COLLECTION, Plan
 from dmu_migrate.evolve.screen import add_skipped
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.sync import checksums
-from dmu_migrate.stores import milvus_bulk
 from dmu_migrate.stores.base import TAG_SOURCE, VectorStore
 
 if TYPE_CHECKING:
     from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult, ProgressCallback
     from dmu_migrate.evolve.strategies import Strategy
     from dmu_migrate.evolve.verify import Reservoir
+    from dmu_migrate.stores import milvus_bulk
 
 log = logging.getLogger(__name__)
+
+
+def _milvus_bulk() -> Any:
+    """The bulk module, imported on first use: it loads pymilvus (over a second), which
+    Qdrant, Parquet and insert-path runs never need."""
+    from dmu_migrate.stores import milvus_bulk
+
+    return milvus_bulk
+
 
 INSERT, BULK, AUTO = "insert", "bulk", "auto"
 WRITE_PATHS = (INSERT, BULK, AUTO)
@@ -62,7 +71,7 @@ def resolve(store: VectorStore, plan: Plan, options: EvolveOptions, record: Reco
     from dmu_migrate.stores.milvus import MilvusStore
 
     assert isinstance(store, MilvusStore)  # _problem said so
-    milvus_bulk.probe(store.client, milvus_bulk.check_root(str(options.bulk_storage)))
+    _milvus_bulk().probe(store.client, _milvus_bulk().check_root(str(options.bulk_storage)))
     return BULK
 
 
@@ -86,8 +95,10 @@ def _problem(store: VectorStore, plan: Plan, options: EvolveOptions) -> str | No
 
     if milvus_partitions.named(store.client, plan.source.name):
         return f"'{plan.source.name}' has named partitions"
-    milvus_bulk.check_root(str(options.bulk_storage))
-    return milvus_bulk.unsupported(plan.source.schema or {"fields": []}, plan.source.vector_field)
+    _milvus_bulk().check_root(str(options.bulk_storage))
+    return _milvus_bulk().unsupported(
+        plan.source.schema or {"fields": []}, plan.source.vector_field
+    )
 
 
 class Parts:
@@ -114,7 +125,7 @@ class Parts:
         recorded = {str(Path(p["files"][0]).parent) for p in self.all if p["files"]}
         for stale in self.root.glob(f"dmu-{self.record.run_id}-*"):
             if str(stale) not in recorded:
-                milvus_bulk.remove([str(stale / "x")])
+                _milvus_bulk().remove([str(stale / "x")])
 
     def add(self, files: list[str], rows: int, last_id: Any) -> None:
         part = {"files": files, "rows": rows, "last_id": last_id, "job": None, "done": False}
@@ -130,24 +141,24 @@ class Parts:
 
     def submit(self, part: dict[str, Any]) -> None:
         target = self.plan.target
-        part["job"] = milvus_bulk.find_job(self.client, target, part["files"])
+        part["job"] = _milvus_bulk().find_job(self.client, target, part["files"])
         if part["job"] is None:
-            part["job"] = milvus_bulk.submit(self.client, target, part["files"])
+            part["job"] = _milvus_bulk().submit(self.client, target, part["files"])
         self.ledger.save(self.record)
         log.info("bulk import job %s: %d rows from %s", part["job"], part["rows"], part["files"])
 
     def settle(self, part: dict[str, Any]) -> None:
         """Wait for a part's job (submitting it if a run died before it could); then clean up."""
         if part["job"] is not None:
-            state = milvus_bulk.state_of(self.client, part["job"])
-            if state in milvus_bulk.FAILED_STATES:
+            state = _milvus_bulk().state_of(self.client, part["job"])
+            if state in _milvus_bulk().FAILED_STATES:
                 part["job"] = None
         if part["job"] is None:
             self.submit(part)
-        milvus_bulk.wait(self.client, part["job"], self.plan.target)
+        _milvus_bulk().wait(self.client, part["job"], self.plan.target)
         part["done"] = True
         self.ledger.save(self.record)
-        milvus_bulk.remove(part["files"])
+        _milvus_bulk().remove(part["files"])
 
     def settle_all(self) -> None:
         while self.pending:
@@ -175,7 +186,7 @@ def bulk_pass(
 
     assert options.bulk_storage is not None or record.bulk is not None
     root = Path(record.bulk["storage"] if record.bulk else str(options.bulk_storage))
-    parts = Parts(store, plan, ledger, record, milvus_bulk.check_root(str(root)))
+    parts = Parts(store, plan, ledger, record, _milvus_bulk().check_root(str(root)))
     parts.settle_all()  # what a previous run left in flight, before reading on
     schema = store.client.describe_collection(plan.target)  # type: ignore[attr-defined]
     vf, dim = plan.source.vector_field, plan.chain.out_dim
@@ -197,7 +208,7 @@ def bulk_pass(
     ):
         for item in ready:
             if part is None:
-                part = milvus_bulk.Part(parts.directory(), schema, vf, dim)
+                part = _milvus_bulk().Part(parts.directory(), schema, vf, dim)
             skipped.extend(item.skipped)
             last_id = item.last_id
             if len(item.batch):
@@ -221,7 +232,7 @@ def bulk_pass(
         _close(parts, part, plan, skipped, last_id)
     parts.settle_all()
     imported = sum(p["rows"] for p in parts.all)
-    if not milvus_bulk.wait_visible(store.client, plan.target, imported):  # type: ignore[attr-defined]
+    if not _milvus_bulk().wait_visible(store.client, plan.target, imported):  # type: ignore[attr-defined]
         log.warning("'%s' does not show all %d imported rows yet", plan.target, imported)
     if on_progress is not None:
         on_progress(record.rows_done, plan.rows)
@@ -234,6 +245,6 @@ def _close(parts: Parts, part: milvus_bulk.Part, plan: Plan, skipped: list[Any],
     if part.rows:
         parts.add(files, part.rows, last)
     else:  # every row of the part was a bad vector: nothing to import
-        milvus_bulk.remove(files)
+        _milvus_bulk().remove(files)
         parts.record.cursor = last
         parts.ledger.save(parts.record)
