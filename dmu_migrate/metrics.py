@@ -1,8 +1,9 @@
 """Retrieval metrics on numpy arrays: Recall@k, mAP and TAR@FAR by exact cosine search.
 
 Vectors are L2-normalised here, so inner product is cosine similarity. Queries
-are scored in chunks so that memory stays at ``chunk x gallery`` floats, plus,
-for TAR@FAR, the highest ``FAR x impostor pairs`` impostor scores.
+are scored in chunks of at most ``_PAIRS`` query-gallery scores, so memory is
+bounded whatever the gallery's size, plus, for TAR@FAR, the highest
+``FAR x impostor pairs`` impostor scores.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_CHUNK = 1024
+_CHUNK = 1024  # queries per chunk at most
+_PAIRS = 1 << 25  # query-gallery scores held at once (128 MiB of float32), for any gallery
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -68,39 +70,54 @@ def retrieval_scores(
     hits = {k: 0 for k in ks}
     ap_sum = 0.0
     counted = 0
-    for start in range(0, len(q), _CHUNK):
-        stop = min(start + _CHUNK, len(q))
-        sims = q[start:stop] @ g.T
-        relevant = query_labels[start:stop, None] == gallery_labels[None, :]
+    chunks = _similarity_chunks(q, query_labels, g, gallery_labels, leave_one_out)
+    for sims, relevant, valid in chunks:
         if leave_one_out:
-            rows = np.arange(stop - start)
-            sims[rows, rows + start] = -np.inf
-            relevant[rows, rows + start] = False
-        # Stable sort so that ties are broken by gallery position, reproducibly.
-        order = np.argsort(-sims, axis=1, kind="stable")
-        ranked = np.take_along_axis(relevant, order, axis=1)
-        n_rel = ranked.sum(axis=1)
-        keep = n_rel > 0
-        ranked, n_rel = ranked[keep], n_rel[keep]
-        counted += len(ranked)
-        for k in ks:
-            hits[k] += int(ranked[:, :k].any(axis=1).sum())
-        cum = np.cumsum(ranked, axis=1)
-        positions = np.arange(1, ranked.shape[1] + 1)
-        precision_at_hits = np.where(ranked, cum / positions, 0.0)
-        ap_sum += float((precision_at_hits.sum(axis=1) / n_rel).sum())
+            sims[~valid] = -np.inf  # a query never retrieves itself
+        for row, rel in zip(sims, relevant, strict=True):
+            ranked = _ranked_head(row, rel)
+            if ranked is None:
+                continue
+            counted += 1
+            for k in ks:
+                hits[k] += bool(ranked[:k].any())
+            positions = np.flatnonzero(ranked) + 1  # 1-based ranks of the relevant items
+            ap_sum += float((np.arange(1, len(positions) + 1) / positions).mean())
 
     if counted == 0:
         return RetrievalScores({k: float("nan") for k in ks}, float("nan"), 0)
     return RetrievalScores({k: hits[k] / counted for k in ks}, ap_sum / counted, counted)
 
 
+def _ranked_head(row: np.ndarray, relevant: np.ndarray) -> np.ndarray | None:
+    """Relevance of the gallery in ranked order, down to the last relevant item.
+
+    The full ranking orders every item by score, ties by gallery position (a
+    stable sort). Items scoring below the lowest relevant one can only follow
+    every relevant item, so sorting the items at or above it gives the same
+    head: Recall@k and AP read nothing else. That sorts a handful of items per
+    query instead of the whole gallery. None when nothing is relevant.
+    """
+    scores = row[relevant]
+    if len(scores) == 0:
+        return None
+    head = np.flatnonzero(row >= scores.min())  # in gallery order, so ties stay stable
+    order = head[np.argsort(-row[head], kind="stable")]
+    return relevant[order]
+
+
+def _chunk_rows(n_gallery: int) -> int:
+    """Queries scored at once: chunk x gallery scores stay within _PAIRS whatever the gallery."""
+    return max(1, min(_CHUNK, _PAIRS // max(n_gallery, 1)))
+
+
 def _similarity_chunks(
     q: np.ndarray, ql: np.ndarray, g: np.ndarray, gl: np.ndarray, leave_one_out: bool
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(scores, genuine mask, pair mask) per query chunk; the pair mask drops self-pairs."""
-    for start in range(0, len(q), _CHUNK):
-        stop = min(start + _CHUNK, len(q))
+    step = _chunk_rows(len(g))
+    for start in range(0, len(q), step):
+        stop = min(start + step, len(q))
         sims = q[start:stop] @ g.T
         genuine = ql[start:stop, None] == gl[None, :]
         valid = np.ones_like(genuine)

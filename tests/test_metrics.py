@@ -176,6 +176,55 @@ def test_properties_on_random_data(case: dict[str, np.ndarray]) -> None:
     assert scaled.as_dict() == pytest.approx(s.as_dict())
 
 
+def _full_sort_scores(
+    q: np.ndarray, ql: np.ndarray, g: np.ndarray, gl: np.ndarray, ks: tuple[int, ...]
+) -> tuple[dict[int, float], float, int]:
+    """The definition, written plainly: rank the whole gallery per query (stable sort)."""
+    sims = l2_normalize(q) @ l2_normalize(g).T
+    hits, ap, counted = dict.fromkeys(ks, 0), 0.0, 0
+    for row, label in zip(sims, ql, strict=True):
+        ranked = (gl == label)[np.argsort(-row, kind="stable")]
+        if not ranked.any():
+            continue
+        counted += 1
+        for k in ks:
+            hits[k] += bool(ranked[:k].any())
+        ranks = np.flatnonzero(ranked) + 1
+        ap += float(np.mean(np.arange(1, len(ranks) + 1) / ranks))
+    if counted == 0:
+        return {}, math.nan, 0
+    return {k: v / counted for k, v in hits.items()}, ap / counted, counted
+
+
+@settings(max_examples=100, deadline=None)
+@given(case=retrieval_case(), pairs=st.integers(1, 40))
+def test_sorting_only_the_head_equals_sorting_the_whole_gallery(
+    case: dict[str, np.ndarray], pairs: int
+) -> None:
+    # Integer coordinates make many exact ties; a tiny score budget makes one-row chunks.
+    # Both implementations share l2_normalize and one query per matmul row, so the
+    # scores are bit-identical and any difference is the ranking's.
+    recall, mean_ap, counted = _full_sort_scores(
+        case["q"], case["ql"], case["g"], case["gl"], (1, 3)
+    )
+    old_pairs = metrics._PAIRS
+    metrics._PAIRS = pairs
+    try:
+        s = retrieval_scores(case["q"], case["ql"], case["g"], case["gl"], ks=(1, 3))
+    finally:
+        metrics._PAIRS = old_pairs
+    assert s.queries == counted
+    if counted:
+        assert s.recall == pytest.approx(recall)
+        assert s.mean_ap == pytest.approx(mean_ap)
+
+
+def test_chunks_shrink_so_a_large_gallery_stays_within_the_score_budget() -> None:
+    assert metrics._chunk_rows(1_000) == metrics._CHUNK
+    rows = metrics._chunk_rows(10_000_000)
+    assert rows >= 1 and rows * 10_000_000 <= max(metrics._PAIRS, 10_000_000)
+
+
 def test_scaling_invariance_with_arbitrary_factors() -> None:
     factors_q = np.array([0.37, 12.5, 3.0, 1e-3])[:, None]
     factors_g = np.array([7.1, 0.2, 55.0, 1.5, 0.9, 1e3])[:, None]
