@@ -37,9 +37,11 @@ def _seed(backend: Backend, digits: Digits) -> tuple[str, np.ndarray]:
     return alias, ids
 
 
-def _run(store: VectorStore, source: str, artifact: Artifact, **options: Any) -> Any:
+def _run(
+    store: VectorStore, source: str, artifact: Artifact, on_progress: Any = None, **options: Any
+) -> Any:
     plan = make_plan(store, source, AdapterChain([artifact]))
-    return evolve(store, plan, EvolveOptions(batch_size=100, **options))
+    return evolve(store, plan, EvolveOptions(batch_size=100, **options), on_progress)
 
 
 @pytest.fixture
@@ -61,8 +63,18 @@ def test_bulk_equals_insert_row_for_row(
     files.mkdir()
     store = server.open_store()
     by_insert = _run(store, a, artifact)
-    by_bulk = _run(store, b, artifact, write_path="bulk", bulk_storage=str(files))
+    heard: list[tuple[int, int]] = []  # the evolve phase, as a (done, total) callback hears it
+    by_bulk = _run(
+        store,
+        b,
+        artifact,
+        lambda done, total: heard.append((done, total)),
+        write_path="bulk",
+        bulk_storage=str(files),
+    )
     assert by_bulk.outcome == COMPLETED and by_bulk.verify is not None
+    assert heard[0] == (0, ROWS) and heard[-1] == (ROWS, ROWS)
+    assert [d for d, _ in heard] == sorted(d for d, _ in heard)
     report = by_bulk.verify
     assert (by_bulk.caught_up, by_bulk.updated) == (0, 0)  # the imports wrote every row
     assert (report.source_rows, report.target_rows, report.missing) == (ROWS, ROWS, 0), report

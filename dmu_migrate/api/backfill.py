@@ -12,7 +12,7 @@ from dmu_migrate.errors import InputError, check_range
 if TYPE_CHECKING:
     from dmu_migrate.evolve.backfill_plan import RankedIds
     from dmu_migrate.evolve.backfill_write import BackfillResult
-    from dmu_migrate.evolve.pipeline import ProgressCallback
+    from dmu_migrate.evolve.progress import RowsCallback
 
 
 def plan_backfill(
@@ -60,7 +60,7 @@ def backfill(
     vector_column: str = "vector",
     batch_size: int = 1024,
     take_over: bool = False,
-    on_progress: ProgressCallback | None = None,
+    on_progress: RowsCallback | None = None,
 ) -> BackfillResult:
     """Write natively re-embedded vectors into the migration's evolved collection, by id.
 

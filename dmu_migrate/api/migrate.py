@@ -7,15 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from dmu_migrate.api.sharding import ENGINES
 from dmu_migrate.api.store import opened, resolve_token
 from dmu_migrate.errors import InputError, StoreError, check_range
 from dmu_migrate.evolve import NEW_COLLECTION
 from dmu_migrate.evolve.bulk_pass import INSERT, WRITE_PATHS
-from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult, ProgressCallback
+from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult
 from dmu_migrate.evolve.plan import Estimate
+from dmu_migrate.evolve.progress import ProgressCallback
 from dmu_migrate.evolve.retry import RetryPolicy
 from dmu_migrate.evolve.verify import VerifyReport
 
@@ -131,7 +130,9 @@ def evolve(
     run after a finished one only brings the target in step with the source.
     ``result.outcome == "remaining"`` means ``max_seconds`` stopped it: call
     again to continue. ``dry_run`` returns an EvolvePreview and changes nothing.
-    ``on_progress(rows_done, rows_total)`` is called as batches land.
+    ``on_progress(phase, done, total)`` is called as each phase moves: "split",
+    "evolve", "id diff", "catch-up", "verify" (see dmu_migrate/evolve/progress.py);
+    a callback that takes two arguments hears evolve alone, as ``(rows_done, rows_total)``.
     ``write_path`` is "insert" (upsert batches), "bulk" (a Milvus server imports
     the main pass from files written to ``bulk_storage``, a directory it shares)
     or "auto" (bulk when ``bulk_storage`` is given and the source is large);
@@ -198,15 +199,17 @@ def verify(
     strategy: str = NEW_COLLECTION,
     target_field: str | None = None,
     alias: str | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> VerifyResult:
     """Re-check a migration: every source id present, sampled vectors equal adapter(old).
 
     Raises VerificationError when they do not, StoreError when there is no
-    evolved collection to check.
+    evolved collection to check. ``on_progress("verify", ids_checked, source_rows)``
+    is called as the ids are compared.
     """
     from dmu_migrate.evolve.ledger import Ledger
+    from dmu_migrate.evolve.progress import reporter
     from dmu_migrate.evolve.strategies import make_strategy
-    from dmu_migrate.evolve.verify import ID_BATCH, VERIFY_SAMPLE, Reservoir
     from dmu_migrate.evolve.verify import verify as run_verify
 
     adapters = adapter_paths(adapter)
@@ -231,10 +234,7 @@ def verify(
         record = Ledger(store).load(plan.key)
         snapshot_root = Path((record and record.snapshot) or _OPTIONS.snapshot_root).parent
         skipped = frozenset(record.skipped if record else [])
-        sample = Reservoir(VERIFY_SAMPLE)
-        for _ in sample.tee(store.iter_ids(plan.source.name, ID_BATCH)):
-            pass
-        ids = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
         writer = make_strategy(store, plan, snapshot_root)
-        report = run_verify(store, plan, writer, ids, skipped)
+        # The sampled vectors are drawn from the id scan that checks every id.
+        report = run_verify(store, plan, writer, None, skipped, report=reporter(on_progress))
     return VerifyResult(**report.as_dict(), migration=plan.key, target=plan.target)  # type: ignore[arg-type]

@@ -10,8 +10,9 @@ from dmu_migrate.errors import InputError
 
 if TYPE_CHECKING:
     from dmu_migrate.evolve.fanout import ShardJob
-    from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult, ProgressCallback
+    from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult
     from dmu_migrate.evolve.plan import Plan
+    from dmu_migrate.evolve.progress import ProgressCallback
     from dmu_migrate.stores.base import VectorStore
 
 ENGINES = ("local", "ray")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dmu_migrate.cli.common import AsJson, choices, out, user_errors
+from dmu_migrate.cli.common import AsJson, PhaseBars, choices, out, progress, user_errors
 from dmu_migrate.cli.migration import Adapters, Collection, Token, Uri
 from dmu_migrate.cli.run_metrics import reported, verify_result
 from dmu_migrate.cli.views import history_view, status_view
@@ -35,16 +35,18 @@ def verify(
     with user_errors():
         from dmu_migrate.api.migrate import verify as run_verify
 
-        report = run_verify(
-            collection,
-            adapter,
-            uri=uri,
-            token=token,
-            vector_field=vector_field,
-            strategy=strategy,
-            target_field=target_field,
-            alias=alias,
-        )
+        with progress() as bar:
+            report = run_verify(
+                collection,
+                adapter,
+                uri=uri,
+                token=token,
+                vector_field=vector_field,
+                strategy=strategy,
+                target_field=target_field,
+                alias=alias,
+                on_progress=PhaseBars(bar),
+            )
         verify_result(report, report.target)
         if as_json:
             out.print_json(json.dumps(report.as_dict()))

@@ -178,6 +178,35 @@ class RowsBar:
         self(done, total)
 
 
+# What each phase of evolve and verify counts (dmu_migrate/evolve/progress.py).
+UNITS = {"split": "ids", "evolve": "rows", "id diff": "ids", "catch-up": "rows", "verify": "ids"}
+
+
+class PhaseBars:
+    """One bar per phase of a run (split, evolve, id diff, catch-up, verify), each with its
+    ETA, appearing with the phase's first report; the library's callback (phase, done, total).
+
+    A phase with no known total shows a pulsing bar and its running count. Off a
+    terminal each phase logs its own lines (see _Progress).
+    """
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        task = self.tasks.get(phase)
+        if task is None:
+            task = self.bar.add_task(phase, total=total, info=UNITS.get(phase, ""))
+            self.tasks[phase] = task
+        self.bar.update(task, completed=done, total=total)
+
+    def summary(self, phase: str, done: int, total: int) -> None:
+        """A phase this run had nothing to do in (a resumed or no-op run): its state, once."""
+        if phase not in self.tasks:
+            self(phase, done, total)
+
+
 def epoch_logger(bar: Progress, task: Any) -> Any:
     def on_epoch(epoch: int, entry: dict[str, float]) -> None:
         info = " ".join(f"{k}={entry[k]:.3f}" for k in ("loss", "new", "sbc", "fa"))

@@ -11,7 +11,7 @@ import typer
 from dmu_migrate.api.sharding import ENGINES
 from dmu_migrate.cli.common import (
     AsJson,
-    RowsBar,
+    PhaseBars,
     choices,
     out,
     progress,
@@ -222,7 +222,7 @@ def evolve(
         from dmu_migrate.evolve.shards import SHARD_DONE
 
         with progress() as bar:
-            rows = RowsBar(bar, "evolve")
+            phases = PhaseBars(bar)
             result = run_evolve(
                 collection,
                 adapter,
@@ -256,10 +256,10 @@ def evolve(
                 ray_address=ray_address,
                 write_path=write_path,
                 bulk_storage=bulk_storage,
-                on_progress=rows,
+                on_progress=phases,
             )
-            if not isinstance(result, EvolvePreview):
-                rows.finish(result.rows_done, result.rows_total)  # resumed or no-op runs too
+            if not isinstance(result, EvolvePreview):  # a run with no main pass shows it too
+                phases.summary("evolve", result.rows_done, result.rows_total)
         if not isinstance(result, EvolvePreview):
             evolve_numbers(result)
         if isinstance(result, EvolvePreview):

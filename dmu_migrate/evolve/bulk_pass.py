@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 from dmu_migrate.errors import InputError
 from dmu_migrate.evolve.ledger import Ledger, Record
 from dmu_migrate.evolve.plan import NEW_COLLECTION, Plan
+from dmu_migrate.evolve.progress import EVOLVE, Report
 from dmu_migrate.evolve.screen import add_skipped
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.sync import checksums
 from dmu_migrate.stores.base import TAG_SOURCE, VectorStore
 
 if TYPE_CHECKING:
-    from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult, ProgressCallback
+    from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult
     from dmu_migrate.evolve.strategies import Strategy
     from dmu_migrate.evolve.verify import Reservoir
     from dmu_migrate.stores import milvus_bulk
@@ -174,7 +175,7 @@ def bulk_pass(
     options: EvolveOptions,
     result: EvolveResult,
     sample: Reservoir,
-    on_progress: ProgressCallback | None,
+    report: Report,
     start: float,
 ) -> bool:
     """Like pipeline.main_pass, through import jobs; False when stopped by the time budget.
@@ -197,6 +198,7 @@ def bulk_pass(
         after=record.cursor,
         filter=plan.filter,
     )
+    report(EVOLVE, record.rows_done, plan.rows)  # at once: the first part takes a while
     part: milvus_bulk.Part | None = None
     skipped: list[Any] = []
     last_id: Any = None
@@ -222,8 +224,7 @@ def bulk_pass(
             if part.rows >= part_rows:
                 _close(parts, part, plan, skipped, last_id)
                 part, skipped = None, []
-                if on_progress is not None:
-                    on_progress(record.rows_done, plan.rows)
+                report(EVOLVE, record.rows_done, plan.rows)
                 if options.max_seconds is not None and time.perf_counter() - start > (
                     options.max_seconds
                 ):
@@ -234,8 +235,7 @@ def bulk_pass(
     imported = sum(p["rows"] for p in parts.all)
     if not _milvus_bulk().wait_visible(store.client, plan.target, imported):  # type: ignore[attr-defined]
         log.warning("'%s' does not show all %d imported rows yet", plan.target, imported)
-    if on_progress is not None:
-        on_progress(record.rows_done, plan.rows)
+    report(EVOLVE, record.rows_done, record.rows_done)  # read it all: that is the total
     return True
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from dmu_migrate.evolve.ledger import DONE, Record, now_iso
 from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION, NEW_FIELD, Plan
+from dmu_migrate.evolve.progress import CATCH_UP, ID_DIFF, Meter, Report, quiet
 from dmu_migrate.evolve.retry import Retrier
 from dmu_migrate.evolve.screen import add_skipped, screen
 from dmu_migrate.evolve.strategies import Strategy
@@ -36,11 +37,13 @@ def finish(
     retry: Retrier,
     sample: Reservoir,
     whole_pass: bool,
+    report: Report = quiet,
 ) -> None:
     """After the main pass: catch up, verify, cut over, and mark the record done.
 
     ``whole_pass``: this run wrote the whole source in one pass, so equal counts
-    can stand in for the id diff; ``sample`` holds the ids it wrote.
+    can stand in for the id diff; ``sample`` holds the ids it wrote. ``report``
+    hears the id diff, catch-up and verify phases (evolve/progress.py).
     """
     diffed = False  # whether the full id sets were compared after every write
     if plan.strategy == NEW_COLLECTION and whole_pass and not options.full_verify:
@@ -50,7 +53,7 @@ def finish(
         clock = time.perf_counter()
         synced = retry.run(
             "bringing the target in step",
-            lambda: sync(store, plan, strategy, record, options.skip_bad_vectors),
+            lambda: sync(store, plan, strategy, record, options.skip_bad_vectors, report),
         )
         result.phases["sync"] = time.perf_counter() - clock
         result.caught_up, result.updated, result.deleted = (
@@ -66,7 +69,7 @@ def finish(
     elif plan.strategy == NEW_FIELD:
         clock = time.perf_counter()
         result.caught_up, _extra, sample = retry.run(
-            "catching up", lambda: catch_up(store, plan, strategy, record, options)
+            "catching up", lambda: catch_up(store, plan, strategy, record, options, report)
         )
         result.phases["catch_up"] = time.perf_counter() - clock
         diffed = result.caught_up == 0
@@ -76,7 +79,7 @@ def finish(
     checked = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
     clock = time.perf_counter()
     result.verify = retry.run(
-        "verifying", lambda: verify(store, plan, strategy, checked, skipped, diffed)
+        "verifying", lambda: verify(store, plan, strategy, checked, skipped, diffed, report)
     )
     result.phases["verify"] = time.perf_counter() - clock
     if record.skipped:
@@ -120,7 +123,12 @@ def counts_agree(store: VectorStore, plan: Plan, record: Record) -> bool:
 
 
 def catch_up(
-    store: VectorStore, plan: Plan, strategy: Strategy, record: Record, options: EvolveOptions
+    store: VectorStore,
+    plan: Plan,
+    strategy: Strategy,
+    record: Record,
+    options: EvolveOptions,
+    report: Report = quiet,
 ) -> tuple[int, int, Reservoir]:
     """Write source rows that the target lacks: rows inserted since the pass, or lost writes.
 
@@ -130,9 +138,14 @@ def catch_up(
     writes few rows itself). Returns (rows written, rows only in the target, sample).
     """
     sample = Reservoir(VERIFY_SAMPLE)
-    missing, extra = diff_ids(store, plan, strategy, sample)
+    diffed = Meter(report, ID_DIFF, plan.rows).start()
+    missing, extra = diff_ids(store, plan, strategy, sample, diffed)
+    diffed.end()
     known_bad = set(record.skipped)
     missing = [i for i in missing if i not in known_bad]
+    written = Meter(report, CATCH_UP, len(missing))
+    if missing:
+        written.start()
     done = 0
     for start in range(0, len(missing), CATCH_UP_BATCH):
         ids = np.asarray(missing[start : start + CATCH_UP_BATCH])
@@ -143,6 +156,7 @@ def catch_up(
         if len(batch):
             strategy.write(record, batch, plan.chain(batch.vectors))
             done += len(batch)
+        written.add(len(ids))  # bad rows left out count as handled
     if done:
         store.flush(plan.target)
         record.rows_done += done

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ from dmu_migrate.evolve.ledger import (
     Record,
 )
 from dmu_migrate.evolve.plan import IN_PLACE, Plan, make_plan
+from dmu_migrate.evolve.progress import EVOLVE, ProgressCallback, Report, reporter
 from dmu_migrate.evolve.retry import Retrier, RetryPolicy
 from dmu_migrate.evolve.screen import add_skipped, screen
 from dmu_migrate.evolve.strategies import InPlace, Strategy, make_strategy
@@ -45,7 +46,6 @@ from dmu_migrate.stores.base import Batch, Id, VectorStore, id_value
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]  # (rows done, rows total)
 
 # Outcomes, with the exit codes schedulers see.
 COMPLETED, REMAINING = "done", "remaining"
@@ -112,6 +112,7 @@ def evolve(
 ) -> EvolveResult:
     check_options(options)
     start = time.perf_counter()
+    report = reporter(on_progress)
     ledger = Ledger(store)
     retry = Retrier(options.retry)
     record, found = open_record(ledger, retry, plan, options)
@@ -146,7 +147,7 @@ def evolve(
                     options,
                     result,
                     sample,
-                    on_progress,
+                    report,
                     start,
                 ),
                 progress=lambda: record.cursor,
@@ -158,7 +159,7 @@ def evolve(
                 return result
             record.main_pass_done = True
             retry.run("saving the ledger", lambda: ledger.save(record))
-        finish(store, plan, strategy, record, options, result, retry, sample, whole_pass)
+        finish(store, plan, strategy, record, options, result, retry, sample, whole_pass, report)
     return result
 
 
@@ -275,7 +276,7 @@ def main_pass(
     options: EvolveOptions,
     result: EvolveResult,
     sample: Reservoir,
-    on_progress: ProgressCallback | None,
+    report: Report,
     start: float,
 ) -> bool:
     """Stream every row after the cursor; False when stopped by the time budget.
@@ -299,6 +300,9 @@ def main_pass(
         plan.source, batch_size, after=record.cursor, filter=plan.filter, until=record.until
     )
     saved = time.perf_counter()
+    # A shard's count is of its own range; its total, the share it was given at the split.
+    total = record.source_rows if record.parent is not None else plan.rows
+    report(EVOLVE, record.rows_done, total)  # at once: the first batch can take a while
     with (
         Stage(batches, depth, "dmu-read") as reads,
         Stage((prepare(raw, plan, options) for raw in reads), depth, "dmu-adapt") as ready,
@@ -326,12 +330,12 @@ def main_pass(
                 extra={"collection": plan.source.name, "target": plan.target}
                 | {"rows": record.rows_done, "batch_rows": len(item.batch)},
             )
-            if on_progress is not None:
-                on_progress(record.rows_done, plan.rows)
+            report(EVOLVE, record.rows_done, total)
             if options.max_seconds is not None and now - start > options.max_seconds:
                 ledger.save(record)
                 return False
     ledger.save(record)
+    report(EVOLVE, record.rows_done, record.rows_done)  # rows read it all: that is the total
     if record.parent is None:  # shards leave it to finish: one flush, not one per shard
         store.flush(plan.target)
     return True

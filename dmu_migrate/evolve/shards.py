@@ -31,7 +31,6 @@ from dmu_migrate.evolve.pipeline import (
     REMAINING,
     EvolveOptions,
     EvolveResult,
-    ProgressCallback,
     check_adapters,
     check_options,
     finish,
@@ -41,6 +40,15 @@ from dmu_migrate.evolve.pipeline import (
     recorded,
 )
 from dmu_migrate.evolve.plan import IN_PLACE, Plan
+from dmu_migrate.evolve.progress import (
+    EVOLVE,
+    SPLIT,
+    Meter,
+    ProgressCallback,
+    Report,
+    quiet,
+    reporter,
+)
 from dmu_migrate.evolve.retry import Retrier
 from dmu_migrate.evolve.strategies import NewCollection, make_strategy
 from dmu_migrate.evolve.verify import ID_BATCH, VERIFY_SAMPLE, Reservoir
@@ -102,12 +110,13 @@ def check_shardable(plan: Plan, count: int) -> None:
         )
 
 
-def cut_points(store: VectorStore, plan: Plan, count: int) -> list[Id]:
+def cut_points(store: VectorStore, plan: Plan, count: int, meter: Meter | None = None) -> list[Id]:
     """``count - 1`` source ids that cut it into shards of nearly equal rows.
 
     One scan of the ids alone (no vectors, no payload), so the cuts are exact
     row ranks and the same for every process that computes them from the same
     rows. The shard past the last cut is open above: rows added later land there.
+    ``meter`` counts the ids read, up to the last cut (where the scan stops).
     """
     check_shardable(plan, count)
     ranks = [plan.rows * k // count - 1 for k in range(1, count)]  # last row of each shard
@@ -119,6 +128,8 @@ def cut_points(store: VectorStore, plan: Plan, count: int) -> list[Id]:
         kinds.update(type(v) for v in values[:1] + values[-1:])
         while len(cuts) < len(ranks) and ranks[len(cuts)] < seen + len(values):
             cuts.append(values[ranks[len(cuts)] - seen])
+        if meter is not None:
+            meter.add(min(len(values), (ranks[-1] + 1 if ranks else 0) - seen))
         seen += len(values)
         if len(cuts) == len(ranks):
             break
@@ -199,13 +210,22 @@ def split(
     ledger: Ledger,
     retry: Retrier,
     options: EvolveOptions,
+    report: Report = quiet,
 ) -> None:
     """Prepare the target and put the shards on record; the caller holds the lease."""
     strategy = make_strategy(store, plan, options.snapshot_root)
     retry.run("preparing the target", lambda: strategy.prepare(record))
     if record.shards == count or record.main_pass_done:
         return
-    record.bounds = retry.run("splitting the ids", lambda: cut_points(store, plan, count))
+
+    def cuts() -> list[Id]:
+        # Ids up to the last cut are read; a retry starts the count again.
+        meter = Meter(report, SPLIT, plan.rows * (count - 1) // count).start()
+        found = cut_points(store, plan, count, meter)
+        meter.end()
+        return found
+
+    record.bounds = retry.run("splitting the ids", cuts)
     record.shards = count
     for shard in shard_records(plan, record):
         retry.run("writing shard records", partial(ledger.save, shard))
@@ -234,7 +254,10 @@ def run_shard(
     owner: str | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ShardOutcome:
-    """The main pass of one shard, under its own lease; the split must be on record."""
+    """The main pass of one shard, under its own lease; the split must be on record.
+
+    ``on_progress`` hears the evolve phase: the shard's rows, of its share.
+    """
     start = time.perf_counter()
     ledger = Ledger(store, owner)
     retry = Retrier(options.retry)
@@ -268,7 +291,16 @@ def run_shard(
         finished = retry.run(
             "reading and writing batches",
             lambda: main_pass(
-                store, plan, strategy, ledger, record, options, result, sample, on_progress, start
+                store,
+                plan,
+                strategy,
+                ledger,
+                record,
+                options,
+                result,
+                sample,
+                reporter(on_progress),
+                start,
             ),
             progress=lambda: record.cursor,
         )
@@ -292,6 +324,7 @@ def finish_split(
     result: EvolveResult,
     ledger: Ledger,
     retry: Retrier,
+    report: Report = quiet,
 ) -> int:
     """With every shard's pass done: add them up, then catch up, verify and cut over.
 
@@ -315,7 +348,7 @@ def finish_split(
             sample.add(np.asarray(s.sample))
         retry.run("flushing", lambda: store.flush(plan.target))  # the shards' passes did not
     strategy = make_strategy(store, plan, options.snapshot_root)
-    finish(store, plan, strategy, record, options, result, retry, sample, whole)
+    finish(store, plan, strategy, record, options, result, retry, sample, whole, report)
     return 0
 
 
@@ -346,8 +379,11 @@ def evolve_split(
     processes or on Ray) and returns their ShardOutcomes; it calls ``tick(rows)``
     every second or so, which keeps this run's lease on the migration alive and
     moves the progress bar (``rows``: done by its shards, None when it cannot tell).
+    ``on_progress`` hears the split, evolve (every shard's rows), id diff, catch-up
+    and verify phases.
     """
     start = time.perf_counter()
+    report = reporter(on_progress)
     ledger = Ledger(store, owner)
     retry = Retrier(options.retry)
     record, found = open_split(ledger, retry, plan, options, count)
@@ -367,17 +403,17 @@ def evolve_split(
         if on_progress is None:
             return
         if rows is not None:
-            on_progress(earlier + rows, plan.rows)
+            report(EVOLVE, earlier + rows, plan.rows)
         elif now - polled > max(5.0, record.shards / 20):
             # Shards in other processes: their records are the progress (one strong read
             # each, so seldom; never on a writer's thread).
             shards = load_shards(ledger, record)
-            on_progress(sum(s.rows_done for s in shards if s is not None), plan.rows)
+            report(EVOLVE, sum(s.rows_done for s in shards if s is not None), plan.rows)
             polled = now
 
     with recorded(ledger, retry, record, result, start):
         clock = time.perf_counter()
-        split(store, plan, record, count, ledger, retry, options)
+        split(store, plan, record, count, ledger, retry, options, report)
         result.phases["split"] = time.perf_counter() - clock  # target + cut points (id scan)
         if not record.main_pass_done:
             shards = load_shards(ledger, record)
@@ -386,6 +422,9 @@ def evolve_split(
             clock = time.perf_counter()
             outcomes: list[ShardOutcome] = run_shards(todo, tick) if todo else []
             result.phases["main_pass"] = time.perf_counter() - clock
+            done = sum(o.rows_done for o in outcomes) + earlier
+            if all(o.finished for o in outcomes):  # every shard read its range: a whole total
+                report(EVOLVE, done, done)
             result.shards = [o.as_dict() for o in outcomes]
             result.rows_written = sum(o.rows_written for o in outcomes)
             result.retries += sum(o.retries for o in outcomes)
@@ -396,7 +435,7 @@ def evolve_split(
                 result.outcome = REMAINING
                 record.status = STOPPED  # no process runs it now; the next run resumes
                 return result
-        left = finish_split(store, plan, record, options, result, ledger, retry)
+        left = finish_split(store, plan, record, options, result, ledger, retry, report)
         if left:  # a shard record vanished or went stale under us
             raise StoreError(
                 f"{left} shards of '{plan.key}' are not done after their runs; run evolve again"
@@ -437,6 +476,7 @@ def evolve_one_shard(
             "--shards N --max-seconds 0), then start the shards"
         )
     start = time.perf_counter()
+    report = reporter(on_progress)
     ledger = Ledger(store)
     retry = Retrier(options.retry)
     record, _ = open_split(ledger, retry, plan, options, count)
@@ -448,7 +488,7 @@ def evolve_one_shard(
             mine = False
         if mine:
             try:
-                split(store, plan, record, count, ledger, retry, options)
+                split(store, plan, record, count, ledger, retry, options, report)
             finally:
                 ledger.release(record)
             break
@@ -459,7 +499,7 @@ def evolve_one_shard(
             )
         time.sleep(POLL)
         record, _ = open_split(ledger, retry, plan, options, count)
-    shard = run_shard(store, plan, index, count, options, on_progress=on_progress)
+    shard = run_shard(store, plan, index, count, options, on_progress=report)
     result = new_result(plan, record, resumed=shard.rows_done > shard.rows_written)
     result.shards = [shard.as_dict()]
     result.rows_written, result.retries = shard.rows_written, shard.retries
@@ -467,7 +507,7 @@ def evolve_one_shard(
         result.outcome = REMAINING
         result.seconds = time.perf_counter() - start
         return result
-    return finish_if_last(store, plan, count, options, result, ledger, retry, start)
+    return finish_if_last(store, plan, count, options, result, ledger, retry, start, report)
 
 
 def finish_if_last(
@@ -479,6 +519,7 @@ def finish_if_last(
     ledger: Ledger,
     retry: Retrier,
     start: float,
+    report: Report = quiet,
 ) -> EvolveResult:
     record = retry.run("reading the ledger", lambda: ledger.load(plan.key))
     assert record is not None  # the split is on record: the shard just ran under it
@@ -503,6 +544,6 @@ def finish_if_last(
         return result
     record.status = RUNNING
     with recorded(ledger, retry, record, result, start):
-        finish_split(store, plan, record, options, result, ledger, retry)
+        finish_split(store, plan, record, options, result, ledger, retry, report)
         result.outcome = COMPLETED
     return result

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dmu_migrate.evolve.progress import CATCH_UP, ID_DIFF, Meter, Report, quiet
 from dmu_migrate.evolve.screen import add_skipped, screen
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.verify import ID_BATCH, VERIFY_SAMPLE, Reservoir
@@ -105,18 +106,20 @@ def _flatten(pages: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
         yield from zip(ids.tolist(), values, strict=True)
 
 
-def compare(store: VectorStore, plan: Plan, hashed: bool) -> SyncReport:
+def compare(store: VectorStore, plan: Plan, hashed: bool, meter: Meter | None = None) -> SyncReport:
     """Sort every id of source and target (see the module docstring); writes nothing.
 
     ``hashed`` reads the source's vectors to find stale rows; without it only
     the ids are compared (missing, deleted), which is what verification needs.
+    ``meter``, if given, counts the source ids as they are merged.
     """
     report = SyncReport()
     with (
         Stage(_source_rows(store, plan, hashed), 2, "dmu-sync-source") as source,
         Stage(_target_rows(store, plan), 2, "dmu-sync-target") as target,
     ):
-        a, b = _flatten(source), _flatten(target)
+        pages = meter.pages(source, lambda page: len(page[0])) if meter else source
+        a, b = _flatten(pages), _flatten(target)
         x, y = next(a, None), next(b, None)
         while x is not None or y is not None:
             if y is None or (x is not None and x[0] < y[0]):
@@ -148,21 +151,37 @@ def compare(store: VectorStore, plan: Plan, hashed: bool) -> SyncReport:
 
 
 def sync(
-    store: VectorStore, plan: Plan, strategy: Strategy, record: Record, skip_bad: bool
+    store: VectorStore,
+    plan: Plan,
+    strategy: Strategy,
+    record: Record,
+    skip_bad: bool,
+    progress: Report = quiet,
 ) -> SyncReport:
-    """Evolve missing and stale rows, delete evolved rows gone from the source."""
-    report = compare(store, plan, hashed=True)
+    """Evolve missing and stale rows, delete evolved rows gone from the source.
+
+    ``progress`` hears the comparison as the id diff phase, the repair as catch-up.
+    """
+    diffed = Meter(progress, ID_DIFF, plan.rows).start()
+    report = compare(store, plan, hashed=True, meter=diffed)
+    diffed.end()
     known_bad = set(record.skipped)
+    todo = {
+        stale: [i for i in ids if i not in known_bad]
+        for ids, stale in ((report.missing, False), (report.stale, True))
+    }
+    repaired = Meter(progress, CATCH_UP, len(todo[False]) + len(todo[True]) + len(report.extra))
+    if repaired.total:
+        repaired.start()
     for start in range(0, len(report.moved), WRITE_BATCH):
         store.delete_ids(plan.target, np.asarray(report.moved[start : start + WRITE_BATCH]))
     if report.moved:
         # Measured on Milvus Lite 3.2: a row deleted and then upserted into another
         # partition before a flush shows up in its old partition again.
         store.flush(plan.target)
-    for ids, stale in ((report.missing, False), (report.stale, True)):
-        todo = [i for i in ids if i not in known_bad]
-        for start in range(0, len(todo), WRITE_BATCH):
-            chunk = np.asarray(todo[start : start + WRITE_BATCH])
+    for stale, rows in todo.items():
+        for start in range(0, len(rows), WRITE_BATCH):
+            chunk = np.asarray(rows[start : start + WRITE_BATCH])
             fetched = store.fetch(plan.source, chunk, plan.source.vector_field)
             batch, bad = screen(fetched, plan, skip_bad)
             add_skipped(record, plan, bad)
@@ -172,10 +191,12 @@ def sync(
                 report.updated += len(batch)
             else:
                 report.added += len(batch)
+            repaired.add(len(chunk))  # bad rows left out count as handled
     for start in range(0, len(report.extra), WRITE_BATCH):
         chunk = np.asarray(report.extra[start : start + WRITE_BATCH])
         store.delete_ids(plan.target, chunk)
         report.deleted += len(chunk)
+        repaired.add(len(chunk))
     if report.changed:
         store.flush(plan.target)
     return report

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dmu_migrate.errors import VerificationError
+from dmu_migrate.evolve.progress import VERIFY, Meter, Report, quiet
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.stores.base import VectorStore
 
@@ -81,19 +82,24 @@ def diff_sorted(
 
 
 def diff_ids(
-    store: VectorStore, plan: Plan, strategy: Strategy, sample: Reservoir | None = None
+    store: VectorStore,
+    plan: Plan,
+    strategy: Strategy,
+    sample: Reservoir | None = None,
+    meter: Meter | None = None,
 ) -> tuple[list[Any], list[Any]]:
     """(source ids not at the target version, target ids not in the source).
 
     Both scans stream in key order and run ahead in their own threads, so the
     two reads overlap each other and the merge. ``sample``, if given, draws
-    from every source id on the way.
+    from every source id on the way; ``meter``, if given, counts them as merged.
     """
     with (
         Stage(store.iter_ids(plan.source.name, ID_BATCH, plan.filter), 2, "dmu-ids") as source,
         Stage(strategy.written_ids() or iter(()), 2, "dmu-written") as written,
     ):
-        return diff_sorted(sample.tee(source) if sample else source, written)
+        ids: Iterable[np.ndarray] = sample.tee(source) if sample else source
+        return diff_sorted(meter.pages(ids, len) if meter else ids, written)
 
 
 @dataclass(frozen=True)
@@ -113,24 +119,30 @@ def verify(
     store: VectorStore,
     plan: Plan,
     strategy: Strategy,
-    ids: np.ndarray,
+    ids: np.ndarray | None,
     skipped: frozenset[Any] = frozenset(),
     diffed: bool = False,
+    report: Report = quiet,
 ) -> VerifyReport:
     """Every source row is at the target version, and a sample equals adapter(old) to 1e-5.
 
     ``diffed`` says the caller has just compared the full id sets, after every
     write, and found nothing missing; the id scans are then not repeated.
+    ``ids`` are the rows whose vectors are checked; None draws them from the id
+    scan (so a re-check reads the source's ids once, not once more for a sample).
     """
     from dmu_migrate.evolve.plan import NEW_COLLECTION
     from dmu_migrate.evolve.sync import compare
 
     source_rows = store.count(plan.source.name, plan.filter)
+    meter = Meter(report, VERIFY, source_rows).start()
+    drawn = Reservoir(VERIFY_SAMPLE)
     missing: list[Any] = []
     if not diffed and plan.strategy == NEW_COLLECTION:
         # Both directions: no source row missing, no evolved row whose source row is gone.
         # Rows the application wrote (dmu_origin not 'evolved') count as present, never extra.
-        compared = compare(store, plan, hashed=False)
+        compared = compare(store, plan, hashed=False, meter=meter)
+        drawn = compared.sample
         missing = [i for i in compared.missing if i not in skipped]
         if compared.extra:
             raise VerificationError(
@@ -138,8 +150,12 @@ def verify(
                 f"are no longer in '{plan.source.name}'; run evolve again to delete them"
             )
     elif not diffed:
-        missing, _extra = diff_ids(store, plan, strategy)
+        missing, _extra = diff_ids(store, plan, strategy, drawn, meter)
         missing = [i for i in missing if i not in skipped]  # bad vectors left out on purpose
+    elif ids is None:
+        raise ValueError("verify(diffed=True) needs the ids to check")  # a caller's bug
+    if ids is None:
+        ids = np.asarray([i for i in drawn.ids().tolist() if i not in skipped])
     if missing:
         raise VerificationError(
             f"{len(missing)} rows of '{plan.source.name}' (first: {missing[:3]}) are not in "
@@ -174,6 +190,9 @@ def verify(
                 f"they were overwritten; nothing was cut over, run evolve again to re-evolve them"
             )
     found = smoke_search(store, plan, ids[:SMOKE_QUERIES], stored if len(ids) else None)
+    if diffed:  # every id was shown present by the caller's diff or the counts
+        meter.done = source_rows
+    meter.end()
     return VerifyReport(source_rows, target_rows, len(missing), len(ids), error, found)
 
 

@@ -1,0 +1,93 @@
+"""Progress of a run, phase by phase, for whoever called the library (which never prints).
+
+A run goes through phases, each a count that only grows, ending at its total:
+
+    split     ids read to find the shards' cut points (sharded runs, once)
+    evolve    rows written by the main pass (over the whole migration, so a resumed
+              run starts where the last one stopped)
+    id diff   source ids compared with the target's, to find rows to catch up
+    catch-up  rows written or deleted to bring the target in step with the source
+    verify    source ids checked present in the target (then the sampled vectors)
+
+The callback is ``on_progress(phase, done, total)``; ``total`` is None where no
+count is known. Totals are estimates made when a phase starts (the source keeps
+changing): a phase's last report gives the count it reached as its total.
+A callback that can be called with two arguments (the API's first form)
+hears the evolve phase alone, as ``(rows_done, rows_total)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+SPLIT, EVOLVE, ID_DIFF, CATCH_UP, VERIFY = "split", "evolve", "id diff", "catch-up", "verify"
+PHASES = (SPLIT, EVOLVE, ID_DIFF, CATCH_UP, VERIFY)
+
+Report = Callable[[str, int, int | None], None]  # (phase, done, total)
+RowsCallback = Callable[[int, int], None]  # (rows done, rows total) of the evolve phase
+ProgressCallback = Report | RowsCallback
+T = TypeVar("T")
+
+
+def quiet(phase: str, done: int, total: int | None) -> None:
+    """The report of a caller that passed no callback."""
+
+
+def reporter(callback: ProgressCallback | None) -> Report:
+    """Any callback the API accepts, as a phase report; a report passes through as it is."""
+    if callback is None:
+        return quiet
+    if takes_phase(callback):
+        return cast(Report, callback)
+    rows = cast(RowsCallback, callback)
+
+    def evolve_only(phase: str, done: int, total: int | None) -> None:
+        if phase == EVOLVE:
+            rows(done, done if total is None else total)
+
+    return evolve_only
+
+
+def takes_phase(callback: Callable[..., Any]) -> bool:
+    """Whether ``callback`` is a (phase, done, total) one: any that can be called with two
+    arguments is taken for the API's first form, so that every old callback works as it did."""
+    try:
+        inspect.signature(callback).bind(0, 0)
+    except TypeError:
+        return True
+    except ValueError:  # no signature to read (a builtin): the documented form
+        return True
+    return False
+
+
+@dataclass
+class Meter:
+    """One phase's count, reported each time it grows and once more when the phase ends."""
+
+    report: Report
+    phase: str
+    total: int | None = None
+    done: int = 0
+
+    def start(self) -> Meter:
+        """Show the phase at once, before its first (possibly slow) page arrives."""
+        self.report(self.phase, self.done, self.total)
+        return self
+
+    def add(self, n: int) -> None:
+        self.done += n
+        self.report(self.phase, self.done, self.total)
+
+    def end(self) -> None:
+        # Rows inserted or deleted since the estimate: the count reached is the total.
+        self.total = self.done
+        self.report(self.phase, self.done, self.total)
+
+    def pages(self, pages: Iterable[T], size: Callable[[T], int]) -> Iterator[T]:
+        """``pages`` as they are, each counted (``size(page)`` ids) once the consumer took it."""
+        for page in pages:
+            yield page
+            self.add(size(page))
