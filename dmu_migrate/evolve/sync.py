@@ -19,12 +19,13 @@ The adapter runs on missing and stale rows only; unchanged rows cost one hash.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dmu_migrate.evolve.id_join import Page, Window, windows
 from dmu_migrate.evolve.progress import CATCH_UP, ID_DIFF, Meter, Report, quiet
 from dmu_migrate.evolve.screen import add_skipped, screen
 from dmu_migrate.evolve.stream import Stage
@@ -82,28 +83,59 @@ def target_info(store: VectorStore, plan: Plan) -> CollectionInfo:
     )  # fmt: skip
 
 
-def _source_rows(store: VectorStore, plan: Plan, hashed: bool) -> Iterator[np.ndarray | Any]:
+def _source_rows(store: VectorStore, plan: Plan, hashed: bool) -> Iterator[Page]:
     if hashed:
         for batch in store.iter_batches(plan.source, ID_BATCH // 4, filter=plan.filter):
             parts = batch.fields.get(PARTITION_KEY) or [None] * len(batch)
-            yield batch.ids, list(zip(checksums(batch.vectors), parts, strict=True))
+            yield batch.ids, (_column(checksums(batch.vectors)), _column(parts))
     else:
         for ids in store.iter_ids(plan.source.name, ID_BATCH, plan.filter):
-            yield ids, [(None, None)] * len(ids)
+            nothing = _column([None] * len(ids))
+            yield ids, (nothing, nothing)
 
 
-def _target_rows(store: VectorStore, plan: Plan) -> Iterator[Any]:
+def _target_rows(store: VectorStore, plan: Plan) -> Iterator[Page]:
     info = target_info(store, plan)
     for batch in store.iter_batches(info, ID_BATCH // 4, filter=plan.filter):
         origins = batch.fields.get(TAG_ORIGIN) or [None] * len(batch)
         sources = batch.fields.get(TAG_SOURCE) or [None] * len(batch)
         parts = batch.fields.get(PARTITION_KEY) or [None] * len(batch)
-        yield batch.ids, list(zip(origins, sources, parts, strict=True))
+        yield batch.ids, (_column(origins), _column(sources), _column(parts))
 
 
-def _flatten(pages: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
-    for ids, values in pages:
-        yield from zip(ids.tolist(), values, strict=True)
+def _column(values: list[Any]) -> np.ndarray:
+    """Python values as an object array: compared element by element, None kept as None."""
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+def _sort_window(w: Window, hashed: bool, report: SyncReport) -> None:
+    """One window of the join (see the module docstring), by whole-array operations."""
+    ids, (checksum, source_part) = w.left
+    target_ids, (origin, source_sum, target_part) = w.right
+    report.missing += ids[w.left_only].tolist()
+    # Target only: evolved rows whose source is gone, or rows the application wrote.
+    evolved_only = origin[w.right_only] == EVOLVED
+    report.extra += target_ids[w.right_only][evolved_only].tolist()
+    report.native += int((~evolved_only).sum())
+    # In both: rows the application wrote are never touched.
+    evolved = origin[w.right_both] == EVOLVED
+    report.native += int((~evolved).sum())
+    sampled = w.left_only.copy()
+    sampled[w.left_both[evolved]] = True
+    report.sample.add(ids[sampled])  # missing and evolved source ids, in key order
+    if not hashed:
+        return
+    both = w.left_both[evolved]
+    kept_sum, now_sum = source_sum[w.right_both[evolved]], checksum[both]
+    # A row written before checksums were kept has none (None; "" is a checksum too):
+    # it is not stale.
+    has_sum = kept_sum.astype(bool) | (kept_sum == "")
+    changed = has_sum & (kept_sum != now_sum)
+    moved = source_part[both] != target_part[w.right_both[evolved]]
+    report.stale += ids[both][changed | moved].tolist()
+    report.moved += ids[both][moved].tolist()
 
 
 def compare(store: VectorStore, plan: Plan, hashed: bool, meter: Meter | None = None) -> SyncReport:
@@ -119,34 +151,8 @@ def compare(store: VectorStore, plan: Plan, hashed: bool, meter: Meter | None = 
         Stage(_target_rows(store, plan), 2, "dmu-sync-target") as target,
     ):
         pages = meter.pages(source, lambda page: len(page[0])) if meter else source
-        a, b = _flatten(pages), _flatten(target)
-        x, y = next(a, None), next(b, None)
-        while x is not None or y is not None:
-            if y is None or (x is not None and x[0] < y[0]):
-                report.missing.append(x[0])  # type: ignore[index]
-                report.sample.add(np.asarray([x[0]]))  # type: ignore[index]
-                x = next(a, None)
-            elif x is None or y[0] < x[0]:
-                if y[1][0] == EVOLVED:
-                    report.extra.append(y[0])
-                else:
-                    report.native += 1
-                y = next(b, None)
-            else:
-                origin, source_sum, target_part = y[1]
-                checksum, source_part = x[1]
-                if origin != EVOLVED:
-                    report.native += 1
-                else:
-                    report.sample.add(np.asarray([x[0]]))
-                    # A row written before checksums were kept has none: it is not stale.
-                    changed = source_sum is not None and source_sum != checksum
-                    moved = source_part != target_part
-                    if hashed and (changed or moved):
-                        report.stale.append(x[0])
-                    if hashed and moved:
-                        report.moved.append(x[0])
-                x, y = next(a, None), next(b, None)
+        for w in windows(pages, target, widths=(2, 3)):
+            _sort_window(w, hashed, report)
     return report
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dmu_migrate.errors import VerificationError
+from dmu_migrate.evolve.id_join import pages_of, windows
 from dmu_migrate.evolve.progress import VERIFY, Meter, Report, quiet
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.stores.base import VectorStore
@@ -38,14 +39,17 @@ class Reservoir:
         self.rng = np.random.default_rng(0)
 
     def add(self, ids: np.ndarray) -> None:
-        for row_id in ids.tolist():
-            self.seen += 1
-            if len(self.chosen) < self.k:
-                self.chosen.append(row_id)
-            else:
-                j = int(self.rng.integers(self.seen))
-                if j < self.k:
-                    self.chosen[j] = row_id
+        ids = np.asarray(ids)
+        fill = min(max(self.k - len(self.chosen), 0), len(ids))
+        self.chosen += ids[:fill].tolist()
+        rest = len(ids) - fill
+        if rest:
+            # The i-th of the rest is the (seen + fill + i + 1)-th id: it replaces slot j,
+            # drawn from [0, that position), when j < k. One draw per id, made at once.
+            drawn = self.rng.integers(self.seen + fill + 1 + np.arange(rest))
+            for i in np.flatnonzero(drawn < self.k).tolist():  # in stream order
+                self.chosen[int(drawn[i])] = ids[fill + i].item()
+        self.seen += len(ids)
 
     def tee(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         for chunk in chunks:
@@ -56,28 +60,15 @@ class Reservoir:
         return np.asarray(self.chosen)
 
 
-def _flatten(chunks: Iterable[np.ndarray]) -> Iterator[Any]:
-    for chunk in chunks:
-        yield from chunk.tolist()
-
-
 def diff_sorted(
     left: Iterable[np.ndarray], right: Iterable[np.ndarray] | None
 ) -> tuple[list[Any], list[Any]]:
     """Ids only in ``left`` and ids only in ``right``; both streams ascending and unique."""
-    a, b = _flatten(left), _flatten(right or [])
     only_left: list[Any] = []
     only_right: list[Any] = []
-    x, y = next(a, None), next(b, None)
-    while x is not None or y is not None:
-        if y is None or (x is not None and x < y):
-            only_left.append(x)
-            x = next(a, None)
-        elif x is None or y < x:
-            only_right.append(y)
-            y = next(b, None)
-        else:
-            x, y = next(a, None), next(b, None)
+    for w in windows(pages_of(left), pages_of(right or [])):
+        only_left += w.left[0][w.left_only].tolist()
+        only_right += w.right[0][w.right_only].tolist()
     return only_left, only_right
 
 
