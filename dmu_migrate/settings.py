@@ -126,7 +126,9 @@ def unknown_names(cls: type, what: str, names: Any) -> None:
 def _toml_types(kind: Any) -> tuple[type, ...]:
     """The TOML value types a field of type ``kind`` accepts (TOML has no null)."""
     if isinstance(kind, UnionType) or typing.get_origin(kind) is typing.Union:
-        return tuple(t for arg in typing.get_args(kind) if arg is not NoneType for t in _toml_types(arg))
+        return tuple(
+            t for arg in typing.get_args(kind) if arg is not NoneType for t in _toml_types(arg)
+        )
     if kind is float:
         return (float, int)  # TOML writes 1 for 1.0
     if kind is Path:
@@ -170,7 +172,9 @@ def load_toml(
     values = raw[section] if isinstance(raw.get(section), dict) else raw
     hints = field_types(cls)
     accepted = {name: _toml_types(kind) for name, kind in hints.items()} | (types or {})
-    converters = {name: Path for name, kind in hints.items() if Path in _members(kind)}
+    converters: dict[str, Callable[[Any], Any]] = {
+        name: Path for name, kind in hints.items() if Path in _members(kind)
+    }
     converters |= convert or {}
     out: dict[str, Any] = {}
     for key, value in values.items():

@@ -103,7 +103,9 @@ def test_config_file_applies_and_typed_flags_win(
 ) -> None:
     config = tmp_path / "evolve.toml"
     config.write_text('[evolve]\ndry_run = true\nbatch_size = 64\nalias = "from_file"\n')
-    from_file = dry_run_plan(cli(*evolve_args(gallery, artifact, "--config", str(config), "--json")))
+    from_file = dry_run_plan(
+        cli(*evolve_args(gallery, artifact, "--config", str(config), "--json"))
+    )
     assert from_file["dry_run"] and from_file["alias"] == "from_file"
     assert from_file["estimate"]["sample_rows"] == 64
     typed = dry_run_plan(

@@ -71,13 +71,13 @@ def train(
 
 def train_config(config_file: str | Path | None = None, **settings: Any) -> TrainConfig:
     """The settings ``train`` runs with: TrainConfig's defaults, then the file, then ``settings``."""
+    from dmu_migrate.settings import unknown_names
     from dmu_migrate.training.config import (
         TrainConfig,
         build_config,
         load_config_file,
         parse_image_shape,
     )
-    from dmu_migrate.settings import unknown_names
 
     unknown_names(TrainConfig, "train", settings)
     flags = dict(settings)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # One artifact directory, or several to chain upgrades (oldest first).
 AdapterPaths = str | Path | Sequence[str | Path]
 
+
 @dataclass(frozen=True)
 class EvolvePreview:
     """What ``evolve(dry_run=True)`` would do: the plan and a timed estimate. Nothing changed."""

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from dmu_migrate.stores.base import VectorStore
 
 
-
 @dataclass(frozen=True)
 class Fanout:
     shards: int | None  # --shards N

@@ -16,7 +16,6 @@ from dmu_migrate.cli.common import (
     LabelCol,
     OldCol,
     XCol,
-    choices,
     epoch_logger,
     needs_train_extra,
     out,

@@ -35,7 +35,8 @@ class EvolveSettings:
         STRATEGIES,
     )
     alias: str | None = setting(
-        None, "Alias to point at the evolved collection (default: --collection when it is an alias)."
+        None,
+        "Alias to point at the evolved collection (default: --collection when it is an alias).",
     )
     vector_field: str | None = setting(None, "Vector field to evolve.")
     target_field: str | None = setting(
@@ -114,7 +115,9 @@ class EvolveSettings:
         "Leave rows with NaN, inf or all-zero vectors out (recorded in the ledger and "
         "reported) instead of stopping at the first one.",
     )
-    snapshot_dir: Path = setting(Path("dmu-snapshots"), "Where in-place keeps its Parquet snapshot.")
+    snapshot_dir: Path = setting(
+        Path("dmu-snapshots"), "Where in-place keeps its Parquet snapshot."
+    )
     dry_run: bool = setting(False, "Print the plan and a timed estimate; change nothing.")
     shards: int | None = setting(
         None,
@@ -130,9 +133,7 @@ class EvolveSettings:
         "Run only shard INDEX/COUNT (from 0, e.g. $JOB_COMPLETION_INDEX/8); the last shard to "
         "finish verifies and cuts over.",
     )
-    engine: str = setting(
-        ENGINES[0], "Where --shards run: local (processes here) or ray.", ENGINES
-    )
+    engine: str = setting(ENGINES[0], "Where --shards run: local (processes here) or ray.", ENGINES)
     ray_address: str | None = setting(
         None, "Ray cluster to run on (ray://host:10001, auto); default: a local Ray."
     )
