@@ -24,6 +24,8 @@ from pymilvus import MilvusClient
 import dmu_migrate
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.cli import admin, backfill, evaluation, migration, training
+from dmu_migrate.evolve.settings import EvolveSettings
+from dmu_migrate.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "api.md"
@@ -66,6 +68,8 @@ COMMANDS: dict[str, Callable[..., Any]] = {
 # Output of the command itself, not of the work: --json, and the run report for scrapers
 # (--metrics-file records the exit code, which only the command line has).
 RENDERING = {"ctx", "as_json", "metrics_file"}
+# Verbs whose run settings are one dataclass, taken as **settings and generated as options.
+SETTINGS: dict[str, type] = {"train": TrainConfig, "evolve": EvolveSettings}
 # Library arguments a command cannot take: callbacks the command fills in itself.
 CALLBACKS = {"on_epoch", "on_progress", "confirm"}
 
@@ -166,17 +170,20 @@ def test_command_and_verb_share_names_and_defaults(verb: str) -> None:
     verb_function: Callable[..., Any] = getattr(dmu_migrate, verb)
     library = inspect.signature(verb_function).parameters
     command = inspect.signature(COMMANDS[verb], eval_str=True).parameters
-    if verb == "train":
-        from dmu_migrate.training.config import TrainConfig
-
-        settings = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    else:
-        settings = {}
+    declared = SETTINGS.get(verb)
+    settings = {f.name: f for f in dataclasses.fields(declared)} if declared else {}
+    if declared:
+        # The generated options are exactly the dataclass's fields, each with its default.
+        assert "settings" in library, f"'{verb}' takes no **settings"
+        generated = [n for n in command if n in settings]
+        assert generated == list(settings), f"'{verb}' options differ from {declared.__name__}"
+        defaults = declared()
+        for name, field in settings.items():
+            assert command[name].default == getattr(defaults, name), f"{verb} --{name}"
+            assert field.metadata.get("help"), f"{declared.__name__}.{name} has no help"
+            assert name not in library, f"'{verb}' takes {name} twice"
     for name, option in command.items():
-        if name in RENDERING:
-            continue
-        if name in settings:  # a TrainConfig field: the verb takes it through **settings
-            assert option.default == getattr(TrainConfig(), name) or name == "image_shape"
+        if name in RENDERING or name in settings:
             continue
         assert name in library, f"'{verb}' command option '{name}' is no argument of the verb"
         default = library[name].default
@@ -205,6 +212,17 @@ def test_page_documents_every_verb_argument_result_field_and_error() -> None:
     errors = section(text, "Errors")
     for cls in error_classes():
         assert re.search(rf"`{cls.__name__}` \| {cls.exit_code} \|", errors), cls.__name__
+
+
+@pytest.mark.timeout(60)
+def test_page_lists_every_evolve_setting_with_its_default() -> None:
+    body = section(DOC.read_text(), "evolve")
+    rows = dict(re.findall(r"^\| `(\w+)` \| `(.+?)` \|", body, re.M))
+    defaults = EvolveSettings()
+    for field in dataclasses.fields(EvolveSettings):
+        assert field.name in rows, f"docs/api.md: evolve lacks the setting `{field.name}`"
+        shown = eval(rows[field.name], {"Path": Path})  # noqa: S307 - our own page
+        assert shown == getattr(defaults, field.name), f"docs/api.md: evolve `{field.name}`"
 
 
 @pytest.mark.timeout(60)

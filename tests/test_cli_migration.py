@@ -143,7 +143,7 @@ def test_write_path_refusals(gallery: Gallery, artifact: Artifact, tmp_path: Pat
         "--uri",
         str(gallery.db),
     ]
-    assert_clean_error(cli(*base, "--write-path", "copy"), 2, "--write-path must be one of")
+    assert_clean_error(cli(*base, "--write-path", "copy"), 2, "unknown --write-path 'copy'")
     assert_clean_error(
         cli(*base, "--write-path", "auto", "--shards", "2"), 2, "runs unsharded; drop --shards"
     )

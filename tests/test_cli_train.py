@@ -108,7 +108,7 @@ def test_plugin_model_from_the_command_line(
 @pytest.mark.parametrize(
     ("flags", "needles"),
     [
-        (["--method", "arcface"], ["--method 'arcface' is unknown", "independent"]),
+        (["--method", "arcface"], ["unknown --method 'arcface'", "independent"]),
         (["--adapter-kind", "pca"], ["--adapter-kind 'pca'", "procrustes"]),
         (["--discriminativeness", "q"], ["--discriminativeness 'q'", "entropy"]),
         (["--device", "tpu"], ["--device 'tpu'", "auto"]),

@@ -67,6 +67,13 @@ def run(root: Path, args: list[str]) -> Result:
     return runner.invoke(app, args)
 
 
+def readme_toml(name: str) -> str:
+    """The TOML block that follows "`NAME` example:" in the README."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    after = text.split(f"`{name}` example:", 1)[1]
+    return after.split("```toml\n", 1)[1].split("```", 1)[0]
+
+
 def alias_target(db: Path) -> str:
     client = MilvusClient(str(db))
     try:
@@ -120,6 +127,9 @@ def test_documented_lite_command_runs(readme_dir: Path, where: str, args: list[s
     if adapter.endswith("-exit"):
         fused = [*EVOLVE[:4], "adapters/faces-v2-transition", *EVOLVE[5:]]
         assert run(readme_dir, fused).exit_code == 0
+    if "--config" in args:  # the file the README shows above the command, as written there
+        name = args[args.index("--config") + 1]
+        (readme_dir / name).write_text(readme_toml(name))
 
     result = run(readme_dir, args)
     assert result.exit_code == 0, f"{where}: {result.output}"

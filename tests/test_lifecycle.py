@@ -248,7 +248,7 @@ def test_cron_examples_run_as_written(source: str, gallery: Gallery, artifact: A
         ("--threads", "100000", "--threads must be between 0 and 256, got 100000"),
         ("--max-retries", "-1", "--max-retries must be between 0 and 100"),
         ("--timeout", "-5", "--timeout must be between 1 and 86400"),
-        ("--max-seconds", "-1", "--max-seconds must be between 0"),
+        ("--max-seconds", "-1", "--max-seconds must be >= 0"),
         ("--batch-size", "100000", "--batch-size must be between 1 and 16384"),
         ("--read-ahead", "1000", "--read-ahead must be between 0 and 64"),
         ("--workers", "0", "--workers must be between 1 and 256"),

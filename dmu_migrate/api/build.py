@@ -71,6 +71,7 @@ def train(
 
 def train_config(config_file: str | Path | None = None, **settings: Any) -> TrainConfig:
     """The settings ``train`` runs with: TrainConfig's defaults, then the file, then ``settings``."""
+    from dmu_migrate.settings import unknown_names
     from dmu_migrate.training.config import (
         TrainConfig,
         build_config,
@@ -78,18 +79,12 @@ def train_config(config_file: str | Path | None = None, **settings: Any) -> Trai
         parse_image_shape,
     )
 
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise InputError(
-            f"train got unknown setting(s) {', '.join(unknown)}; valid settings: "
-            f"{', '.join(sorted(known))}"
-        )
+    unknown_names(TrainConfig, "train", settings)
     flags = dict(settings)
     if isinstance(flags.get("image_shape"), str):
         flags["image_shape"] = parse_image_shape(flags["image_shape"])
     file_values = load_config_file(config_file) if config_file is not None else {}
-    return build_config(file_values, flags)
+    return build_config(file_values, flags, config_file)
 
 
 def evaluate(

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dmu_migrate.api.sharding import ENGINES
 from dmu_migrate.api.store import opened, resolve_token
-from dmu_migrate.errors import InputError, StoreError, check_range
-from dmu_migrate.evolve import NEW_COLLECTION
-from dmu_migrate.evolve.bulk_pass import INSERT, WRITE_PATHS
+from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.evolve import INSERT, NEW_COLLECTION
 from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult
 from dmu_migrate.evolve.plan import Estimate
 from dmu_migrate.evolve.progress import ProgressCallback
 from dmu_migrate.evolve.retry import RetryPolicy
+from dmu_migrate.evolve.settings import MAX_BATCH as MAX_BATCH  # where backfill imports it from
+from dmu_migrate.evolve.settings import EvolveSettings, evolve_settings
 from dmu_migrate.evolve.verify import VerifyReport
 
 if TYPE_CHECKING:
@@ -24,14 +24,6 @@ if TYPE_CHECKING:
 
 # One artifact directory, or several to chain upgrades (oldest first).
 AdapterPaths = str | Path | Sequence[str | Path]
-
-# Milvus answers at most 16,384 rows per query page (its query window); every store
-# reads in pages of batch_size rows, so it cannot be larger.
-MAX_BATCH = 16384
-
-# The defaults of evolve's numbers live in EvolveOptions and RetryPolicy; the verb reuses them.
-_OPTIONS = EvolveOptions()
-_RETRY = RetryPolicy()
 
 
 @dataclass(frozen=True)
@@ -71,61 +63,21 @@ def build_plan(
     return make_plan(store, collection, chain, **kwargs)
 
 
-def check_flags(
-    batch_size: int,
-    threads: int,
-    read_ahead: int,
-    max_seconds: float | None,
-    max_retries: int,
-    timeout: float,
-) -> None:
-    """Every number evolve takes, checked before anything opens: one line, never a traceback."""
-    check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
-    check_range("--threads", threads, 0, 256, "0 uses every core")
-    check_range("--read-ahead", read_ahead, 0, 64)
-    if max_seconds is not None:
-        check_range("--max-seconds", max_seconds, 0, 10**9)
-    check_range("--max-retries", max_retries, 0, 100)
-    check_range("--timeout", timeout, 1, 86400)
-
-
 def evolve(
     collection: str,
     adapter: AdapterPaths,
+    *,
     uri: str = "milvus.db",
     token: str | None = None,
-    strategy: str = NEW_COLLECTION,
-    alias: str | None = None,
-    vector_field: str | None = None,
-    target_field: str | None = None,
-    filter: str | None = None,
-    batch_size: int = _OPTIONS.batch_size,
-    threads: int = 0,
-    read_ahead: int = _OPTIONS.read_ahead,
-    full_verify: bool = _OPTIONS.full_verify,
-    max_seconds: float | None = _OPTIONS.max_seconds,
-    take_over: bool = _OPTIONS.take_over,
-    restart: bool = _OPTIONS.restart,
-    reapply: bool = _OPTIONS.reapply,
-    write_path: str = _OPTIONS.write_path,
-    bulk_storage: str | Path | None = _OPTIONS.bulk_storage,
-    yes_overwrite: bool = False,
-    accept_regression: bool = False,
-    across_metric: bool = False,
-    max_retries: int = _RETRY.max_retries,
-    timeout: float = _RETRY.timeout,
-    skip_bad_vectors: bool = _OPTIONS.skip_bad_vectors,
-    snapshot_dir: str | Path = _OPTIONS.snapshot_root,
-    dry_run: bool = False,
-    shards: int | None = None,
-    workers: int = 1,
-    shard: str | None = None,
-    engine: str = ENGINES[0],
-    ray_address: str | None = None,
+    config_file: str | Path | None = None,
     on_progress: ProgressCallback | None = None,
+    **settings: Any,
 ) -> EvolveResult | EvolvePreview:
     """Evolve the stored old vectors of ``collection`` through ``adapter``, verify, cut over.
 
+    ``settings`` are EvolveSettings fields (dmu_migrate/evolve/settings.py:
+    strategy, batch_size, max_seconds, shards, ...), with its defaults; they
+    override the TOML ``config_file``; an unknown name is an InputError.
     Resumable and idempotent: a ledger in the store records the cursor, and a
     run after a finished one only brings the target in step with the source.
     ``result.outcome == "remaining"`` means ``max_seconds`` stopped it: call
@@ -143,44 +95,26 @@ def evolve(
     from dmu_migrate.evolve.plan import estimate
 
     adapters = adapter_paths(adapter)
-    check_flags(batch_size, threads, read_ahead, max_seconds, max_retries, timeout)
-    check_range("--workers", workers, 1, 256)
-    if write_path not in WRITE_PATHS:
-        raise InputError(
-            f"--write-path must be one of {', '.join(WRITE_PATHS)}, got '{write_path}'"
-        )
-    fanout = Fanout.from_flags(shards, workers, shard, engine, ray_address)
-    if fanout.sharded and write_path != INSERT:
+    s = evolve_settings(config_file, **settings)
+    fanout = Fanout.from_flags(s.shards, s.workers, s.shard, s.engine, s.ray_address)
+    if fanout.sharded and s.write_path != INSERT:
         raise InputError("--write-path bulk/auto runs unsharded; drop --shards")
-    threads = fanout.threads(threads)
+    threads = fanout.threads(s.threads)
     plan_args = {
-        "strategy": strategy,
-        "alias": alias,
-        "vector_field": vector_field,
-        "target_field": target_field,
-        "filter": filter,
-        "yes_overwrite": yes_overwrite,
-        "accept_regression": accept_regression,
-        "across_metric": across_metric,
+        "strategy": s.strategy,
+        "alias": s.alias,
+        "vector_field": s.vector_field,
+        "target_field": s.target_field,
+        "filter": s.filter,
+        "yes_overwrite": s.yes_overwrite,
+        "accept_regression": s.accept_regression,
+        "across_metric": s.across_metric,
     }
     with opened(uri, token) as store:
         plan = build_plan(store, collection, adapters, threads, **plan_args)
-        if dry_run:
-            return EvolvePreview(plan.describe(), estimate(store, plan, batch_size))
-        options = EvolveOptions(
-            batch_size,
-            max_seconds,
-            take_over,
-            restart,
-            Path(snapshot_dir),
-            skip_bad_vectors,
-            RetryPolicy(max_retries, timeout),
-            read_ahead,
-            full_verify,
-            reapply,
-            write_path,
-            None if bulk_storage is None else str(bulk_storage),
-        )
+        if s.dry_run:
+            return EvolvePreview(plan.describe(), estimate(store, plan, s.batch_size))
+        options = run_options(s)
         if not fanout.sharded:
             return run_evolve(store, plan, options, on_progress)
         # Ray workers on other machines lack this one's environment: pass the token.
@@ -188,6 +122,24 @@ def evolve(
             uri, resolve_token(uri, token), collection, adapters, threads, plan_args, options
         )
         return run_fanout(store, plan, fanout, job, on_progress)
+
+
+def run_options(s: EvolveSettings) -> EvolveOptions:
+    """The pipeline's options for one run, from the settings it was given."""
+    return EvolveOptions(
+        batch_size=s.batch_size,
+        max_seconds=s.max_seconds,
+        take_over=s.take_over,
+        restart=s.restart,
+        snapshot_root=s.snapshot_dir,
+        skip_bad_vectors=s.skip_bad_vectors,
+        retry=RetryPolicy(s.max_retries, s.timeout),
+        read_ahead=s.read_ahead,
+        full_verify=s.full_verify,
+        reapply=s.reapply,
+        write_path=s.write_path,
+        bulk_storage=s.bulk_storage,
+    )
 
 
 def verify(
@@ -232,7 +184,7 @@ def verify(
                 f"'{plan.target}' does not exist, so there is nothing to verify; run evolve first"
             )
         record = Ledger(store).load(plan.key)
-        snapshot_root = Path((record and record.snapshot) or _OPTIONS.snapshot_root).parent
+        snapshot_root = Path((record and record.snapshot) or EvolveSettings().snapshot_dir).parent
         skipped = frozenset(record.skipped if record else [])
         writer = make_strategy(store, plan, snapshot_root)
         # The sampled vectors are drawn from the id scan that checks every id.

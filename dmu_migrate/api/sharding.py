@@ -15,8 +15,6 @@ if TYPE_CHECKING:
     from dmu_migrate.evolve.progress import ProgressCallback
     from dmu_migrate.stores.base import VectorStore
 
-ENGINES = ("local", "ray")
-
 
 @dataclass(frozen=True)
 class Fanout:
@@ -37,12 +35,7 @@ class Fanout:
     ) -> Fanout:
         from dmu_migrate.evolve.shards import parse_shard
 
-        if engine not in ENGINES:
-            raise InputError(f"unknown --engine '{engine}'; use one of {', '.join(ENGINES)}")
-        if workers < 1:
-            raise InputError(f"--workers must be >= 1, got {workers}")
-        if shards is not None and shards < 1:
-            raise InputError(f"--shards must be >= 1, got {shards}")
+        # Their choices and ranges are checked with the settings (evolve/settings.py).
         one = parse_shard(shard) if shard is not None else None
         if one is not None and shards is not None:
             raise InputError(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import json
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -18,7 +16,6 @@ from dmu_migrate.cli.common import (
     LabelCol,
     OldCol,
     XCol,
-    choices,
     epoch_logger,
     needs_train_extra,
     out,
@@ -27,7 +24,9 @@ from dmu_migrate.cli.common import (
     scores_table,
     user_errors,
 )
+from dmu_migrate.cli.settings import typed, with_settings
 from dmu_migrate.quality import transition_hint
+from dmu_migrate.training.config import TrainConfig
 
 if TYPE_CHECKING:
     from dmu_migrate.demo import DemoResult  # imports torch: only for the annotation
@@ -43,39 +42,7 @@ TorchThreads = Annotated[
 ]
 
 
-def _setting_options() -> list[inspect.Parameter]:
-    """One option per TrainConfig field, its default and help taken from the field itself.
-
-    A flag overrides --config only when the user typed it (see ``train``), so
-    these defaults never mask the file.
-    """
-    from dmu_migrate.training.config import TrainConfig
-
-    defaults = TrainConfig()
-    options = []
-    for f in dataclasses.fields(TrainConfig):
-        default = getattr(defaults, f.name)
-        kind: Any = type(default)
-        if f.name == "image_shape":
-            kind = str | None  # typed as C,H,W; parse_image_shape turns it into a tuple
-        elif default is None:
-            kind = int | None
-        names = f.metadata.get("choices")
-        option = typer.Option(
-            help=f.metadata.get("help", ""),
-            metavar=choices(names) if names else None,
-        )
-        options.append(
-            inspect.Parameter(
-                f.name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=default,
-                annotation=Annotated[kind, option],
-            )
-        )
-    return options
-
-
+@with_settings(TrainConfig)
 def train(
     ctx: typer.Context,
     table: Annotated[Path, typer.Argument(help="Training table (Parquet).")],
@@ -104,6 +71,7 @@ def train(
         ),
     ] = 0,
     threads: TorchThreads = 0,
+    *,
     as_json: AsJson = False,
     **settings: Any,
 ) -> None:
@@ -117,12 +85,7 @@ def train(
         from dmu_migrate.api.build import train_config
         from dmu_migrate.training import distributed
 
-        flags = {
-            key: value
-            for key, value in settings.items()
-            # Compared by name: typer may ship its own copy of click's enum.
-            if getattr(ctx.get_parameter_source(key), "name", "DEFAULT") != "DEFAULT"
-        }
+        flags = typed(ctx, settings)
         # Under torchrun every rank trains, and rank 0 alone shows progress and the result.
         main = distributed.is_main()
         epochs = train_config(config_file, **flags).epochs  # the bar's length
@@ -173,17 +136,6 @@ def train(
                 out.print("  " + hint)
         for key, value in m.parity.items():
             out.print(f"  onnxruntime vs torch {key}: {value:.2e}")
-
-
-def _with_settings(command: Callable[..., None]) -> Callable[..., None]:
-    """Give ``command`` a signature whose **settings are the TrainConfig options."""
-    signature = inspect.signature(command, eval_str=True)
-    fixed = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
-    command.__signature__ = signature.replace(parameters=fixed + _setting_options())  # type: ignore[attr-defined]
-    return command
-
-
-train = _with_settings(train)
 
 
 def _epoch_progress(bar: Progress, epochs: int) -> Callable[[int, dict[str, float]], None]:

@@ -8,3 +8,7 @@ numpy and the store clients.
 # importing the whole evolve path (onnxruntime) for --help.
 NEW_COLLECTION, NEW_FIELD, IN_PLACE = "new-collection", "new-field", "in-place"
 STRATEGIES = (NEW_COLLECTION, NEW_FIELD, IN_PLACE)
+# How the main pass writes (evolve/bulk_pass.py) and where shards run (api/sharding.py).
+INSERT, BULK, AUTO = "insert", "bulk", "auto"
+WRITE_PATHS = (INSERT, BULK, AUTO)
+ENGINES = ("local", "ray")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dmu_migrate.errors import InputError
+from dmu_migrate.evolve import AUTO, BULK, INSERT, WRITE_PATHS
 from dmu_migrate.evolve.ledger import Ledger, Record
 from dmu_migrate.evolve.plan import NEW_COLLECTION, Plan
 from dmu_migrate.evolve.progress import EVOLVE, Report
@@ -43,8 +44,6 @@ def _milvus_bulk() -> Any:
     return milvus_bulk
 
 
-INSERT, BULK, AUTO = "insert", "bulk", "auto"
-WRITE_PATHS = (INSERT, BULK, AUTO)
 # Below this many rows `auto` keeps the insert path. Measured at 100k x 128 bulk was no
 # faster than insert end to end (docs/benchmarks.md); no size has yet been measured
 # where it wins, so auto stays on insert up to 1M until one is.

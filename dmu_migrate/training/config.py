@@ -14,67 +14,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from dmu_migrate.errors import InputError
+from dmu_migrate.settings import (
+    NON_NEGATIVE,
+    POSITIVE,
+    SHARE,
+    Bounds,
+    build,
+    check_all,
+    load_toml,
+    setting,
+)
 
 METHODS = ("dmu", "bct", "independent", "adapter")
 ADAPTER_KINDS = ("mlp", "procrustes", "affine")
 MEASURES = ("probability", "margin", "entropy")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-def flag(name: str) -> str:
-    """The command-line flag of a config field, for error messages."""
-    return "--" + name.replace("_", "-")
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """The values a numeric setting takes: stated in its --help and checked by check()."""
-
-    low: float
-    high: float | None = None
-    low_open: bool = False  # low itself is refused
-    high_open: bool = False
-    why: str = ""
-
-    def text(self) -> str:
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-        return f"in {left}{self.low:g}, {self.high:g}{right}"
-
-    def holds(self, value: float) -> bool:
-        above = value > self.low if self.low_open else value >= self.low
-        if self.high is None:
-            return above
-        return above and (value < self.high if self.high_open else value <= self.high)
-
-
-POSITIVE = Bounds(0, low_open=True)
-NON_NEGATIVE = Bounds(0)
-SHARE = Bounds(0, 1, high_open=True)
-
-
-def setting(
-    default: Any, help: str, choices: tuple[str, ...] | None = None, bounds: Bounds | None = None
-) -> Any:
-    """A TrainConfig field with its help text: the one place a setting is written.
-
-    ``train``'s flags are generated from these fields (cli/training.py), so a
-    default, a help text, its choices or its range never has a second copy to
-    drift from; the range is appended to the help.
-    """
-    if bounds is not None:
-        help = f"{help.rstrip('.')} ({bounds.text()})."
-    metadata = {"help": help, "choices": choices, "bounds": bounds}
-    if isinstance(default, tuple):
-        return dataclasses.field(default_factory=lambda: default, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -103,7 +62,7 @@ class TrainConfig:
         "called as factory(input_dim=..., output_dim=...).",
     )
     image_shape: tuple[int, ...] | None = setting(
-        None, "C,H,W of the flattened pixels in X_COL, e.g. 1,28,28."
+        None, "C,H,W of the flattened pixels in X_COL, e.g. 1,28,28.", typed_as=str | None
     )
     dim: int | None = setting(
         None, "New embedding size (default: the old size, which BCT/DMU need).", bounds=Bounds(1)
@@ -174,24 +133,13 @@ class TrainConfig:
 
     def check(self) -> None:
         """One-line errors for values that cannot train, naming the flag and the fix."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            allowed = f.metadata.get("choices")
-            if allowed and value not in allowed:
-                raise InputError(
-                    f"{flag(f.name)} '{value}' is unknown; use one of {', '.join(allowed)}"
-                )
+        check_all(self)
         if self.model not in ("linear", "mlp", "cnn") and ":" not in self.model:
             raise InputError(
                 f"--model '{self.model}' is unknown; use linear, mlp, cnn or 'package.module:factory'"
             )
         if self.model == "cnn" and self.image_shape is None:
             raise InputError("--model cnn needs --image-shape C,H,W (e.g. 1,28,28)")
-        for f in dataclasses.fields(self):
-            value, bounds = getattr(self, f.name), f.metadata.get("bounds")
-            if bounds is not None and value is not None and not bounds.holds(value):
-                why = f" {bounds.why}" if bounds.why else ""
-                raise InputError(f"{flag(f.name)} must be {bounds.text()}{why} (got {value})")
 
 
 def parse_image_shape(value: str | list[int] | tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -214,65 +162,21 @@ def parse_image_shape(value: str | list[int] | tuple[int, ...] | None) -> tuple[
     return shape
 
 
-def _field_types() -> dict[str, tuple[type, ...]]:
-    defaults = TrainConfig()
-    types: dict[str, tuple[type, ...]] = {}
-    for f in dataclasses.fields(TrainConfig):
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            types[f.name] = (bool,)
-        elif isinstance(default, float):
-            types[f.name] = (float, int)  # TOML writes 1 for 1.0
-        elif isinstance(default, int):
-            types[f.name] = (int,)
-        elif isinstance(default, str):
-            types[f.name] = (str,)
-    types["dim"] = (int,)
-    types["image_shape"] = (list, str)
-    return types
-
-
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """TrainConfig fields from a TOML file, type-checked, with one-line errors."""
-    path = Path(path)
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - exercised on Python 3.10 only
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise InputError(
-                "--config needs Python >= 3.11 or the tomli package: pip install tomli"
-            ) from None
-    if not path.is_file():
-        raise InputError(f"--config '{path}' does not exist; give the path of a TOML file")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"--config '{path}' is not valid TOML ({exc}); fix the file") from exc
-    values = raw["train"] if isinstance(raw.get("train"), dict) else raw
-    types = _field_types()
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        name = key.replace("-", "_")
-        if name not in types:
-            raise InputError(
-                f"--config '{path}' has unknown key '{key}'; valid keys: {', '.join(sorted(types))}"
-            )
-        allowed = types[name]
-        # bool is an int in Python; a true/false where a number belongs is a typo.
-        wrong_bool = isinstance(value, bool) and bool not in allowed
-        if wrong_bool or not isinstance(value, allowed):
-            raise InputError(
-                f"--config '{path}': '{key}' is {type(value).__name__} {value!r}; "
-                f"expected {' or '.join(t.__name__ for t in allowed)}"
-            )
-        out[name] = parse_image_shape(cast(Any, value)) if name == "image_shape" else value
-    return out
+    return load_toml(
+        path,
+        TrainConfig,
+        "train",
+        types={"image_shape": (list, str)},
+        convert={"image_shape": parse_image_shape},
+    )
 
 
-def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainConfig:
+def build_config(
+    file_values: dict[str, Any], flag_values: dict[str, Any], config_file: str | Path | None = None
+) -> TrainConfig:
     """Defaults, then the config file, then the flags the user actually typed; checked."""
-    config = TrainConfig(**{**file_values, **flag_values})
+    config = build(TrainConfig, file_values, flag_values, config_file)
     config.check()
     return config
