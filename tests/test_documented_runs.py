@@ -57,6 +57,11 @@ def elsewhere(where: str, args: list[str]) -> str | None:
         return "test_backfill_commands.py (every store, through the CLI; needs a plan and vectors)"
     if "faces_v2" in args:  # the own-collection walk-through's alias for the new encoder
         return "test_sample.py::test_the_readme_walk_through_runs_on_a_lite_file"
+    if command == "evolve" and "--write-path" in args:
+        return (
+            "test_bulk_write.py (the bulk pass on the Milvus server); "
+            "test_cli_migration.py::test_write_path_refusals (the flags through the CLI)"
+        )
     if command == "evolve" and "--shards" in args:
         return "test_cli_shards.py (--shards and --workers on the Milvus server)"
     return None

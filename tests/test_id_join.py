@@ -11,12 +11,12 @@ from dmu_migrate.evolve.id_join import Page, pages_of, windows
 from dmu_migrate.evolve.verify import Reservoir, diff_sorted
 
 
-def paged(ids: list[object], cuts: list[int], as_str: bool) -> list[Page]:
+def paged(ids: list[int], cuts: list[int], as_str: bool) -> list[Page]:
     """Ascending ``ids`` cut into pages (some empty), each id carried with a column."""
     values = sorted(ids)
-    array = np.array([f"id-{v:05d}" for v in values]) if as_str else np.array(values, np.int64)
+    array: np.ndarray = np.array([f"id-{v:05d}" for v in values] if as_str else values)
     bounds = sorted({0, len(values), *(c % (len(values) + 1) for c in cuts)})
-    pages = []
+    pages: list[Page] = []
     for start, stop in zip(bounds, [*bounds[1:], len(values)], strict=True):
         chunk = array[start:stop]
         pages.append((chunk, (np.array([f"v{x}" for x in chunk.tolist()], dtype=object),)))
