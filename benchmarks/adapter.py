@@ -45,7 +45,7 @@ from artifacts import adapter_module, make_adapter_artifact
 from markdown import publish, replace_section
 from threadpoolctl import threadpool_limits
 
-from dmu_migrate.evolve.transform import OnnxModel
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.training.config import TrainConfig
 from dmu_migrate.training.models import Normalized
 

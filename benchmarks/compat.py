@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from dmu_migrate.artifact import Artifact, load_artifact
 from dmu_migrate.evaluation import evaluate
-from dmu_migrate.evolve.transform import OnnxModel
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.training.config import TrainConfig
 from dmu_migrate.training.upgrade import train_upgrade
 

@@ -30,7 +30,7 @@ from dmu_migrate.data import write_table
 from dmu_migrate.errors import InputError
 from dmu_migrate.evaluation import EvalReport, evaluate
 from dmu_migrate.evolve.pipeline import EvolveResult, evolve_collection
-from dmu_migrate.evolve.transform import OnnxModel
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.stores.milvus import MilvusStore
 from dmu_migrate.training.losses import CosFaceLoss
 from dmu_migrate.training.trainer import EpochCallback, TrainConfig

@@ -27,7 +27,6 @@ from dmu_migrate import backfill_curve as backfill
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.data import Columns, Table, read_table
 from dmu_migrate.errors import InputError
-from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.metrics import (
     Derived,
     RetrievalScores,
@@ -36,6 +35,7 @@ from dmu_migrate.metrics import (
     retrieval_scores,
     tar_at_far,
 )
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.quality import Verdict, transition_hint, verdict
 
 SETTINGS = ("old->old", "new->old", "new->evolved", "new->mixed", "new->new")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from dmu_migrate.evolve.transform import OnnxModel
+from dmu_migrate.onnx_model import OnnxModel
 
 CALLS: list[list[Any]] = []  # ids of each call in this process
 NAMES: list[list[Any]] = []  # the stored "name" field each call was given

@@ -217,7 +217,7 @@ def artifact_v3(
 ) -> Artifact:
     """A second upgrade, v2 -> v3, trained on the v2 (evolved) vectors: for chained upgrades."""
     from dmu_migrate.data import read_table
-    from dmu_migrate.evolve.transform import OnnxModel
+    from dmu_migrate.onnx_model import OnnxModel
 
     root = tmp_path_factory.mktemp("v3")
     table = read_table(digits.train_path)

@@ -15,7 +15,7 @@ from dmu_migrate.artifact import BACKFILL_SCORE, Artifact, load_artifact, write_
 from dmu_migrate.backfill_curve import BUDGETS, Curve, reach, reach_line
 from dmu_migrate.cli import app
 from dmu_migrate.evaluation import evaluate
-from dmu_migrate.evolve.transform import OnnxModel
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.training.backfill_score import alignment_error
 from dmu_migrate.training.export import PARITY_TOLERANCE
 

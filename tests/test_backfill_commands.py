@@ -37,8 +37,9 @@ from dmu_migrate.evolve.backfill_write import backfill
 from dmu_migrate.evolve.ledger import Ledger
 from dmu_migrate.evolve.plan import make_plan
 from dmu_migrate.evolve.strategies import make_strategy
-from dmu_migrate.evolve.transform import AdapterChain, OnnxModel
+from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.evolve.verify import Reservoir, verify
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.stores.base import Batch
 
 pytestmark = pytest.mark.timeout(600)

@@ -18,7 +18,7 @@ from dmu_migrate.artifact import NEW_MODEL, Artifact, load_artifact, write_manif
 from dmu_migrate.cli import app
 from dmu_migrate.errors import InputError
 from dmu_migrate.evaluation import SETTINGS, evaluate, mixed_gallery
-from dmu_migrate.evolve.transform import OnnxModel
+from dmu_migrate.onnx_model import OnnxModel
 
 runner = CliRunner()
 

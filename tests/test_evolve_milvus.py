@@ -14,7 +14,7 @@ from dmu_migrate.demo import search_check
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult, evolve_collection
 from dmu_migrate.evolve.plan import target_name
-from dmu_migrate.evolve.transform import OnnxModel
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.stores.base import open_store
 
 

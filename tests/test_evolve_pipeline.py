@@ -20,7 +20,8 @@ from dmu_migrate.evolve import admin
 from dmu_migrate.evolve.ledger import DONE, Ledger
 from dmu_migrate.evolve.pipeline import COMPLETED, REMAINING, EvolveOptions, EvolveResult, evolve
 from dmu_migrate.evolve.plan import make_plan
-from dmu_migrate.evolve.transform import AdapterChain, OnnxModel
+from dmu_migrate.evolve.transform import AdapterChain
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.stores.base import Batch, VectorStore
 
 ROWS = 120

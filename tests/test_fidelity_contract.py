@@ -38,7 +38,8 @@ from test_fidelity_milvus_index import build_params
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
-from dmu_migrate.evolve.transform import AdapterChain, OnnxModel
+from dmu_migrate.evolve.transform import AdapterChain
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.stores.base import TAG_FIELDS, TAG_SOURCE
 from dmu_migrate.stores.milvus_schema import TIMEOUT
 

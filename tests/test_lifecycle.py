@@ -17,7 +17,7 @@ from typer.testing import CliRunner, Result
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.cli import app
-from dmu_migrate.evolve.transform import OnnxModel
+from dmu_migrate.onnx_model import OnnxModel
 
 pytestmark = pytest.mark.timeout(600)
 runner = CliRunner()

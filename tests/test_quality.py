@@ -16,8 +16,8 @@ from typer.testing import CliRunner, Result
 from dmu_migrate.artifact import MANIFEST, Artifact, load_artifact
 from dmu_migrate.cli import app
 from dmu_migrate.errors import QualityGateError
-from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.metrics import l2_normalize
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.quality import check_gate, fit_fusion, measure, transition_hint, verdict
 from dmu_migrate.training.transition import fuse_gallery, fuse_query, make_transition
 

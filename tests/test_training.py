@@ -20,8 +20,8 @@ from dmu_migrate.artifact import Artifact, load_artifact
 from dmu_migrate.data import read_table, write_table
 from dmu_migrate.demo import embed, fit_old_model
 from dmu_migrate.errors import InputError
-from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.metrics import l2_normalize, retrieval_scores
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.training.checkpoint import FILE, work_dir
 from dmu_migrate.training.closed_form import fit_affine
 from dmu_migrate.training.loop import held_out_kind, pick_device, split_by_label

@@ -25,7 +25,7 @@ from conftest import Digits
 from dmu_migrate.artifact import load_artifact
 from dmu_migrate.errors import InputError
 from dmu_migrate.evaluation import evaluate
-from dmu_migrate.evolve.transform import OnnxModel
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.training import distributed
 from dmu_migrate.training.checkpoint import FILE, work_dir
 from dmu_migrate.training.losses import (

@@ -26,7 +26,7 @@ from dmu_migrate.artifact import BACKFILL_SCORE, Artifact
 from dmu_migrate.errors import ArtifactError, InputError
 from dmu_migrate.evolve.backfill_target import find_migration, native_ids
 from dmu_migrate.evolve.ledger import PRUNED
-from dmu_migrate.evolve.transform import OnnxModel
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.stores.base import CollectionInfo, VectorStore, id_array
 
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")

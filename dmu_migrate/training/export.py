@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dmu_migrate.errors import ArtifactError
-from dmu_migrate.evolve.transform import OnnxModel
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.training.models import Normalized
 
 OPSET = 17

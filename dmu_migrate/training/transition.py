@@ -36,8 +36,8 @@ from dmu_migrate.artifact import (
     write_manifest,
 )
 from dmu_migrate.errors import ArtifactError, InputError
-from dmu_migrate.evolve.transform import OnnxModel
 from dmu_migrate.metrics import l2_normalize
+from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.training.export import OPSET, PARITY_TOLERANCE, export_onnx
 from dmu_migrate.training.models import l2_normalize as torch_normalize
 
