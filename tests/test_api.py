@@ -116,6 +116,17 @@ def test_a_qdrant_evolve_path_imports_no_pymilvus() -> None:
 
 
 @pytest.mark.timeout(120)
+def test_the_parquet_store_imports_no_qdrant_client() -> None:
+    # Each store parses its own filter language; Parquet's borrows nothing from Qdrant's.
+    code = (
+        "import sys, dmu_migrate.stores.parquet; "
+        "assert 'qdrant_client' not in sys.modules, 'qdrant_client was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.timeout(120)
 def test_exports_listed_and_lazy() -> None:
     assert sorted(dmu_migrate.__all__) == sorted(
         ["__version__", *VERBS, *RESULTS, *(c.__name__ for c in error_classes())]

@@ -52,7 +52,7 @@ from dmu_migrate.stores.base import (
     choose_vector_field,
     id_array,
 )
-from dmu_migrate.stores.filters import milvus_style_mask
+from dmu_migrate.stores.parquet_filter import milvus_style_mask
 
 _SEQ = b"dmu_seq"
 

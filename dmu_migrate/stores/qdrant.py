@@ -46,7 +46,7 @@ from dmu_migrate.stores.base import (
     id_array,
     redact,
 )
-from dmu_migrate.stores.filters import parse_filter
+from dmu_migrate.stores.qdrant_filter import parse_filter
 
 log = logging.getLogger(__name__)
 

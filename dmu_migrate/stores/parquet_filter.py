@@ -1,11 +1,10 @@
-"""Filter languages of the stores that have no server to parse them for us.
+"""The Parquet store's filter language: a subset of the Milvus expression syntax.
 
-- Qdrant: filter JSON, validated into ``models.Filter``.
-- Parquet: a subset of the Milvus expression syntax, so that one filter text
-  reads the same on Milvus and on Parquet snapshots: clauses ``field op value``
-  joined by ``and``, with ``==``, ``!=``, ``<``, ``<=``, ``>``, ``>=``,
-  ``in [...]``, ``not in [...]`` and JSON values. A row without the field
-  matches only ``!=`` and ``not in`` (a row not yet tagged is "not at v2").
+One filter text reads the same on Milvus and on Parquet snapshots: clauses
+``field op value`` joined by ``and``, with ``==``, ``!=``, ``<``, ``<=``,
+``>``, ``>=``, ``in [...]``, ``not in [...]`` and JSON values. A row without
+the field matches only ``!=`` and ``not in`` (a row not yet tagged is "not at
+v2").
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import ValidationError
-from qdrant_client import models
 
 from dmu_migrate.errors import InputError
 
@@ -28,21 +25,6 @@ _CLAUSE = re.compile(
 )
 _COMPARE = {"==": pc.equal, "!=": pc.not_equal, ">": pc.greater, ">=": pc.greater_equal}
 _COMPARE.update({"<": pc.less, "<=": pc.less_equal})
-
-
-def parse_filter(text: str | None) -> models.Filter | None:
-    """A Qdrant filter from its JSON text; InputError naming --filter when it is not one."""
-    if not text:
-        return None
-    try:
-        return models.Filter.model_validate_json(text)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "top level"
-        raise InputError(
-            f"--filter '{text}' is not a Qdrant filter ({where}: {first['msg']}); "
-            f'give filter JSON such as {{"must": [{{"key": "label", "match": {{"value": 3}}}}]}}'
-        ) from exc
 
 
 def _literal(text: str, expr: str) -> Any:
