@@ -143,3 +143,15 @@ def test_only_passing_failures_are_retried() -> None:
     assert not is_transient(MilvusException(code=1100, message="invalid parameter"))
     assert not is_transient(StoreError("collection 'x' does not exist"))
     assert not is_transient(ValueError("bad"))
+
+
+def test_qdrant_client_errors_are_judged_by_the_qdrant_store() -> None:
+    import httpx
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+    def response(status: int) -> UnexpectedResponse:
+        return UnexpectedResponse(status, "x", b"{}", httpx.Headers())
+
+    assert is_transient(response(503)) and is_transient(response(429))
+    assert not is_transient(response(400)) and not is_transient(response(404))
+    assert is_transient(ResponseHandlingException(OSError("no answer")))

@@ -23,11 +23,8 @@ from dmu_migrate.stores.base import redact
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# gRPC status names and HTTP statuses that mean "try again later".
+# gRPC status names that mean "try again later" (both clients can surface grpc errors).
 _GRPC_TRANSIENT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"}
-_HTTP_TRANSIENT = {408, 429, 500, 502, 503, 504}
-# pymilvus codes: 2 = cannot connect, 8 = rate limited, 9 = denied while the server is busy.
-_MILVUS_TRANSIENT = {2, 8, 9}
 
 
 @dataclass(frozen=True)
@@ -59,14 +56,22 @@ def _transient_one(exc: BaseException) -> bool:
     status = code() if callable(code) else code  # grpc.RpcError.code() is a method
     if getattr(status, "name", None) in _GRPC_TRANSIENT:
         return True
-    name = type(exc).__name__
-    if name == "MilvusUnavailableException":
-        return True
-    if name == "MilvusException" and status in _MILVUS_TRANSIENT:
-        return True
-    if name == "ResponseHandlingException":  # qdrant-client: the request never got an answer
-        return True
-    return name == "UnexpectedResponse" and getattr(exc, "status_code", None) in _HTTP_TRANSIENT
+    return _client_transient(exc)
+
+
+def _client_transient(exc: BaseException) -> bool:
+    """A client's own errors are judged by the store module that uses that client; the
+    error's package names it, so a Qdrant run never imports pymilvus to ask."""
+    package = type(exc).__module__.partition(".")[0]
+    if package == "pymilvus":
+        from dmu_migrate.stores import milvus
+
+        return milvus.transient(exc)
+    if package == "qdrant_client":
+        from dmu_migrate.stores import qdrant
+
+        return qdrant.transient(exc)
+    return False
 
 
 class Retrier:

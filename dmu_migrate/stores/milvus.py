@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.client.types import LoadState
+from pymilvus.exceptions import MilvusUnavailableException
 
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.stores import access, lite_lock, milvus_columns, milvus_partitions, milvus_schema
@@ -28,6 +29,21 @@ from dmu_migrate.stores.base import (
 )
 
 log = logging.getLogger(__name__)
+
+# pymilvus codes: 2 = cannot connect, 8 = rate limited, 9 = denied while the server is busy.
+_TRANSIENT_CODES = {2, 8, 9}
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a pymilvus error is a passing failure: the server unreachable, or busy.
+
+    pymilvus's errors are told apart here, where pymilvus is used, so that the
+    retry loop reads one answer per client instead of class names.
+    """
+    if isinstance(exc, MilvusUnavailableException):
+        return True
+    return isinstance(exc, MilvusException) and exc.code in _TRANSIENT_CODES
+
 
 _VECTOR_TYPES = {DataType.FLOAT_VECTOR}
 _LEDGER_MAX_LENGTH = 65535

@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.stores import access, qdrant_schema
@@ -49,6 +50,16 @@ from dmu_migrate.stores.base import (
 from dmu_migrate.stores.qdrant_filter import parse_filter
 
 log = logging.getLogger(__name__)
+
+_TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}  # statuses that mean "try again later"
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a qdrant-client error is a passing failure: no answer, or a try-again status."""
+    if isinstance(exc, ResponseHandlingException):  # the request never got an answer
+        return True
+    return isinstance(exc, UnexpectedResponse) and exc.status_code in _TRANSIENT_HTTP
+
 
 NULL_KEYS = "__null_keys__"  # Batch.fields column: each point's payload keys set to null
 _METRICS = {"Cosine": "COSINE", "Dot": "IP", "Euclid": "L2"}
