@@ -14,6 +14,14 @@ with the class's ``exit_code``; anything else is a bug and keeps its traceback.
     |       +-- LeaseLost    exit 4  another run took the lease while this one held it
     +-- VerificationError    exit 5  written data does not match what was expected
     +-- QualityGateError     exit 6  the upgrade was validated as worse than not upgrading
+
+Passing failures (a connection lost, a timeout, a rate limit, a busy server)
+are not a class of their own: each client raises its own, and the store module
+that uses that client judges them (``stores.milvus.transient``,
+``stores.qdrant.transient``; ConnectionError, TimeoutError and gRPC's
+UNAVAILABLE-like codes for any). ``evolve.retry`` reads that verdict, retries
+with backoff, and once retries run out raises a StoreError (exit 4) that says
+to run again: the ledger makes the next run resume.
 """
 
 from __future__ import annotations
