@@ -79,11 +79,11 @@ def rows_per_batch(args: argparse.Namespace) -> int:
     return batch_rows(args.batch_size, args.dim)
 
 
-def seed(uri: str, rows: int, dim: int) -> float:
+def seed(uri: str, rows: int, dim: int, index: str = "FLAT") -> float:
     """A source of ``rows`` random unit-norm vectors with an int label, ids 0..rows-1."""
     from dmu_migrate.stores.base import Batch, open_store
 
-    create_source(uri, dim)
+    create_source(uri, dim, index)
     store = open_store(uri)
     info = store.describe(SOURCE)
     rng = np.random.default_rng(0)
@@ -98,7 +98,7 @@ def seed(uri: str, rows: int, dim: int) -> float:
     return time.perf_counter() - start
 
 
-def create_source(uri: str, dim: int) -> None:
+def create_source(uri: str, dim: int, index_type: str = "FLAT") -> None:
     if uri.startswith("qdrant:"):
         from qdrant_client import QdrantClient, models
 
@@ -116,7 +116,7 @@ def create_source(uri: str, dim: int) -> None:
     schema.add_field("label", DataType.INT64)
     schema.add_field("vec", DataType.FLOAT_VECTOR, dim=dim)
     index = client.prepare_index_params()
-    index.add_index("vec", index_type="FLAT", metric_type="COSINE")
+    index.add_index("vec", index_type=index_type, metric_type="COSINE")
     client.create_collection(SOURCE, schema=schema, index_params=index)
     client.close()
 

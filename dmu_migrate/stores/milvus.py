@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -125,7 +126,13 @@ class MilvusStore:
         if name in self._loaded:
             return
         if self.client.get_load_state(name)["state"] != LoadState.Loaded:
+            # Lite builds the vector index of any segment that lacks one here, in this
+            # call: minutes for a large collection last written by a process that had it
+            # released. Said before and after, so a long silence has a name.
+            log.info("loading collection '%s'", name)
+            clock = time.perf_counter()
             self.client.load_collection(name)
+            log.info("loaded collection '%s' in %.1f s", name, time.perf_counter() - clock)
         self._loaded.add(name)
 
     def describe(self, name: str, vector_field: str | None = None) -> CollectionInfo:
