@@ -264,7 +264,8 @@ def test_numeric_flags_out_of_range_are_one_line(
 def test_help_states_the_ranges() -> None:
     # Rich draws the help in a box that wraps anywhere: compare without spaces and borders.
     text = "".join(ch for ch in cli("evolve", "--help").output if not ch.isspace() and ch != "│")
-    for rng in ("threads,0-256", "1-16384", "0-100", "1-86400", "(>=0)", "0-64", "parallel;1-256"):
+    ranges = ("cores(in[0,256])", "(in[1,16384])", "(in[0,100])", "(in[1,86400])", "(>=0)")
+    for rng in (*ranges, "(in[0,64])", "parallel(in[1,256])"):
         assert rng in text, rng
 
 
