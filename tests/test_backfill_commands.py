@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from backends import Backend
 from conftest import Digits, Gallery, read_all
-from test_cli import assert_clean_error
+from helpers import assert_clean_error
 from test_evolve_pipeline import ROWS, run, seed_gallery
 from typer.testing import CliRunner, Result
 

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 from backends import Backend
 from conftest import Digits, Gallery
+from helpers import assert_clean_error
 from pymilvus import DataType, MilvusClient
-from test_cli import assert_clean_error
 from typer.testing import CliRunner
 
 from dmu_migrate.artifact import Artifact

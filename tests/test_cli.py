@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from conftest import Digits, Gallery
+from helpers import assert_clean_error
 from pymilvus import MilvusClient
 from typer.testing import CliRunner
 
@@ -15,16 +16,6 @@ from dmu_migrate.artifact import Artifact
 from dmu_migrate.cli import app
 
 runner = CliRunner()
-
-
-def assert_clean_error(result, code: int, *needles: str) -> None:
-    """Non-zero exit, one 'error:' line naming the problem, and no traceback."""
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for needle in needles:
-        assert needle in lines[0]
 
 
 def test_train_writes_artifact(tmp_path: Path, digits: Digits) -> None:

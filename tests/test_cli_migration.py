@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from conftest import Gallery
+from helpers import assert_clean_error
 from pymilvus import MilvusClient
-from test_cli import assert_clean_error
 from typer.testing import CliRunner, Result
 
 from dmu_migrate.artifact import Artifact

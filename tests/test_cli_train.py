@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import Digits
-from test_cli import assert_clean_error
+from helpers import assert_clean_error
 from typer.testing import CliRunner
 
 from dmu_migrate.cli import app

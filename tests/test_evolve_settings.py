@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import typer
 from conftest import Gallery, evolve_args
+from helpers import assert_clean_error
 from pymilvus import MilvusClient
-from test_cli import assert_clean_error
 from typer.testing import CliRunner, Result
 
 import dmu_migrate

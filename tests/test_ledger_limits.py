@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import Gallery
+from helpers import assert_clean_error
 from pymilvus import DataType, MilvusClient, MilvusException
-from test_cli import assert_clean_error
 from typer.testing import CliRunner
 
 from dmu_migrate.artifact import Artifact

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import Gallery, evolve_args, read_all
+from helpers import assert_clean_error
 from pymilvus import MilvusClient
-from test_cli import assert_clean_error
 from typer.testing import CliRunner, Result
 
 from dmu_migrate.artifact import Artifact

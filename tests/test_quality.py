@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import Digits, Gallery, read_all
+from helpers import assert_clean_error
 from pymilvus import MilvusClient
-from test_cli import assert_clean_error
 from typer.testing import CliRunner, Result
 
 from dmu_migrate.artifact import MANIFEST, Artifact, load_artifact
