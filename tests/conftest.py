@@ -264,3 +264,19 @@ def evolve_args(gallery: Gallery, artifact: Artifact, *more: str) -> list[str]:
         str(gallery.db),
         *more,
     ]
+
+
+def verify_args(gallery: Gallery, artifact: Artifact, *more: str) -> list[str]:
+    """The CLI arguments of a verify of that evolve (the alias moved to digits__v2)."""
+    return [
+        "verify",
+        "--collection",
+        "digits__v1",
+        "--alias",
+        "digits",
+        "--adapter",
+        str(artifact.path),
+        "--uri",
+        str(gallery.db),
+        *more,
+    ]

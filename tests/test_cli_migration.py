@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import Gallery
+from conftest import Gallery, evolve_args
 from helpers import assert_clean_error
 from pymilvus import MilvusClient
 from typer.testing import CliRunner, Result
@@ -134,15 +134,7 @@ def test_unknown_strategy_and_alias_misuse(gallery: Gallery, artifact: Artifact)
 
 def test_write_path_refusals(gallery: Gallery, artifact: Artifact, tmp_path: Path) -> None:
     """--write-path reaches the verb: a bad value, bulk with shards, bulk on Milvus Lite."""
-    base = [
-        "evolve",
-        "--collection",
-        "digits",
-        "--adapter",
-        str(artifact.path),
-        "--uri",
-        str(gallery.db),
-    ]
+    base = evolve_args(gallery, artifact)
     assert_clean_error(cli(*base, "--write-path", "copy"), 2, "unknown --write-path 'copy'")
     assert_clean_error(
         cli(*base, "--write-path", "auto", "--shards", "2"), 2, "runs unsharded; drop --shards"

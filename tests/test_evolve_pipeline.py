@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from backends import Backend
 from conftest import Digits
+from helpers import InsertsBehindCursor
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import InputError, LeaseLost, NothingToDo, StoreError
@@ -86,24 +87,6 @@ def test_new_collection_end_to_end(backend: Backend, digits: Digits, artifact: A
     # A second run finds nothing to do and changes nothing.
     again = run(store, alias, [artifact])
     assert again.rows_written == 0 and again.caught_up == 0 and again.outcome == COMPLETED
-
-
-class InsertsBehindCursor:
-    """The store, with a row inserted into the source below the cursor mid-pass."""
-
-    def __init__(self, store: VectorStore, row: Batch) -> None:
-        self._store, self._row = store, row
-        self._inserted = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def iter_batches(self, info: Any, *args: Any, **kwargs: Any) -> Any:
-        for i, batch in enumerate(self._store.iter_batches(info, *args, **kwargs)):
-            yield batch
-            if i == 0 and not self._inserted:  # once, into the source, during the main pass
-                self._store.write_rows(info, info.name, self._row, {})
-                self._inserted = True
 
 
 def test_rows_added_behind_the_cursor_mid_pass_are_caught_up(

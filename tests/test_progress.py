@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 from backends import Backend
-from conftest import Digits, Gallery, evolve_args
+from conftest import Digits, Gallery, evolve_args, verify_args
+from helpers import InsertsBehindCursor
 from pymilvus import MilvusClient
 from typer.testing import CliRunner
 
@@ -26,7 +27,7 @@ from dmu_migrate.evolve.plan import make_plan
 from dmu_migrate.evolve.progress import CATCH_UP, EVOLVE, ID_DIFF, SPLIT, VERIFY, reporter
 from dmu_migrate.evolve.shards import evolve_split
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.stores.base import Batch, VectorStore
+from dmu_migrate.stores.base import Batch
 
 ROWS = 120
 OPTIONS = EvolveOptions(batch_size=32)
@@ -53,25 +54,6 @@ class Phases:
             assert last_done == last_total, (phase, calls)
             ends[phase] = last_done
         return ends
-
-
-class InsertsBehindCursor:
-    """The store, with one row inserted into the source below the cursor after the first
-    batch of the main pass: the counts stop adding up, so the run diffs and catches up."""
-
-    def __init__(self, store: VectorStore, row: Batch) -> None:
-        self._store, self._row = store, row
-        self._inserted = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def iter_batches(self, info: Any, *args: Any, **kwargs: Any) -> Any:
-        for i, batch in enumerate(self._store.iter_batches(info, *args, **kwargs)):
-            yield batch
-            if i == 0 and not self._inserted:
-                self._store.write_rows(info, info.name, self._row, {})
-                self._inserted = True
 
 
 def seed(backend: Backend, digits: Digits) -> str:
@@ -194,18 +176,7 @@ def test_each_phase_logs_its_lines_off_a_terminal(
 
     checked = runner.invoke(
         app,
-        [
-            "verify",
-            "--collection",
-            "digits__v1",
-            "--alias",
-            "digits",
-            "--adapter",
-            str(artifact.path),
-            "--uri",
-            str(gallery.db),
-            "-v",
-        ],
+        verify_args(gallery, artifact, "-v"),
     )
     assert checked.exit_code == 0, checked.output
     logged = progress_lines(checked.stderr)
