@@ -74,7 +74,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 def rows_per_batch(args: argparse.Namespace) -> int:
     """The batch evolve uses for this width (it caps wide rows), so all three copy alike."""
-    from dmu_migrate.evolve.pipeline import batch_rows
+    from dmu_migrate.evolve.settings import batch_rows
 
     return batch_rows(args.batch_size, args.dim)
 

@@ -23,6 +23,7 @@ from dmu_migrate.evolve.ledger import Ledger, Record
 from dmu_migrate.evolve.plan import NEW_COLLECTION, Plan
 from dmu_migrate.evolve.progress import EVOLVE, Report
 from dmu_migrate.evolve.screen import add_skipped
+from dmu_migrate.evolve.settings import batch_rows
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.sync import checksums
 from dmu_migrate.stores.base import TAG_SOURCE, VectorStore
@@ -182,7 +183,7 @@ def bulk_pass(
     ``strategy`` is always NewCollection (resolve refuses the others): its prepare made
     the empty target; rows go around its write, straight into files.
     """
-    from dmu_migrate.evolve.pipeline import batch_rows, prepare
+    from dmu_migrate.evolve.pipeline import prepare
 
     assert options.bulk_storage is not None or record.bulk is not None
     root = Path(record.bulk["storage"] if record.bulk else str(options.bulk_storage))

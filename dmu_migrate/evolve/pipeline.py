@@ -38,6 +38,7 @@ from dmu_migrate.evolve.plan import IN_PLACE, Plan, make_plan
 from dmu_migrate.evolve.progress import EVOLVE, ProgressCallback, Report, reporter
 from dmu_migrate.evolve.retry import Retrier, RetryPolicy
 from dmu_migrate.evolve.screen import add_skipped, screen
+from dmu_migrate.evolve.settings import batch_rows
 from dmu_migrate.evolve.strategies import InPlace, Strategy, make_strategy
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.transform import AdapterChain
@@ -51,9 +52,6 @@ log = logging.getLogger(__name__)
 COMPLETED, REMAINING = "done", "remaining"
 EXIT_REMAINING = 75  # EX_TEMPFAIL: stopped at --max-seconds, run again to continue
 LEDGER_EVERY = 1.0  # seconds between cursor saves in the main pass
-# Wide rows get fewer per batch: a few batches are in flight at once (peak memory), and
-# requests past a few tens of MB hit servers' gRPC limits (64 MiB on Milvus 2.x).
-MAX_BATCH_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -339,11 +337,6 @@ def main_pass(
     if record.parent is None:  # shards leave it to finish: one flush, not one per shard
         store.flush(plan.target)
     return True
-
-
-def batch_rows(batch_size: int, dim: int) -> int:
-    """Rows per batch: --batch-size, fewer when rows of ``dim`` floats would pass the cap."""
-    return max(1, min(batch_size, MAX_BATCH_BYTES // (4 * dim)))
 
 
 @dataclass

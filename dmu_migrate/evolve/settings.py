@@ -24,6 +24,14 @@ from dmu_migrate.settings import Bounds, build, load_toml, setting, unknown_name
 # Milvus answers at most 16,384 rows per query page (its query window); every store
 # reads in pages of batch_size rows, so it cannot be larger.
 MAX_BATCH = 16384
+# Wide rows get fewer per batch: a few batches are in flight at once (peak memory), and
+# requests past a few tens of MB hit servers' gRPC limits (64 MiB on Milvus 2.x).
+MAX_BATCH_BYTES = 8 << 20
+
+
+def batch_rows(batch_size: int, dim: int) -> int:
+    """Rows per batch: --batch-size, fewer when rows of ``dim`` floats would pass the cap."""
+    return max(1, min(batch_size, MAX_BATCH_BYTES // (4 * dim)))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import numpy as np
 from dmu_migrate.evolve.id_join import Page, Window, windows
 from dmu_migrate.evolve.progress import CATCH_UP, ID_DIFF, Meter, Report, quiet
 from dmu_migrate.evolve.screen import add_skipped, screen
+from dmu_migrate.evolve.settings import batch_rows
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.verify import ID_BATCH, VERIFY_SAMPLE, Reservoir
 from dmu_migrate.stores.base import (
@@ -90,8 +91,6 @@ def page_rows(dim: int) -> int:
     cursor, so a read costs about (rows / page) x rows; at 200k x 32, pages of 4096
     took 122 s for the two reads of a re-run with nothing to do.
     """
-    from dmu_migrate.evolve.pipeline import batch_rows  # pipeline imports this module
-
     return batch_rows(ID_BATCH, dim)
 
 
