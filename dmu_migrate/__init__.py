@@ -110,7 +110,7 @@ if TYPE_CHECKING:
     from dmu_migrate.evaluation import EvalReport
     from dmu_migrate.evolve.backfill_plan import RankedIds
     from dmu_migrate.evolve.backfill_write import BackfillResult
-    from dmu_migrate.evolve.pipeline import EvolveResult
+    from dmu_migrate.evolve.run import EvolveResult
     from dmu_migrate.training.report import TrainReport
 
 

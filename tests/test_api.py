@@ -325,7 +325,9 @@ def test_prune_drops_nothing_unless_confirmed(
     assert isinstance(preview, dmu_migrate.EvolvePreview) and preview.estimate.rows > 0
     assert dmu_migrate.status(uri=uri).migrations == []  # the dry run changed nothing
     seen: list[str] = []
-    result = dmu_migrate.evolve("digits", [artifact.path], uri=uri, on_progress=lambda d, t: None)
+    result = dmu_migrate.evolve(
+        "digits", [artifact.path], uri=uri, on_progress=lambda p, d, t: None
+    )
     assert isinstance(result, dmu_migrate.EvolveResult) and result.outcome == "done"
     with pytest.raises(dmu_migrate.InputError, match="yes=True"):
         dmu_migrate.prune("digits__v1", uri=uri)

@@ -19,8 +19,10 @@ from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import InputError
 from dmu_migrate.evolve import bulk_pass
 from dmu_migrate.evolve.ledger import Ledger
-from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, evolve
+from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
+from dmu_migrate.evolve.progress import EVOLVE
+from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.stores.base import VectorStore
 
@@ -68,11 +70,11 @@ def test_bulk_equals_insert_row_for_row(
         store,
         b,
         artifact,
-        lambda done, total: heard.append((done, total)),
+        lambda phase, done, total: heard.append((done, total)) if phase == EVOLVE else None,
         write_path="bulk",
         bulk_storage=str(files),
     )
-    assert by_bulk.outcome == COMPLETED and by_bulk.verify is not None
+    assert by_bulk.outcome == Outcome.DONE and by_bulk.verify is not None
     assert heard[0] == (0, ROWS) and heard[-1] == (ROWS, ROWS)
     assert [d for d, _ in heard] == sorted(d for d, _ in heard)
     report = by_bulk.verify
@@ -115,7 +117,7 @@ def test_run_killed_after_submit_resumes_without_duplicates(
     monkeypatch.setattr(bulk_pass.Parts, "submit", submit)
     # The job id went on record; so did the files, which the next run must not re-import.
     result = _run(store, source, artifact, write_path="insert", take_over=True)
-    assert result.outcome == COMPLETED and result.verify is not None
+    assert result.outcome == Outcome.DONE and result.verify is not None
     assert (result.verify.target_rows, result.verify.missing) == (ROWS, 0)
     rows = server.read_all(result.target)
     assert sorted(rows) == sorted(ids.tolist())
@@ -160,7 +162,7 @@ def test_bulk_is_refused_on_stores_without_import(
             _run(store, source, artifact, write_path="bulk", bulk_storage=str(tmp_path))
         assert "\n" not in str(refused.value)
         # auto falls back to the insert path there
-        assert _run(store, source, artifact, write_path="auto").outcome == COMPLETED
+        assert _run(store, source, artifact, write_path="auto").outcome == Outcome.DONE
     finally:
         backend.close_stores()
 
@@ -173,4 +175,4 @@ def test_bulk_refuses_a_target_holding_rows(
     first = _run(store, source, artifact)
     with pytest.raises(InputError, match="already holds rows"):
         _run(store, source, artifact, write_path="bulk", bulk_storage=str(tmp_path), restart=True)
-    assert first.outcome == COMPLETED
+    assert first.outcome == Outcome.DONE

@@ -23,9 +23,10 @@ from faults import Proxy
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import StoreError
 from dmu_migrate.evolve.ledger import Ledger
-from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, EvolveResult, evolve
+from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult, evolve
 from dmu_migrate.evolve.plan import make_plan
 from dmu_migrate.evolve.retry import RetryPolicy, is_transient
+from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.stores.base import open_store
 
@@ -103,7 +104,7 @@ def test_outage_mid_run_is_waited_out(
         proxy.close()
     assert "error" not in outcome, outcome.get("error")
     result = outcome["result"]
-    assert result.outcome == COMPLETED and result.retries >= 1
+    assert result.outcome == Outcome.DONE and result.retries >= 1
     check_final(backend, result, ids, digits, artifact)
 
 
@@ -124,7 +125,7 @@ def test_outage_past_the_retry_budget_stops_resumably(
         store.close()
     finally:
         proxy.close()
-    assert result.outcome == COMPLETED
+    assert result.outcome == Outcome.DONE
     check_final(backend, result, ids, digits, artifact)
 
 

@@ -19,8 +19,9 @@ from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import InputError, LeaseLost, NothingToDo, StoreError
 from dmu_migrate.evolve import admin
 from dmu_migrate.evolve.ledger import DONE, Ledger
-from dmu_migrate.evolve.pipeline import COMPLETED, REMAINING, EvolveOptions, EvolveResult, evolve
+from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult, evolve
 from dmu_migrate.evolve.plan import make_plan
+from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.stores.base import Batch, VectorStore
@@ -72,7 +73,7 @@ def test_new_collection_end_to_end(backend: Backend, digits: Digits, artifact: A
     before = backend.read_all(source)
     store = backend.open_store()
     result = run(store, alias, [artifact])
-    assert result.outcome == COMPLETED and result.rows_written == ROWS
+    assert result.outcome == Outcome.DONE and result.rows_written == ROWS
     assert result.verify is not None and result.verify.max_abs_error <= 1e-5
     assert result.id_check == "counts"  # one whole pass whose counts add up
     assert_evolved(backend, result.target, ids, digits.old_te[:ROWS], AdapterChain([artifact]))
@@ -86,7 +87,7 @@ def test_new_collection_end_to_end(backend: Backend, digits: Digits, artifact: A
 
     # A second run finds nothing to do and changes nothing.
     again = run(store, alias, [artifact])
-    assert again.rows_written == 0 and again.caught_up == 0 and again.outcome == COMPLETED
+    assert again.rows_written == 0 and again.caught_up == 0 and again.outcome == Outcome.DONE
 
 
 def test_rows_added_behind_the_cursor_mid_pass_are_caught_up(
@@ -119,7 +120,7 @@ def test_resume_after_stop_matches_uninterrupted_run(
     source, alias, ids = seed_gallery(backend, digits)
     store = backend.open_store()
     stopped = run(store, alias, [artifact], options=EvolveOptions(batch_size=32, max_seconds=0))
-    assert stopped.outcome == REMAINING and stopped.rows_written == 32
+    assert stopped.outcome == Outcome.REMAINING and stopped.rows_written == 32
     assert store.alias_target(alias) == source  # nothing cut over yet
     record = Ledger(store).load(stopped.migration)
     assert record is not None and record.cursor == ids[31].item()
@@ -162,7 +163,7 @@ def test_live_lease_refuses_second_run(
         evolve(store, plan)
     assert not store.has_collection(plan.target)
     result = evolve(store, plan, EvolveOptions(take_over=True))
-    assert result.outcome == COMPLETED
+    assert result.outcome == Outcome.DONE
 
 
 class TakenMidRun:
@@ -247,7 +248,7 @@ def test_new_field_where_supported(backend: Backend, digits: Digits, artifact: A
             run(store, source, [artifact], strategy="new-field", target_field="v2vec")
         return
     result = run(store, source, [artifact], strategy="new-field", target_field="v2vec")
-    assert result.outcome == COMPLETED and result.rows_written == ROWS
+    assert result.outcome == Outcome.DONE and result.rows_written == ROWS
     assert_evolved(backend, source, ids, digits.old_te[:ROWS], AdapterChain([artifact]), "v2vec")
     rows = backend.read_all(source)
     np.testing.assert_array_equal(  # the old vector is untouched
@@ -267,7 +268,7 @@ def test_in_place_snapshot_and_restore(
     result = run(
         store, source, [artifact], strategy="in-place", yes_overwrite=True, options=options
     )
-    assert result.outcome == COMPLETED
+    assert result.outcome == Outcome.DONE
     rows = backend.read_all(source)
     evolved = AdapterChain([artifact])(digits.old_te[:ROWS])
     got = np.asarray([rows[i][backend.vector_name] for i in ids.tolist()], np.float32)
@@ -304,7 +305,7 @@ def test_bad_vectors_refused_or_skipped_never_written(
 
     options = EvolveOptions(batch_size=32, skip_bad_vectors=True)
     result = run(store, alias, [artifact], options=options)
-    assert result.outcome == COMPLETED and any("left out" in n for n in result.notes)
+    assert result.outcome == Outcome.DONE and any("left out" in n for n in result.notes)
     rows = backend.read_all(result.target)
     assert sorted(rows) == [i for i in ids.tolist() if i not in bad]
     assert all(np.isfinite(row[backend.vector_name]).all() for row in rows.values())

@@ -8,7 +8,6 @@ only once every shard is done.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,18 +22,11 @@ from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve import fanout
 from dmu_migrate.evolve import ledger as ledger_module
 from dmu_migrate.evolve.ledger import DONE, Ledger
-from dmu_migrate.evolve.pipeline import (
-    COMPLETED,
-    REMAINING,
-    EvolveOptions,
-    EvolveResult,
-    evolve,
-    new_result,
-)
+from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult, evolve
 from dmu_migrate.evolve.plan import Plan, make_plan
 from dmu_migrate.evolve.retry import Retrier
+from dmu_migrate.evolve.run import Outcome, Run
 from dmu_migrate.evolve.shards import (
-    SHARD_DONE,
     cut_points,
     evolve_one_shard,
     evolve_split,
@@ -88,7 +80,7 @@ def single_and_sharded(
     _, alias_b, _ = seed(backend, digits)
     store = backend.open_store()
     single = evolve(store, plan_for(store, alias_a, artifact), OPTIONS)
-    assert single.outcome == COMPLETED
+    assert single.outcome == Outcome.DONE
     return store, single, alias_a, alias_b
 
 
@@ -106,7 +98,7 @@ def test_in_process_shards_equal_one_process(
     plan = plan_for(store, alias, artifact)
     job = job_for(backend, alias, artifact, 3)
     result = evolve_split(store, plan, 3, OPTIONS, fanout.in_process(store, plan, job), job.owner)
-    assert result.outcome == COMPLETED and result.rows_written == ROWS
+    assert result.outcome == Outcome.DONE and result.rows_written == ROWS
     assert [s["rows_written"] for s in result.shards] == [50, 50, 50]
     assert result.id_check == "counts" and result.verify is not None
     assert result.verify.sampled > 0 and result.verify.max_abs_error <= 1e-5
@@ -123,7 +115,7 @@ def test_in_process_shards_equal_one_process(
 
     # A cron re-run with the same flags finds nothing to write and stays verified.
     again = evolve_split(store, plan, 3, OPTIONS, fanout.in_process(store, plan, job), job.owner)
-    assert again.outcome == COMPLETED and again.rows_written == 0 and again.caught_up == 0
+    assert again.outcome == Outcome.DONE and again.rows_written == 0 and again.caught_up == 0
 
 
 def test_cut_points_make_equal_disjoint_shards(
@@ -145,17 +137,17 @@ def test_shards_run_one_by_one_with_shard_flag(
     store, single, _, alias = single_and_sharded(backend, digits, artifact)
     plan = plan_for(store, alias, artifact)
     first = evolve_one_shard(store, plan, 1, 3, OPTIONS)
-    assert first.outcome == SHARD_DONE and first.rows_written == 50
+    assert first.outcome == Outcome.SHARD_DONE and first.rows_written == 50
     assert "1 of 3 shards done" in first.notes[0]
     assert store.alias_target(alias) != first.target  # not cut over: two shards are missing
-    assert evolve_one_shard(store, plan, 0, 3, OPTIONS).outcome == SHARD_DONE
+    assert evolve_one_shard(store, plan, 0, 3, OPTIONS).outcome == Outcome.SHARD_DONE
     last = evolve_one_shard(store, plan, 2, 3, OPTIONS)
-    assert last.outcome == COMPLETED and last.verify is not None
+    assert last.outcome == Outcome.DONE and last.verify is not None
     assert store.alias_target(alias) == last.target
     assert_same_rows(backend, single.target, last.target)
     # Run again (cron), any shard: the migration stays done and nothing is rewritten.
     again = evolve_one_shard(store, plan, 0, 3, OPTIONS)
-    assert again.outcome == COMPLETED and again.rows_written == 0 and again.caught_up == 0
+    assert again.outcome == Outcome.DONE and again.rows_written == 0 and again.caught_up == 0
 
 
 def test_a_stopped_shard_resumes_alone(
@@ -165,7 +157,7 @@ def test_a_stopped_shard_resumes_alone(
     plan = plan_for(store, alias, artifact)
     evolve_one_shard(store, plan, 0, 2, OPTIONS)
     stopped = evolve_one_shard(store, plan, 1, 2, EvolveOptions(batch_size=16, max_seconds=0))
-    assert stopped.outcome == REMAINING and 0 < stopped.rows_written < 75
+    assert stopped.outcome == Outcome.REMAINING and 0 < stopped.rows_written < 75
     ledger = Ledger(store)
     record = ledger.load(plan.key)
     assert record is not None
@@ -173,7 +165,7 @@ def test_a_stopped_shard_resumes_alone(
     assert shard0 is not None and shard0.main_pass_done and shard0.rows_done == 75
     before = shard0.updated_at
     resumed = evolve_one_shard(store, plan, 1, 2, OPTIONS)
-    assert resumed.outcome == COMPLETED
+    assert resumed.outcome == Outcome.DONE
     assert resumed.rows_written == 75 - stopped.rows_written  # from its cursor, not from 0
     shard0_after = load_shards(ledger, record)[0]
     assert shard0_after is not None and shard0_after.updated_at == before  # left alone
@@ -208,7 +200,7 @@ def test_local_worker_processes_equal_one_process(
         job = job_for(backend, alias, artifact, 4)
         runner = fanout.local_processes(job, workers=2)
         result = evolve_split(store, plan, 4, OPTIONS, runner, job.owner)
-        assert result.outcome == COMPLETED and result.rows_written == ROWS
+        assert result.outcome == Outcome.DONE and result.rows_written == ROWS
         assert sorted(s["index"] for s in result.shards) == [0, 1, 2, 3]
         assert_same_rows(backend, single.target, result.target)
         assert store.alias_target(alias) == result.target
@@ -246,7 +238,7 @@ def test_a_failing_shard_is_reported_and_the_others_are_kept(
         assert store.alias_target(alias) != plan.target  # nothing cut over
         # Fixed, the same command finishes: only shard 1 is run.
         result = evolve_split(store, plan, 3, OPTIONS, fanout.in_process(store, plan, job))
-        assert result.outcome == COMPLETED and [s["index"] for s in result.shards] == [1]
+        assert result.outcome == Outcome.DONE and [s["index"] for s in result.shards] == [1]
         assert result.rows_written == 50 and store.alias_target(alias) == plan.target
     finally:
         backend.close_stores()
@@ -273,7 +265,7 @@ def test_the_last_shard_on_a_store_too_slow_for_the_lease_says_so(
         _, alias, _ = seed(backend, digits)
         store = backend.open_store()
         plan = plan_for(store, alias, artifact)
-        assert evolve_one_shard(store, plan, 0, 2, OPTIONS).outcome == SHARD_DONE
+        assert evolve_one_shard(store, plan, 0, 2, OPTIONS).outcome == Outcome.SHARD_DONE
         assert run_shard(store, plan, 1, 2, OPTIONS).finished  # its pass alone: none finished
         # Every chunk held 0.5 s each way: reading and writing the lease take over SETTLE / 2
         # (1 s) whatever the machine's load, so every try is too slow to be safe.
@@ -285,16 +277,9 @@ def test_the_last_shard_on_a_store_too_slow_for_the_lease_says_so(
             record = ledger.load(plan.key)
             assert record is not None
             with pytest.raises(StoreError, match="answered too slowly"):
-                finish_if_last(
-                    slow,
-                    plan,
-                    2,
-                    OPTIONS,
-                    new_result(plan, record, False),
-                    ledger,
-                    Retrier(OPTIONS.retry),
-                    time.perf_counter(),
-                )
+                result = EvolveResult.begin(plan, record, resumed=False)
+                retry = Retrier(OPTIONS.retry)
+                finish_if_last(Run(slow, plan, OPTIONS, ledger, retry, record, result), 2)
         finally:
             slow.close()
         stored = Ledger(store).load(plan.key)
@@ -302,7 +287,7 @@ def test_the_last_shard_on_a_store_too_slow_for_the_lease_says_so(
         assert store.alias_target(alias) != plan.target
         # The next run of any shard finishes the migration.
         last = evolve_one_shard(store, plan, 1, 2, OPTIONS)
-        assert last.outcome == COMPLETED and store.alias_target(alias) == plan.target
+        assert last.outcome == Outcome.DONE and store.alias_target(alias) == plan.target
     finally:
         proxy.close()
         backend.close_stores()

@@ -36,8 +36,9 @@ from pymilvus import DataType
 from test_fidelity_milvus_index import build_params
 
 from dmu_migrate.artifact import Artifact
-from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, evolve
+from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
+from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.stores.base import TAG_FIELDS, TAG_SOURCE
@@ -336,7 +337,7 @@ def test_the_evolved_collection_describes_as_its_source(
     store = backend.open_store()
     plan = make_plan(store, alias, AdapterChain([artifact]))
     result = evolve(store, plan, EvolveOptions(batch_size=16))
-    assert result.outcome == COMPLETED
+    assert result.outcome == Outcome.DONE
     backend.close_stores()  # Qdrant local mode: one client per directory
 
     target = describe(backend, result.target)

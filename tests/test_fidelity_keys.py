@@ -24,8 +24,9 @@ from pymilvus import DataType
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import StoreError
 from dmu_migrate.evolve.ledger import Ledger
-from dmu_migrate.evolve.pipeline import COMPLETED, REMAINING, EvolveOptions, evolve
+from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
+from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.stores.base import VectorStore, id_array
 
@@ -145,12 +146,12 @@ def test_string_keys_and_uuids_evolve_resume_and_catch_up(
     chain = AdapterChain([artifact])
 
     first = evolve(store, make_plan(store, alias, chain), EvolveOptions(3, max_seconds=0))
-    assert first.outcome == REMAINING
+    assert first.outcome == Outcome.REMAINING
     record = Ledger(store).load(first.migration)
     assert record is not None and record.cursor == sorted(keys)[2]
 
     second = evolve(store, make_plan(store, alias, chain), EvolveOptions(3))
-    assert second.outcome == COMPLETED and second.resumed
+    assert second.outcome == Outcome.DONE and second.resumed
     assert second.verify is not None
     rows = backend.read_all(second.target)
     assert sorted(rows) == sorted(keys)
@@ -163,7 +164,7 @@ def test_string_keys_and_uuids_evolve_resume_and_catch_up(
     store.delete_ids(second.target, id_array(lost))
     store.flush(second.target)
     third = evolve(store, make_plan(store, alias, chain), EvolveOptions(3))
-    assert third.outcome == COMPLETED and third.caught_up == 2
+    assert third.outcome == Outcome.DONE and third.caught_up == 2
     assert sorted(backend.read_all(third.target)) == sorted(keys)
 
 

@@ -14,8 +14,9 @@ from pymilvus import DataType
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import StoreError
-from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, evolve
+from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
+from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.stores import milvus_schema
 from dmu_migrate.stores.base import LEDGER_COLLECTION
@@ -70,7 +71,7 @@ def test_the_target_gets_the_source_index_with_its_parameters(
     result = evolve(
         store, make_plan(store, alias, AdapterChain([artifact])), EvolveOptions(batch_size=16)
     )
-    assert result.outcome == COMPLETED
+    assert result.outcome == Outcome.DONE
     client = native(milvus)
     try:
         want = milvus_schema.read_indexes(client, source)
@@ -97,7 +98,7 @@ def test_a_source_without_an_index(milvus: Backend, digits: Digits, artifact: Ar
         assert milvus.list_collections() == before  # no target, no ledger
         return
     result = evolve(store, make_plan(store, alias, chain), EvolveOptions(batch_size=16))
-    assert result.outcome == COMPLETED
+    assert result.outcome == Outcome.DONE
     client = native(milvus)
     try:
         assert client.list_indexes(result.target) == []

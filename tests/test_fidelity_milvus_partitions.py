@@ -16,8 +16,9 @@ from pymilvus import DataType
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.evolve import admin
-from dmu_migrate.evolve.pipeline import COMPLETED, REMAINING, EvolveOptions, evolve
+from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
+from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.stores.milvus_schema import TIMEOUT
 
@@ -102,9 +103,9 @@ def test_every_row_lands_in_its_partition_and_stays_there_on_reruns(
     chain = AdapterChain([artifact])
 
     first = evolve(store, make_plan(store, alias, chain), EvolveOptions(16, max_seconds=0))
-    assert first.outcome == REMAINING  # stopped after one batch: the rest is a resumed run
+    assert first.outcome == Outcome.REMAINING  # stopped after one batch: the rest is a resumed run
     second = evolve(store, make_plan(store, alias, chain), EvolveOptions(16))
-    assert second.outcome == COMPLETED and second.resumed and second.verify is not None
+    assert second.outcome == Outcome.DONE and second.resumed and second.verify is not None
     assert layout(milvus, second.target, read_through=alias) == expected
     rows = milvus.read_all(second.target)
     evolved = chain(digits.old_te[:ROWS])
@@ -130,7 +131,7 @@ def test_every_row_lands_in_its_partition_and_stays_there_on_reruns(
     assert 4 in changed["asia"] and 4 not in changed["europe"] and changed["africa"] == [102]
 
     again = evolve(store, make_plan(store, alias, chain), EvolveOptions(16))
-    assert again.outcome == COMPLETED and again.verify is not None
+    assert again.outcome == Outcome.DONE and again.verify is not None
     # Inserted: 100-102; changed: 1 (vector) and 4 (partition); deleted: 3.
     assert (again.caught_up, again.updated, again.deleted) == (3, 2, 1)
     assert layout(milvus, again.target, read_through=alias) == changed
@@ -153,7 +154,7 @@ def test_in_place_keeps_rows_in_their_partitions(
     chain = AdapterChain([artifact])
     plan = make_plan(store, name, chain, strategy="in-place", yes_overwrite=True)
     result = evolve(store, plan, EvolveOptions(16, snapshot_root=tmp_path / "snap"))
-    assert result.outcome == COMPLETED and result.verify is not None
+    assert result.outcome == Outcome.DONE and result.verify is not None
     assert layout(milvus, name) == expected
     rows = milvus.read_all(name)
     assert len(rows) == ROWS

@@ -16,8 +16,9 @@ from pymilvus import DataType, Function, FunctionType
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import InputError
-from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, evolve
+from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
+from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.stores import milvus_schema
 from dmu_migrate.stores.base import TAG_FIELDS, TAG_SOURCE
@@ -30,7 +31,7 @@ def run(backend: Backend, alias: str, artifact: Artifact, batch_size: int = 16) 
     store = backend.open_store()
     plan = make_plan(store, alias, AdapterChain([artifact]))
     result = evolve(store, plan, EvolveOptions(batch_size=batch_size))
-    assert result.outcome == COMPLETED
+    assert result.outcome == Outcome.DONE
     return result
 
 

@@ -15,8 +15,9 @@ from limits import limit
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import StoreError
-from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, evolve
+from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
+from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 
 
@@ -61,6 +62,6 @@ def test_a_part_file_that_disagrees_is_refused_naming_it(
         assert not (tmp_path / "parquet" / "ledger.json").exists()
         bad.unlink()  # the fix the message names: the collection reads again
         result = evolve(store, make_plan(store, "g", AdapterChain([artifact])), EvolveOptions(8))
-        assert result.outcome == COMPLETED and result.rows_written == 20
+        assert result.outcome == Outcome.DONE and result.rows_written == 20
     finally:
         backend.close_stores()

@@ -14,8 +14,9 @@ from limits import limit
 from qdrant_client import QdrantClient, models
 
 from dmu_migrate.artifact import Artifact
-from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, evolve
+from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
+from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.stores.base import TAG_FIELDS, TAG_SOURCE, open_store
 
@@ -55,7 +56,7 @@ def test_sparse_vectors_are_carried_point_by_point(
     try:
         plan = make_plan(store, "docs", AdapterChain([artifact]))
         result = evolve(store, plan, EvolveOptions(batch_size=8))
-        assert result.outcome == COMPLETED
+        assert result.outcome == Outcome.DONE
         client = store.client  # type: ignore[attr-defined]
         source_config = client.get_collection("docs__v1").config.params
         target_config = client.get_collection(result.target).config.params

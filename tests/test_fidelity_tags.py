@@ -13,8 +13,9 @@ from limits import limit
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import InputError
-from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, evolve
+from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
+from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.stores.base import LEDGER_COLLECTION
 
@@ -70,8 +71,8 @@ def test_a_source_tagged_by_evolve_evolves_again(
     _, alias = seed(backend, digits, {"name": [f"n{i}" for i in range(ROWS)]})
     store = backend.open_store()
     first = evolve(store, make_plan(store, alias, AdapterChain([artifact])), EvolveOptions(8))
-    assert first.outcome == COMPLETED
+    assert first.outcome == Outcome.DONE
     second = evolve(store, make_plan(store, alias, AdapterChain([artifact_v3])), EvolveOptions(8))
-    assert second.outcome == COMPLETED and second.source == first.target
+    assert second.outcome == Outcome.DONE and second.source == first.target
     rows = backend.read_all(second.target)
     assert {r["dmu_version"] for r in rows.values()} == {"v3"}

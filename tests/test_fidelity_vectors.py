@@ -10,8 +10,9 @@ from limits import limit
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import InputError
-from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, evolve
+from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
+from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 
 
@@ -35,7 +36,7 @@ def test_vectors_that_overflow_float32_are_refused_or_skipped(
 
     skip = EvolveOptions(batch_size=16, skip_bad_vectors=True)
     result = evolve(store, make_plan(store, alias, chain), skip)
-    assert result.outcome == COMPLETED
+    assert result.outcome == Outcome.DONE
     rows = backend.read_all(result.target)
     assert sorted(rows) == [i for i in ids.tolist() if i != 21]
     evolved = np.asarray([rows[i][backend.vector_name] for i in sorted(rows)], np.float32)
@@ -59,4 +60,4 @@ def test_an_ip_or_l2_collection_of_other_norms_is_refused_unless_asked(
         make_plan(store, alias, chain)
     assert not store.has_collection(f"{scaled}__v2")
     result = evolve(store, make_plan(store, alias, chain, across_metric=True), EvolveOptions())
-    assert result.outcome == COMPLETED and len(backend.read_all(result.target)) == 30
+    assert result.outcome == Outcome.DONE and len(backend.read_all(result.target)) == 30

@@ -22,9 +22,10 @@ from typer.testing import CliRunner
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.cli import app
 from dmu_migrate.evolve import fanout
-from dmu_migrate.evolve.pipeline import COMPLETED, EvolveOptions, evolve
+from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
-from dmu_migrate.evolve.progress import CATCH_UP, EVOLVE, ID_DIFF, SPLIT, VERIFY, reporter
+from dmu_migrate.evolve.progress import CATCH_UP, EVOLVE, ID_DIFF, SPLIT, VERIFY
+from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.shards import evolve_split
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.stores.base import Batch
@@ -77,7 +78,7 @@ def test_an_evolve_with_a_catch_up_reports_every_phase(
     plan = make_plan(store, alias, AdapterChain([artifact]))
     phases = Phases()
     result = evolve(InsertsBehindCursor(store, late), plan, OPTIONS, phases)
-    assert result.outcome == COMPLETED and result.caught_up == 1
+    assert result.outcome == Outcome.DONE and result.caught_up == 1
     ends = phases.check(EVOLVE, ID_DIFF, CATCH_UP, VERIFY)
     # The pass wrote the rows it was planned for; the late row came in through catch-up,
     # and the diff and verification compared every id, the late one too.
@@ -104,27 +105,10 @@ def test_a_sharded_evolve_reports_the_split(
     phases = Phases()
     runner_ = fanout.in_process(store, plan, job)
     result = evolve_split(store, plan, 3, OPTIONS, runner_, job.owner, phases)
-    assert result.outcome == COMPLETED
+    assert result.outcome == Outcome.DONE
     # The split reads the ids up to the last cut; one whole pass per shard: counts suffice.
     ends = phases.check(SPLIT, EVOLVE, VERIFY)
     assert ends == {SPLIT: ROWS * 2 // 3, EVOLVE: ROWS, VERIFY: ROWS}
-
-
-def test_a_two_argument_callback_hears_the_evolve_phase_alone() -> None:
-    heard: list[tuple[int, int]] = []
-    report = reporter(lambda done, total: heard.append((done, total)))
-    for phase in (SPLIT, EVOLVE, ID_DIFF, CATCH_UP, VERIFY):
-        report(phase, 5, 10)
-    report(EVOLVE, 10, None)
-    assert heard == [(5, 10), (10, 10)]
-
-    def with_a_default(done: int, total: int, scale: int = 1) -> None:
-        heard.append((done * scale, total))
-
-    reporter(with_a_default)(EVOLVE, 12, 12)  # callable with two arguments: the first form
-    assert heard[-1] == (12, 12)
-    phases = Phases()
-    assert reporter(phases) is phases and reporter(reporter(phases)) is phases
 
 
 def progress_lines(stderr: str) -> dict[str, list[str]]:

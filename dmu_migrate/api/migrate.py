@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING, Any
 from dmu_migrate.api.store import opened, resolve_token
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve import INSERT, NEW_COLLECTION
-from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult
 from dmu_migrate.evolve.plan import Estimate
-from dmu_migrate.evolve.progress import ProgressCallback
-from dmu_migrate.evolve.retry import RetryPolicy
+from dmu_migrate.evolve.progress import Report
+from dmu_migrate.evolve.run import EvolveResult
 from dmu_migrate.evolve.settings import MAX_BATCH as MAX_BATCH  # where backfill imports it from
-from dmu_migrate.evolve.settings import EvolveSettings, evolve_settings
+from dmu_migrate.evolve.settings import EvolveOptions, EvolveSettings, evolve_settings
 from dmu_migrate.evolve.verify import VerifyReport
 
 if TYPE_CHECKING:
@@ -70,7 +69,7 @@ def evolve(
     uri: str = "milvus.db",
     token: str | None = None,
     config_file: str | Path | None = None,
-    on_progress: ProgressCallback | None = None,
+    on_progress: Report | None = None,
     **settings: Any,
 ) -> EvolveResult | EvolvePreview:
     """Evolve the stored old vectors of ``collection`` through ``adapter``, verify, cut over.
@@ -83,8 +82,7 @@ def evolve(
     ``result.outcome == "remaining"`` means ``max_seconds`` stopped it: call
     again to continue. ``dry_run`` returns an EvolvePreview and changes nothing.
     ``on_progress(phase, done, total)`` is called as each phase moves: "split",
-    "evolve", "id diff", "catch-up", "verify" (see dmu_migrate/evolve/progress.py);
-    a callback that takes two arguments hears evolve alone, as ``(rows_done, rows_total)``.
+    "evolve", "id diff", "catch-up", "verify" (see dmu_migrate/evolve/progress.py).
     ``write_path`` is "insert" (upsert batches), "bulk" (a Milvus server imports
     the main pass from files written to ``bulk_storage``, a directory it shares)
     or "auto" (bulk when ``bulk_storage`` is given and the source is large);
@@ -114,7 +112,7 @@ def evolve(
         plan = build_plan(store, collection, adapters, threads, **plan_args)
         if s.dry_run:
             return EvolvePreview(plan.describe(), estimate(store, plan, s.batch_size))
-        options = run_options(s)
+        options = EvolveOptions.of(s)
         if not fanout.sharded:
             return run_evolve(store, plan, options, on_progress)
         # Ray workers on other machines lack this one's environment: pass the token.
@@ -122,24 +120,6 @@ def evolve(
             uri, resolve_token(uri, token), collection, adapters, threads, plan_args, options
         )
         return run_fanout(store, plan, fanout, job, on_progress)
-
-
-def run_options(s: EvolveSettings) -> EvolveOptions:
-    """The pipeline's options for one run, from the settings it was given."""
-    return EvolveOptions(
-        batch_size=s.batch_size,
-        max_seconds=s.max_seconds,
-        take_over=s.take_over,
-        restart=s.restart,
-        snapshot_root=s.snapshot_dir,
-        skip_bad_vectors=s.skip_bad_vectors,
-        retry=RetryPolicy(s.max_retries, s.timeout),
-        read_ahead=s.read_ahead,
-        full_verify=s.full_verify,
-        reapply=s.reapply,
-        write_path=s.write_path,
-        bulk_storage=s.bulk_storage,
-    )
 
 
 def verify(
@@ -151,7 +131,7 @@ def verify(
     strategy: str = NEW_COLLECTION,
     target_field: str | None = None,
     alias: str | None = None,
-    on_progress: ProgressCallback | None = None,
+    on_progress: Report | None = None,
 ) -> VerifyResult:
     """Re-check a migration: every source id present, sampled vectors equal adapter(old).
 

@@ -10,9 +10,10 @@ from dmu_migrate.errors import InputError
 
 if TYPE_CHECKING:
     from dmu_migrate.evolve.fanout import ShardJob
-    from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult
     from dmu_migrate.evolve.plan import Plan
-    from dmu_migrate.evolve.progress import ProgressCallback
+    from dmu_migrate.evolve.progress import Report
+    from dmu_migrate.evolve.run import EvolveResult
+    from dmu_migrate.evolve.settings import EvolveOptions
     from dmu_migrate.stores.base import VectorStore
 
 
@@ -105,7 +106,7 @@ def run_fanout(
     plan: Plan,
     fanout: Fanout,
     job: ShardJob,
-    on_progress: ProgressCallback | None,
+    on_progress: Report | None,
 ) -> EvolveResult:
     from dmu_migrate.evolve import fanout as engines
     from dmu_migrate.evolve.shards import evolve_one_shard, evolve_split

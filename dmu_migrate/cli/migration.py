@@ -14,7 +14,7 @@ from dmu_migrate.cli.settings import typed, with_settings
 from dmu_migrate.evolve.settings import EvolveSettings
 
 if TYPE_CHECKING:
-    from dmu_migrate.evolve.pipeline import EvolveResult
+    from dmu_migrate.evolve.run import EvolveResult
 
 Uri = Annotated[
     str,
@@ -76,8 +76,7 @@ def evolve(
     with user_errors():
         from dmu_migrate.api.migrate import EvolvePreview
         from dmu_migrate.api.migrate import evolve as run_evolve
-        from dmu_migrate.evolve.pipeline import EXIT_REMAINING, REMAINING
-        from dmu_migrate.evolve.shards import SHARD_DONE
+        from dmu_migrate.evolve.run import EXIT_REMAINING, Outcome
 
         with progress() as bar:
             phases = PhaseBars(bar)
@@ -118,9 +117,9 @@ def evolve(
                     f"({rates(result)}), {result.rows_done}/{result.rows_total} in all"
                     + (" (resumed)" if result.resumed else "")
                 )
-            if result.outcome == REMAINING:
+            if result.outcome == Outcome.REMAINING:
                 out.print("stopped at --max-seconds; run the same command again to continue")
-            elif result.outcome == SHARD_DONE:
+            elif result.outcome == Outcome.SHARD_DONE:
                 pass  # the notes say how many shards are done and who cuts over
             else:
                 v = result.verify
@@ -143,7 +142,7 @@ def evolve(
                 out.print(f"retried {result.retries} times after passing store failures")
             for note in result.notes:
                 out.print(f"note: {note}")
-        if result.outcome == REMAINING:
+        if result.outcome == Outcome.REMAINING:
             raise typer.Exit(EXIT_REMAINING)
 
 

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dmu_migrate.errors import DmuError, InputError
+from dmu_migrate.errors import DmuError, InputError, LeaseHeld, StoreError
 from dmu_migrate.evolve.ledger import this_process
-from dmu_migrate.evolve.pipeline import EvolveOptions
 from dmu_migrate.evolve.plan import Plan
+from dmu_migrate.evolve.progress import EVOLVE
+from dmu_migrate.evolve.settings import EvolveOptions
 from dmu_migrate.evolve.shards import ShardOutcome, run_shard
 from dmu_migrate.stores.base import VectorStore, redact
 
@@ -80,7 +81,7 @@ def run_job(job: ShardJob, index: int) -> ShardOutcome:
 
 def failed(index: int, count: int, exc: DmuError) -> ShardOutcome:
     """A shard's error as data, of its kind, so one failed shard does not stop the others."""
-    return ShardOutcome(index, count, error=str(exc), error_kind=type(exc).__name__)
+    return ShardOutcome(index, count, error=str(exc), error_kind=type(exc))
 
 
 def in_process(store: VectorStore, plan: Plan, job: ShardJob) -> RunShards:
@@ -91,8 +92,9 @@ def in_process(store: VectorStore, plan: Plan, job: ShardJob) -> RunShards:
         for index in indexes:
             finished = sum(o.rows_done for o in outcomes)
 
-            def moved(done: int, total: int, before: int = finished) -> None:
-                tick(before + done)  # this process knows the progress: no ledger reads
+            def moved(phase: str, done: int, total: int | None, before: int = finished) -> None:
+                if phase == EVOLVE:  # this process knows the progress: no ledger reads
+                    tick(before + done)
 
             try:
                 outcome = run_shard(
@@ -157,7 +159,7 @@ def local_processes(job: ShardJob, workers: int) -> RunShards:
                             index,
                             job.count,
                             error=f"its worker process exited with code {process.exitcode}",
-                            error_kind="StoreError",
+                            error_kind=StoreError,
                         )
                     del running[index]
         return [outcomes[i] for i in indexes if i in outcomes]
@@ -183,7 +185,8 @@ def _ray_shard(job: ShardJob, index: int) -> ShardOutcome:
     outcome = run_job(job, index)
     # A store that kept failing, or a lease held elsewhere (that run may end meanwhile);
     # never AccessDenied, which waiting does not fix.
-    if outcome.error_kind in ("StoreError", "LeaseHeld"):
+    kind = outcome.error_kind
+    if kind in (StoreError, LeaseHeld):
         raise RetryableShard(outcome.error)
     return outcome
 
@@ -229,7 +232,7 @@ def on_ray(job: ShardJob, address: str | None, retries: int = RAY_RETRIES) -> Ru
                             index,
                             job.count,
                             error=" ".join(str(cause).split())[:300],
-                            error_kind="StoreError",
+                            error_kind=StoreError,
                         )
             return [outcomes[i] for i in indexes]
         finally:

@@ -6,56 +6,54 @@ finish through the same steps once every shard's pass is done.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dmu_migrate.evolve.ledger import DONE, Record, now_iso
-from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION, NEW_FIELD, Plan
-from dmu_migrate.evolve.progress import CATCH_UP, ID_DIFF, Meter, Report, quiet
-from dmu_migrate.evolve.retry import Retrier
+from dmu_migrate.evolve.plan import Plan
+from dmu_migrate.evolve.progress import CATCH_UP, ID_DIFF, Meter
 from dmu_migrate.evolve.screen import add_skipped, screen
-from dmu_migrate.evolve.strategies import Strategy
+from dmu_migrate.evolve.strategies import MISSING, SYNC
 from dmu_migrate.evolve.sync import sync
 from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, diff_ids, verify
 from dmu_migrate.stores.base import VectorStore
 
 if TYPE_CHECKING:
-    from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult
+    from dmu_migrate.evolve.run import Run
 
 CATCH_UP_BATCH = 4096
 
 
-def finish(
-    store: VectorStore,
-    plan: Plan,
-    strategy: Strategy,
-    record: Record,
-    options: EvolveOptions,
-    result: EvolveResult,
-    retry: Retrier,
-    sample: Reservoir,
-    whole_pass: bool,
-    report: Report = quiet,
-) -> None:
+def finish(run: Run, whole_pass: bool) -> None:
     """After the main pass: catch up, verify, cut over, and mark the record done.
 
     ``whole_pass``: this run wrote the whole source in one pass, so equal counts
-    can stand in for the id diff; ``sample`` holds the ids it wrote. ``report``
-    hears the id diff, catch-up and verify phases (evolve/progress.py).
+    can stand in for the id diff; ``run.sample`` holds the ids it wrote. The
+    run's report hears the id diff, catch-up and verify phases (evolve/progress.py).
     """
+    store, plan, record, result, strategy = (
+        run.store,
+        run.plan,
+        run.record,
+        run.result,
+        run.strategy,
+    )
+    sample = run.sample
     diffed = False  # whether the full id sets were compared after every write
-    if plan.strategy == NEW_COLLECTION and whole_pass and not options.full_verify:
-        diffed = retry.run("counting", lambda: counts_agree(store, plan, record))
+    if strategy.in_step == SYNC and whole_pass and not run.options.full_verify:
+        diffed = run.step("counting", lambda: counts_agree(store, plan, record))
         result.id_check = "counts" if diffed else result.id_check
-    if plan.strategy == NEW_COLLECTION and not diffed:
-        clock = time.perf_counter()
-        synced = retry.run(
-            "bringing the target in step",
-            lambda: sync(store, plan, strategy, record, options.skip_bad_vectors, report),
+    if strategy.in_step == SYNC and not diffed:
+        synced = run.timed(
+            "sync",
+            lambda: run.step(
+                "bringing the target in step",
+                lambda: sync(
+                    store, plan, strategy, record, run.options.skip_bad_vectors, run.report
+                ),
+            ),
         )
-        result.phases["sync"] = time.perf_counter() - clock
         result.caught_up, result.updated, result.deleted = (
             synced.added,
             synced.updated,
@@ -66,30 +64,30 @@ def finish(
         sample = synced.sample
         # Nothing written or deleted means the comparison just made, after every write, holds.
         diffed = not synced.changed
-    elif plan.strategy == NEW_FIELD:
-        clock = time.perf_counter()
-        result.caught_up, _extra, sample = retry.run(
-            "catching up", lambda: catch_up(store, plan, strategy, record, options, report)
+    elif strategy.in_step == MISSING:
+        result.caught_up, _extra, sample = run.timed(
+            "catch_up", lambda: run.step("catching up", lambda: catch_up(run))
         )
-        result.phases["catch_up"] = time.perf_counter() - clock
         diffed = result.caught_up == 0
-    elif plan.strategy == IN_PLACE:
-        result.notes.append("in-place does not catch up rows added after its pass")
+    else:
+        result.notes.append(f"{plan.strategy} does not catch up rows added after its pass")
     skipped = frozenset(record.skipped)
     checked = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
-    clock = time.perf_counter()
-    result.verify = retry.run(
-        "verifying", lambda: verify(store, plan, strategy, checked, skipped, diffed, report)
+    result.verify = run.timed(
+        "verify",
+        lambda: run.step(
+            "verifying",
+            lambda: verify(store, plan, strategy, checked, skipped, diffed, run.report),
+        ),
     )
-    result.phases["verify"] = time.perf_counter() - clock
     if record.skipped:
         result.notes.append(
             f"{len(record.skipped)} rows with NaN, inf or all-zero vectors were left out "
             f"(first ids: {record.skipped[:5]}); they are listed in the ledger"
         )
-    clock = time.perf_counter()
-    result.cut_over = retry.run("cutting over", lambda: strategy.cut_over(record))
-    result.phases["cut_over"] = time.perf_counter() - clock
+    result.cut_over = run.timed(
+        "cut_over", lambda: run.step("cutting over", lambda: strategy.cut_over(record))
+    )
     record.status, record.finished_at, record.error = DONE, now_iso(), None
     record.runs.append(
         {
@@ -122,14 +120,7 @@ def counts_agree(store: VectorStore, plan: Plan, record: Record) -> bool:
     return store.count(plan.target, plan.filter) == record.rows_done
 
 
-def catch_up(
-    store: VectorStore,
-    plan: Plan,
-    strategy: Strategy,
-    record: Record,
-    options: EvolveOptions,
-    report: Report = quiet,
-) -> tuple[int, int, Reservoir]:
+def catch_up(run: Run) -> tuple[int, int, Reservoir]:
     """Write source rows that the target lacks: rows inserted since the pass, or lost writes.
 
     Both id streams come from the same store in its own key order, so a
@@ -137,20 +128,23 @@ def catch_up(
     verification sample uniformly over every source row (a cron re-run
     writes few rows itself). Returns (rows written, rows only in the target, sample).
     """
+    store, plan, strategy, record = run.store, run.plan, run.strategy, run.record
     sample = Reservoir(VERIFY_SAMPLE)
-    diffed = Meter(report, ID_DIFF, plan.rows).start()
+    diffed = Meter(run.report, ID_DIFF, plan.rows).start()
     missing, extra = diff_ids(store, plan, strategy, sample, diffed)
     diffed.end()
     known_bad = set(record.skipped)
     missing = [i for i in missing if i not in known_bad]
-    written = Meter(report, CATCH_UP, len(missing))
+    written = Meter(run.report, CATCH_UP, len(missing))
     if missing:
         written.start()
     done = 0
     for start in range(0, len(missing), CATCH_UP_BATCH):
         ids = np.asarray(missing[start : start + CATCH_UP_BATCH])
         batch, bad = screen(
-            store.fetch(plan.source, ids, plan.source.vector_field), plan, options.skip_bad_vectors
+            store.fetch(plan.source, ids, plan.source.vector_field),
+            plan,
+            run.options.skip_bad_vectors,
         )
         add_skipped(record, plan, bad)
         if len(batch):

@@ -12,160 +12,75 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from dmu_migrate.artifact import Artifact
-from dmu_migrate.errors import DmuError, InputError, NothingToDo
-from dmu_migrate.evolve import bulk_pass
+from dmu_migrate.errors import InputError, NothingToDo
+from dmu_migrate.evolve import BULK, write_path
 from dmu_migrate.evolve.finish import finish
-from dmu_migrate.evolve.ledger import (
-    DONE,
-    FAILED,
-    LEASE_SECONDS,
-    ROLLED_BACK,
-    RUNNING,
-    STOPPED,
-    Ledger,
-    Record,
-)
+from dmu_migrate.evolve.ledger import DONE, ROLLED_BACK, RUNNING, Ledger, Record
 from dmu_migrate.evolve.plan import IN_PLACE, Plan, make_plan
-from dmu_migrate.evolve.progress import EVOLVE, ProgressCallback, Report, reporter
-from dmu_migrate.evolve.retry import Retrier, RetryPolicy
+from dmu_migrate.evolve.progress import EVOLVE, Report, reporter
+from dmu_migrate.evolve.retry import Retrier
+from dmu_migrate.evolve.run import EXIT_REMAINING as EXIT_REMAINING
+from dmu_migrate.evolve.run import EvolveResult, Outcome, Run
 from dmu_migrate.evolve.screen import add_skipped, screen
-from dmu_migrate.evolve.settings import batch_rows
-from dmu_migrate.evolve.strategies import InPlace, Strategy, make_strategy
+from dmu_migrate.evolve.settings import EvolveOptions, batch_rows
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, VerifyReport
 from dmu_migrate.stores.base import Batch, Id, VectorStore, id_value
 
 log = logging.getLogger(__name__)
 
+__all__ = ["EvolveOptions", "EvolveResult", "Outcome", "evolve", "evolve_collection"]
 
-# Outcomes, with the exit codes schedulers see.
-COMPLETED, REMAINING = "done", "remaining"
-EXIT_REMAINING = 75  # EX_TEMPFAIL: stopped at --max-seconds, run again to continue
 LEDGER_EVERY = 1.0  # seconds between cursor saves in the main pass
-
-
-@dataclass(frozen=True)
-class EvolveOptions:
-    batch_size: int = 8192
-    max_seconds: float | None = None  # stop (resumably) after this much work
-    take_over: bool = False  # take the lease of a run that died
-    restart: bool = False  # forget the ledger record and start from the beginning
-    snapshot_root: Path = Path("dmu-snapshots")
-    skip_bad_vectors: bool = False  # leave NaN/inf/zero vectors out (recorded) instead of failing
-    retry: RetryPolicy = RetryPolicy()
-    read_ahead: int = 1  # batches each stage may run ahead of the writer; 0 = no threads
-    full_verify: bool = False  # diff every id even after a whole pass in one run
-    reapply: bool = False  # bring a rolled-back migration in step and cut over again
-    write_path: str = "insert"  # insert, bulk (Milvus import jobs) or auto (evolve/bulk_pass.py)
-    bulk_storage: str | None = None  # a directory the Milvus server reads, for bulk
-
-
-@dataclass
-class EvolveResult:
-    migration: str
-    outcome: str  # COMPLETED or REMAINING
-    strategy: str
-    source: str
-    target: str
-    target_field: str
-    alias: str | None
-    rows_written: int  # in this run
-    rows_done: int  # over the whole migration
-    rows_total: int
-    caught_up: int  # rows found missing by the id diff and written
-    resumed: bool
-    seconds: float
-    cut_over: str = ""
-    retries: int = 0  # passing store failures retried during this run
-    verify: VerifyReport | None = None
-    notes: list[str] = field(default_factory=list)
-    phases: dict[str, float] = field(default_factory=dict)  # seconds per step of this run
-    id_check: str = "full diff"  # or "counts": how every source row was shown to be at the target
-    shards: list[dict[str, Any]] = field(default_factory=list)  # per shard, sharded runs only
-    updated: int = 0  # evolved again: their source vector changed since
-    deleted: int = 0  # evolved rows whose source row is gone
-    native: int = 0  # target rows the application wrote, left alone
-
-    def as_dict(self) -> dict[str, object]:
-        out = dict(self.__dict__)
-        out["verify"] = self.verify.as_dict() if self.verify else None
-        return out
 
 
 def evolve(
     store: VectorStore,
     plan: Plan,
-    options: EvolveOptions = EvolveOptions(),
-    on_progress: ProgressCallback | None = None,
+    options: EvolveOptions | None = None,
+    on_progress: Report | None = None,
 ) -> EvolveResult:
-    check_options(options)
+    """Evolve ``plan.source`` into its target, verify and cut over; resumable from the ledger."""
     start = time.perf_counter()
-    report = reporter(on_progress)
-    ledger = Ledger(store)
-    retry = Retrier(options.retry)
+    options = options or EvolveOptions()
+    ledger, retry = Ledger(store), Retrier(options.retry)
     record, found = open_record(ledger, retry, plan, options)
     if record.shards and not record.main_pass_done:
         raise InputError(
             f"migration '{plan.key}' is split into {record.shards} shards; run it with "
             f"--shards {record.shards} (or --restart to start over unsharded)"
         )
-    resumed = found and record.status != DONE
+    result = EvolveResult.begin(plan, record, resumed=found and record.status != DONE)
+    run = Run(store, plan, options, ledger, retry, record, result, reporter(on_progress), start)
     # Before the lease: a bulk run that cannot be fails with nothing written.
-    write_path = bulk_pass.resolve(store, plan, options, record if found else None)
-    retry.run("taking the lease", lambda: ledger.acquire(record, options.take_over))
+    path = write_path.resolve(store, plan, options, record if found else None)
+    run.step("taking the lease", lambda: ledger.acquire(record, options.take_over))
     record.status = RUNNING
-    strategy = make_strategy(store, plan, options.snapshot_root)
-    result = new_result(plan, record, resumed)
-    with recorded(ledger, retry, record, result, start):
-        retry.run("preparing the target", lambda: strategy.prepare(record))
+    with run.recorded():
+        run.step("preparing the target", lambda: run.strategy.prepare(record))
         # This run reads the whole source itself: counts can then stand in for the id diff.
         whole_pass = not record.main_pass_done and record.cursor is None
-        sample = Reservoir(VERIFY_SAMPLE)
         if not record.main_pass_done:
-            clock = time.perf_counter()
-            run_pass = bulk_pass.bulk_pass if write_path == bulk_pass.BULK else main_pass
-            finished = retry.run(
-                "reading and writing batches",
-                lambda: run_pass(
-                    store,
-                    plan,
-                    strategy,
-                    ledger,
-                    record,
-                    options,
-                    result,
-                    sample,
-                    report,
-                    start,
+            run_pass = main_pass
+            if path == BULK:
+                from dmu_migrate.evolve.bulk_pass import bulk_pass as run_pass  # loads pymilvus
+            finished = run.timed(
+                "main_pass",
+                lambda: run.step(
+                    "reading and writing batches", lambda: run_pass(run), lambda: record.cursor
                 ),
-                progress=lambda: record.cursor,
             )
-            result.phases["main_pass"] = time.perf_counter() - clock
             if not finished:
-                result.outcome = REMAINING
-                record.status = STOPPED  # no process runs it now; the next run resumes
-                return result
+                return run.stopped()
             record.main_pass_done = True
-            retry.run("saving the ledger", lambda: ledger.save(record))
-        finish(store, plan, strategy, record, options, result, retry, sample, whole_pass, report)
+            run.save()
+        finish(run, whole_pass)
     return result
-
-
-def check_options(options: EvolveOptions) -> None:
-    if options.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {options.batch_size}")
-    if options.read_ahead < 0:
-        raise InputError(f"--read-ahead must be >= 0, got {options.read_ahead}")
 
 
 def open_record(
@@ -211,87 +126,29 @@ def check_adapters(record: Record, plan: Plan) -> None:
         )
 
 
-def new_result(plan: Plan, record: Record, resumed: bool) -> EvolveResult:
-    return EvolveResult(
-        plan.key,
-        COMPLETED,
-        plan.strategy,
-        plan.source.name,
-        plan.target,
-        plan.target_field,
-        plan.alias,
-        0,
-        record.rows_done,
-        plan.rows,
-        0,
-        resumed,
-        0.0,
-    )
-
-
-@contextmanager
-def recorded(
-    ledger: Ledger, retry: Retrier, record: Record, result: EvolveResult, start: float
-) -> Iterator[None]:
-    """Around a leased run: a failure of any kind goes on record; totals and the lease always."""
-    failure: BaseException | None = None
-    try:
-        yield
-    except DmuError as exc:
-        failure = exc
-        record.status, record.error = FAILED, str(exc)
-        raise
-    except KeyboardInterrupt as exc:
-        failure = exc
-        record.status, record.error = STOPPED, "interrupted"
-        raise
-    except BaseException as exc:  # a bug: still on record, never left 'running'
-        failure = exc
-        record.status, record.error = FAILED, f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        result.rows_done = record.rows_done
-        result.retries += retry.retries
-        try:
-            retry.run("releasing the lease", lambda: ledger.release(record))
-        except DmuError as exc:  # the lease expires by itself; keep the first error visible
-            log.warning("could not release the lease of %s: %s", record.key, exc)
-            if isinstance(failure, DmuError):
-                # The advice must match what the next run will meet: a lease still held.
-                failure.args = (
-                    f"{failure}; the lease could not be released either, so the next run "
-                    f"needs --take-over (or waits {LEASE_SECONDS / 60:.0f} minutes)",
-                )
-        result.seconds = time.perf_counter() - start
-
-
-def main_pass(
-    store: VectorStore,
-    plan: Plan,
-    strategy: Strategy,
-    ledger: Ledger,
-    record: Record,
-    options: EvolveOptions,
-    result: EvolveResult,
-    sample: Reservoir,
-    report: Report,
-    start: float,
-) -> bool:
+def main_pass(run: Run) -> bool:
     """Stream every row after the cursor; False when stopped by the time budget.
 
     Reading, screening + the adapter, and writing run as overlapped stages
     (evolve/stream.py); this thread is the only writer and takes batches in
     read order, so the cursor always marks a prefix of the source.
     """
-    if isinstance(strategy, InPlace) and record.pending:
+    store, plan, options, record, strategy = (
+        run.store,
+        run.plan,
+        run.options,
+        run.record,
+        run.strategy,
+    )
+    if record.pending:
         # Died (or failed) between snapshot and overwrite: the part, not the store,
         # holds that batch's old vectors, so replay it before reading on.
         strategy.apply(record.pending)
         record.cursor = record.pending["last_id"]
         record.pending = None
-        ledger.save(record)
-    # In place, reads and overwrites touch the same collection: keep them in turn.
-    depth = 0 if isinstance(strategy, InPlace) else options.read_ahead
+        run.ledger.save(record)
+    # Reads and overwrites of the same collection: keep them in turn.
+    depth = 0 if strategy.overwrites_source else options.read_ahead
     batch_size = batch_rows(options.batch_size, max(plan.source.dim, plan.chain.out_dim))
     # A shard record bounds the pass to its range; an unsharded one has until = None.
     batches = store.iter_batches(
@@ -300,7 +157,7 @@ def main_pass(
     saved = time.perf_counter()
     # A shard's count is of its own range; its total, the share it was given at the split.
     total = record.source_rows if record.parent is not None else plan.rows
-    report(EVOLVE, record.rows_done, total)  # at once: the first batch can take a while
+    run.report(EVOLVE, record.rows_done, total)  # at once: the first batch can take a while
     with (
         Stage(batches, depth, "dmu-read") as reads,
         Stage((prepare(raw, plan, options) for raw in reads), depth, "dmu-adapt") as ready,
@@ -308,15 +165,15 @@ def main_pass(
         for item in ready:
             add_skipped(record, plan, item.skipped)
             if len(item.batch):
-                write(strategy, ledger, record, item)
-                result.rows_written += len(item.batch)
-                sample.add(item.batch.ids)
+                write(run, item)
+                run.result.rows_written += len(item.batch)
+                run.sample.add(item.batch.ids)
             record.cursor = item.last_id
             # The ledger is a resume point, not a log: a lagging cursor only means a
             # few batches are upserted again after a crash. In place it must not lag.
             now = time.perf_counter()
-            if isinstance(strategy, InPlace) or now - saved >= LEDGER_EVERY:
-                ledger.save(record)
+            if strategy.overwrites_source or now - saved >= LEDGER_EVERY:
+                run.ledger.save(record)
                 saved = now
                 # What a resumed run starts from: an operator (or a test) can tell from this
                 # line, not from the clock, that killing the run now leaves progress behind.
@@ -328,12 +185,12 @@ def main_pass(
                 extra={"collection": plan.source.name, "target": plan.target}
                 | {"rows": record.rows_done, "batch_rows": len(item.batch)},
             )
-            report(EVOLVE, record.rows_done, total)
-            if options.max_seconds is not None and now - start > options.max_seconds:
-                ledger.save(record)
+            run.report(EVOLVE, record.rows_done, total)
+            if options.max_seconds is not None and now - run.start > options.max_seconds:
+                run.ledger.save(record)
                 return False
-    ledger.save(record)
-    report(EVOLVE, record.rows_done, record.rows_done)  # rows read it all: that is the total
+    run.ledger.save(record)
+    run.report(EVOLVE, record.rows_done, record.rows_done)  # rows read it all: that is the total
     if record.parent is None:  # shards leave it to finish: one flush, not one per shard
         store.flush(plan.target)
     return True
@@ -355,13 +212,14 @@ def prepare(raw: Batch, plan: Plan, options: EvolveOptions) -> Prepared:
     return Prepared(batch, evolved, skipped, id_value(raw.ids[-1]))
 
 
-def write(strategy: Strategy, ledger: Ledger, record: Record, item: Prepared) -> None:
+def write(run: Run, item: Prepared) -> None:
+    record = run.record
     log.debug("writing %d rows after cursor %r", len(item.batch), record.cursor)
-    pending = strategy.write(record, item.batch, item.evolved)
-    if pending is not None and isinstance(strategy, InPlace):
+    pending = run.strategy.write(record, item.batch, item.evolved)
+    if pending is not None:  # a snapshot part of the rows about to be overwritten
         record.pending = pending
-        ledger.save(record)  # the snapshot must be on record before the overwrite
-        strategy.apply(pending)
+        run.ledger.save(record)  # the snapshot must be on record before the overwrite
+        run.strategy.apply(pending)
         record.pending = None
     record.rows_done += len(item.batch)
 
@@ -371,8 +229,8 @@ def evolve_collection(
     collection: str,
     artifacts: list[Artifact],
     alias: str | None = None,
-    options: EvolveOptions = EvolveOptions(),
-    on_progress: ProgressCallback | None = None,
+    options: EvolveOptions | None = None,
+    on_progress: Report | None = None,
 ) -> EvolveResult:
     """The default path in one call: new collection, alias moved after verification."""
     plan = make_plan(store, collection, AdapterChain(artifacts), alias=alias)

@@ -12,23 +12,22 @@ A run goes through phases, each a count that only grows, ending at its total:
 The callback is ``on_progress(phase, done, total)``; ``total`` is None where no
 count is known. Totals are estimates made when a phase starts (the source keeps
 changing): a phase's last report gives the count it reached as its total.
-A callback that can be called with two arguments (the API's first form)
-hears the evolve phase alone, as ``(rows_done, rows_total)``.
+
+Two levels: a function that runs a whole phase takes the caller's ``Report``
+(``quiet`` when nobody listens) and opens the phase's ``Meter``; a helper that
+counts inside a phase someone else opened takes that ``Meter`` (or None).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 
 SPLIT, EVOLVE, ID_DIFF, CATCH_UP, VERIFY = "split", "evolve", "id diff", "catch-up", "verify"
 PHASES = (SPLIT, EVOLVE, ID_DIFF, CATCH_UP, VERIFY)
 
 Report = Callable[[str, int, int | None], None]  # (phase, done, total)
-RowsCallback = Callable[[int, int], None]  # (rows done, rows total) of the evolve phase
-ProgressCallback = Report | RowsCallback
 T = TypeVar("T")
 
 
@@ -36,31 +35,9 @@ def quiet(phase: str, done: int, total: int | None) -> None:
     """The report of a caller that passed no callback."""
 
 
-def reporter(callback: ProgressCallback | None) -> Report:
-    """Any callback the API accepts, as a phase report; a report passes through as it is."""
-    if callback is None:
-        return quiet
-    if takes_phase(callback):
-        return cast(Report, callback)
-    rows = cast(RowsCallback, callback)
-
-    def evolve_only(phase: str, done: int, total: int | None) -> None:
-        if phase == EVOLVE:
-            rows(done, done if total is None else total)
-
-    return evolve_only
-
-
-def takes_phase(callback: Callable[..., Any]) -> bool:
-    """Whether ``callback`` is a (phase, done, total) one: any that can be called with two
-    arguments is taken for the API's first form, so that every old callback works as it did."""
-    try:
-        inspect.signature(callback).bind(0, 0)
-    except TypeError:
-        return True
-    except ValueError:  # no signature to read (a builtin): the documented form
-        return True
-    return False
+def reporter(callback: Report | None) -> Report:
+    """The report a run sends its phases to: the caller's callback, or ``quiet``."""
+    return quiet if callback is None else callback
 
 
 @dataclass

@@ -13,10 +13,10 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dmu_migrate.errors import StoreError
+from dmu_migrate.evolve.settings import RetryPolicy as RetryPolicy  # its defaults are settings
 from dmu_migrate.stores.access import access_error, denial
 from dmu_migrate.stores.base import redact
 
@@ -25,14 +25,6 @@ T = TypeVar("T")
 
 # gRPC status names that mean "try again later" (both clients can surface grpc errors).
 _GRPC_TRANSIENT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"}
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_retries: int = 5
-    timeout: float = 300.0  # give up on one step after this many seconds of retrying
-    base_delay: float = 0.5
-    max_delay: float = 30.0
 
 
 def is_transient(exc: BaseException | None) -> bool:

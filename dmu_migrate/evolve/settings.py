@@ -14,12 +14,12 @@ on each call. This module imports nothing heavy, so --help stays fast.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from dmu_migrate.evolve import ENGINES, INSERT, NEW_COLLECTION, STRATEGIES, WRITE_PATHS
-from dmu_migrate.settings import Bounds, build, load_toml, setting, unknown_names
+from dmu_migrate.settings import Bounds, build, check_value, load_toml, setting, unknown_names
 
 # Milvus answers at most 16,384 rows per query page (its query window); every store
 # reads in pages of batch_size rows, so it cannot be larger.
@@ -145,6 +145,60 @@ class EvolveSettings:
     ray_address: str | None = setting(
         None, "Ray cluster to run on (ray://host:10001, auto); default: a local Ray."
     )
+
+
+DEFAULTS = EvolveSettings()
+_FIELDS = {f.name: f for f in fields(EvolveSettings)}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a step that failed for a passing reason is retried (evolve/retry.py)."""
+
+    max_retries: int = DEFAULTS.max_retries
+    timeout: float = DEFAULTS.timeout  # give up on one step after this many seconds of retrying
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+
+@dataclass(frozen=True)
+class EvolveOptions:
+    """What the pipeline reads of the settings for one run; the defaults are the settings'."""
+
+    batch_size: int = DEFAULTS.batch_size
+    max_seconds: float | None = DEFAULTS.max_seconds  # stop (resumably) after this much work
+    take_over: bool = DEFAULTS.take_over  # take the lease of a run that died
+    restart: bool = DEFAULTS.restart  # forget the ledger record and start from the beginning
+    snapshot_root: Path = DEFAULTS.snapshot_dir
+    skip_bad_vectors: bool = DEFAULTS.skip_bad_vectors  # leave NaN/inf/zero rows out, recorded
+    retry: RetryPolicy = RetryPolicy()
+    read_ahead: int = DEFAULTS.read_ahead  # batches each stage may run ahead of the writer
+    full_verify: bool = DEFAULTS.full_verify  # diff every id even after one whole pass
+    reapply: bool = DEFAULTS.reapply  # bring a rolled-back migration in step, cut over again
+    write_path: str = DEFAULTS.write_path  # insert, bulk or auto (evolve/bulk_pass.py)
+    bulk_storage: str | None = DEFAULTS.bulk_storage  # a directory the Milvus server reads
+
+    def __post_init__(self) -> None:
+        # Library callers build options directly: the same one-line errors as the flags.
+        for name in ("batch_size", "max_seconds", "read_ahead", "write_path"):
+            check_value(_FIELDS[name], getattr(self, name))
+
+    @classmethod
+    def of(cls, s: EvolveSettings) -> EvolveOptions:
+        return cls(
+            batch_size=s.batch_size,
+            max_seconds=s.max_seconds,
+            take_over=s.take_over,
+            restart=s.restart,
+            snapshot_root=s.snapshot_dir,
+            skip_bad_vectors=s.skip_bad_vectors,
+            retry=RetryPolicy(s.max_retries, s.timeout),
+            read_ahead=s.read_ahead,
+            full_verify=s.full_verify,
+            reapply=s.reapply,
+            write_path=s.write_path,
+            bulk_storage=s.bulk_storage,
+        )
 
 
 def evolve_settings(config_file: str | Path | None = None, **settings: Any) -> EvolveSettings:

@@ -25,38 +25,19 @@ from typing import Any
 import numpy as np
 
 from dmu_migrate.errors import DmuError, InputError, LeaseHeld, StoreError
+from dmu_migrate.evolve.finish import finish
 from dmu_migrate.evolve.ledger import DONE, RUNNING, STOPPED, Ledger, Record, now_iso
-from dmu_migrate.evolve.pipeline import (
-    COMPLETED,
-    REMAINING,
-    EvolveOptions,
-    EvolveResult,
-    check_adapters,
-    check_options,
-    finish,
-    main_pass,
-    new_result,
-    open_record,
-    recorded,
-)
+from dmu_migrate.evolve.pipeline import check_adapters, main_pass, open_record
 from dmu_migrate.evolve.plan import IN_PLACE, Plan
-from dmu_migrate.evolve.progress import (
-    EVOLVE,
-    SPLIT,
-    Meter,
-    ProgressCallback,
-    Report,
-    quiet,
-    reporter,
-)
+from dmu_migrate.evolve.progress import EVOLVE, SPLIT, Meter, Report, reporter
 from dmu_migrate.evolve.retry import Retrier
-from dmu_migrate.evolve.strategies import NewCollection, make_strategy
-from dmu_migrate.evolve.verify import ID_BATCH, VERIFY_SAMPLE, Reservoir
+from dmu_migrate.evolve.run import EvolveResult, Outcome, Run
+from dmu_migrate.evolve.settings import EvolveOptions
+from dmu_migrate.evolve.verify import ID_BATCH
 from dmu_migrate.stores.base import Id, VectorStore
 
 log = logging.getLogger(__name__)
 
-SHARD_DONE = "shard done"  # outcome of --shard i/N when other shards are still running
 SPLIT_WAIT = 600.0  # seconds a --shard run waits for another process to finish the split
 POLL = 1.0
 SETTLE = 0.5  # seconds between taking a lease and reading it back (see claim)
@@ -89,10 +70,12 @@ class ShardOutcome:
     seconds: float = 0.0
     retries: int = 0
     error: str | None = None
-    error_kind: str | None = None  # the DmuError class, so the caller can re-raise its kind
+    error_kind: type[DmuError] | None = None  # so the caller can re-raise its kind
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out["error_kind"] = self.error_kind.__name__ if self.error_kind else None
+        return out
 
 
 def check_shardable(plan: Plan, count: int) -> None:
@@ -202,35 +185,26 @@ def check_split(record: Record, found: bool, count: int) -> None:
         )
 
 
-def split(
-    store: VectorStore,
-    plan: Plan,
-    record: Record,
-    count: int,
-    ledger: Ledger,
-    retry: Retrier,
-    options: EvolveOptions,
-    report: Report = quiet,
-) -> None:
+def split(run: Run, count: int) -> None:
     """Prepare the target and put the shards on record; the caller holds the lease."""
-    strategy = make_strategy(store, plan, options.snapshot_root)
-    retry.run("preparing the target", lambda: strategy.prepare(record))
+    plan, record = run.plan, run.record
+    run.step("preparing the target", lambda: run.strategy.prepare(record))
     if record.shards == count or record.main_pass_done:
         return
 
     def cuts() -> list[Id]:
         # Ids up to the last cut are read; a retry starts the count again.
-        meter = Meter(report, SPLIT, plan.rows * (count - 1) // count).start()
-        found = cut_points(store, plan, count, meter)
+        meter = Meter(run.report, SPLIT, plan.rows * (count - 1) // count).start()
+        found = cut_points(run.store, plan, count, meter)
         meter.end()
         return found
 
-    record.bounds = retry.run("splitting the ids", cuts)
+    record.bounds = run.step("splitting the ids", cuts)
     record.shards = count
     for shard in shard_records(plan, record):
-        retry.run("writing shard records", partial(ledger.save, shard))
+        run.step("writing shard records", partial(run.ledger.save, shard))
     # The parent names its shards only once all of them are on record.
-    retry.run("saving the ledger", lambda: ledger.save(record))
+    run.save()
 
 
 def claim(ledger: Ledger, record: Record, take_over: bool) -> bool:
@@ -252,7 +226,7 @@ def run_shard(
     count: int,
     options: EvolveOptions,
     owner: str | None = None,
-    on_progress: ProgressCallback | None = None,
+    on_progress: Report | None = None,
 ) -> ShardOutcome:
     """The main pass of one shard, under its own lease; the split must be on record.
 
@@ -279,36 +253,21 @@ def run_shard(
             f"shard {index}/{count} of '{plan.key}' is not on record; pass --restart to split "
             f"the migration again"
         )
-    retry.run("taking the shard's lease", lambda: ledger.acquire(record, options.take_over))
+    result = EvolveResult.begin(plan, record, resumed=record.cursor != record.start)
+    run = Run(store, plan, options, ledger, retry, record, result, reporter(on_progress), start)
+    run.step("taking the shard's lease", lambda: ledger.acquire(record, options.take_over))
     record.status = RUNNING
-    strategy = make_strategy(store, plan, options.snapshot_root)
-    result = new_result(plan, record, resumed=record.cursor != record.start)
     whole = record.cursor == record.start and record.rows_done == 0 and not record.skipped
-    sample = Reservoir(VERIFY_SAMPLE)
-    with recorded(ledger, retry, record, result, start):
-        if isinstance(strategy, NewCollection):  # the application's rows keep their ids
-            retry.run("finding native rows", strategy.find_native)
-        finished = retry.run(
-            "reading and writing batches",
-            lambda: main_pass(
-                store,
-                plan,
-                strategy,
-                ledger,
-                record,
-                options,
-                result,
-                sample,
-                reporter(on_progress),
-                start,
-            ),
-            progress=lambda: record.cursor,
+    with run.recorded():
+        run.step("finding native rows", run.strategy.find_native)  # they keep their ids
+        finished = run.step(
+            "reading and writing batches", lambda: main_pass(run), lambda: record.cursor
         )
         if finished:
             record.main_pass_done, record.whole_pass = True, whole
             record.status, record.finished_at, record.error = DONE, now_iso(), None
-            record.sample = sample.ids().tolist()  # finish verifies vectors from every shard
-            retry.run("saving the ledger", lambda: ledger.save(record))
+            record.sample = run.sample.ids().tolist()  # finish verifies vectors from every shard
+            run.save()
         else:
             record.status = STOPPED
     outcome.rows_written, outcome.rows_done = result.rows_written, record.rows_done
@@ -316,24 +275,15 @@ def run_shard(
     return outcome
 
 
-def finish_split(
-    store: VectorStore,
-    plan: Plan,
-    record: Record,
-    options: EvolveOptions,
-    result: EvolveResult,
-    ledger: Ledger,
-    retry: Retrier,
-    report: Report = quiet,
-) -> int:
+def finish_split(run: Run) -> int:
     """With every shard's pass done: add them up, then catch up, verify and cut over.
 
     Returns how many shards are not done yet (0: finished). The caller holds the lease.
     """
+    record = run.record
     whole = False
-    sample = Reservoir(VERIFY_SAMPLE)
     if not record.main_pass_done:
-        shards = retry.run("reading the shards", lambda: load_shards(ledger, record))
+        shards = run.step("reading the shards", lambda: load_shards(run.ledger, record))
         waiting = sum(1 for s in shards if s is None or not s.main_pass_done)
         if waiting:
             return waiting
@@ -341,21 +291,20 @@ def finish_split(
         record.rows_done = sum(s.rows_done for s in done)
         record.skipped = [i for s in done for i in s.skipped]
         record.main_pass_done = True
-        retry.run("saving the ledger", lambda: ledger.save(record))
+        run.save()
         # Counts stand in for the id diff only when every shard read its range in one go.
         whole = all(s.whole_pass for s in done)
         for s in done:
-            sample.add(np.asarray(s.sample))
-        retry.run("flushing", lambda: store.flush(plan.target))  # the shards' passes did not
-    strategy = make_strategy(store, plan, options.snapshot_root)
-    finish(store, plan, strategy, record, options, result, retry, sample, whole, report)
+            run.sample.add(np.asarray(s.sample))
+        # The shards' passes did not flush.
+        run.step("flushing", lambda: run.store.flush(run.plan.target))
+    finish(run, whole)
     return 0
 
 
 def open_split(
     ledger: Ledger, retry: Retrier, plan: Plan, options: EvolveOptions, count: int
 ) -> tuple[Record, bool]:
-    check_options(options)
     check_shardable(plan, count)
     if options.restart:
         refuse_live_shards(ledger, retry.run("reading the ledger", lambda: ledger.load(plan.key)))
@@ -371,7 +320,7 @@ def evolve_split(
     options: EvolveOptions,
     run_shards: Any,
     owner: str | None = None,
-    on_progress: ProgressCallback | None = None,
+    on_progress: Report | None = None,
 ) -> EvolveResult:
     """Split (or resume a split), run every unfinished shard through ``run_shards``, finish.
 
@@ -383,12 +332,11 @@ def evolve_split(
     and verify phases.
     """
     start = time.perf_counter()
-    report = reporter(on_progress)
-    ledger = Ledger(store, owner)
-    retry = Retrier(options.retry)
+    ledger, retry = Ledger(store, owner), Retrier(options.retry)
     record, found = open_split(ledger, retry, plan, options, count)
-    result = new_result(plan, record, resumed=found and record.status != DONE)
-    retry.run("taking the lease", lambda: ledger.acquire(record, options.take_over))
+    result = EvolveResult.begin(plan, record, resumed=found and record.status != DONE)
+    run = Run(store, plan, options, ledger, retry, record, result, reporter(on_progress), start)
+    run.step("taking the lease", lambda: ledger.acquire(record, options.take_over))
     record.status = RUNNING
     renewed = polled = time.monotonic()
     earlier = 0  # rows of the shards this run does not touch
@@ -398,33 +346,31 @@ def evolve_split(
         nonlocal renewed, polled
         now = time.monotonic()
         if now - renewed > 60:  # well inside the lease's 600 s
-            retry.run("renewing the lease", lambda: ledger.save(record))
+            run.save()
             renewed = now
         if on_progress is None:
             return
         if rows is not None:
-            report(EVOLVE, earlier + rows, plan.rows)
+            run.report(EVOLVE, earlier + rows, plan.rows)
         elif now - polled > max(5.0, record.shards / 20):
             # Shards in other processes: their records are the progress (one strong read
             # each, so seldom; never on a writer's thread).
             shards = load_shards(ledger, record)
-            report(EVOLVE, sum(s.rows_done for s in shards if s is not None), plan.rows)
+            run.report(EVOLVE, sum(s.rows_done for s in shards if s is not None), plan.rows)
             polled = now
 
-    with recorded(ledger, retry, record, result, start):
-        clock = time.perf_counter()
-        split(store, plan, record, count, ledger, retry, options, report)
-        result.phases["split"] = time.perf_counter() - clock  # target + cut points (id scan)
+    with run.recorded():
+        run.timed("split", lambda: split(run, count))  # target + cut points (an id scan)
         if not record.main_pass_done:
             shards = load_shards(ledger, record)
             todo = [i for i, s in enumerate(shards) if s is None or not s.main_pass_done]
             earlier = sum(s.rows_done for i, s in enumerate(shards) if s and i not in todo)
-            clock = time.perf_counter()
-            outcomes: list[ShardOutcome] = run_shards(todo, tick) if todo else []
-            result.phases["main_pass"] = time.perf_counter() - clock
+            outcomes: list[ShardOutcome] = run.timed(
+                "main_pass", lambda: run_shards(todo, tick) if todo else []
+            )
             done = sum(o.rows_done for o in outcomes) + earlier
             if all(o.finished for o in outcomes):  # every shard read its range: a whole total
-                report(EVOLVE, done, done)
+                run.report(EVOLVE, done, done)
             result.shards = [o.as_dict() for o in outcomes]
             result.rows_written = sum(o.rows_written for o in outcomes)
             result.retries += sum(o.retries for o in outcomes)
@@ -432,10 +378,8 @@ def evolve_split(
             if failed:
                 raise shard_failure(plan, failed, count)
             if not all(o.finished for o in outcomes):
-                result.outcome = REMAINING
-                record.status = STOPPED  # no process runs it now; the next run resumes
-                return result
-        left = finish_split(store, plan, record, options, result, ledger, retry, report)
+                return run.stopped()
+        left = finish_split(run)
         if left:  # a shard record vanished or went stale under us
             raise StoreError(
                 f"{left} shards of '{plan.key}' are not done after their runs; run evolve again"
@@ -445,12 +389,9 @@ def evolve_split(
 
 def shard_failure(plan: Plan, failed: list[ShardOutcome], count: int) -> DmuError:
     """One error for the failed shards, of the first one's kind (its exit code)."""
-    from dmu_migrate import errors
-
     first = failed[0]
-    kind = getattr(errors, first.error_kind or "", None)
-    cls = kind if isinstance(kind, type) and issubclass(kind, DmuError) else StoreError
-    return cls(
+    kind = first.error_kind or StoreError
+    return kind(
         f"{len(failed)} of {count} shards of '{plan.key}' failed (shard {first.index}/{count}: "
         f"{first.error}); the other shards' work is kept and the failed ones resume from their "
         f"cursors: fix that, then run the same command again"
@@ -463,7 +404,7 @@ def evolve_one_shard(
     index: int,
     count: int,
     options: EvolveOptions,
-    on_progress: ProgressCallback | None = None,
+    on_progress: Report | None = None,
 ) -> EvolveResult:
     """``--shard i/N``: make the split if no one has, run shard i, finish if it was the last.
 
@@ -476,21 +417,21 @@ def evolve_one_shard(
             "--shards N --max-seconds 0), then start the shards"
         )
     start = time.perf_counter()
-    report = reporter(on_progress)
-    ledger = Ledger(store)
-    retry = Retrier(options.retry)
+    ledger, retry = Ledger(store), Retrier(options.retry)
     record, _ = open_split(ledger, retry, plan, options, count)
+    result = EvolveResult.begin(plan, record, resumed=False)
+    run = Run(store, plan, options, ledger, retry, record, result, reporter(on_progress), start)
     deadline = time.monotonic() + SPLIT_WAIT
-    while not record.main_pass_done and record.shards != count:
+    while not run.record.main_pass_done and run.record.shards != count:
         try:
-            mine = claim(ledger, record, options.take_over)
+            mine = claim(ledger, run.record, options.take_over)
         except LeaseHeld:  # another process holds the lease: it is splitting
             mine = False
         if mine:
             try:
-                split(store, plan, record, count, ledger, retry, options, report)
+                split(run, count)
             finally:
-                ledger.release(record)
+                ledger.release(run.record)
             break
         if time.monotonic() > deadline:
             raise StoreError(
@@ -498,52 +439,43 @@ def evolve_one_shard(
                 f"holding its lease; check that process, or pass --take-over if it is dead"
             )
         time.sleep(POLL)
-        record, _ = open_split(ledger, retry, plan, options, count)
-    shard = run_shard(store, plan, index, count, options, on_progress=report)
-    result = new_result(plan, record, resumed=shard.rows_done > shard.rows_written)
+        run.record, _ = open_split(ledger, retry, plan, options, count)
+    shard = run_shard(store, plan, index, count, options, on_progress=run.report)
+    result.rows_done, result.resumed = run.record.rows_done, shard.rows_done > shard.rows_written
     result.shards = [shard.as_dict()]
     result.rows_written, result.retries = shard.rows_written, shard.retries
     if not shard.finished:
-        result.outcome = REMAINING
+        result.outcome = Outcome.REMAINING
         result.seconds = time.perf_counter() - start
         return result
-    return finish_if_last(store, plan, count, options, result, ledger, retry, start, report)
+    return finish_if_last(run, count)
 
 
-def finish_if_last(
-    store: VectorStore,
-    plan: Plan,
-    count: int,
-    options: EvolveOptions,
-    result: EvolveResult,
-    ledger: Ledger,
-    retry: Retrier,
-    start: float,
-    report: Report = quiet,
-) -> EvolveResult:
-    record = retry.run("reading the ledger", lambda: ledger.load(plan.key))
-    assert record is not None  # the split is on record: the shard just ran under it
-    waiting = sum(1 for s in load_shards(ledger, record) if s is None or not s.main_pass_done) * (
-        not record.main_pass_done
-    )
+def finish_if_last(run: Run, count: int) -> EvolveResult:
+    """After a shard's pass: verify and cut over if every shard is done and no one else is."""
+    result = run.result
+    record = run.reload()  # the split is on record: the shard just ran under it
+    waiting = sum(
+        1 for s in load_shards(run.ledger, record) if s is None or not s.main_pass_done
+    ) * (not record.main_pass_done)
     try:
-        mine = not waiting and claim(ledger, record, take_over=False)
+        mine = not waiting and claim(run.ledger, record, take_over=False)
     except LeaseHeld:  # another shard's process is finishing
         # Only a live holder: a store too slow or failing to take the lease raises, so a
         # run never reports "another process is cutting over" when none is.
         mine = False
     if not mine:
-        result.outcome = SHARD_DONE
+        result.outcome = Outcome.SHARD_DONE
         result.rows_done = record.rows_done
         result.notes.append(
             f"{count - waiting} of {count} shards done; the last to finish verifies and cuts over"
             if waiting
             else "every shard is done; another shard's process is verifying and cutting over"
         )
-        result.seconds = time.perf_counter() - start
+        result.seconds = time.perf_counter() - run.start
         return result
     record.status = RUNNING
-    with recorded(ledger, retry, record, result, start):
-        finish_split(store, plan, record, options, result, ledger, retry, report)
-        result.outcome = COMPLETED
+    with run.recorded():
+        finish_split(run)
+        result.outcome = Outcome.DONE
     return result

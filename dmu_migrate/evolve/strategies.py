@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -32,8 +32,19 @@ from dmu_migrate.stores.base import (
     id_value,
 )
 
+# How a strategy brings its target in step with a source that kept changing after
+# (or during) the main pass; evolve/finish.py runs the step the strategy names.
+SYNC = "sync"  # rows added, rows re-evolved after their source vector changed, rows deleted
+MISSING = "missing"  # rows the target lacks are added; nothing else is compared
+NO_CATCH_UP = ""  # in place: the source is the target
+
 
 class Strategy:
+    in_step: ClassVar[str] = NO_CATCH_UP
+    # Reads and overwrites touch the same rows: no read-ahead, and each batch's snapshot
+    # goes on record (write returns it) before apply overwrites.
+    overwrites_source: ClassVar[bool] = False
+
     def __init__(self, store: VectorStore, plan: Plan) -> None:
         self.store = store
         self.plan = plan
@@ -44,6 +55,14 @@ class Strategy:
     def write(self, record: Record, batch: Batch, evolved: np.ndarray) -> dict[str, Any] | None:
         """Write one batch; may return a pending marker the pipeline must persist first."""
         raise NotImplementedError
+
+    def apply(self, pending: dict[str, Any]) -> None:
+        """Carry out a write that returned ``pending``, once that is on record."""
+        raise NotImplementedError(f"{type(self).__name__} writes nothing pending")
+
+    def find_native(self) -> None:
+        """Learn which target rows the application wrote, before a main pass; by default
+        the target holds no rows but the migration's."""
 
     def written_ids(self) -> Iterator[np.ndarray] | None:
         """Ids already at the target version, in id order; None when the store cannot tell."""
@@ -79,6 +98,8 @@ class Strategy:
 
 class NewCollection(Strategy):
     """Copy every row into ``<base>__<version>`` and move the alias at the end."""
+
+    in_step = SYNC
 
     def __init__(self, store: VectorStore, plan: Plan) -> None:
         super().__init__(store, plan)
@@ -194,6 +215,8 @@ class NewCollection(Strategy):
 class NewField(Strategy):
     """Write the evolved vector into a new vector field beside the old one."""
 
+    in_step = MISSING
+
     def prepare(self, record: Record) -> None:
         plan = self.plan
         if plan.target_field not in plan.source.vector_fields:
@@ -227,6 +250,8 @@ class NewField(Strategy):
 
 class InPlace(Strategy):
     """Overwrite the stored vectors, after snapshotting each batch to Parquet."""
+
+    overwrites_source = True
 
     def __init__(self, store: VectorStore, plan: Plan, snapshot_root: Path) -> None:
         super().__init__(store, plan)

@@ -1,0 +1,69 @@
+"""Which path the main pass writes by: upserts (insert) or Milvus bulk import (bulk).
+
+Deciding needs no pymilvus: the bulk module (which loads it, over a second) is
+imported only where a Milvus store is already open or a bulk run was chosen.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dmu_migrate.errors import InputError
+from dmu_migrate.evolve import AUTO, BULK, INSERT
+from dmu_migrate.evolve.ledger import Record
+from dmu_migrate.evolve.plan import NEW_COLLECTION, Plan
+from dmu_migrate.evolve.settings import EvolveOptions
+from dmu_migrate.stores.base import VectorStore
+
+log = logging.getLogger(__name__)
+
+# Below this many rows `auto` keeps the insert path. Measured at 100k x 128 bulk was no
+# faster than insert end to end (docs/benchmarks.md); no size has yet been measured
+# where it wins, so auto stays on insert up to 1M until one is.
+AUTO_MIN_ROWS = 1_000_000
+
+
+def resolve(store: VectorStore, plan: Plan, options: EvolveOptions, record: Record | None) -> str:
+    """The write path this run takes; one-line errors for a bulk run that cannot be."""
+    path = options.write_path  # one of WRITE_PATHS: EvolveOptions checked it
+    if record is not None and record.bulk is not None and not record.main_pass_done:
+        return BULK  # a bulk pass on record resumes as one, whatever this run asked
+    if path == INSERT or (record is not None and record.main_pass_done):
+        return INSERT  # re-runs after the main pass write what changed, row by row
+    problem = _problem(store, plan, options)
+    if path == AUTO:
+        if problem or plan.rows < AUTO_MIN_ROWS:
+            log.info("write path: insert (%s)", problem or f"{plan.rows} rows < {AUTO_MIN_ROWS}")
+            return INSERT
+    elif problem:
+        raise InputError(f"--write-path bulk: {problem}; use --write-path insert")
+    from dmu_migrate.stores import milvus_bulk
+    from dmu_migrate.stores.milvus import MilvusStore
+
+    assert isinstance(store, MilvusStore)  # _problem said so
+    milvus_bulk.probe(store.client, milvus_bulk.check_root(str(options.bulk_storage)))
+    return BULK
+
+
+def _problem(store: VectorStore, plan: Plan, options: EvolveOptions) -> str | None:
+    from dmu_migrate.stores.milvus import MilvusStore
+
+    if not isinstance(store, MilvusStore) or not store.shared:
+        return f"store '{getattr(store, 'uri', store)}' has no bulk import (Milvus server only)"
+    if options.bulk_storage is None:
+        return "no --bulk-storage directory that the Milvus server shares was given"
+    if plan.strategy != NEW_COLLECTION:
+        return f"bulk import writes a new collection only, not the {plan.strategy} strategy"
+    if plan.filter:
+        return "a --filter run writes into a collection that may hold rows"
+    if store.has_collection(plan.target) and store.count(plan.target) > 0:
+        return (
+            f"target collection '{plan.target}' already holds rows and an import would "
+            "duplicate their ids"
+        )
+    from dmu_migrate.stores import milvus_bulk, milvus_partitions
+
+    if milvus_partitions.named(store.client, plan.source.name):
+        return f"'{plan.source.name}' has named partitions"
+    milvus_bulk.check_root(str(options.bulk_storage))
+    return milvus_bulk.unsupported(plan.source.schema or {"fields": []}, plan.source.vector_field)
