@@ -1,4 +1,10 @@
-"""Shared fixtures: real data (scikit-learn digits), a trained artifact, a Milvus Lite gallery."""
+"""Shared fixtures: real data (scikit-learn digits), a trained artifact, a Milvus Lite gallery,
+the store backends and the servers behind them.
+
+Fixtures and their private parts only. The plain classes and functions that tests share
+live in helper modules (galleries.py, migrations.py, helpers.py, backends.py, ...), and
+tests import them from there, never from conftest or from another test module.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from backends import Backend, backend_kinds
-from pymilvus import DataType, MilvusClient
+from galleries import Digits, Gallery, create_gallery
+from helpers import deployable
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -23,16 +29,6 @@ from dmu_migrate.data import write_table
 from dmu_migrate.demo import embed, fit_old_model
 from dmu_migrate.training.trainer import TrainConfig
 from dmu_migrate.training.upgrade import train_upgrade
-
-
-@dataclass(frozen=True)
-class Digits:
-    train_path: Path
-    eval_path: Path
-    x_te: np.ndarray
-    y_te: np.ndarray
-    old_te: np.ndarray
-    is_query: np.ndarray
 
 
 @pytest.fixture(scope="session")
@@ -60,71 +56,9 @@ def artifact(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Artifa
     return deployable(train_upgrade(digits.train_path, out, "digits-v2", config).artifact)
 
 
-def deployable(artifact: Artifact) -> Artifact:
-    """The evolve tests need an artifact the quality gate lets through; say so if it does not."""
-    verdict = artifact.manifest.quality["verdict"]
-    assert verdict.startswith("deploy:"), (
-        f"the test artifact {artifact.label} fails the gate: {verdict}"
-    )
-    return artifact
-
-
-@dataclass(frozen=True)
-class Gallery:
-    db: Path
-    ids: np.ndarray
-    vectors: np.ndarray
-    labels: np.ndarray
-    names: list[str]
-
-
-def create_gallery(db: Path, digits: Digits, collection: str = "digits__v1") -> Gallery:
-    """Old vectors of the held-out gallery rows, with scalar fields, behind alias 'digits'."""
-    gallery = ~digits.is_query
-    vectors, labels = digits.old_te[gallery], digits.y_te[gallery]
-    ids = np.arange(1000, 1000 + len(labels))
-    names = [f"item-{i}" for i in ids]
-    client = MilvusClient(str(db))
-    try:
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.INT64, is_primary=True)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=vectors.shape[1])
-        schema.add_field("label", DataType.INT64)
-        schema.add_field("name", DataType.VARCHAR, max_length=32)
-        index = client.prepare_index_params()
-        index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
-        client.create_collection(collection, schema=schema, index_params=index)
-        rows = [
-            {"id": int(i), "vector": v, "label": int(c), "name": n}
-            for i, v, c, n in zip(ids, vectors, labels, names, strict=True)
-        ]
-        client.insert(collection, rows)
-        client.create_alias(collection, "digits")
-    finally:
-        client.close()
-    return Gallery(db, ids, vectors, labels, names)
-
-
 @pytest.fixture
 def gallery(tmp_path: Path, digits: Digits) -> Gallery:
     return create_gallery(tmp_path / "gallery.db", digits)
-
-
-def read_all(db: Path, collection: str) -> dict[int, dict]:
-    """Every row of a collection by id (query_iterator: complete and pk-ordered)."""
-    client = MilvusClient(str(db))
-    try:
-        client.load_collection(collection)
-        it = client.query_iterator(collection, batch_size=1000, filter="", output_fields=["*"])
-        rows: dict[int, dict] = {}
-        while batch := it.next():
-            for row in batch:
-                assert row["id"] not in rows, "duplicate primary key"
-                rows[row["id"]] = row
-        it.close()
-        return rows
-    finally:
-        client.close()
 
 
 # -- store backends: one contract, every store (see tests/backends.py) ---------------
@@ -250,33 +184,3 @@ def ray_cluster() -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
-
-
-def evolve_args(gallery: Gallery, artifact: Artifact, *more: str) -> list[str]:
-    """The CLI arguments of an evolve of the digits gallery through ``artifact``."""
-    return [
-        "evolve",
-        "--collection",
-        "digits",
-        "--adapter",
-        str(artifact.path),
-        "--uri",
-        str(gallery.db),
-        *more,
-    ]
-
-
-def verify_args(gallery: Gallery, artifact: Artifact, *more: str) -> list[str]:
-    """The CLI arguments of a verify of that evolve (the alias moved to digits__v2)."""
-    return [
-        "verify",
-        "--collection",
-        "digits__v1",
-        "--alias",
-        "digits",
-        "--adapter",
-        str(artifact.path),
-        "--uri",
-        str(gallery.db),
-        *more,
-    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dmu_migrate.artifact import Artifact
 from dmu_migrate.stores.base import Batch, VectorStore
 
 
@@ -15,6 +16,15 @@ def assert_clean_error(result: Any, code: int, *needles: str) -> None:
     assert len(lines) == 1, result.output
     for needle in needles:
         assert needle in lines[0]
+
+
+def deployable(artifact: Artifact) -> Artifact:
+    """The evolve tests need an artifact the quality gate lets through; say so if it does not."""
+    verdict = artifact.manifest.quality["verdict"]
+    assert verdict.startswith("deploy:"), (
+        f"the test artifact {artifact.label} fails the gate: {verdict}"
+    )
+    return artifact
 
 
 class InsertsBehindCursor:

@@ -2,7 +2,8 @@
 
 ``milvus`` (a fixture in the test modules that import it) is a tests/backends.py
 Backend over Milvus Lite or the session's Milvus server; ``seed`` creates a
-collection from a field list, index list and rows, with an alias in front.
+collection from a field list, index list and rows, with an alias in front;
+``build_params`` puts index build parameters in the form each Milvus kind keeps.
 """
 
 from __future__ import annotations
@@ -78,3 +79,8 @@ def seed(
 
 def native(backend: Backend) -> MilvusClient:
     return MilvusClient(backend.uri)
+
+
+def build_params(backend: Backend, params: dict[str, Any]) -> dict[str, Any]:
+    """add_index params as a user of this store gets them kept (Lite keeps the nested form)."""
+    return {"params": params} if backend.kind == "milvus-lite" else params

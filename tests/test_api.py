@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Digits, Gallery, create_gallery
+from galleries import Digits, Gallery, create_gallery
 from pymilvus import MilvusClient
 
 import dmu_migrate

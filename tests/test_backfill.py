@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from conftest import Digits
+from galleries import Digits
 from typer.testing import CliRunner
 
 from dmu_migrate.artifact import BACKFILL_SCORE, Artifact, load_artifact, write_manifest

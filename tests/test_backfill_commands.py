@@ -1,7 +1,7 @@
 """plan-backfill and backfill on real stores: the ranking, budgets, native writes, bad
 inputs, resume after a failure or a SIGKILL, and the cron evolve run afterwards.
 
-Data: the digits gallery of test_evolve_pipeline.seed_gallery (old-model vectors),
+Data: the digits gallery of galleries.seed_gallery (old-model vectors),
 the artifact trained on the digits (its backfill_score.onnx and new_model.onnx), and
 as native vectors the new model's embeddings of the same digits.
 """
@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from backends import Backend
-from conftest import Digits, Gallery, read_all
+from galleries import ROWS, Digits, Gallery, read_all, seed_gallery
 from helpers import assert_clean_error
-from test_evolve_pipeline import ROWS, run, seed_gallery
+from migrations import run
 from typer.testing import CliRunner, Result
 
 from dmu_migrate.artifact import BACKFILL_SCORE, Artifact, load_artifact, write_manifest

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from backends import Backend
-from conftest import Digits, Gallery
+from galleries import Digits, Gallery
 from helpers import assert_clean_error
 from pymilvus import DataType, MilvusClient
 from typer.testing import CliRunner

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Digits, Gallery
+from galleries import Digits, Gallery
 from helpers import assert_clean_error
 from pymilvus import MilvusClient
 from typer.testing import CliRunner

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 import typer
-from conftest import Digits, Gallery, evolve_args
+from galleries import Digits, Gallery
+from migrations import evolve_args
 from pymilvus import MilvusClient
 from typer.testing import CliRunner
 

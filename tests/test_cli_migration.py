@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import Gallery, evolve_args
+from galleries import Gallery
 from helpers import assert_clean_error
+from migrations import evolve_args
 from pymilvus import MilvusClient
 from typer.testing import CliRunner, Result
 

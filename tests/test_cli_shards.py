@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from backends import Backend
-from conftest import Digits
+from galleries import Digits
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.evolve.transform import AdapterChain

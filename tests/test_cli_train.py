@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Digits
+from galleries import Digits
 from helpers import assert_clean_error
 from typer.testing import CliRunner
 

@@ -19,9 +19,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Digits, create_gallery
+from doc_commands import COMMANDS
+from galleries import Digits, create_gallery
 from pymilvus import MilvusClient
-from test_documented_commands import COMMANDS
 from typer.testing import CliRunner, Result
 
 from dmu_migrate.artifact import Artifact

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import Digits
+from galleries import Digits
 from typer.testing import CliRunner
 
 from dmu_migrate.artifact import NEW_MODEL, Artifact, load_artifact, write_manifest

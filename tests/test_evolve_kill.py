@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from backends import Backend
-from conftest import Digits
+from galleries import Digits
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.data import write_table

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Digits, Gallery, create_gallery, read_all
+from galleries import Digits, Gallery, create_gallery, read_all
 from pymilvus import DataType, MilvusClient
 
 from dmu_migrate.artifact import Artifact

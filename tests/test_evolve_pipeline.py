@@ -1,6 +1,6 @@
 """The evolve pipeline against every store: strategies, resume, cron catch-up, lease, admin.
 
-Data: the old-model embeddings of the real digits gallery (tests/conftest.py) and
+Data: the old-model embeddings of the real digits gallery (tests/galleries.py) and
 an adapter trained on them, so vectors and tags are checked on real outputs.
 """
 
@@ -12,41 +12,20 @@ from typing import Any
 import numpy as np
 import pytest
 from backends import Backend
-from conftest import Digits
+from galleries import ROWS, Digits, seed_gallery
 from helpers import InsertsBehindCursor
+from migrations import run
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import InputError, LeaseLost, NothingToDo, StoreError
 from dmu_migrate.evolve import admin
 from dmu_migrate.evolve.ledger import DONE, Ledger
-from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult, evolve
+from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
 from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.stores.base import Batch, VectorStore
-
-ROWS = 120
-
-
-def seed_gallery(backend: Backend, digits: Digits, rows: int = ROWS) -> tuple[str, str, np.ndarray]:
-    source, alias = backend.unique("gal"), backend.unique("live")
-    ids = np.arange(10, 10 + rows) * 3  # sparse, ordered keys
-    vectors = digits.old_te[:rows]
-    fields: dict[str, list[Any]] = {
-        "label": [int(v) for v in digits.y_te[:rows]],
-        "name": [f"n{i}" for i in ids],
-    }
-    backend.seed(source, ids, vectors, fields, alias=alias)
-    return source, alias, ids
-
-
-def run(
-    store: VectorStore, collection: str, artifacts: list[Artifact], **kwargs: Any
-) -> EvolveResult:
-    options = kwargs.pop("options", EvolveOptions(batch_size=32))
-    plan = make_plan(store, collection, AdapterChain(artifacts), **kwargs)
-    return evolve(store, plan, options)
 
 
 def assert_evolved(

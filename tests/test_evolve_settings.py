@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import typer
-from conftest import Gallery, evolve_args
+from galleries import Gallery
 from helpers import assert_clean_error
+from migrations import evolve_args
 from pymilvus import MilvusClient
 from typer.testing import CliRunner, Result
 

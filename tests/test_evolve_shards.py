@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 from backends import Backend
-from conftest import Digits
 from faults import Proxy
+from galleries import Digits
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import InputError, StoreError

@@ -29,11 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from backends import Backend
-from conftest import Digits
+from galleries import Digits
 from limits import limit
-from milvus_sources import native, seed
+from milvus_sources import build_params, native, seed
 from pymilvus import DataType
-from test_fidelity_milvus_index import build_params
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.evolve.pipeline import EvolveOptions, evolve

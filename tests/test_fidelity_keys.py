@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from backends import Backend
-from conftest import Digits
+from galleries import Digits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from limits import limit

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 from backends import Backend
-from conftest import Digits
+from galleries import Digits
 from limits import limit
-from milvus_sources import milvus_fixture, native, seed
+from milvus_sources import build_params, milvus_fixture, native, seed
 from pymilvus import DataType
 
 from dmu_migrate.artifact import Artifact
@@ -40,11 +40,6 @@ def gallery(backend: Backend, digits: Digits, indexes: list[dict[str, Any]]) -> 
     ]
     seed(backend, name, build, rows, indexes, alias)
     return name, alias
-
-
-def build_params(backend: Backend, params: dict[str, Any]) -> dict[str, Any]:
-    """add_index params as a user of this store gets them kept (Lite keeps the nested form)."""
-    return {"params": params} if backend.kind == "milvus-lite" else params
 
 
 @limit(300)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from backends import Backend
-from conftest import Digits
+from galleries import Digits
 from limits import limit
 from milvus_sources import milvus_fixture, native, seed
 from pymilvus import DataType, Function, FunctionType

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from backends import Backend
-from conftest import Digits
+from galleries import Digits
 from limits import limit
 
 from dmu_migrate.artifact import Artifact

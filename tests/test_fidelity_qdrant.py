@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Digits
+from galleries import Digits
 from limits import limit
 from qdrant_client import QdrantClient, models
 

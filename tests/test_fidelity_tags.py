@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 from backends import Backend
-from conftest import Digits
+from galleries import Digits
 from limits import limit
 
 from dmu_migrate.artifact import Artifact

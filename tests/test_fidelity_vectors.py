@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from backends import Backend
-from conftest import Digits
+from galleries import Digits
 from limits import limit
 
 from dmu_migrate.artifact import Artifact

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Gallery
+from galleries import Gallery
 from helpers import assert_clean_error
 from pymilvus import DataType, MilvusClient, MilvusException
 from typer.testing import CliRunner

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Gallery, evolve_args, read_all
+from galleries import Gallery, read_all
 from helpers import assert_clean_error
+from migrations import evolve_args
 from pymilvus import MilvusClient
 from typer.testing import CliRunner, Result
 

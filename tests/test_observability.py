@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Digits, Gallery, evolve_args, read_all
+from galleries import Digits, Gallery, read_all
+from migrations import evolve_args
 from typer.testing import CliRunner
 
 from dmu_migrate.artifact import Artifact

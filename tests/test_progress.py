@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 from backends import Backend
-from conftest import Digits, Gallery, evolve_args, verify_args
+from galleries import Digits, Gallery
 from helpers import InsertsBehindCursor
+from migrations import evolve_args, verify_args
 from pymilvus import MilvusClient
 from typer.testing import CliRunner
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Digits, Gallery, read_all
+from galleries import Digits, Gallery, read_all
 from helpers import assert_clean_error
 from pymilvus import MilvusClient
 from typer.testing import CliRunner, Result

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from backends import Backend
-from conftest import Digits, create_gallery
+from galleries import Digits, create_gallery
 from pymilvus import DataType, MilvusClient
 from typer.testing import CliRunner
 

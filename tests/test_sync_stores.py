@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from backends import Backend
-from conftest import Digits
-from test_evolve_pipeline import run, seed_gallery
+from galleries import Digits, seed_gallery
+from migrations import run
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import VerificationError

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import Digits
+from galleries import Digits
 
 from dmu_migrate.artifact import Artifact, load_artifact
 from dmu_migrate.data import read_table, write_table

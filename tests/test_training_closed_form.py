@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import Digits
+from galleries import Digits
 
 from dmu_migrate.errors import InputError
 from dmu_migrate.metrics import l2_normalize

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import Digits
+from galleries import Digits
 
 from dmu_migrate.artifact import load_artifact
 from dmu_migrate.errors import InputError

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from conftest import Digits
+from galleries import Digits
 
 from dmu_migrate.errors import InputError
 from dmu_migrate.training.config import TrainConfig
