@@ -118,12 +118,8 @@ def configure(verbose: int, quiet: bool, log_format: str | None = None) -> None:
     common.out.quiet = quiet
     ours = logging.getLogger(OURS)
     ours.setLevel(logging.ERROR if quiet else logging.NOTSET)
+    release()
     root = logging.getLogger()
-    # An earlier invocation in this process (tests, notebooks) wrote to its own stderr.
-    for old in [h for h in root.handlers if getattr(h, "dmu_migrate", False)]:
-        root.removeHandler(old)
-    if _ROOT_LEVEL:
-        root.setLevel(_ROOT_LEVEL.pop())
     # Without -v, text leaves warnings to Python's last-resort handler (plain lines);
     # json installs its handler anyway so that those come out as JSON too.
     if verbose or LOG_FORMAT == "json":
@@ -137,6 +133,17 @@ def configure(verbose: int, quiet: bool, log_format: str | None = None) -> None:
         if verbose:
             root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     client_logs()
+
+
+def release() -> None:
+    """Take back an invocation's handler and root level: the process may go on (tests,
+    notebooks) with library calls, whose records must not reach that invocation's
+    stderr, closed by then, nor print at its verbosity."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "dmu_migrate", False)]:
+        root.removeHandler(old)
+    if _ROOT_LEVEL:
+        root.setLevel(_ROOT_LEVEL.pop())
 
 
 def client_logs() -> None:
@@ -182,7 +189,10 @@ def with_output_flags(command: Callable[..., Any]) -> Callable[..., Any]:
             GLOBAL["quiet"] or quiet,
             log_format or GLOBAL["log_format"],
         )
-        return command(*args, **kwargs)
+        try:
+            return command(*args, **kwargs)
+        finally:
+            release()
 
     run.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[*signature.parameters.values(), *extra]
