@@ -12,7 +12,7 @@ from dmu_migrate.errors import InputError, check_range
 if TYPE_CHECKING:
     from dmu_migrate.evolve.backfill_plan import RankedIds
     from dmu_migrate.evolve.backfill_write import BackfillResult
-    from dmu_migrate.evolve.progress import RowsCallback
+    from dmu_migrate.evolve.progress import Report
 
 
 def plan_backfill(
@@ -25,6 +25,7 @@ def plan_backfill(
     limit: int | None = None,
     vector_field: str | None = None,
     batch_size: int = 8192,
+    on_progress: Report | None = None,
 ) -> RankedIds:
     """Rank the stored old vectors by the expected gain of re-embedding, highest first.
 
@@ -32,10 +33,13 @@ def plan_backfill(
     backfill_score.onnx; rows already re-embedded natively are left out.
     ``budget`` keeps the best share ("10%") or a row count ("5000"); ``output``
     writes the plan as Parquet (rank, id, score) for ``backfill(ids=...)``.
+    ``on_progress(phase, done, total)`` hears "native ids" (the rows left out, read
+    from the evolved collection) and "score".
     """
     from dmu_migrate.artifact import load_artifact
     from dmu_migrate.evolve.backfill_plan import parse_budget
     from dmu_migrate.evolve.backfill_plan import plan_backfill as run_plan
+    from dmu_migrate.evolve.progress import quiet
 
     check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
     if limit is not None:
@@ -43,7 +47,10 @@ def plan_backfill(
     share = parse_budget(budget) if budget is not None else None
     artifact = load_artifact(Path(adapter))
     with opened(uri, token) as store:
-        plan = run_plan(store, collection, artifact, share, limit, vector_field, batch_size)
+        plan = run_plan(
+            store, collection, artifact, share, limit, vector_field, batch_size,
+            on_progress or quiet,
+        )  # fmt: skip
     if output is not None:
         plan.write(Path(output))
     return plan
@@ -60,7 +67,7 @@ def backfill(
     vector_column: str = "vector",
     batch_size: int = 1024,
     take_over: bool = False,
-    on_progress: RowsCallback | None = None,
+    on_progress: Report | None = None,
 ) -> BackfillResult:
     """Write natively re-embedded vectors into the migration's evolved collection, by id.
 
@@ -69,9 +76,12 @@ def backfill(
     rows of ``ids``. Rows get dmu_origin=native; evolve re-runs never touch
     them. The input is checked whole before the first write; each batch is read
     back before the ledger records it, so a killed run resumes where it stopped.
+    ``on_progress(phase, done, total)`` hears "input check" (the whole input, before
+    the first write), then "backfill" (rows written and read back).
     """
     from dmu_migrate.evolve.backfill_input import EmbedCall, VectorTable
     from dmu_migrate.evolve.backfill_write import backfill as run_backfill
+    from dmu_migrate.evolve.progress import quiet
 
     check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
     if (input is None) == (embed is None):
@@ -86,4 +96,4 @@ def backfill(
     else:
         source = EmbedCall(str(embed), ids_path, id_column)
     with opened(uri, token) as store:
-        return run_backfill(store, collection, source, batch_size, take_over, on_progress)
+        return run_backfill(store, collection, source, batch_size, take_over, on_progress or quiet)

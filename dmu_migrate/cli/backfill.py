@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dmu_migrate.cli.common import AsJson, RowsBar, out, progress, user_errors
+from dmu_migrate.cli.common import AsJson, PhaseBars, out, progress, user_errors
 from dmu_migrate.cli.migration import Token, Uri
 from dmu_migrate.cli.run_metrics import backfill_numbers, reported
 
@@ -52,17 +52,19 @@ def plan_backfill(
     with user_errors():
         from dmu_migrate.api.backfill import plan_backfill as run_plan
 
-        plan = run_plan(
-            collection,
-            adapter,
-            uri=uri,
-            token=token,
-            output=output,
-            budget=budget,
-            limit=limit,
-            vector_field=vector_field,
-            batch_size=batch_size,
-        )
+        with progress() as bar:
+            plan = run_plan(
+                collection,
+                adapter,
+                uri=uri,
+                token=token,
+                output=output,
+                budget=budget,
+                limit=limit,
+                vector_field=vector_field,
+                batch_size=batch_size,
+                on_progress=PhaseBars(bar),
+            )
         if as_json:
             out.print_json(json.dumps(plan.as_dict(), default=str))
             return
@@ -137,7 +139,7 @@ def backfill(
                 vector_column=vector_column,
                 batch_size=batch_size,
                 take_over=take_over,
-                on_progress=RowsBar(bar, "backfill"),
+                on_progress=PhaseBars(bar),
             )
         backfill_numbers(result)
         if as_json:
