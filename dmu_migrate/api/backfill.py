@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ def plan_backfill(
     limit: int | None = None,
     vector_field: str | None = None,
     batch_size: int = 8192,
+    tag: bool = False,
     on_progress: Report | None = None,
 ) -> RankedIds:
     """Rank the stored old vectors by the expected gain of re-embedding, highest first.
@@ -32,13 +34,16 @@ def plan_backfill(
     Every old vector of the migration goes through the artifact's
     backfill_score.onnx; rows already re-embedded natively are left out.
     ``budget`` keeps the best share ("10%") or a row count ("5000"); ``output``
-    writes the plan as Parquet (rank, id, score) for ``backfill(ids=...)``.
+    writes the plan as Parquet (rank, id, score) for ``backfill(ids=...)``;
+    ``tag`` writes each planned row's rank into field dmu_backfill_rank of the
+    migration's evolved collection, clearing the ranks an earlier plan left there.
     ``on_progress(phase, done, total)`` hears "native ids" (the rows left out, read
-    from the evolved collection) and "score".
+    from the evolved collection) and "score", then with ``tag`` "untag" and "tag".
     """
     from dmu_migrate.artifact import load_artifact
     from dmu_migrate.evolve.backfill_plan import parse_budget
     from dmu_migrate.evolve.backfill_plan import plan_backfill as run_plan
+    from dmu_migrate.evolve.backfill_tag import tag_target, tag_target_of
     from dmu_migrate.evolve.progress import quiet
 
     check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
@@ -46,11 +51,12 @@ def plan_backfill(
         check_range("--limit", limit, 1, 10**12)
     share = parse_budget(budget) if budget is not None else None
     artifact = load_artifact(Path(adapter))
+    report = on_progress or quiet
     with opened(uri, token) as store:
-        plan = run_plan(
-            store, collection, artifact, share, limit, vector_field, batch_size,
-            on_progress or quiet,
-        )  # fmt: skip
+        target = tag_target_of(store, collection) if tag else None  # before the long scan
+        plan = run_plan(store, collection, artifact, share, limit, vector_field, batch_size, report)
+        if target is not None:
+            plan = replace(plan, tagged=tag_target(store, target, plan.ids, batch_size, report))
     if output is not None:
         plan.write(Path(output))
     return plan

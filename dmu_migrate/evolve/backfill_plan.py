@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +30,9 @@ from dmu_migrate.evolve.ledger import PRUNED
 from dmu_migrate.evolve.progress import NATIVE_IDS, SCORE, Meter, Report, quiet
 from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.stores.base import TAG_ORIGIN, CollectionInfo, VectorStore, id_array
+
+if TYPE_CHECKING:
+    from dmu_migrate.evolve.backfill_tag import TagReport
 
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
 
@@ -77,6 +81,7 @@ class RankedIds:
     native_left_out: int
     ids: np.ndarray
     scores: np.ndarray
+    tagged: TagReport | None = None  # what plan-backfill --tag wrote into the target
 
     def table(self) -> pa.Table:
         ids = self.ids.tolist()
@@ -104,6 +109,7 @@ class RankedIds:
             "rows_scored": self.rows_scored,
             "native_left_out": self.native_left_out,
             "selected": len(self.ids),
+            "tagged": self.tagged.as_dict() if self.tagged else None,
             "ranked": [
                 {"rank": k + 1, "id": i, "score": float(s)}
                 for k, (i, s) in enumerate(zip(self.ids.tolist(), self.scores, strict=True))

@@ -15,7 +15,8 @@ plan-backfill and backfill (evolve/backfill_*.py) go through phases of their own
                 them out of a plan (plan-backfill, once a migration has a target)
     score       stored old vectors read and scored (natively re-embedded ones are
                 read and skipped), of the collection's row count
-    untag       evolved rows whose rank from an earlier plan was cleared (--tag)
+    untag       evolved rows holding a rank gone through, the ones an earlier plan
+                ranked and this one does not cleared (--tag)
     tag         planned rows whose rank was written into the evolved collection (--tag)
     input check rows of the backfill input checked, before the first write
     backfill    rows written and read back, of the rows given (a resumed run starts
