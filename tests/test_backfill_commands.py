@@ -24,6 +24,7 @@ from backends import Backend
 from conftest import Digits, Gallery, read_all
 from helpers import assert_clean_error
 from test_evolve_pipeline import ROWS, run, seed_gallery
+from test_progress import Phases
 from typer.testing import CliRunner, Result
 
 from dmu_migrate.artifact import BACKFILL_SCORE, Artifact, load_artifact, write_manifest
@@ -137,62 +138,44 @@ def test_plan_ranks_by_the_score_model_and_keeps_the_budget(
     np.testing.assert_array_equal(np.asarray(table["score"], np.float32), share.scores)
 
 
-class Heard:
-    """A (phase, done, total) callback that keeps every report in order of arrival."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int, int | None]] = []
-
-    def __call__(self, phase: str, done: int, total: int | None) -> None:
-        self.calls.append((phase, done, total))
-
-    def ends(self) -> dict[str, int]:
-        """Phases in the order they came, each counting up and ending at done == total."""
-        ends: dict[str, int] = {}
-        for phase in dict.fromkeys(p for p, _, _ in self.calls):
-            done = [d for p, d, _ in self.calls if p == phase]
-            assert done == sorted(done), (phase, self.calls)
-            last = next(c for c in reversed(self.calls) if c[0] == phase)
-            assert last[1] == last[2], (phase, self.calls)
-            ends[phase] = last[1]
-        return ends
-
-
 def test_plan_and_backfill_report_each_phase(
     backend: Backend, digits: Digits, artifact: Artifact, tmp_path: Path
 ) -> None:
     source, alias, ids = seed_gallery(backend, digits)
     store = backend.open_store()
-    before = Heard()
+    before = Phases()
     plan_backfill(store, source, artifact, batch_size=32, report=before)
-    assert before.ends() == {SCORE: ROWS}  # no migration yet: no native rows to read
-    assert before.calls[0] == (SCORE, 0, ROWS)  # shown before the first batch, with its total
-    assert len(before.calls) > 3  # one report per batch of 32
+    assert before.check(SCORE) == {SCORE: ROWS}  # no migration yet: no native rows to read
+    assert before.calls[SCORE][0] == (0, ROWS)  # shown before the first batch, with its total
+    assert len(before.calls[SCORE]) > 3  # one report per batch of 32
 
     run(store, alias, [artifact])
-    heard = Heard()
+    heard = Phases()
     plan = plan_backfill(store, alias, artifact, parse_budget("10%"), batch_size=32, report=heard)
-    assert heard.ends() == {NATIVE_IDS: 0, SCORE: ROWS}
+    assert heard.check(NATIVE_IDS, SCORE) == {NATIVE_IDS: 0, SCORE: ROWS}
     plan_path = plan.write(tmp_path / "plan.parquet")
     write_table(tmp_path / "native.parquet", {"id": ids, "vector": new_vectors(digits, artifact)})
 
-    wrote = Heard()
+    wrote = Phases()
     table = VectorTable(tmp_path / "native.parquet", only=plan_path)
     backfill(store, alias, table, batch_size=5, report=wrote)
-    assert wrote.ends() == {INPUT_CHECK: PLANNED, BACKFILL: PLANNED}
-    written = [d for p, d, _ in wrote.calls if p == BACKFILL]
+    assert wrote.check(INPUT_CHECK, BACKFILL) == {INPUT_CHECK: PLANNED, BACKFILL: PLANNED}
+    written = [d for d, _ in wrote.calls[BACKFILL]]
     # Shown at 0 before the first write, then after each verified batch (the file's batches
     # of 5 rows hold a few planned ones each).
     assert written[0] == 0 and written[-1] == PLANNED and len(set(written)) > 3, written
 
-    again = Heard()
+    again = Phases()
     backfill(store, alias, VectorTable(tmp_path / "native.parquet", only=plan_path), report=again)
-    assert again.ends() == {INPUT_CHECK: PLANNED, BACKFILL: PLANNED}  # written before: at once
+    assert again.check(INPUT_CHECK, BACKFILL) == {
+        INPUT_CHECK: PLANNED,
+        BACKFILL: PLANNED,
+    }  # written before: at once
 
-    after = Heard()
+    after = Phases()
     plan_backfill(store, alias, artifact, batch_size=32, report=after)
     # The native rows are read from the evolved collection, then read and skipped in the scan.
-    assert after.ends() == {NATIVE_IDS: PLANNED, SCORE: ROWS}
+    assert after.check(NATIVE_IDS, SCORE) == {NATIVE_IDS: PLANNED, SCORE: ROWS}
 
 
 def test_the_commands_log_each_phase_off_a_terminal(

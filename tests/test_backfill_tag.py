@@ -18,6 +18,7 @@ from backends import Backend
 from conftest import Digits, Gallery, read_all
 from helpers import assert_clean_error
 from test_evolve_pipeline import ROWS, run, seed_gallery
+from test_progress import Phases
 from typer.testing import CliRunner
 
 from dmu_migrate.artifact import Artifact
@@ -81,25 +82,6 @@ def without_rank(rows: dict[Any, dict[str, Any]]) -> dict[Any, dict[str, Any]]:
     return {i: {k: v for k, v in r.items() if k != RANK_FIELD} for i, r in rows.items()}
 
 
-class Heard:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int, int | None]] = []
-
-    def __call__(self, phase: str, done: int, total: int | None) -> None:
-        self.calls.append((phase, done, total))
-
-    def ends(self) -> dict[str, int]:
-        """Each phase counting up, its last report done == total; phases in order."""
-        out: dict[str, int] = {}
-        for phase in dict.fromkeys(p for p, _, _ in self.calls):
-            done = [d for p, d, _ in self.calls if p == phase]
-            assert done == sorted(done), self.calls
-            last = [c for c in self.calls if c[0] == phase][-1]
-            assert last[1] == last[2], self.calls
-            out[phase] = last[1]
-        return out
-
-
 def test_ranks_go_onto_the_planned_rows_and_reruns_clear_the_stale_ones(
     backend: Backend, digits: Digits, artifact: Artifact, tmp_path: Path
 ) -> None:
@@ -118,11 +100,11 @@ def test_ranks_go_onto_the_planned_rows_and_reruns_clear_the_stale_ones(
     assert target == first.target
     before = backend.read_all(target)
     plan = plan_backfill(store, alias, artifact, parse_budget("10%"))
-    heard = Heard()
+    heard = Phases()
     report = tag_target(store, target, plan.ids, 5, heard)  # batches of 5: several writes
     assert (report.tagged, report.not_in_target, report.cleared) == (PLANNED, 0, 0)
-    assert heard.ends() == {UNTAG: 0, TAG: PLANNED}
-    assert len([c for c in heard.calls if c[0] == TAG]) > 3
+    assert heard.check(UNTAG, TAG) == {UNTAG: 0, TAG: PLANNED}
+    assert len(heard.calls[TAG]) > 3
     tagged = backend.read_all(target)
     expected = {i: k + 1 for k, i in enumerate(plan.ids.tolist())}
     assert ranks(tagged) == expected
@@ -144,10 +126,10 @@ def test_ranks_go_onto_the_planned_rows_and_reruns_clear_the_stale_ones(
     backfill(store, alias, VectorTable(tmp_path / "native.parquet"))
     later = plan_backfill(store, alias, artifact, parse_budget("10%"))
     assert not set(top.tolist()) & set(later.ids.tolist())
-    heard = Heard()
+    heard = Phases()
     report = tag_target(store, target, later.ids, 5, heard)
     assert (report.tagged, report.cleared) == (len(later.ids), 3)
-    assert heard.ends() == {UNTAG: PLANNED, TAG: len(later.ids)}
+    assert heard.check(UNTAG, TAG) == {UNTAG: PLANNED, TAG: len(later.ids)}
     now = backend.read_all(target)
     assert ranks(now) == {i: k + 1 for k, i in enumerate(later.ids.tolist())}
     assert all(now[i]["dmu_origin"] == "native" for i in top.tolist())
