@@ -55,10 +55,10 @@ def plan_backfill(
     with opened(uri, token) as store:
         target = tag_target_of(store, collection) if tag else None  # before the long scan
         plan = run_plan(store, collection, artifact, share, limit, vector_field, batch_size, report)
+        if output is not None:  # first: a store failure while tagging keeps the plan
+            plan.write(Path(output))
         if target is not None:
             plan = replace(plan, tagged=tag_target(store, target, plan.ids, batch_size, report))
-    if output is not None:
-        plan.write(Path(output))
     return plan
 
 
