@@ -212,3 +212,75 @@ def test_the_command_tags_a_qdrant_collection_and_logs_each_phase(
     finally:
         harness.close_stores()
     assert sorted(ranks(rows).values()) == list(range(1, PLANNED + 1))
+
+
+def test_milvus_ranks_go_into_a_declared_nullable_field_and_odd_fields_are_refused(
+    tmp_path: Path,
+) -> None:
+    """Store level, on Milvus Lite: a nullable INT64 field holds and clears ranks; a field
+    that cannot be cleared, or named partitions, are refused before any write."""
+    from pymilvus import DataType, MilvusClient
+
+    from dmu_migrate.stores.base import open_store
+
+    uri = str(tmp_path / "ranks.db")
+    client = MilvusClient(uri)
+    layouts = {
+        "declared": (DataType.INT64, True, False),
+        "not_nullable": (DataType.INT64, False, False),
+        "int32": (DataType.INT32, True, False),
+        "partitioned": (None, False, True),
+    }
+    try:
+        for name, (kind, nullable, partitioned) in layouts.items():
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=partitioned)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)
+            schema.add_field("name", DataType.VARCHAR, max_length=16)
+            if kind is not None:
+                schema.add_field(RANK_FIELD, kind, nullable=nullable)
+            index = client.prepare_index_params()
+            index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
+            client.create_collection(name, schema=schema, index_params=index)
+            if partitioned:
+                client.create_partition(name, "recent")
+            rows = [{"id": i, "vector": [1.0, float(i)], "name": f"n{i}"} for i in range(1, 7)]
+            if kind is not None:
+                for row in rows:
+                    row[RANK_FIELD] = None if nullable else 0
+            client.insert(name, rows)
+    finally:
+        client.close()
+    store = open_store(uri)
+    try:
+        assert store.rank_problem("declared") is None
+        for name, needle in (
+            ("not_nullable", "has field 'dmu_backfill_rank' as INT64, which cannot"),
+            ("int32", "as nullable INT32"),
+            ("partitioned", "has named partitions (recent)"),
+        ):
+            problem = store.rank_problem(name)
+            assert problem is not None and needle in problem, problem
+        info = store.describe("declared")
+        before = {i: r for i, r in zip(*_rows(store, info), strict=True)}
+        assert store.write_ranks("declared", np.asarray([5, 2, 99]), np.asarray([1, 2, 3])) == 2
+        assert store.write_ranks("declared", np.asarray([2]), None) == 1
+        after = {i: r for i, r in zip(*_rows(store, info), strict=True)}
+        assert {i: r[RANK_FIELD] for i, r in after.items() if r[RANK_FIELD] is not None} == {5: 1}
+        assert without_rank(after) == without_rank(before) and 99 not in after
+        assert store.count("declared", store.rank_filter()) == 1
+    finally:
+        store.close()
+
+
+def _rows(store: Any, info: Any) -> tuple[list[Any], list[dict[str, Any]]]:
+    """(ids, rows as field dicts with the vector as a list) of a whole collection."""
+    ids: list[Any] = []
+    rows: list[dict[str, Any]] = []
+    for batch in store.iter_batches(info, 100):
+        for k, i in enumerate(batch.ids.tolist()):
+            ids.append(i)
+            row = {f: v[k] for f, v in batch.fields.items()}
+            row["vector"] = batch.vectors[k].tolist()
+            rows.append(row)
+    return ids, rows

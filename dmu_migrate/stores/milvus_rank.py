@@ -60,7 +60,7 @@ def problem(client: MilvusClient, name: str, server: bool) -> str | None:
             kind = getattr(field["type"], "name", field["type"])
             nullable = "nullable " if field.get("nullable") else ""
             return (
-                f"has a {nullable}{kind} field '{RANK_FIELD}', which cannot hold ranks that a "
+                f"has field '{RANK_FIELD}' as {nullable}{kind}, which cannot hold ranks that a "
                 f"new plan clears; make it a nullable INT64 field (copy the collection) or read "
                 f"the ranks from plan-backfill --output instead"
             )
