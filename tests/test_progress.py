@@ -127,6 +127,13 @@ def test_a_two_argument_callback_hears_the_evolve_phase_alone() -> None:
     assert reporter(phases) is phases and reporter(reporter(phases)) is phases
 
 
+def test_every_phase_has_its_unit_on_the_command_line() -> None:
+    from dmu_migrate.cli.common import UNITS
+    from dmu_migrate.evolve.progress import PHASES
+
+    assert set(PHASES) == set(UNITS)  # a bar without one shows a bare count
+
+
 def progress_lines(stderr: str) -> dict[str, list[str]]:
     """dmu_migrate.progress lines of a -v run, by phase."""
     lines: dict[str, list[str]] = {}
