@@ -44,3 +44,25 @@ class InsertsBehindCursor:
             if i == 0 and not self._inserted:  # once, into the source, during the main pass
                 self._store.write_rows(info, info.name, self._row, {})
                 self._inserted = True
+
+
+class Phases:
+    """A phase-aware callback that keeps every report, by phase, in order of arrival."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[tuple[int, int | None]]] = {}
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        self.calls.setdefault(phase, []).append((done, total))
+
+    def check(self, *expected: str) -> dict[str, int]:
+        """The phases came in this order, each monotone and ending at its total; their ends."""
+        assert list(self.calls) == list(expected), self.calls.keys()
+        ends = {}
+        for phase, calls in self.calls.items():
+            done = [d for d, _ in calls]
+            assert done == sorted(done), (phase, calls)
+            last_done, last_total = calls[-1]
+            assert last_done == last_total, (phase, calls)
+            ends[phase] = last_done
+        return ends

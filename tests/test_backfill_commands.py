@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from backends import Backend
 from galleries import ROWS, Digits, Gallery, read_all, seed_gallery
-from helpers import assert_clean_error
+from helpers import Phases, assert_clean_error
 from migrations import run
 from typer.testing import CliRunner, Result
 
@@ -36,6 +36,7 @@ from dmu_migrate.evolve.backfill_plan import Budget, TopScores, parse_budget, pl
 from dmu_migrate.evolve.backfill_write import backfill
 from dmu_migrate.evolve.ledger import Ledger
 from dmu_migrate.evolve.plan import make_plan
+from dmu_migrate.evolve.progress import BACKFILL, INPUT_CHECK, NATIVE_IDS, SCORE
 from dmu_migrate.evolve.strategies import make_strategy
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.evolve.verify import Reservoir, verify
@@ -134,6 +135,73 @@ def test_plan_ranks_by_the_score_model_and_keeps_the_budget(
     assert table["rank"] == list(range(1, PLANNED + 1))
     assert table["id"] == share.ids.tolist()
     np.testing.assert_array_equal(np.asarray(table["score"], np.float32), share.scores)
+
+
+def test_plan_and_backfill_report_each_phase(
+    backend: Backend, digits: Digits, artifact: Artifact, tmp_path: Path
+) -> None:
+    source, alias, ids = seed_gallery(backend, digits)
+    store = backend.open_store()
+    before = Phases()
+    plan_backfill(store, source, artifact, batch_size=32, report=before)
+    assert before.check(SCORE) == {SCORE: ROWS}  # no migration yet: no native rows to read
+    assert before.calls[SCORE][0] == (0, ROWS)  # shown before the first batch, with its total
+    assert len(before.calls[SCORE]) > 3  # one report per batch of 32
+
+    run(store, alias, [artifact])
+    heard = Phases()
+    plan = plan_backfill(store, alias, artifact, parse_budget("10%"), batch_size=32, report=heard)
+    assert heard.check(NATIVE_IDS, SCORE) == {NATIVE_IDS: 0, SCORE: ROWS}
+    plan_path = plan.write(tmp_path / "plan.parquet")
+    write_table(tmp_path / "native.parquet", {"id": ids, "vector": new_vectors(digits, artifact)})
+
+    wrote = Phases()
+    table = VectorTable(tmp_path / "native.parquet", only=plan_path)
+    backfill(store, alias, table, batch_size=5, report=wrote)
+    assert wrote.check(INPUT_CHECK, BACKFILL) == {INPUT_CHECK: PLANNED, BACKFILL: PLANNED}
+    written = [d for d, _ in wrote.calls[BACKFILL]]
+    # Shown at 0 before the first write, then after each verified batch (the file's batches
+    # of 5 rows hold a few planned ones each).
+    assert written[0] == 0 and written[-1] == PLANNED and len(set(written)) > 3, written
+
+    again = Phases()
+    backfill(store, alias, VectorTable(tmp_path / "native.parquet", only=plan_path), report=again)
+    assert again.check(INPUT_CHECK, BACKFILL) == {
+        INPUT_CHECK: PLANNED,
+        BACKFILL: PLANNED,
+    }  # written before: at once
+
+    after = Phases()
+    plan_backfill(store, alias, artifact, batch_size=32, report=after)
+    # The native rows are read from the evolved collection, then read and skipped in the scan.
+    assert after.check(NATIVE_IDS, SCORE) == {NATIVE_IDS: PLANNED, SCORE: ROWS}
+
+
+def test_the_commands_log_each_phase_off_a_terminal(
+    gallery: Gallery, artifact: Artifact, digits: Digits, tmp_path: Path
+) -> None:
+    db, rows = str(gallery.db), len(gallery.ids)
+    evolved = cli("evolve", "--collection", "digits", "--adapter", str(artifact.path), "--uri", db)
+    assert evolved.exit_code == 0, evolved.output
+    plan_path = tmp_path / "plan.parquet"
+    planned = cli(
+        "plan-backfill", "--collection", "digits", "--adapter", str(artifact.path), "--uri", db,
+        "--budget", "10", "--output", str(plan_path), "-v",
+    )  # fmt: skip
+    assert planned.exit_code == 0, planned.output
+    lines = [x for x in planned.stderr.splitlines() if "dmu_migrate.progress: " in x]
+    assert lines[0].endswith("native ids: 0/0 ids"), planned.stderr
+    assert f"score: {rows:,}/{rows:,} rows" in lines[-1], planned.stderr
+
+    native = tmp_path / "native.parquet"
+    dim = artifact.manifest.new_dim
+    write_table(native, {"id": gallery.ids, "vector": np.ones((rows, dim), np.float32) / dim})
+    args = ["--collection", "digits", "--uri", db, "--input", str(native), "--ids", str(plan_path)]
+    done = cli("backfill", *args, "--batch-size", "3", "-v")
+    assert done.exit_code == 0, done.output
+    lines = [x for x in done.stderr.splitlines() if "dmu_migrate.progress: " in x]
+    assert lines[0].endswith("input check: 0/10 rows"), done.stderr
+    assert "backfill: 10/10 rows" in lines[-1], done.stderr  # the last one is always logged
 
 
 def test_backfill_writes_native_rows_that_cron_evolve_keeps_and_verify_accepts(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from backends import Backend
 from galleries import Digits, Gallery
-from helpers import InsertsBehindCursor
+from helpers import InsertsBehindCursor, Phases
 from migrations import evolve_args, verify_args
 from pymilvus import MilvusClient
 from typer.testing import CliRunner
@@ -34,28 +34,6 @@ from dmu_migrate.stores.base import Batch
 ROWS = 120
 OPTIONS = EvolveOptions(batch_size=32)
 runner = CliRunner()
-
-
-class Phases:
-    """A phase-aware callback that keeps every report, by phase, in order of arrival."""
-
-    def __init__(self) -> None:
-        self.calls: dict[str, list[tuple[int, int | None]]] = {}
-
-    def __call__(self, phase: str, done: int, total: int | None) -> None:
-        self.calls.setdefault(phase, []).append((done, total))
-
-    def check(self, *expected: str) -> dict[str, int]:
-        """The phases came in this order, each monotone and ending at its total; their ends."""
-        assert list(self.calls) == list(expected), self.calls.keys()
-        ends = {}
-        for phase, calls in self.calls.items():
-            done = [d for d, _ in calls]
-            assert done == sorted(done), (phase, calls)
-            last_done, last_total = calls[-1]
-            assert last_done == last_total, (phase, calls)
-            ends[phase] = last_done
-        return ends
 
 
 def seed(backend: Backend, digits: Digits) -> str:
@@ -110,6 +88,13 @@ def test_a_sharded_evolve_reports_the_split(
     # The split reads the ids up to the last cut; one whole pass per shard: counts suffice.
     ends = phases.check(SPLIT, EVOLVE, VERIFY)
     assert ends == {SPLIT: ROWS * 2 // 3, EVOLVE: ROWS, VERIFY: ROWS}
+
+
+def test_every_phase_has_its_unit_on_the_command_line() -> None:
+    from dmu_migrate.cli.common import UNITS
+    from dmu_migrate.evolve.progress import PHASES
+
+    assert set(PHASES) == set(UNITS)  # a bar without one shows a bare count
 
 
 def progress_lines(stderr: str) -> dict[str, list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,7 @@ from dmu_migrate.errors import InputError, check_range
 if TYPE_CHECKING:
     from dmu_migrate.evolve.backfill_plan import RankedIds
     from dmu_migrate.evolve.backfill_write import BackfillResult
-    from dmu_migrate.evolve.progress import RowsCallback
+    from dmu_migrate.evolve.progress import Report
 
 
 def plan_backfill(
@@ -25,27 +26,39 @@ def plan_backfill(
     limit: int | None = None,
     vector_field: str | None = None,
     batch_size: int = 8192,
+    tag: bool = False,
+    on_progress: Report | None = None,
 ) -> RankedIds:
     """Rank the stored old vectors by the expected gain of re-embedding, highest first.
 
     Every old vector of the migration goes through the artifact's
     backfill_score.onnx; rows already re-embedded natively are left out.
     ``budget`` keeps the best share ("10%") or a row count ("5000"); ``output``
-    writes the plan as Parquet (rank, id, score) for ``backfill(ids=...)``.
+    writes the plan as Parquet (rank, id, score) for ``backfill(ids=...)``;
+    ``tag`` writes each planned row's rank into field dmu_backfill_rank of the
+    migration's evolved collection, clearing the ranks an earlier plan left there.
+    ``on_progress(phase, done, total)`` hears "native ids" (the rows left out, read
+    from the evolved collection) and "score", then with ``tag`` "untag" and "tag".
     """
     from dmu_migrate.artifact import load_artifact
     from dmu_migrate.evolve.backfill_plan import parse_budget
     from dmu_migrate.evolve.backfill_plan import plan_backfill as run_plan
+    from dmu_migrate.evolve.backfill_tag import tag_target, tag_target_of
+    from dmu_migrate.evolve.progress import quiet
 
     check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
     if limit is not None:
         check_range("--limit", limit, 1, 10**12)
     share = parse_budget(budget) if budget is not None else None
     artifact = load_artifact(Path(adapter))
+    report = on_progress or quiet
     with opened(uri, token) as store:
-        plan = run_plan(store, collection, artifact, share, limit, vector_field, batch_size)
-    if output is not None:
-        plan.write(Path(output))
+        target = tag_target_of(store, collection) if tag else None  # before the long scan
+        plan = run_plan(store, collection, artifact, share, limit, vector_field, batch_size, report)
+        if output is not None:  # first: a store failure while tagging keeps the plan
+            plan.write(Path(output))
+        if target is not None:
+            plan = replace(plan, tagged=tag_target(store, target, plan.ids, batch_size, report))
     return plan
 
 
@@ -60,7 +73,7 @@ def backfill(
     vector_column: str = "vector",
     batch_size: int = 1024,
     take_over: bool = False,
-    on_progress: RowsCallback | None = None,
+    on_progress: Report | None = None,
 ) -> BackfillResult:
     """Write natively re-embedded vectors into the migration's evolved collection, by id.
 
@@ -69,9 +82,12 @@ def backfill(
     rows of ``ids``. Rows get dmu_origin=native; evolve re-runs never touch
     them. The input is checked whole before the first write; each batch is read
     back before the ledger records it, so a killed run resumes where it stopped.
+    ``on_progress(phase, done, total)`` hears "input check" (the whole input, before
+    the first write), then "backfill" (rows written and read back).
     """
     from dmu_migrate.evolve.backfill_input import EmbedCall, VectorTable
     from dmu_migrate.evolve.backfill_write import backfill as run_backfill
+    from dmu_migrate.evolve.progress import quiet
 
     check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
     if (input is None) == (embed is None):
@@ -86,4 +102,4 @@ def backfill(
     else:
         source = EmbedCall(str(embed), ids_path, id_column)
     with opened(uri, token) as store:
-        return run_backfill(store, collection, source, batch_size, take_over, on_progress)
+        return run_backfill(store, collection, source, batch_size, take_over, on_progress or quiet)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dmu_migrate.cli.common import AsJson, RowsBar, out, progress, user_errors
+from dmu_migrate.cli.common import AsJson, PhaseBars, out, progress, user_errors
 from dmu_migrate.cli.migration import Token, Uri
 from dmu_migrate.cli.run_metrics import backfill_numbers, reported
 
@@ -40,29 +40,41 @@ def plan_backfill(
         str | None, typer.Option(help="Vector field of the old vectors.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Rows read per batch, 1-16384.")] = 8192,
+    tag: Annotated[
+        bool,
+        typer.Option(
+            help="Also write each planned row's rank (1 = re-embed first) into field "
+            "dmu_backfill_rank of the evolved collection; ranks an earlier plan left on rows "
+            "not in this one are cleared."
+        ),
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """Rank the stored old vectors by expected gain of re-embedding, highest first.
 
     Streams every old vector of the migration through the artifact's backfill_score.onnx;
-    rows already re-embedded natively are left out.
+    rows already re-embedded natively are left out. With --tag the ranks also go onto the
+    evolved rows, for the application to select (dmu_backfill_rank <= 1000).
 
     Example: dmu-migrate plan-backfill --collection faces --adapter adapters/faces-v2 --uri faces.db --budget 10% --output plan.parquet
     """
     with user_errors():
         from dmu_migrate.api.backfill import plan_backfill as run_plan
 
-        plan = run_plan(
-            collection,
-            adapter,
-            uri=uri,
-            token=token,
-            output=output,
-            budget=budget,
-            limit=limit,
-            vector_field=vector_field,
-            batch_size=batch_size,
-        )
+        with progress() as bar:
+            plan = run_plan(
+                collection,
+                adapter,
+                uri=uri,
+                token=token,
+                output=output,
+                budget=budget,
+                limit=limit,
+                vector_field=vector_field,
+                batch_size=batch_size,
+                tag=tag,
+                on_progress=PhaseBars(bar),
+            )
         if as_json:
             out.print_json(json.dumps(plan.as_dict(), default=str))
             return
@@ -78,6 +90,19 @@ def plan_backfill(
             + (f"; written to {output}" if output is not None else ""),
             soft_wrap=True,
         )
+        if plan.tagged is not None:
+            t = plan.tagged
+            out.print(
+                f"ranks written to {t.tagged} rows of '{t.target}' as dmu_backfill_rank"
+                + (f"; {t.cleared} ranks of an earlier plan cleared" if t.cleared else "")
+                + (
+                    f"; {t.not_in_target} planned ids are not rows of it yet (run evolve, "
+                    f"then plan-backfill --tag again)"
+                    if t.not_in_target
+                    else ""
+                ),
+                soft_wrap=True,
+            )
 
 
 @reported("backfill", ("done",), "collection")
@@ -137,7 +162,7 @@ def backfill(
                 vector_column=vector_column,
                 batch_size=batch_size,
                 take_over=take_over,
-                on_progress=RowsBar(bar, "backfill"),
+                on_progress=PhaseBars(bar),
             )
         backfill_numbers(result)
         if as_json:

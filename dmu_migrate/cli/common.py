@@ -161,30 +161,18 @@ def progress() -> Progress:
     )
 
 
-class RowsBar:
-    """A rows bar that appears with the first report, so that a bad flag's error line is
-    not printed under an empty bar; a progress callback (done, total) of the library."""
-
-    def __init__(self, bar: Progress, name: str) -> None:
-        self.bar, self.name = bar, name
-        self.task: Any = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.task is None:
-            self.task = self.bar.add_task(self.name, total=total, info="rows")
-        self.bar.update(self.task, completed=done, total=total)
-
-    def finish(self, done: int, total: int) -> None:
-        self(done, total)
-
-
-# What each phase of evolve and verify counts (dmu_migrate/evolve/progress.py).
-UNITS = {"split": "ids", "evolve": "rows", "id diff": "ids", "catch-up": "rows", "verify": "ids"}
+# What each phase counts (dmu_migrate/evolve/progress.py, PHASES).
+UNITS = {
+    "split": "ids", "evolve": "rows", "id diff": "ids", "catch-up": "rows", "verify": "ids",
+    "native ids": "ids", "score": "rows", "untag": "rows", "tag": "rows",
+    "input check": "rows", "backfill": "rows",
+}  # fmt: skip
 
 
 class PhaseBars:
-    """One bar per phase of a run (split, evolve, id diff, catch-up, verify), each with its
-    ETA, appearing with the phase's first report; the library's callback (phase, done, total).
+    """One bar per phase of a run (evolve's split, evolve, id diff, catch-up, verify; the
+    backfill verbs' phases), each with its ETA, appearing with the phase's first report; the
+    library's callback (phase, done, total).
 
     A phase with no known total shows a pulsing bar and its running count. Off a
     terminal each phase logs its own lines (see _Progress).

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from dmu_migrate.data import file_sha256
 from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.evolve.progress import Meter
 from dmu_migrate.stores.base import CollectionInfo, VectorStore, id_array
 
 Pair = tuple[np.ndarray, np.ndarray]  # (ids, vectors)
@@ -173,12 +174,15 @@ class VectorTable:
             ids = read_ids(part.column(0), self.path, self.id_column)
             yield ids, read_vectors(part.column(1), ids, dim, self.path)
 
-    def check(self, store: VectorStore, target: CollectionInfo, batch_size: int) -> None:
-        """The whole file, before anything is written."""
+    def check(
+        self, store: VectorStore, target: CollectionInfo, batch_size: int, meter: Meter
+    ) -> None:
+        """The whole file, before anything is written; ``meter`` counts the rows checked."""
         seen = Seen(f"backfill table '{self.path}'")
         for ids, _ in self._pairs(batch_size, target.dim):
             seen.add(ids)
             check_known(store, target, ids, f"backfill table '{self.path}'")
+            meter.add(len(ids))
 
     def batches(
         self, store: VectorStore, target: CollectionInfo, batch_size: int, skip: int
@@ -225,11 +229,14 @@ class EmbedCall:
         for part in self.file.iter_batches(batch_size, columns=[self.id_column]):
             yield read_ids(part.column(0), self.path, self.id_column)
 
-    def check(self, store: VectorStore, target: CollectionInfo, batch_size: int) -> None:
+    def check(
+        self, store: VectorStore, target: CollectionInfo, batch_size: int, meter: Meter
+    ) -> None:
         seen = Seen(f"ids table '{self.path}'")
         for ids in self._ids(batch_size):
             seen.add(ids)
             check_known(store, target, ids, f"ids table '{self.path}'")
+            meter.add(len(ids))
 
     def batches(
         self, store: VectorStore, target: CollectionInfo, batch_size: int, skip: int

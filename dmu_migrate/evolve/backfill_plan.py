@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -24,10 +25,14 @@ import pyarrow.parquet as pq
 
 from dmu_migrate.artifact import BACKFILL_SCORE, Artifact
 from dmu_migrate.errors import ArtifactError, InputError
-from dmu_migrate.evolve.backfill_target import find_migration, native_ids
+from dmu_migrate.evolve.backfill_target import NATIVE, find_migration, native_ids
 from dmu_migrate.evolve.ledger import PRUNED
+from dmu_migrate.evolve.progress import NATIVE_IDS, SCORE, Meter, Report, quiet
 from dmu_migrate.onnx_model import OnnxModel
-from dmu_migrate.stores.base import CollectionInfo, VectorStore, id_array
+from dmu_migrate.stores.base import TAG_ORIGIN, CollectionInfo, VectorStore, id_array
+
+if TYPE_CHECKING:
+    from dmu_migrate.evolve.backfill_tag import TagReport
 
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
 
@@ -70,11 +75,13 @@ class RankedIds:
 
     collection: str  # the collection of old vectors that was scored
     migration: str | None  # the migration whose target the plan is for, if recorded
+    target: str | None  # that migration's evolved collection
     artifact: str
     rows_scored: int
     native_left_out: int
     ids: np.ndarray
     scores: np.ndarray
+    tagged: TagReport | None = None  # what plan-backfill --tag wrote into the target
 
     def table(self) -> pa.Table:
         ids = self.ids.tolist()
@@ -97,10 +104,12 @@ class RankedIds:
         return {
             "collection": self.collection,
             "migration": self.migration,
+            "target": self.target,
             "artifact": self.artifact,
             "rows_scored": self.rows_scored,
             "native_left_out": self.native_left_out,
             "selected": len(self.ids),
+            "tagged": self.tagged.as_dict() if self.tagged else None,
             "ranked": [
                 {"rank": k + 1, "id": i, "score": float(s)}
                 for k, (i, s) in enumerate(zip(self.ids.tolist(), self.scores, strict=True))
@@ -179,6 +188,18 @@ def resolve_source(
     return info, record.key, record.target
 
 
+def read_native(store: VectorStore, target: str, report: Report) -> set[object]:
+    """Ids of ``target``'s natively re-embedded rows, as the native ids phase."""
+    if not store.has_collection(target):
+        return set()
+    native: set[object] = set()
+    meter = Meter(report, NATIVE_IDS, store.count(target, store.tag_filter(TAG_ORIGIN, NATIVE)))
+    for chunk in meter.start().pages(native_ids(store, target), len):
+        native.update(chunk.tolist())
+    meter.end()
+    return native
+
+
 def plan_backfill(
     store: VectorStore,
     collection: str,
@@ -187,8 +208,12 @@ def plan_backfill(
     limit: int | None = None,
     vector_field: str | None = None,
     batch_size: int = 8192,
+    report: Report = quiet,
 ) -> RankedIds:
-    """Every stored old vector of ``collection`` scored, the ``budget``/``limit`` best kept."""
+    """Every stored old vector of ``collection`` scored, the ``budget``/``limit`` best kept.
+
+    ``report`` hears the native ids read (when the migration has a target) and the score
+    phase (evolve/progress.py)."""
     model = score_model(artifact)
     info, migration, target = resolve_source(store, collection, artifact, vector_field)
     if model.input_dim is not None and info.dim != model.input_dim:
@@ -196,14 +221,15 @@ def plan_backfill(
             f"collection '{info.name}' has {info.dim}-d vectors but {BACKFILL_SCORE} of "
             f"{artifact.label} scores {model.input_dim}-d ones; pass the artifact trained for it"
         )
-    native: set[object] = set()
-    for chunk in native_ids(store, target) if target else ():
-        native.update(chunk.tolist())
-    total = max(store.count(info.name) - len(native), 0)
+    native = read_native(store, target, report) if target else set()
+    rows = store.count(info.name)
+    total = max(rows - len(native), 0)
     keep = [k for k in (budget.of(total) if budget else None, limit) if k is not None]
     top = TopScores(min(keep) if keep else None)
     scored = 0
+    meter = Meter(report, SCORE, rows).start()
     for batch in store.iter_batches(info, batch_size):
+        meter.add(len(batch))  # read is what takes the time, scored or skipped
         ids, vectors = batch.ids, batch.vectors
         if native:
             mask = np.asarray([i not in native for i in ids.tolist()], dtype=bool)
@@ -219,10 +245,12 @@ def plan_backfill(
             )
         top.add(ids, scores)
         scored += len(ids)
+    meter.end()
     ids, scores = top.result()
     return RankedIds(
         info.name,
         migration,
+        target,
         artifact.manifest.name,
         scored,
         len(native),

@@ -19,7 +19,7 @@ Safety, in order:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +28,7 @@ import numpy as np
 from dmu_migrate.errors import InputError, StoreError, VerificationError
 from dmu_migrate.evolve.backfill_target import NATIVE, find_migration
 from dmu_migrate.evolve.ledger import DONE, RUNNING, Ledger, Record, now_iso
+from dmu_migrate.evolve.progress import BACKFILL, INPUT_CHECK, Meter, Report, quiet
 from dmu_migrate.metrics import l2_normalize
 from dmu_migrate.stores.base import (
     TAG_FROM,
@@ -46,7 +47,9 @@ class NativeInput(Protocol):
     fingerprint: str
     rows: int
 
-    def check(self, store: VectorStore, target: CollectionInfo, batch_size: int) -> None: ...
+    def check(
+        self, store: VectorStore, target: CollectionInfo, batch_size: int, meter: Meter
+    ) -> None: ...
 
     def batches(
         self, store: VectorStore, target: CollectionInfo, batch_size: int, skip: int
@@ -119,19 +122,24 @@ def backfill(
     source: NativeInput,
     batch_size: int = 1024,
     take_over: bool = False,
-    on_progress: Callable[[int, int], None] | None = None,
+    report: Report = quiet,
 ) -> BackfillResult:
-    """Write ``source``'s native vectors into the migration ``collection`` names."""
+    """Write ``source``'s native vectors into the migration ``collection`` names.
+
+    ``report`` hears the input check, then the backfill phase (evolve/progress.py)."""
     started = time.perf_counter()
     record = target_record(store, collection)
     target = store.describe(record.target, record.vector_field)
-    source.check(store, target, batch_size)  # the whole input, before any write
+    checked = Meter(report, INPUT_CHECK, source.rows).start()
+    source.check(store, target, batch_size, checked)  # the whole input, before any write
+    checked.end()
     ledger = Ledger(store)
     ledger.acquire(record, take_over)
     try:
         state = record.backfill or {}
         same = state.get("input") == source.fingerprint
         if same and state.get("status") == DONE:
+            Meter(report, BACKFILL, source.rows, source.rows).start()  # all of it, earlier
             return BackfillResult(
                 record.key, target.name, source.label, 0, source.rows, source.rows,
                 False, True, time.perf_counter() - started,
@@ -145,15 +153,16 @@ def backfill(
             ledger.save(record)
         written = 0
         tags = native_tags(record)
+        meter = Meter(report, BACKFILL, source.rows, done).start()
         for ids, vectors in source.batches(store, target, batch_size, done):
             store.write_vectors(target, target.vector_field, ids, vectors, tags)
             read_back(store, target, ids, vectors)
             written += len(ids)
             state["rows_done"] = done + written
             ledger.save(record)  # only now: a crash before this rewrites the same values
-            if on_progress:
-                on_progress(done + written, source.rows)
+            meter.add(len(ids))
         store.flush(target.name)
+        meter.end()
         state["status"], state["finished_at"] = DONE, now_iso()
         record.runs.append(
             {"backfilled_at": state["finished_at"], "rows": source.rows, "input": source.label}

@@ -9,6 +9,19 @@ A run goes through phases, each a count that only grows, ending at its total:
     catch-up  rows written or deleted to bring the target in step with the source
     verify    source ids checked present in the target (then the sampled vectors)
 
+plan-backfill and backfill (evolve/backfill_*.py) go through phases of their own:
+
+    native ids  ids of the evolved rows already re-embedded natively, read to leave
+                them out of a plan (plan-backfill, once a migration has a target)
+    score       stored old vectors read and scored (natively re-embedded ones are
+                read and skipped), of the collection's row count
+    untag       evolved rows holding a rank gone through, the ones an earlier plan
+                ranked and this one does not cleared (--tag)
+    tag         planned rows whose rank was written into the evolved collection (--tag)
+    input check rows of the backfill input checked, before the first write
+    backfill    rows written and read back, of the rows given (a resumed run starts
+                where the last one stopped)
+
 The callback is ``on_progress(phase, done, total)``; ``total`` is None where no
 count is known. Totals are estimates made when a phase starts (the source keeps
 changing): a phase's last report gives the count it reached as its total.
@@ -25,7 +38,21 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 SPLIT, EVOLVE, ID_DIFF, CATCH_UP, VERIFY = "split", "evolve", "id diff", "catch-up", "verify"
-PHASES = (SPLIT, EVOLVE, ID_DIFF, CATCH_UP, VERIFY)
+NATIVE_IDS, SCORE, UNTAG, TAG = "native ids", "score", "untag", "tag"
+INPUT_CHECK, BACKFILL = "input check", "backfill"
+PHASES = (
+    SPLIT,
+    EVOLVE,
+    ID_DIFF,
+    CATCH_UP,
+    VERIFY,
+    NATIVE_IDS,
+    SCORE,
+    UNTAG,
+    TAG,
+    INPUT_CHECK,
+    BACKFILL,
+)
 
 Report = Callable[[str, int, int | None], None]  # (phase, done, total)
 T = TypeVar("T")

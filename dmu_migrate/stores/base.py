@@ -34,6 +34,10 @@ TAG_FIX = (
     f"with that field renamed and evolve the copy"
 )
 
+# plan-backfill --tag: each planned row's rank (1 = re-embed first) in the evolved
+# collection, for the application to select by; never written by evolve itself.
+RANK_FIELD = "dmu_backfill_rank"
+
 LEDGER_COLLECTION = "dmu_ledger"  # migration state, kept in the store it describes
 # Batch.fields key of a named vector other than the one being evolved (Qdrant and
 # Parquet keep them apart from payload keys, which live in another namespace).
@@ -175,6 +179,21 @@ class VectorStore(Protocol):
         hold only tags (values in ``allowed[tag]``; None: no value check), and nothing
         in it is beyond create_like. Else the rest of a sentence after "collection 'x'"
         that says what and the fix (see TAG_FIX)."""
+        ...
+
+    # -- backfill ranks (plan-backfill --tag) --------------------------------------
+    def rank_problem(self, name: str) -> str | None:
+        """None when rows of ``name`` can get RANK_FIELD set and cleared by id, nothing else of
+        them changed; else the rest of a sentence after "collection 'x'" with the fix."""
+        ...
+
+    def write_ranks(self, name: str, ids: np.ndarray, ranks: np.ndarray | None) -> int:
+        """Set RANK_FIELD of the rows of ``ids`` to ``ranks`` (None: clear it), keeping every
+        other field; ids with no row are left out, never added. Returns the rows written."""
+        ...
+
+    def rank_filter(self) -> str:
+        """This store's filter text for rows that hold a rank."""
         ...
 
     def flush(self, name: str) -> None: ...

@@ -15,10 +15,18 @@ from pymilvus.client.types import LoadState
 from pymilvus.exceptions import MilvusUnavailableException
 
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.stores import access, lite_lock, milvus_columns, milvus_partitions, milvus_schema
+from dmu_migrate.stores import (
+    access,
+    lite_lock,
+    milvus_columns,
+    milvus_partitions,
+    milvus_rank,
+    milvus_schema,
+)
 from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
     PARTITION_KEY,
+    RANK_FIELD,
     TAG_FIELDS,
     TAG_SOURCE,
     Batch,
@@ -332,7 +340,8 @@ class MilvusStore:
         if vf is None or int(vf["params"].get("dim", -1)) != new_dim:
             return f"its field '{source.vector_field}' is not a {new_dim}-d float vector"
         expected = {f["name"] for f in source.schema["fields"]} | {*TAG_FIELDS, TAG_SOURCE}
-        if set(fields) != expected:
+        # A rank field the user added for plan-backfill --tag is theirs: evolve leaves it be.
+        if set(fields) - ({RANK_FIELD} - expected) != expected:
             return f"its fields {sorted(fields)} differ from the source's plus tags"
         built = {i.field: i for i in milvus_schema.read_indexes(self.client, target)}
         for spec in milvus_schema.read_indexes(self.client, source.name):
@@ -458,6 +467,16 @@ class MilvusStore:
     def source_problem(self, name: str, allowed: dict[str, list[str] | None]) -> str | None:
         self._ensure_loaded(name)
         return milvus_schema.source_problem(self.client, name, allowed, server=self.shared)
+
+    def rank_problem(self, name: str) -> str | None:
+        return milvus_rank.problem(self.client, name, server=self.shared)
+
+    def write_ranks(self, name: str, ids: np.ndarray, ranks: np.ndarray | None) -> int:
+        self._ensure_loaded(name)
+        return milvus_rank.write(self.client, name, self._pk(name), ids, ranks)
+
+    def rank_filter(self) -> str:
+        return milvus_rank.rank_filter()
 
     def flush(self, name: str) -> None:
         self.client.flush(name)

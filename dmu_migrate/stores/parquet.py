@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.stores import parquet_parts
 from dmu_migrate.stores.base import (
+    RANK_FIELD,
     TAG_FIX,
     TAG_ORIGIN,
     VECTOR_KEY_PREFIX,
@@ -409,6 +410,19 @@ class ParquetStore:
             if len(hits):
                 return f"has its own values in column '{tag}' (e.g. {hits[0].as_py()!r}), {TAG_FIX}"
         return None
+
+    def rank_problem(self, name: str) -> str | None:
+        # A rank column would change the files' schema, which evolve compares with the source's.
+        return (
+            "is in a Parquet store, which does not update one column of rows in place; read "
+            "the ranks from plan-backfill --output (rank, id) and join them on id instead"
+        )
+
+    def write_ranks(self, name: str, ids: np.ndarray, ranks: np.ndarray | None) -> int:
+        raise StoreError(f"collection '{name}' {self.rank_problem(name)}")
+
+    def rank_filter(self) -> str:
+        return f"{RANK_FIELD} >= 1"
 
     def flush(self, name: str) -> None:
         """Every write is a renamed file; nothing is buffered."""

@@ -36,6 +36,7 @@ from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.stores import access, qdrant_schema
 from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
+    RANK_FIELD,
     TAG_FIELDS,
     TAG_FIX,
     TAG_ORIGIN,
@@ -523,6 +524,41 @@ class QdrantStore:
                 value = (records[0].payload or {}).get(tag)
                 return f"has its own values in payload key '{tag}' (e.g. {value!r}), {TAG_FIX}"
         return None
+
+    def rank_problem(self, name: str) -> str | None:
+        return None  # payload is schemaless: any point can take the key
+
+    def write_ranks(self, name: str, ids: np.ndarray, ranks: np.ndarray | None) -> int:
+        wanted = ids.tolist()
+        with self._errors(f"write {RANK_FIELD} to collection '{name}'", "check --collection"):
+            # Only points that exist: a server refuses the batch for one missing id.
+            found = {str(r.id) for r in self.client.retrieve(name, ids=wanted, with_payload=False)}
+            kept = [i for i in wanted if str(i) in found]
+            if not kept:
+                return 0
+            ops: list[Any]
+            if ranks is None:
+                # Deleting the key leaves the rest of the payload as it is.
+                ops = [
+                    models.DeletePayloadOperation(
+                        delete_payload=models.DeletePayload(keys=[RANK_FIELD], points=kept)
+                    )
+                ]
+            else:
+                rank_of = dict(zip(wanted, ranks.tolist(), strict=True))
+                # set_payload merges the keys given into the payload; one rank per point,
+                # so one operation each, all in one request.
+                ops = [
+                    models.SetPayloadOperation(
+                        set_payload=models.SetPayload(payload={RANK_FIELD: rank_of[i]}, points=[i])
+                    )
+                    for i in kept
+                ]
+            self.client.batch_update_points(name, ops, wait=True)
+        return len(kept)
+
+    def rank_filter(self) -> str:
+        return json.dumps({"must": [{"key": RANK_FIELD, "range": {"gte": 1}}]})
 
     def flush(self, name: str) -> None:
         """Every write above waits for the server's acknowledgement; nothing is buffered."""
