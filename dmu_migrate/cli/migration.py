@@ -14,6 +14,7 @@ from dmu_migrate.cli.settings import typed, with_settings
 from dmu_migrate.evolve.settings import EvolveSettings
 
 if TYPE_CHECKING:
+    from dmu_migrate.api.migrate import EvolvePreview
     from dmu_migrate.evolve.run import EvolveResult
 
 Uri = Annotated[
@@ -91,59 +92,70 @@ def evolve(
             )
             if not isinstance(result, EvolvePreview):  # a run with no main pass shows it too
                 phases.summary("evolve", result.rows_done, result.rows_total)
-        if not isinstance(result, EvolvePreview):
-            evolve_numbers(result)
         if isinstance(result, EvolvePreview):
-            if as_json:
-                out.print_json(json.dumps(result.as_dict(), default=str))
-                return
-            est = result.estimate
-            for key, value in result.plan.items():
-                out.print(f"{key:>13}: {value}")
-            out.print(
-                f"     estimate: read + transform {est.read_transform_rows_per_s:,.0f} "
-                f"rows/s on a {est.sample_rows}-row sample -> "
-                f"{est.seconds_read_transform:,.1f}s plus write time. Nothing was changed."
-            )
+            show_preview(result, as_json)
             return
-        if as_json:
-            out.print_json(json.dumps(result.as_dict(), default=str))
-        else:
-            if not (result.rows_written or result.caught_up or result.updated or result.deleted):
-                out.print(f"{result.migration}: up to date, no row left to evolve")
-            else:
-                out.print(
-                    f"{result.migration}: wrote {result.rows_written} rows this run "
-                    f"({rates(result)}), {result.rows_done}/{result.rows_total} in all"
-                    + (" (resumed)" if result.resumed else "")
-                )
-            if result.outcome == Outcome.REMAINING:
-                out.print("stopped at --max-seconds; run the same command again to continue")
-            elif result.outcome == Outcome.SHARD_DONE:
-                pass  # the notes say how many shards are done and who cuts over
-            else:
-                v = result.verify
-                if result.caught_up or result.updated or result.deleted:
-                    out.print(
-                        f"in step with the source: {result.caught_up} rows added, "
-                        f"{result.updated} evolved again (source vector changed), "
-                        f"{result.deleted} deleted (gone from the source)"
-                    )
-                if result.native:
-                    out.print(f"{result.native} rows written by the application left as they are")
-                if v is not None:
-                    out.print(
-                        f"verified: {v.target_rows} rows, every source id present, "
-                        f"{v.sampled} sampled vectors within {v.max_abs_error:.1e}, "
-                        f"{v.searched} found by searching the target"
-                    )
-                out.print(result.cut_over)
-            if result.retries:
-                out.print(f"retried {result.retries} times after passing store failures")
-            for note in result.notes:
-                out.print(f"note: {note}")
+        evolve_numbers(result)
+        show_result(result, as_json)
         if result.outcome == Outcome.REMAINING:
             raise typer.Exit(EXIT_REMAINING)
+
+
+def show_preview(preview: EvolvePreview, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(preview.as_dict(), default=str))
+        return
+    est = preview.estimate
+    for key, value in preview.plan.items():
+        out.print(f"{key:>13}: {value}")
+    out.print(
+        f"     estimate: read + transform {est.read_transform_rows_per_s:,.0f} "
+        f"rows/s on a {est.sample_rows}-row sample -> "
+        f"{est.seconds_read_transform:,.1f}s plus write time. Nothing was changed."
+    )
+
+
+def show_result(result: EvolveResult, as_json: bool) -> None:
+    from dmu_migrate.evolve.run import Outcome
+
+    if as_json:
+        out.print_json(json.dumps(result.as_dict(), default=str))
+        return
+    if not (result.rows_written or result.caught_up or result.updated or result.deleted):
+        out.print(f"{result.migration}: up to date, no row left to evolve")
+    else:
+        out.print(
+            f"{result.migration}: wrote {result.rows_written} rows this run "
+            f"({rates(result)}), {result.rows_done}/{result.rows_total} in all"
+            + (" (resumed)" if result.resumed else "")
+        )
+    if result.outcome == Outcome.REMAINING:
+        out.print("stopped at --max-seconds; run the same command again to continue")
+    elif result.outcome == Outcome.DONE:  # a finished shard's notes say who cuts over
+        show_finish(result)
+    if result.retries:
+        out.print(f"retried {result.retries} times after passing store failures")
+    for note in result.notes:
+        out.print(f"note: {note}")
+
+
+def show_finish(result: EvolveResult) -> None:
+    v = result.verify
+    if result.caught_up or result.updated or result.deleted:
+        out.print(
+            f"in step with the source: {result.caught_up} rows added, "
+            f"{result.updated} evolved again (source vector changed), "
+            f"{result.deleted} deleted (gone from the source)"
+        )
+    if result.native:
+        out.print(f"{result.native} rows written by the application left as they are")
+    if v is not None:
+        out.print(
+            f"verified: {v.target_rows} rows, every source id present, "
+            f"{v.sampled} sampled vectors within {v.max_abs_error:.1e}, "
+            f"{v.searched} found by searching the target"
+        )
+    out.print(result.cut_over)
 
 
 def rates(result: EvolveResult) -> str:
