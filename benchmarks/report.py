@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from backfill_report import section as backfill_section
 
 from dmu_migrate.quality import verdict
 
@@ -350,6 +351,7 @@ def render(payload: dict[str, Any], docs: Path, commands: list[str], notes: str)
                 f"| {method} | {comp}/{len(mine)} | {cell(ev)} | {cell(mx)} | {cell(fu)} "
                 f"| {cell(deg)} |"
             )
+        lines += ["", *backfill_section(ex_rows)]
         png = docs / f"results_{example}.png"
         chart(r1, METHOD_ORDER, TITLES.get(example, example), png)
         secs = {
