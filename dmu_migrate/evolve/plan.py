@@ -30,6 +30,8 @@ class Plan:
     chain: AdapterChain
     filter: str | None
     rows: int  # source rows the filter selects
+    # The source's store when it is another than the target's (evolve --target-uri).
+    source_uri: str | None = None
 
     @property
     def tags(self) -> dict[str, str]:
@@ -56,6 +58,7 @@ class Plan:
             to_version=self.chain.to_version,
             filter=self.filter,
             source_rows=self.rows,
+            source_uri=self.source_uri,
             quality="; ".join(
                 f"{a.manifest.name}: {verdict(a.validated, 'validated at training').line}"
                 for a in self.chain.artifacts
@@ -63,7 +66,9 @@ class Plan:
         )
 
     def describe(self) -> dict[str, object]:
+        across = {"source_uri": self.source_uri} if self.source_uri else {}
         return {
+            **across,
             "migration": self.key,
             "strategy": self.strategy,
             "source": self.source.name,

@@ -1,0 +1,237 @@
+"""evolve --target-uri: the evolved collection, ledger and alias written into another store kind.
+
+Each direction is compared with an evolve of the same data within the source's own
+store: the same ids, fields, tags and evolved vectors, in the target kind's layout
+(stores/crossing.py). Refusals happen before anything is written in the target.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from backends import Backend
+from galleries import ROWS, Digits
+from limits import limit
+from typer.testing import CliRunner
+
+from dmu_migrate.api import migrate, records
+from dmu_migrate.artifact import Artifact
+from dmu_migrate.cli import app
+from dmu_migrate.errors import InputError
+from dmu_migrate.evolve.run import EvolveResult, Outcome
+from dmu_migrate.evolve.transform import AdapterChain
+from dmu_migrate.stores.base import LEDGER_COLLECTION, Batch
+
+PAIRS = [
+    ("milvus-lite", "qdrant-local"),
+    ("qdrant-local", "milvus-lite"),
+    ("milvus-lite", "parquet"),
+]
+IDS = [f"{a}-to-{b}" for a, b in PAIRS]
+
+
+def harness(kind: str, root: Path) -> Backend:
+    root.mkdir(parents=True, exist_ok=True)
+    uri = {
+        "milvus-lite": str(root / "store.db"),
+        "qdrant-local": f"qdrant:{root / 'qdrant'}",
+        "parquet": f"parquet:{root / 'parquet'}",
+    }[kind]
+    return Backend(kind, uri, root)
+
+
+def seed(backend: Backend, digits: Digits, source: str, alias: str) -> np.ndarray:
+    """The first ROWS digits with a label and a name, behind ``alias``; their ids."""
+    ids = np.arange(10, 10 + ROWS) * 3
+    fields: dict[str, list[Any]] = {
+        "label": [int(v) for v in digits.y_te[:ROWS]],
+        "name": [f"n{i}" for i in ids],
+    }
+    backend.seed(source, ids, digits.old_te[:ROWS], fields, alias=alias)
+    return ids
+
+
+def evolve(src: Backend, dst: Backend | None, alias: str, artifact: Artifact) -> EvolveResult:
+    target: dict[str, Any] = {} if dst is None else {"target_uri": dst.uri}
+    result = migrate.evolve(alias, artifact.path, uri=src.uri, batch_size=32, **target)
+    assert isinstance(result, EvolveResult)
+    return result
+
+
+def rows(backend: Backend, name: str) -> dict[Any, dict[str, Any]]:
+    """Every row by id without its key, the vector under "vector" whatever the kind calls it."""
+    out = {}
+    for row_id, row in backend.read_all(name).items():
+        row = {k: v for k, v in row.items() if k != "id"}
+        row["vector"] = np.asarray(row.pop("vector") if "vector" in row else row.pop(""))
+        out[row_id] = row
+    return out
+
+
+def assert_same_rows(got: dict[Any, dict[str, Any]], want: dict[Any, dict[str, Any]]) -> None:
+    assert sorted(got) == sorted(want)
+    for row_id, row in want.items():
+        other = dict(got[row_id])
+        np.testing.assert_allclose(other.pop("vector"), row["vector"], atol=1e-5)
+        assert other == {k: v for k, v in row.items() if k != "vector"}, row_id
+
+
+@limit(300)
+@pytest.mark.parametrize(("src_kind", "dst_kind"), PAIRS, ids=IDS)
+def test_evolve_into_another_store_writes_what_a_same_store_evolve_writes(
+    tmp_path: Path, digits: Digits, artifact: Artifact, src_kind: str, dst_kind: str
+) -> None:
+    src, dst = harness(src_kind, tmp_path / "src"), harness(dst_kind, tmp_path / "dst")
+    ref = harness(src_kind, tmp_path / "ref")
+    source, alias = src.unique("gal"), src.unique("live")
+    seed(src, digits, source, alias)
+    seed(ref, digits, source, alias)
+
+    same = evolve(ref, None, alias, artifact)
+    across = evolve(src, dst, alias, artifact)
+    assert across.outcome == Outcome.DONE and across.target == same.target
+    assert across.verify is not None and across.verify.max_abs_error <= 1e-5
+    assert across.verify.searched > 0  # the target's own index found its vectors
+    assert_same_rows(rows(dst, across.target), rows(ref, same.target))
+
+    # The alias is in the target; the source store is only read.
+    assert src.list_collections() == {source}
+    target_store = dst.open_store()
+    assert target_store.alias_target(alias) == across.target
+    dst.close_stores()
+    source_store = src.open_store()
+    assert source_store.alias_target(alias) == source
+    src.close_stores()
+
+    # The ledger is in the target: status there shows the migration and where its source is.
+    shown = records.status(dst.uri).migrations
+    assert [(m["source"], m["target"], m["status"]) for m in shown] == [
+        (source, across.target, "done")
+    ]
+    assert shown[0]["source_uri"] == src.uri and shown[0]["alias_target"] == across.target
+    checked = migrate.verify(source, artifact.path, uri=src.uri, target_uri=dst.uri, alias=alias)
+    assert checked.target == across.target and checked.missing == 0
+
+
+@limit(300)
+@pytest.mark.parametrize(("src_kind", "dst_kind"), PAIRS, ids=IDS)
+def test_rerun_brings_the_other_store_in_step_with_the_source(
+    tmp_path: Path, digits: Digits, artifact: Artifact, src_kind: str, dst_kind: str
+) -> None:
+    src, dst = harness(src_kind, tmp_path / "src"), harness(dst_kind, tmp_path / "dst")
+    source, alias = src.unique("gal"), src.unique("live")
+    ids = seed(src, digits, source, alias)
+    first = evolve(src, dst, alias, artifact)
+
+    deleted, updated, inserted = ids[:3], ids[3:6], np.array([1, 2])
+    fresh = digits.old_te[200:205]
+    changed = np.concatenate([updated, inserted])
+    store = src.open_store()
+    info = store.describe(source)
+    store.delete_ids(source, deleted)
+    names = [f"changed-{i}" for i in changed.tolist()]
+    store.write_rows(info, source, Batch(changed, fresh, {"label": [1] * 5, "name": names}), {})
+    store.flush(source)
+    src.close_stores()
+
+    again = evolve(src, dst, alias, artifact)
+    assert (again.caught_up, again.updated, again.deleted) == (2, 3, 3)
+    after = rows(dst, first.target)
+    assert set(after) == set(ids.tolist()) - set(deleted.tolist()) | set(inserted.tolist())
+    evolved = AdapterChain([artifact])(fresh)
+    for k, row_id in enumerate(changed.tolist()):
+        np.testing.assert_allclose(after[row_id]["vector"], evolved[k], atol=1e-5)
+        assert after[row_id]["name"] == f"changed-{row_id}"
+    third = evolve(src, dst, alias, artifact)
+    assert (third.rows_written, third.caught_up, third.updated, third.deleted) == (0, 0, 0, 0)
+
+
+def nothing_written(dst: Backend) -> None:
+    """No collection (the evolved one or the ledger) and no alias in the target."""
+    assert dst.list_collections() - {LEDGER_COLLECTION} == set()
+    assert LEDGER_COLLECTION not in dst.list_collections()
+
+
+@limit(300)
+def test_what_a_target_cannot_hold_is_refused_before_anything_is_written(
+    tmp_path: Path, digits: Digits, artifact: Artifact
+) -> None:
+    vectors = digits.old_te[:20]
+    ids = np.arange(20)
+
+    # A Milvus source with a second vector field, into Qdrant.
+    src = harness("milvus-lite", tmp_path / "a")
+    dst = harness("qdrant-local", tmp_path / "a-dst")
+    src.seed("two", ids, {"vector": vectors, "extra": vectors}, {"n": list(range(20))})
+    with pytest.raises(InputError, match=r"vector field 'extra' \(FLOAT_VECTOR\).*into Qdrant"):
+        migrate.evolve("two", artifact.path, uri=src.uri, target_uri=dst.uri, vector_field="vector")
+    nothing_written(dst)
+
+    # String keys that are no UUIDs cannot be Qdrant point ids.
+    src.seed("keys", [f"key-{i:03d}" for i in range(20)], vectors, {"n": list(range(20))})
+    with pytest.raises(InputError, match=r"key 'key-000'.*unsigned integers or UUIDs"):
+        migrate.evolve("keys", artifact.path, uri=src.uri, target_uri=dst.uri)
+    nothing_written(dst)
+
+    # A Qdrant source with sparse vectors, into Milvus.
+    from qdrant_client import QdrantClient, models
+
+    qsrc = harness("qdrant-local", tmp_path / "b")
+    client = QdrantClient(path=str(qsrc.root / "qdrant"))
+    dense = models.VectorParams(size=vectors.shape[1], distance=models.Distance.COSINE)
+    client.create_collection(
+        "docs",
+        vectors_config=dense,
+        sparse_vectors_config={"bm25": models.SparseVectorParams()},
+    )
+    client.upsert("docs", [models.PointStruct(id=i, vector=vectors[i].tolist()) for i in range(20)])
+    client.close()
+    mdst = harness("milvus-lite", tmp_path / "b-dst")
+    with pytest.raises(InputError, match=r"sparse vectors \['bm25'\].*into Milvus"):
+        migrate.evolve("docs", artifact.path, uri=qsrc.uri, target_uri=mdst.uri)
+    nothing_written(mdst)
+
+    # Scope: what --target-uri does not do yet, refused before a store is opened.
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"filter": "n > 3"}, "--filter with --target-uri"),
+        ({"strategy": "new-field"}, "--strategy new-field works within one store"),
+        ({"shards": 2}, "--shards/--shard with --target-uri"),
+        ({"write_path": "bulk", "bulk_storage": "/tmp"}, "--write-path bulk with --target-uri"),
+    ]
+    for settings, needle in refused:
+        with pytest.raises(InputError, match=needle):
+            migrate.evolve("two", artifact.path, uri=src.uri, target_uri=dst.uri, **settings)
+    other = harness("milvus-lite", tmp_path / "c")
+    with pytest.raises(InputError, match="another milvus store than --uri"):
+        migrate.evolve("keys", artifact.path, uri=src.uri, target_uri=other.uri)
+    nothing_written(dst)
+    nothing_written(other)
+
+
+@limit(300)
+def test_rollback_and_prune_in_the_target_name_the_source_store(
+    tmp_path: Path, digits: Digits, artifact: Artifact
+) -> None:
+    src, dst = harness("milvus-lite", tmp_path / "src"), harness("parquet", tmp_path / "dst")
+    source, alias = src.unique("gal"), src.unique("live")
+    seed(src, digits, source, alias)
+    runner = CliRunner()
+    args = ["evolve", "--collection", alias, "--adapter", str(artifact.path), "--uri", src.uri]
+    preview = runner.invoke(app, [*args, "--target-uri", dst.uri, "--dry-run", "--json"])
+    assert preview.exit_code == 0, preview.output
+    assert '"target_uri"' in preview.output and dst.uri in preview.output
+    nothing_written(dst)
+    done = runner.invoke(app, [*args, "--target-uri", dst.uri])
+    assert done.exit_code == 0, done.output
+    assert f"alias '{alias}' -> '{source}__" in done.output
+    status = runner.invoke(app, ["status", "--uri", dst.uri, "--json"])
+    assert status.exit_code == 0 and src.uri in status.output
+
+    with pytest.raises(InputError, match=r"point your application back at"):
+        records.rollback(alias, uri=dst.uri)
+    with pytest.raises(InputError, match=r"drop it there yourself"):
+        records.prune(source, uri=dst.uri, yes=True)
+    assert source in src.list_collections()
