@@ -29,6 +29,8 @@ PAIRS = [
     ("milvus-lite", "qdrant-local"),
     ("qdrant-local", "milvus-lite"),
     ("milvus-lite", "parquet"),
+    ("qdrant-local", "parquet"),
+    ("parquet", "milvus-lite"),
 ]
 IDS = [f"{a}-to-{b}" for a, b in PAIRS]
 
@@ -235,3 +237,97 @@ def test_rollback_and_prune_in_the_target_name_the_source_store(
     with pytest.raises(InputError, match=r"drop it there yourself"):
         records.prune(source, uri=dst.uri, yes=True)
     assert source in src.list_collections()
+
+
+@limit(300)
+def test_scalar_types_nulls_and_uuid_keys_cross_both_ways(
+    tmp_path: Path, digits: Digits, artifact: Artifact
+) -> None:
+    import uuid
+
+    from pymilvus import DataType, MilvusClient
+    from qdrant_client import QdrantClient, models
+
+    n = 12
+    keys = sorted(str(uuid.UUID(int=(i + 1) * 7919 << 64)) for i in range(n))
+    vectors = digits.old_te[:n]
+    milvus = harness("milvus-lite", tmp_path / "m")
+    client = MilvusClient(milvus.uri)
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)
+    schema.add_field("emb", DataType.FLOAT_VECTOR, dim=vectors.shape[1])
+    schema.add_field("i", DataType.INT64)
+    schema.add_field("f", DataType.DOUBLE)
+    schema.add_field("b", DataType.BOOL)
+    schema.add_field("s", DataType.VARCHAR, max_length=32)
+    schema.add_field("j", DataType.JSON)
+    schema.add_field("a", DataType.ARRAY, element_type=DataType.INT64, max_capacity=4)
+    schema.add_field("opt", DataType.INT64, nullable=True)
+    index = client.prepare_index_params()
+    index.add_index(field_name="emb", index_type="AUTOINDEX", metric_type="IP")
+    client.create_collection("typed", schema=schema, index_params=index)
+    client.insert(
+        "typed",
+        [
+            {
+                "pk": key,
+                "emb": vectors[k].tolist(),
+                "i": -k,
+                "f": k / 4,
+                "b": k % 2 == 0,
+                "s": f"s{k}",
+                "j": {"k": k, "list": [k, "x"]},
+                "a": [k, k + 1],
+                "opt": None if k % 3 == 0 else k,
+            }
+            for k, key in enumerate(keys)
+        ],
+    )
+    client.close()
+
+    qdrant = harness("qdrant-local", tmp_path / "q")
+    done = migrate.evolve(
+        "typed", artifact.path, uri=milvus.uri, target_uri=qdrant.uri, across_metric=True
+    )
+    assert isinstance(done, EvolveResult) and done.outcome == Outcome.DONE
+    points = qdrant.read_all(done.target)
+    assert sorted(points) == keys
+    for k, key in enumerate(keys):
+        p = points[key]
+        assert (p["i"], p["f"], p["b"], p["s"]) == (-k, k / 4, k % 2 == 0, f"s{k}")
+        assert (p["j"], p["a"]) == ({"k": k, "list": [k, "x"]}, [k, k + 1])
+        assert "opt" in p and p["opt"] == (None if k % 3 == 0 else k)  # null stays null
+        assert len(p["emb"]) == AdapterChain([artifact]).out_dim  # the vector keeps its name
+    store = qdrant.open_store()
+    info = store.describe(done.target)
+    assert (info.vector_field, info.metric) == ("emb", "IP")  # IP is Qdrant's Dot
+    qdrant.close_stores()
+
+    # Qdrant -> Milvus: UUID point ids become VARCHAR keys; payload lands in the dynamic field.
+    source = harness("qdrant-local", tmp_path / "q2")
+    qc = QdrantClient(path=str(source.root / "qdrant"))
+    dense = models.VectorParams(size=vectors.shape[1], distance=models.Distance.EUCLID)
+    qc.create_collection("docs", vectors_config=dense)
+    payloads = [{"n": k, "deep": {"x": [k, None]}, "maybe": None} for k in range(n)]
+    qc.upsert(
+        "docs",
+        [
+            models.PointStruct(id=key, vector=vectors[k].tolist(), payload=payloads[k])
+            for k, key in enumerate(keys)
+        ],
+    )
+    qc.close()
+    target = harness("milvus-lite", tmp_path / "m2")
+    back = migrate.evolve(
+        "docs", artifact.path, uri=source.uri, target_uri=target.uri, across_metric=True
+    )
+    assert isinstance(back, EvolveResult) and back.outcome == Outcome.DONE
+    got = target.read_all(back.target)
+    assert sorted(got) == keys
+    for k, key in enumerate(keys):
+        assert (got[key]["n"], got[key]["deep"]) == (k, {"x": [k, None]})
+        assert "maybe" not in got[key]  # Milvus has no null for a dynamic key: absent
+    store = target.open_store()
+    info = store.describe(back.target)
+    assert (info.pk_field, info.vector_field, info.metric) == ("id", "vector", "L2")
+    target.close_stores()
