@@ -62,6 +62,8 @@ def elsewhere(where: str, args: list[str]) -> str | None:
             "test_bulk_write.py (the bulk pass on the Milvus server); "
             "test_cli_migration.py::test_write_path_refusals (the flags through the CLI)"
         )
+    if "--target-uri" in args:
+        return "test_cross_store.py (every direction, through the library and the CLI)"
     if command == "evolve" and "--shards" in args:
         return "test_cli_shards.py (--shards and --workers on the Milvus server)"
     return None
