@@ -7,6 +7,7 @@ store: the same ids, fields, tags and evolved vectors, in the target kind's layo
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,16 @@ def test_rollback_and_prune_in_the_target_name_the_source_store(
     with pytest.raises(InputError, match=r"drop it there yourself"):
         records.prune(source, uri=dst.uri, yes=True)
     assert source in src.list_collections()
+    # Run within the target store, the migration is pointed back at its source store.
+    with pytest.raises(InputError, match=rf"run evolve with --uri {re.escape(src.uri)} --target"):
+        migrate.evolve(alias, artifact.path, uri=dst.uri)
+
+    # Evolved within its own store as well, the alias there names a v2 collection: that
+    # is not evolved again into the other store.
+    home = evolve(src, None, alias, artifact)
+    with pytest.raises(InputError, match=rf"already holds version .*--collection {source}"):
+        evolve(src, dst, alias, artifact)
+    assert dst.list_collections() == {home.target}
 
 
 @limit(300)

@@ -189,6 +189,11 @@ class StorePair:
         """The two stores were opened by the caller, who closes them."""
 
 
+def home(store: VectorStore) -> VectorStore:
+    """The store the source collection (and the alias it may be read through) lives in."""
+    return store.source if isinstance(store, StorePair) else store
+
+
 def _partitions(store: VectorStore, name: str) -> list[str]:
     """A Milvus source's named partitions (rows placed by name); none elsewhere."""
     client = getattr(store, "client", None)
