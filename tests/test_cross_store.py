@@ -342,3 +342,42 @@ def test_scalar_types_nulls_and_uuid_keys_cross_both_ways(
     info = store.describe(back.target)
     assert (info.pk_field, info.vector_field, info.metric) == ("id", "vector", "L2")
     target.close_stores()
+
+
+@limit(600)
+@pytest.mark.parametrize(
+    "server_is_source", [False, True], ids=["qdrant-to-server", "server-to-qdrant"]
+)
+def test_the_milvus_server_as_source_or_target(
+    tmp_path: Path, digits: Digits, artifact: Artifact, milvus_server: str, server_is_source: bool
+) -> None:
+    server = Backend("milvus-server", milvus_server, tmp_path / "server")
+    local = harness("qdrant-local", tmp_path / "local")
+    src, dst = (server, local) if server_is_source else (local, server)
+    before = server.list_collections()
+    try:
+        source, alias = src.unique("gal"), src.unique("live")
+        ids = seed(src, digits, source, alias)
+        first = evolve(src, dst, alias, artifact)
+        assert first.outcome == Outcome.DONE and first.verify is not None
+        chain = AdapterChain([artifact])
+        got = rows(dst, first.target)
+        assert sorted(got) == ids.tolist()
+        for k, row_id in enumerate(ids.tolist()):
+            np.testing.assert_allclose(
+                got[row_id]["vector"], chain(digits.old_te[k : k + 1])[0], atol=1e-5
+            )
+            assert (got[row_id]["name"], got[row_id]["dmu_origin"]) == (f"n{row_id}", "evolved")
+
+        store = src.open_store()
+        store.delete_ids(source, ids[:2])
+        store.flush(source)
+        src.close_stores()
+        again = evolve(src, dst, alias, artifact)
+        assert (again.caught_up, again.updated, again.deleted) == (0, 0, 2)
+        assert sorted(rows(dst, first.target)) == ids[2:].tolist()
+        target = dst.open_store()
+        assert target.alias_target(alias) == first.target
+        dst.close_stores()
+    finally:
+        server.drop_created(server.created_since(before))
