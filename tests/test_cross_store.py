@@ -396,3 +396,25 @@ def test_json_values_parquet_cannot_type_stop_the_run_naming_the_field(
         migrate.evolve("mixed", artifact.path, uri=src.uri, target_uri=dst.uri, alias="m")
     status = records.status(dst.uri).migrations
     assert [m["status"] for m in status] == ["failed"]  # on record, resumable once fixed
+
+
+@limit(300)
+def test_a_key_the_target_cannot_hold_inserted_later_stops_the_rerun_before_its_batch(
+    tmp_path: Path, digits: Digits, artifact: Artifact
+) -> None:
+    import uuid
+
+    src, dst = harness("milvus-lite", tmp_path / "src"), harness("qdrant-local", tmp_path / "dst")
+    keys = sorted(str(uuid.UUID(int=(i + 1) << 100)) for i in range(10))
+    src.seed("uu", keys, digits.old_te[:10], {"n": list(range(10))})
+    first = migrate.evolve("uu", artifact.path, uri=src.uri, target_uri=dst.uri)
+    assert isinstance(first, EvolveResult) and first.outcome == Outcome.DONE
+    store = src.open_store()
+    info = store.describe("uu")
+    later = Batch(np.array(["zz-not-a-uuid"], dtype=object), digits.old_te[10:11], {"n": [10]})
+    store.write_rows(info, "uu", later, {})
+    store.flush("uu")
+    src.close_stores()
+    with pytest.raises(InputError, match=r"has key 'zz-not-a-uuid', but Qdrant point ids"):
+        migrate.evolve("uu", artifact.path, uri=src.uri, target_uri=dst.uri)
+    assert sorted(dst.read_all(first.target)) == keys  # the batch was not written

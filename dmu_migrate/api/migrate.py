@@ -184,6 +184,8 @@ def verify(
 
     adapters = adapter_paths(adapter)
     if crosses(uri, target_uri):
+        if strategy != NEW_COLLECTION:
+            raise InputError(f"--target-uri migrations are new-collection ones, not {strategy}")
         alias = alias or collection  # as evolve --target-uri chose it
     with opened_for(uri, token, collection, target_uri, target_token) as store:
         plan = build_plan(

@@ -50,9 +50,20 @@ class StorePair:
         if self._crossing is None:
             if self._info is None:
                 raise InputError("the source collection was never described; plan the run first")
-            self.source_problem(self._info.name, {})
+            self._cross(self._info.name)
         assert self._crossing is not None
         return self._crossing
+
+    def _cross(self, name: str) -> str | None:
+        """Map the source ``name`` into the target kind; what it cannot hold, or None."""
+        info = self._info
+        if info is None or info.name != name:
+            info = self.describe(name)
+        crossing = Crossing(info, self.source.uri, self.target.uri)
+        first = next(iter(self.source.iter_ids(name, FIRST_IDS)), np.empty(0, dtype=np.int64))
+        problem = crossing.problem(np.asarray(first), _partitions(self.source, name))
+        self._crossing = crossing
+        return problem
 
     def _view(self, info: CollectionInfo) -> CollectionInfo:
         return self._mapping().view(info)
@@ -63,7 +74,7 @@ class StorePair:
             return self.target.describe(name, vector_field)
         info = self.source.describe(name, vector_field)
         self._names.add(info.name)
-        if self._info is None or self._info.name != info.name or self._crossing is None:
+        if self._info != info:  # another collection or vector field: map it afresh
             self._crossing = None
         self._info = info
         return info
@@ -151,17 +162,7 @@ class StorePair:
 
     def source_problem(self, name: str, allowed: dict[str, list[str] | None]) -> str | None:
         """The source store's own refusals, then what the target kind cannot hold."""
-        problem = self.source.source_problem(name, allowed) if allowed else None
-        if problem:
-            return problem
-        info = self._info
-        if info is None or info.name != name:
-            info = self.describe(name)
-        crossing = Crossing(info, self.source.uri, self.target.uri)
-        first = next(iter(self.source.iter_ids(name, FIRST_IDS)), np.empty(0, dtype=np.int64))
-        found = crossing.problem(np.asarray(first), _partitions(self.source, name))
-        self._crossing = crossing
-        return found
+        return self.source.source_problem(name, allowed) or self._cross(name)
 
     def flush(self, name: str) -> None:
         (self.source if self._reads(name) else self.target).flush(name)
