@@ -32,6 +32,7 @@ PAIRS = [
     ("milvus-lite", "parquet"),
     ("qdrant-local", "parquet"),
     ("parquet", "milvus-lite"),
+    ("parquet", "qdrant-local"),
 ]
 IDS = [f"{a}-to-{b}" for a, b in PAIRS]
 
