@@ -24,7 +24,7 @@ from dmu_migrate.cli import app
 from dmu_migrate.errors import InputError
 from dmu_migrate.evolve.run import EvolveResult, Outcome
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.stores.base import LEDGER_COLLECTION, Batch
+from dmu_migrate.stores.base import Batch
 
 PAIRS = [
     ("milvus-lite", "qdrant-local"),
@@ -154,9 +154,8 @@ def test_rerun_brings_the_other_store_in_step_with_the_source(
 
 
 def nothing_written(dst: Backend) -> None:
-    """No collection (the evolved one or the ledger) and no alias in the target."""
-    assert dst.list_collections() - {LEDGER_COLLECTION} == set()
-    assert LEDGER_COLLECTION not in dst.list_collections()
+    """No collection in the target: neither the evolved one nor the ledger."""
+    assert dst.list_collections() == set()
 
 
 @limit(300)
@@ -419,3 +418,20 @@ def test_a_key_the_target_cannot_hold_inserted_later_stops_the_rerun_before_its_
     with pytest.raises(InputError, match=r"has key 'zz-not-a-uuid', but Qdrant point ids"):
         migrate.evolve("uu", artifact.path, uri=src.uri, target_uri=dst.uri)
     assert sorted(dst.read_all(first.target)) == keys  # the batch was not written
+
+
+@limit(30)
+def test_target_credentials_never_fall_back_to_the_source_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dmu_migrate.api.store import resolve_target_token
+
+    monkeypatch.setenv("DMU_TOKEN", "source-secret")
+    monkeypatch.setenv("QDRANT_API_KEY", "qdrant-key")
+    monkeypatch.delenv("MILVUS_TOKEN", raising=False)
+    monkeypatch.delenv("DMU_TARGET_TOKEN", raising=False)
+    assert resolve_target_token("qdrant://q:6333", None) == "qdrant-key"
+    assert resolve_target_token("http://m:19530", None) is None
+    monkeypatch.setenv("DMU_TARGET_TOKEN", "target-env")
+    assert resolve_target_token("http://m:19530", None) == "target-env"
+    assert resolve_target_token("http://m:19530", "given") == "given"
