@@ -26,6 +26,7 @@ from typer.testing import CliRunner, Result
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.cli import app
+from dmu_migrate.stores.base import open_store
 
 runner = CliRunner()
 EVOLVE = ["evolve", "--collection", "faces", "--adapter", "adapters/faces-v2", "--uri", "faces.db"]
@@ -124,8 +125,13 @@ def test_documented_lite_command_runs(readme_dir: Path, where: str, args: list[s
     adapter = args[args.index("--adapter") + 1] if "--adapter" in args else ""
     db = readme_dir / "faces.db"
     # The state the README runs the command in.
+    across = (
+        args[args.index("--target-uri") : args.index("--target-uri") + 2]
+        if "--target-uri" in args
+        else []
+    )
     if args[0] in ("verify", "status", "history", "rollback", "prune"):
-        assert run(readme_dir, EVOLVE).exit_code == 0
+        assert run(readme_dir, [*EVOLVE, *across]).exit_code == 0
     if adapter.endswith(("-transition", "-exit")):
         made = run(readme_dir, ["transition", "--adapter", "adapters/faces-v2"])
         assert made.exit_code == 0, made.output
@@ -138,7 +144,14 @@ def test_documented_lite_command_runs(readme_dir: Path, where: str, args: list[s
 
     result = run(readme_dir, args)
     assert result.exit_code == 0, f"{where}: {result.output}"
-    if args[0] == "evolve":
+    if args[0] == "evolve" and across:  # the alias moved in the other store, not here
+        assert alias_target(db) == "faces__v1", where
+        target = open_store(across[1])
+        try:
+            assert target.alias_target("faces") == "faces__v2", where
+        finally:
+            target.close()
+    elif args[0] == "evolve":
         want = "faces__v2_fused" if adapter.endswith("-transition") else "faces__v2"
         assert alias_target(db) == want, where
     elif args[0] == "transition":

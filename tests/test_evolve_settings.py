@@ -57,7 +57,8 @@ def test_generated_options_are_the_dataclass_fields() -> None:
         bounds = field.metadata["bounds"]
         if bounds is not None:
             assert bounds.text() in option.help, field.name
-    explicit = {"collection", "adapter", "uri", "token", "config_file", "as_json", "metrics_file"}
+    explicit = {"collection", "adapter", "uri", "token", "target_token", "config_file"}
+    explicit |= {"as_json", "metrics_file"}
     fields = {f.name for f in dataclasses.fields(EvolveSettings)}
     assert set(params) - fields - {"verbose", "quiet", "log_format", "help"} == explicit
 

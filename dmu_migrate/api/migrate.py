@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dmu_migrate.api.store import opened, resolve_token
+from dmu_migrate.api.store import crosses, opened_for, resolve_token
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.evolve import INSERT, NEW_COLLECTION
+from dmu_migrate.evolve import BULK, INSERT, NEW_COLLECTION
 from dmu_migrate.evolve.plan import Estimate
 from dmu_migrate.evolve.progress import Report
 from dmu_migrate.evolve.run import EvolveResult
@@ -57,9 +57,33 @@ def build_plan(
     from dmu_migrate.artifact import load_artifact
     from dmu_migrate.evolve.plan import make_plan
     from dmu_migrate.evolve.transform import AdapterChain
+    from dmu_migrate.stores.pair import StorePair
 
     chain = AdapterChain([load_artifact(a) for a in adapters], threads)
-    return make_plan(store, collection, chain, **kwargs)
+    plan = make_plan(store, collection, chain, **kwargs)
+    if isinstance(store, StorePair):  # the ledger record names the store it read
+        plan = replace(plan, source_uri=store.source_uri)
+    return plan
+
+
+def refuse_across(s: EvolveSettings, sharded: bool) -> None:
+    """What evolve --target-uri does not do (yet), refused before any store is opened."""
+    if s.strategy != NEW_COLLECTION:
+        raise InputError(
+            f"--target-uri writes a new collection into the other store; --strategy "
+            f"{s.strategy} works within one store, so drop --target-uri or the strategy"
+        )
+    if s.filter:
+        raise InputError(
+            "--filter with --target-uri is not supported: the filter is in the source store's "
+            "language and the run applies it to the target too; evolve the whole collection"
+        )
+    if sharded:
+        raise InputError("--shards/--shard with --target-uri are not supported yet; run unsharded")
+    if s.write_path == BULK:
+        raise InputError(
+            "--write-path bulk with --target-uri is not supported yet; use --write-path insert"
+        )
 
 
 def evolve(
@@ -70,6 +94,7 @@ def evolve(
     token: str | None = None,
     config_file: str | Path | None = None,
     on_progress: Report | None = None,
+    target_token: str | None = None,
     **settings: Any,
 ) -> EvolveResult | EvolvePreview:
     """Evolve the stored old vectors of ``collection`` through ``adapter``, verify, cut over.
@@ -86,7 +111,10 @@ def evolve(
     ``write_path`` is "insert" (upsert batches), "bulk" (a Milvus server imports
     the main pass from files written to ``bulk_storage``, a directory it shares)
     or "auto" (bulk when ``bulk_storage`` is given and the source is large);
-    bulk runs unsharded.
+    bulk runs unsharded. ``target_uri`` writes the evolved collection, the ledger and
+    the alias (default: ``collection``) into another store kind, opened with
+    ``target_token`` (else DMU_TARGET_TOKEN, else that store's own variable); the
+    source store is only read (stores/pair.py, stores/crossing.py).
     """
     from dmu_migrate.api.sharding import Fanout, run_fanout
     from dmu_migrate.evolve.pipeline import evolve as run_evolve
@@ -95,12 +123,16 @@ def evolve(
     adapters = adapter_paths(adapter)
     s = evolve_settings(config_file, **settings)
     fanout = Fanout.from_flags(s.shards, s.workers, s.shard, s.engine, s.ray_address)
+    across = crosses(uri, s.target_uri)
+    if across:
+        refuse_across(s, fanout.sharded)
     if fanout.sharded and s.write_path != INSERT:
         raise InputError("--write-path bulk/auto runs unsharded; drop --shards")
     threads = fanout.threads(s.threads)
     plan_args = {
         "strategy": s.strategy,
-        "alias": s.alias,
+        # In another store the name the application queried is free for the alias.
+        "alias": s.alias or (collection if across else None),
         "vector_field": s.vector_field,
         "target_field": s.target_field,
         "filter": s.filter,
@@ -108,10 +140,13 @@ def evolve(
         "accept_regression": s.accept_regression,
         "across_metric": s.across_metric,
     }
-    with opened(uri, token) as store:
+    with opened_for(uri, token, collection, s.target_uri, target_token) as store:
         plan = build_plan(store, collection, adapters, threads, **plan_args)
         if s.dry_run:
-            return EvolvePreview(plan.describe(), estimate(store, plan, s.batch_size))
+            shown = plan.describe()
+            if across:
+                shown["target_uri"] = store.uri
+            return EvolvePreview(shown, estimate(store, plan, s.batch_size))
         options = EvolveOptions.of(s)
         if not fanout.sharded:
             return run_evolve(store, plan, options, on_progress)
@@ -132,11 +167,14 @@ def verify(
     target_field: str | None = None,
     alias: str | None = None,
     on_progress: Report | None = None,
+    target_uri: str | None = None,
+    target_token: str | None = None,
 ) -> VerifyResult:
     """Re-check a migration: every source id present, sampled vectors equal adapter(old).
 
     Raises VerificationError when they do not, StoreError when there is no
-    evolved collection to check. ``on_progress("verify", ids_checked, source_rows)``
+    evolved collection to check. ``target_uri``: the migration wrote into that
+    store (evolve --target-uri). ``on_progress("verify", ids_checked, source_rows)``
     is called as the ids are compared.
     """
     from dmu_migrate.evolve.ledger import Ledger
@@ -145,7 +183,11 @@ def verify(
     from dmu_migrate.evolve.verify import verify as run_verify
 
     adapters = adapter_paths(adapter)
-    with opened(uri, token) as store:
+    if crosses(uri, target_uri):
+        if strategy != NEW_COLLECTION:
+            raise InputError(f"--target-uri migrations are new-collection ones, not {strategy}")
+        alias = alias or collection  # as evolve --target-uri chose it
+    with opened_for(uri, token, collection, target_uri, target_token) as store:
         plan = build_plan(
             store,
             collection,

@@ -51,6 +51,44 @@ def opened(uri: str, token: str | None) -> Iterator[VectorStore]:
         store.close()
 
 
+def resolve_target_token(uri: str, token: str | None) -> str | None:
+    """``token``, else DMU_TARGET_TOKEN, else the target store's own MILVUS_TOKEN or
+    QDRANT_API_KEY; never DMU_TOKEN, which holds the source store's credentials."""
+    from dmu_migrate.stores.base import store_token
+
+    return store_token(uri, token or os.environ.get("DMU_TARGET_TOKEN") or None)
+
+
+def crosses(uri: str, target_uri: str | None) -> bool:
+    """Whether a run writes into another store than it reads (evolve --target-uri)."""
+    return bool(target_uri) and target_uri != uri
+
+
+@contextmanager
+def opened_for(
+    uri: str, token: str | None, collection: str, target_uri: str | None, target_token: str | None
+) -> Iterator[VectorStore]:
+    """The store a migration of ``collection`` runs on: the one at ``uri``, or, given
+    another ``target_uri``, a StorePair that reads the collection there and writes the
+    evolved collection, ledger and alias into the target (stores/pair.py)."""
+    with opened(uri, token) as source:
+        if target_uri is None or not crosses(uri, target_uri):
+            yield source
+            return
+        from dmu_migrate.stores.base import open_store
+        from dmu_migrate.stores.pair import StorePair
+
+        with _client_errors():
+            target = open_store(
+                target_uri, resolve_target_token(target_uri, target_token), create=True
+            )
+        try:
+            with _client_errors():
+                yield StorePair(source, target, collection)
+        finally:
+            target.close()
+
+
 @contextmanager
 def _client_errors() -> Iterator[None]:
     from dmu_migrate.evolve.retry import client_error

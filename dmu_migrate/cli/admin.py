@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dmu_migrate.cli.common import AsJson, PhaseBars, choices, out, progress, user_errors
-from dmu_migrate.cli.migration import Adapters, Collection, Token, Uri
+from dmu_migrate.cli.migration import Adapters, Collection, TargetToken, Token, Uri
 from dmu_migrate.cli.run_metrics import reported, verify_result
 from dmu_migrate.cli.views import history_view, status_view
 from dmu_migrate.evolve import NEW_COLLECTION, STRATEGIES
@@ -26,6 +26,10 @@ def verify(
     ] = NEW_COLLECTION,
     target_field: Annotated[str | None, typer.Option(help="new-field: the evolved field.")] = None,
     alias: Annotated[str | None, typer.Option(help="Alias of the migration, if any.")] = None,
+    target_uri: Annotated[
+        str | None, typer.Option(help="The store evolve --target-uri wrote into.")
+    ] = None,
+    target_token: TargetToken = None,
     as_json: AsJson = False,
 ) -> None:
     """Re-check a migration: every source id present, and sampled vectors equal adapter(old).
@@ -46,6 +50,8 @@ def verify(
                 target_field=target_field,
                 alias=alias,
                 on_progress=PhaseBars(bar),
+                target_uri=target_uri,
+                target_token=target_token,
             )
         verify_result(report, report.target)
         if as_json:

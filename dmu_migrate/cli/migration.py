@@ -33,6 +33,15 @@ Token = Annotated[
         show_default=False,
     ),
 ]
+TargetToken = Annotated[
+    str | None,
+    typer.Option(
+        help="Credentials of the --target-uri store. Unset: DMU_TARGET_TOKEN, else "
+        "MILVUS_TOKEN or QDRANT_API_KEY by the target's kind (never DMU_TOKEN).",
+        envvar="DMU_TARGET_TOKEN",
+        show_default=False,
+    ),
+]
 Collection = Annotated[str, typer.Option(help="Collection or alias holding the old vectors.")]
 Adapters = Annotated[
     list[Path],
@@ -51,6 +60,7 @@ def evolve(
     adapter: Adapters,
     uri: Uri = "milvus.db",
     token: Token = None,
+    target_token: TargetToken = None,
     config_file: Annotated[
         Path | None,
         typer.Option(
@@ -73,6 +83,9 @@ def evolve(
 
     Settings can come from a file: dmu-migrate evolve --collection faces
     --adapter adapters/faces-v2 --config evolve.toml --max-seconds 3000
+
+    Into another store: dmu-migrate evolve --collection faces --adapter adapters/faces-v2
+    --uri faces.db --target-uri qdrant://qdrant:6333
     """
     with user_errors():
         from dmu_migrate.api.migrate import EvolvePreview
@@ -86,6 +99,7 @@ def evolve(
                 adapter,
                 uri=uri,
                 token=token,
+                target_token=target_token,
                 config_file=config_file,
                 on_progress=phases,
                 **typed(ctx, settings),

@@ -138,6 +138,12 @@ def prune_plan(store: VectorStore, collection: str) -> tuple[Record, str]:
             f"data that a verified migration replaced"
         )
     record = candidates[-1]
+    if record.source_uri:
+        raise InputError(
+            f"migration '{record.key}' read '{collection}' from '{record.source_uri}', not from "
+            f"this store; prune drops only this store's collections, so drop it there yourself "
+            f"once nothing reads it"
+        )
     if record.strategy == IN_PLACE:
         return record, f"delete the snapshot {record.snapshot} of '{collection}'"
     if record.alias and store.alias_target(record.alias) == collection:

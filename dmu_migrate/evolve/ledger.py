@@ -77,6 +77,9 @@ class Record:
     from_version: str
     to_version: str
     filter: str | None = None
+    # The source's store when it is not this ledger's (evolve --target-uri); rollback and
+    # prune then refuse what only that store could undo.
+    source_uri: str | None = None
     quality: str | None = None  # the adapters' verdict validated at training (quality.py)
     status: str = RUNNING
     cursor: Id | None = None

@@ -15,6 +15,7 @@ from dmu_migrate.evolve.ledger import PRUNED, Ledger, Record
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.quality import check_gate, transition_hint, verdict
 from dmu_migrate.stores.base import TAG_FROM, TAG_ORIGIN, TAG_VERSION, CollectionInfo, VectorStore
+from dmu_migrate.stores.pair import home
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class Plan:
     chain: AdapterChain
     filter: str | None
     rows: int  # source rows the filter selects
+    # The source's store when it is another than the target's (evolve --target-uri).
+    source_uri: str | None = None
 
     @property
     def tags(self) -> dict[str, str]:
@@ -56,6 +59,7 @@ class Plan:
             to_version=self.chain.to_version,
             filter=self.filter,
             source_rows=self.rows,
+            source_uri=self.source_uri,
             quality="; ".join(
                 f"{a.manifest.name}: {verdict(a.validated, 'validated at training').line}"
                 for a in self.chain.artifacts
@@ -63,7 +67,9 @@ class Plan:
         )
 
     def describe(self) -> dict[str, object]:
+        across = {"source_uri": self.source_uri} if self.source_uri else {}
         return {
+            **across,
             "migration": self.key,
             "strategy": self.strategy,
             "source": self.source.name,
@@ -243,7 +249,9 @@ def upgraded_source(
     """
     if info.alias is None:
         return info
-    for record in Ledger(store).records():
+    # The ledger of the store the alias lives in (evolve --target-uri: the source's).
+    where = home(store)
+    for record in Ledger(where).records():
         if (
             record.strategy == NEW_COLLECTION
             and record.target == info.name
@@ -254,6 +262,19 @@ def upgraded_source(
                 raise NothingToDo(
                     f"'{record.source}' was pruned after migration '{record.key}'; alias "
                     f"'{info.alias}' serves '{record.target}' and there is nothing left to evolve"
+                )
+            if record.source_uri:  # evolved into this store from another
+                raise InputError(
+                    f"alias '{info.alias}' serves '{record.target}', which migration "
+                    f"'{record.key}' evolved from '{record.source}' of '{record.source_uri}'; "
+                    f"run evolve with --uri {record.source_uri} --target-uri {store.uri} to "
+                    f"bring it in step"
+                )
+            if where is not store:
+                raise InputError(
+                    f"'{record.target}' in '{where.uri}' already holds version "
+                    f"'{record.to_version}' (migration '{record.key}' evolved it there); pass "
+                    f"--collection {record.source} to evolve the old vectors into the other store"
                 )
             source = store.describe(record.source, record.vector_field)
             return replace(source, requested=info.requested, alias=info.alias)

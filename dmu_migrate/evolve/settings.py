@@ -44,7 +44,13 @@ class EvolveSettings:
     )
     alias: str | None = setting(
         None,
-        "Alias to point at the evolved collection (default: --collection when it is an alias).",
+        "Alias to point at the evolved collection (default: --collection when it is an alias, "
+        "or with --target-uri).",
+    )
+    target_uri: str | None = setting(
+        None,
+        "Write the evolved collection, its ledger and alias into this other store (Milvus, "
+        "Qdrant or parquet:DIR URI, as --uri); credentials from --target-token.",
     )
     vector_field: str | None = setting(None, "Vector field to evolve.")
     target_field: str | None = setting(

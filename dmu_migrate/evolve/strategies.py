@@ -208,6 +208,13 @@ class NewCollection(Strategy):
                 f"migration '{record.key}' moved no alias; there is nothing to roll back"
             )
         back = record.previous_alias_target or record.source
+        if record.source_uri and back == record.source:
+            raise InputError(
+                f"migration '{record.key}' evolved '{record.source}' of '{record.source_uri}' "
+                f"into this store, where alias '{record.alias}' named no collection before; "
+                f"there is nothing here to point it back to: point your application back at "
+                f"'{record.source_uri}', whose '{record.source}' is unchanged"
+            )
         store.point_alias(record.alias, back)
         return f"alias '{record.alias}' -> '{back}' (evolved collection '{record.target}' kept)"
 

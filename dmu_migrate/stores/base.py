@@ -45,6 +45,9 @@ VECTOR_KEY_PREFIX = "__vector__:"
 # Batch.fields key of each row's named partition (Milvus, stores/milvus_partitions.py):
 # a read learns it and a write puts the row back there; never a field of its own.
 PARTITION_KEY = "__partition__"
+# Batch.fields key of each row's payload keys whose value is JSON null (Qdrant keeps null
+# apart from absent; stores/qdrant.py), so that null stays null where a store can say so.
+NULL_KEYS = "__null_keys__"
 
 Id = int | str
 
@@ -79,6 +82,20 @@ class CollectionInfo:
     count: int
     vector_fields: dict[str, int] = field(default_factory=dict)  # every float vector field: dim
     schema: Any = field(repr=False, default=None)  # backend-specific, for copying
+
+
+@dataclass(frozen=True)
+class ForeignSchema:
+    """``CollectionInfo.schema`` of a source that lives in another store kind.
+
+    create_like and target_problem then build from this and the info's names,
+    dims and metric (stores/crossing.py maps them) instead of copying a schema
+    of their own kind.
+    """
+
+    store: str  # the source's kind: "milvus", "qdrant" or "parquet"
+    string_ids: bool  # keys are strings (else integers)
+    key_length: int  # longest string key the target must hold, in bytes
 
 
 @dataclass(frozen=True)
@@ -283,7 +300,7 @@ def _qdrant_url(uri: str) -> str:
     return urlunsplit((scheme, netloc, parts.path, parts.query, ""))
 
 
-def open_store(uri: str, token: str | None = None) -> VectorStore:
+def open_store(uri: str, token: str | None = None, create: bool = False) -> VectorStore:
     """Open the store a URI names.
 
     ``./file.db``                   Milvus Lite (embedded, the default)
@@ -292,6 +309,9 @@ def open_store(uri: str, token: str | None = None) -> VectorStore:
     ``qdrant://host:6333``          a Qdrant server on any port (``qdrants://`` for TLS)
     ``qdrant:path/to/dir``          Qdrant local mode (embedded, for tests and small data)
     ``parquet:path/to/dir``         a directory of Parquet files (offline evolve, snapshots)
+
+    ``create``: a Milvus Lite file that does not exist yet is made (a target store);
+    otherwise a missing one is refused, since it is most likely a typo in --uri.
     """
     kind = store_kind(uri)
     if kind == "parquet":
@@ -316,7 +336,7 @@ def open_store(uri: str, token: str | None = None) -> VectorStore:
         )
     if not uri.endswith(".db"):
         raise InputError(f"store URI '{uri}' is not a Milvus Lite file; it must end in '.db'")
-    if not Path(uri).exists():
+    if not create and not Path(uri).exists():
         raise StoreError(f"no Milvus Lite database at '{uri}'; check --uri")
     from dmu_migrate.stores.milvus import MilvusStore
 

@@ -31,6 +31,7 @@ from dmu_migrate.stores.base import (
     TAG_SOURCE,
     Batch,
     CollectionInfo,
+    ForeignSchema,
     Id,
     choose_vector_field,
     id_array,
@@ -311,13 +312,16 @@ class MilvusStore:
 
     # -- writing -------------------------------------------------------------
     def create_like(self, source: CollectionInfo, target: str, new_dim: int) -> None:
+        self._schemas.pop(target, None)
+        self._partitions.pop(target, None)
+        if isinstance(source.schema, ForeignSchema):  # a source in another store kind
+            milvus_schema.create_foreign(self.client, source, target, new_dim)
+            return
         desc = source.schema
         schema = milvus_schema.build_schema(desc, source.vector_field, new_dim)
         specs = milvus_schema.read_indexes(self.client, source.name)
         for bare in milvus_schema.unindexed_vectors(desc, specs, _VECTOR_TYPES):
             log.info("'%s' has no index on '%s'; '%s' gets none either", source.name, bare, target)
-        self._schemas.pop(target, None)
-        self._partitions.pop(target, None)
         lite = not self.shared
         milvus_schema.create_with_indexes(
             self.client,
@@ -332,6 +336,8 @@ class MilvusStore:
 
     def target_problem(self, source: CollectionInfo, target: str, new_dim: int) -> str | None:
         desc = self.client.describe_collection(target)
+        if isinstance(source.schema, ForeignSchema):
+            return milvus_schema.foreign_problem(desc, source, new_dim)
         fields = {f["name"]: f for f in desc["fields"]}
         missing = [t for t in (*TAG_FIELDS, TAG_SOURCE) if t not in fields]
         if missing:

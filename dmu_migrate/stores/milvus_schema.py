@@ -25,7 +25,7 @@ from typing import Any
 from pymilvus import DataType, Function, MilvusClient, MilvusException
 
 from dmu_migrate.errors import StoreError
-from dmu_migrate.stores.base import TAG_FIELDS, TAG_FIX, TAG_SOURCE
+from dmu_migrate.stores.base import TAG_FIELDS, TAG_FIX, TAG_SOURCE, CollectionInfo, ForeignSchema
 from dmu_migrate.stores.milvus_columns import literal
 
 log = logging.getLogger(__name__)
@@ -341,4 +341,57 @@ def source_problem(
         )
         if rows:
             return f"has its own values in field '{tag}' (e.g. {rows[0].get(tag)!r}), {TAG_FIX}"
+    return None
+
+
+def _foreign(source: CollectionInfo) -> ForeignSchema:
+    assert isinstance(source.schema, ForeignSchema)  # the callers checked
+    return source.schema
+
+
+def create_foreign(client: MilvusClient, source: CollectionInfo, target: str, new_dim: int) -> None:
+    """A target for a source in another store kind (stores/crossing.py): its key, the
+    evolved vector with an AUTOINDEX of the source's metric, the tags, and a dynamic
+    field for every other field or payload key; dropped again on failure."""
+    spec = _foreign(source)
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
+    if spec.string_ids:
+        schema.add_field(
+            source.pk_field, DataType.VARCHAR, is_primary=True, max_length=spec.key_length
+        )
+    else:
+        schema.add_field(source.pk_field, DataType.INT64, is_primary=True)
+    schema.add_field(source.vector_field, DataType.FLOAT_VECTOR, dim=new_dim)
+    for tag in (*TAG_FIELDS, TAG_SOURCE):
+        schema.add_field(tag, DataType.VARCHAR, max_length=TAG_MAX_LENGTH)
+    index = client.prepare_index_params()
+    index.add_index(
+        field_name=source.vector_field, index_type="AUTOINDEX", metric_type=source.metric
+    )
+    try:
+        client.create_collection(target, schema=schema, index_params=index, timeout=TIMEOUT)
+    except MilvusException as exc:
+        _drop_quietly(client, target)
+        raise StoreError(
+            f"cannot create collection '{target}' for '{source.name}' of another store "
+            f"({one_line(exc.message)}); '{target}' was dropped again, nothing was written"
+        ) from exc
+
+
+def foreign_problem(desc: dict[str, Any], source: CollectionInfo, new_dim: int) -> str | None:
+    """Why an existing collection cannot take rows of a source in another store kind."""
+    spec = _foreign(source)
+    fields = {f["name"]: f for f in desc["fields"]}
+    pk = fields.get(source.pk_field)
+    key_type = DataType.VARCHAR if spec.string_ids else DataType.INT64
+    if pk is None or not pk.get("is_primary") or pk["type"] != key_type:
+        return f"its primary key is not a {key_type.name} field '{source.pk_field}'"
+    vector = fields.get(source.vector_field)
+    if vector is None or int((vector.get("params") or {}).get("dim", -1)) != new_dim:
+        return f"its field '{source.vector_field}' is not a {new_dim}-d float vector"
+    missing = [t for t in (*TAG_FIELDS, TAG_SOURCE) if t not in fields]
+    if missing:
+        return f"it has no tag fields {missing}"
+    if not desc.get("enable_dynamic_field"):
+        return "it has no dynamic field for the source's other fields"
     return None

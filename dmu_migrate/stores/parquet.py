@@ -77,6 +77,19 @@ def _vector_column(rows: list[Any], dim: int) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(~present))
 
 
+def _column(collection: str, key: str, values: list[Any]) -> pa.Array:
+    """One field's values as an Arrow column; one line naming the field when they cannot be."""
+    try:
+        return pa.array([v.tolist() if isinstance(v, np.ndarray) else v for v in values])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        detail = " ".join(str(exc).split())[:160]
+        raise StoreError(
+            f"field '{key}' of the rows written to '{collection}' holds values of mixed types "
+            f"that one Parquet column cannot hold ({detail}); write them to a Milvus or Qdrant "
+            f"store, or make the field's values one type"
+        ) from exc
+
+
 class ParquetStore:
     def __init__(self, root: Path, uri: str) -> None:
         self.root = root
@@ -354,9 +367,7 @@ class ParquetStore:
                 dim = dims.get(vname) or next(len(v) for v in values if v is not None)
                 columns[vname] = _vector_column(values, int(dim))
             else:
-                columns[key] = pa.array(
-                    [v.tolist() if isinstance(v, np.ndarray) else v for v in values]
-                )
+                columns[key] = _column(target, key, values)
         columns.update({k: pa.array([v] * len(batch), pa.string()) for k, v in tags.items()})
         self._write_part(target, "part", pa.table(columns))
 

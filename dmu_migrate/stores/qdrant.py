@@ -36,6 +36,7 @@ from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.stores import access, qdrant_schema
 from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
+    NULL_KEYS,
     RANK_FIELD,
     TAG_FIELDS,
     TAG_FIX,
@@ -62,7 +63,6 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, UnexpectedResponse) and exc.status_code in _TRANSIENT_HTTP
 
 
-NULL_KEYS = "__null_keys__"  # Batch.fields column: each point's payload keys set to null
 _METRICS = {"Cosine": "COSINE", "Dot": "IP", "Euclid": "L2"}
 _DISTANCES = {v: k for k, v in _METRICS.items()}
 _LEDGER_NS = uuid.UUID("5b0f3c1e-6d3a-4f4e-9a55-0d6d6b1f7a10")  # ledger point ids: uuid5(key)

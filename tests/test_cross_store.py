@@ -1,0 +1,437 @@
+"""evolve --target-uri: the evolved collection, ledger and alias written into another store kind.
+
+Each direction is compared with an evolve of the same data within the source's own
+store: the same ids, fields, tags and evolved vectors, in the target kind's layout
+(stores/crossing.py). Refusals happen before anything is written in the target.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from backends import Backend
+from galleries import ROWS, Digits
+from limits import limit
+from typer.testing import CliRunner
+
+from dmu_migrate.api import migrate, records
+from dmu_migrate.artifact import Artifact
+from dmu_migrate.cli import app
+from dmu_migrate.errors import InputError
+from dmu_migrate.evolve.run import EvolveResult, Outcome
+from dmu_migrate.evolve.transform import AdapterChain
+from dmu_migrate.stores.base import Batch
+
+PAIRS = [
+    ("milvus-lite", "qdrant-local"),
+    ("qdrant-local", "milvus-lite"),
+    ("milvus-lite", "parquet"),
+    ("qdrant-local", "parquet"),
+    ("parquet", "milvus-lite"),
+    ("parquet", "qdrant-local"),
+]
+IDS = [f"{a}-to-{b}" for a, b in PAIRS]
+
+
+def harness(kind: str, root: Path) -> Backend:
+    root.mkdir(parents=True, exist_ok=True)
+    uri = {
+        "milvus-lite": str(root / "store.db"),
+        "qdrant-local": f"qdrant:{root / 'qdrant'}",
+        "parquet": f"parquet:{root / 'parquet'}",
+    }[kind]
+    return Backend(kind, uri, root)
+
+
+def seed(backend: Backend, digits: Digits, source: str, alias: str) -> np.ndarray:
+    """The first ROWS digits with a label and a name, behind ``alias``; their ids."""
+    ids = np.arange(10, 10 + ROWS) * 3
+    fields: dict[str, list[Any]] = {
+        "label": [int(v) for v in digits.y_te[:ROWS]],
+        "name": [f"n{i}" for i in ids],
+    }
+    backend.seed(source, ids, digits.old_te[:ROWS], fields, alias=alias)
+    return ids
+
+
+def evolve(src: Backend, dst: Backend | None, alias: str, artifact: Artifact) -> EvolveResult:
+    target: dict[str, Any] = {} if dst is None else {"target_uri": dst.uri}
+    result = migrate.evolve(alias, artifact.path, uri=src.uri, batch_size=32, **target)
+    assert isinstance(result, EvolveResult)
+    return result
+
+
+def rows(backend: Backend, name: str) -> dict[Any, dict[str, Any]]:
+    """Every row by id without its key, the vector under "vector" whatever the kind calls it."""
+    out = {}
+    for row_id, row in backend.read_all(name).items():
+        row = {k: v for k, v in row.items() if k != "id"}
+        row["vector"] = np.asarray(row.pop("vector") if "vector" in row else row.pop(""))
+        out[row_id] = row
+    return out
+
+
+def assert_same_rows(got: dict[Any, dict[str, Any]], want: dict[Any, dict[str, Any]]) -> None:
+    assert sorted(got) == sorted(want)
+    for row_id, row in want.items():
+        other = dict(got[row_id])
+        np.testing.assert_allclose(other.pop("vector"), row["vector"], atol=1e-5)
+        assert other == {k: v for k, v in row.items() if k != "vector"}, row_id
+
+
+@limit(300)
+@pytest.mark.parametrize(("src_kind", "dst_kind"), PAIRS, ids=IDS)
+def test_evolve_into_another_store_writes_what_a_same_store_evolve_writes(
+    tmp_path: Path, digits: Digits, artifact: Artifact, src_kind: str, dst_kind: str
+) -> None:
+    src, dst = harness(src_kind, tmp_path / "src"), harness(dst_kind, tmp_path / "dst")
+    ref = harness(src_kind, tmp_path / "ref")
+    source, alias = src.unique("gal"), src.unique("live")
+    seed(src, digits, source, alias)
+    seed(ref, digits, source, alias)
+
+    same = evolve(ref, None, alias, artifact)
+    across = evolve(src, dst, alias, artifact)
+    assert across.outcome == Outcome.DONE and across.target == same.target
+    assert across.verify is not None and across.verify.max_abs_error <= 1e-5
+    assert across.verify.searched > 0  # the target's own index found its vectors
+    assert_same_rows(rows(dst, across.target), rows(ref, same.target))
+
+    # The alias is in the target; the source store is only read.
+    assert src.list_collections() == {source}
+    target_store = dst.open_store()
+    assert target_store.alias_target(alias) == across.target
+    dst.close_stores()
+    source_store = src.open_store()
+    assert source_store.alias_target(alias) == source
+    src.close_stores()
+
+    # The ledger is in the target: status there shows the migration and where its source is.
+    shown = records.status(dst.uri).migrations
+    assert [(m["source"], m["target"], m["status"]) for m in shown] == [
+        (source, across.target, "done")
+    ]
+    assert shown[0]["source_uri"] == src.uri and shown[0]["alias_target"] == across.target
+    checked = migrate.verify(source, artifact.path, uri=src.uri, target_uri=dst.uri, alias=alias)
+    assert checked.target == across.target and checked.missing == 0
+
+
+@limit(300)
+@pytest.mark.parametrize(("src_kind", "dst_kind"), PAIRS, ids=IDS)
+def test_rerun_brings_the_other_store_in_step_with_the_source(
+    tmp_path: Path, digits: Digits, artifact: Artifact, src_kind: str, dst_kind: str
+) -> None:
+    src, dst = harness(src_kind, tmp_path / "src"), harness(dst_kind, tmp_path / "dst")
+    source, alias = src.unique("gal"), src.unique("live")
+    ids = seed(src, digits, source, alias)
+    first = evolve(src, dst, alias, artifact)
+
+    deleted, updated, inserted = ids[:3], ids[3:6], np.array([1, 2])
+    fresh = digits.old_te[200:205]
+    changed = np.concatenate([updated, inserted])
+    store = src.open_store()
+    info = store.describe(source)
+    store.delete_ids(source, deleted)
+    names = [f"changed-{i}" for i in changed.tolist()]
+    store.write_rows(info, source, Batch(changed, fresh, {"label": [1] * 5, "name": names}), {})
+    store.flush(source)
+    src.close_stores()
+
+    again = evolve(src, dst, alias, artifact)
+    assert (again.caught_up, again.updated, again.deleted) == (2, 3, 3)
+    after = rows(dst, first.target)
+    assert set(after) == set(ids.tolist()) - set(deleted.tolist()) | set(inserted.tolist())
+    evolved = AdapterChain([artifact])(fresh)
+    for k, row_id in enumerate(changed.tolist()):
+        np.testing.assert_allclose(after[row_id]["vector"], evolved[k], atol=1e-5)
+        assert after[row_id]["name"] == f"changed-{row_id}"
+    third = evolve(src, dst, alias, artifact)
+    assert (third.rows_written, third.caught_up, third.updated, third.deleted) == (0, 0, 0, 0)
+
+
+def nothing_written(dst: Backend) -> None:
+    """No collection in the target: neither the evolved one nor the ledger."""
+    assert dst.list_collections() == set()
+
+
+@limit(300)
+def test_what_a_target_cannot_hold_is_refused_before_anything_is_written(
+    tmp_path: Path, digits: Digits, artifact: Artifact
+) -> None:
+    vectors = digits.old_te[:20]
+    ids = np.arange(20)
+
+    # A Milvus source with a second vector field, into Qdrant.
+    src = harness("milvus-lite", tmp_path / "a")
+    dst = harness("qdrant-local", tmp_path / "a-dst")
+    src.seed("two", ids, {"vector": vectors, "extra": vectors}, {"n": list(range(20))})
+    with pytest.raises(InputError, match=r"vector field 'extra' \(FLOAT_VECTOR\).*into Qdrant"):
+        migrate.evolve("two", artifact.path, uri=src.uri, target_uri=dst.uri, vector_field="vector")
+    nothing_written(dst)
+
+    # String keys that are no UUIDs cannot be Qdrant point ids.
+    src.seed("keys", [f"key-{i:03d}" for i in range(20)], vectors, {"n": list(range(20))})
+    with pytest.raises(InputError, match=r"key 'key-000'.*unsigned integers or UUIDs"):
+        migrate.evolve("keys", artifact.path, uri=src.uri, target_uri=dst.uri)
+    nothing_written(dst)
+
+    # A Qdrant source with sparse vectors, into Milvus.
+    from qdrant_client import QdrantClient, models
+
+    qsrc = harness("qdrant-local", tmp_path / "b")
+    client = QdrantClient(path=str(qsrc.root / "qdrant"))
+    dense = models.VectorParams(size=vectors.shape[1], distance=models.Distance.COSINE)
+    client.create_collection(
+        "docs",
+        vectors_config=dense,
+        sparse_vectors_config={"bm25": models.SparseVectorParams()},
+    )
+    client.upsert("docs", [models.PointStruct(id=i, vector=vectors[i].tolist()) for i in range(20)])
+    client.close()
+    mdst = harness("milvus-lite", tmp_path / "b-dst")
+    with pytest.raises(InputError, match=r"sparse vectors \['bm25'\].*into Milvus"):
+        migrate.evolve("docs", artifact.path, uri=qsrc.uri, target_uri=mdst.uri)
+    nothing_written(mdst)
+
+    # Scope: what --target-uri does not do yet, refused before a store is opened.
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"filter": "n > 3"}, "--filter with --target-uri"),
+        ({"strategy": "new-field"}, "--strategy new-field works within one store"),
+        ({"shards": 2}, "--shards/--shard with --target-uri"),
+        ({"write_path": "bulk", "bulk_storage": "/tmp"}, "--write-path bulk with --target-uri"),
+    ]
+    for settings, needle in refused:
+        with pytest.raises(InputError, match=needle):
+            migrate.evolve("two", artifact.path, uri=src.uri, target_uri=dst.uri, **settings)
+    other = harness("milvus-lite", tmp_path / "c")
+    with pytest.raises(InputError, match="another milvus store than --uri"):
+        migrate.evolve("keys", artifact.path, uri=src.uri, target_uri=other.uri)
+    nothing_written(dst)
+    nothing_written(other)
+
+
+@limit(300)
+def test_rollback_and_prune_in_the_target_name_the_source_store(
+    tmp_path: Path, digits: Digits, artifact: Artifact
+) -> None:
+    src, dst = harness("milvus-lite", tmp_path / "src"), harness("parquet", tmp_path / "dst")
+    source, alias = src.unique("gal"), src.unique("live")
+    seed(src, digits, source, alias)
+    runner = CliRunner()
+    args = ["evolve", "--collection", alias, "--adapter", str(artifact.path), "--uri", src.uri]
+    preview = runner.invoke(app, [*args, "--target-uri", dst.uri, "--dry-run", "--json"])
+    assert preview.exit_code == 0, preview.output
+    assert '"target_uri"' in preview.output and dst.uri in preview.output
+    nothing_written(dst)
+    done = runner.invoke(app, [*args, "--target-uri", dst.uri])
+    assert done.exit_code == 0, done.output
+    assert f"alias '{alias}' -> '{source}__" in done.output
+    status = runner.invoke(app, ["status", "--uri", dst.uri, "--json"])
+    assert status.exit_code == 0 and src.uri in status.output
+
+    with pytest.raises(InputError, match=r"point your application back at"):
+        records.rollback(alias, uri=dst.uri)
+    with pytest.raises(InputError, match=r"drop it there yourself"):
+        records.prune(source, uri=dst.uri, yes=True)
+    assert source in src.list_collections()
+    # Run within the target store, the migration is pointed back at its source store.
+    with pytest.raises(InputError, match=rf"run evolve with --uri {re.escape(src.uri)} --target"):
+        migrate.evolve(alias, artifact.path, uri=dst.uri)
+
+    # Evolved within its own store as well, the alias there names a v2 collection: that
+    # is not evolved again into the other store.
+    home = evolve(src, None, alias, artifact)
+    with pytest.raises(InputError, match=rf"already holds version .*--collection {source}"):
+        evolve(src, dst, alias, artifact)
+    assert dst.list_collections() == {home.target}
+
+
+@limit(300)
+def test_scalar_types_nulls_and_uuid_keys_cross_both_ways(
+    tmp_path: Path, digits: Digits, artifact: Artifact
+) -> None:
+    import uuid
+
+    from pymilvus import DataType, MilvusClient
+    from qdrant_client import QdrantClient, models
+
+    n = 12
+    keys = sorted(str(uuid.UUID(int=(i + 1) * 7919 << 64)) for i in range(n))
+    vectors = digits.old_te[:n]
+    milvus = harness("milvus-lite", tmp_path / "m")
+    client = MilvusClient(milvus.uri)
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)
+    schema.add_field("emb", DataType.FLOAT_VECTOR, dim=vectors.shape[1])
+    schema.add_field("i", DataType.INT64)
+    schema.add_field("f", DataType.DOUBLE)
+    schema.add_field("b", DataType.BOOL)
+    schema.add_field("s", DataType.VARCHAR, max_length=32)
+    schema.add_field("j", DataType.JSON)
+    schema.add_field("a", DataType.ARRAY, element_type=DataType.INT64, max_capacity=4)
+    schema.add_field("opt", DataType.INT64, nullable=True)
+    index = client.prepare_index_params()
+    index.add_index(field_name="emb", index_type="AUTOINDEX", metric_type="IP")
+    client.create_collection("typed", schema=schema, index_params=index)
+    client.insert(
+        "typed",
+        [
+            {
+                "pk": key,
+                "emb": vectors[k].tolist(),
+                "i": -k,
+                "f": k / 4,
+                "b": k % 2 == 0,
+                "s": f"s{k}",
+                "j": {"k": k, "list": [k, "x"]},
+                "a": [k, k + 1],
+                "opt": None if k % 3 == 0 else k,
+            }
+            for k, key in enumerate(keys)
+        ],
+    )
+    client.close()
+
+    qdrant = harness("qdrant-local", tmp_path / "q")
+    done = migrate.evolve(
+        "typed", artifact.path, uri=milvus.uri, target_uri=qdrant.uri, across_metric=True
+    )
+    assert isinstance(done, EvolveResult) and done.outcome == Outcome.DONE
+    points = qdrant.read_all(done.target)
+    assert sorted(points) == keys
+    for k, key in enumerate(keys):
+        p = points[key]
+        assert (p["i"], p["f"], p["b"], p["s"]) == (-k, k / 4, k % 2 == 0, f"s{k}")
+        assert (p["j"], p["a"]) == ({"k": k, "list": [k, "x"]}, [k, k + 1])
+        assert "opt" in p and p["opt"] == (None if k % 3 == 0 else k)  # null stays null
+        assert len(p["emb"]) == AdapterChain([artifact]).out_dim  # the vector keeps its name
+    store = qdrant.open_store()
+    info = store.describe(done.target)
+    assert (info.vector_field, info.metric) == ("emb", "IP")  # IP is Qdrant's Dot
+    qdrant.close_stores()
+
+    # Qdrant -> Milvus: UUID point ids become VARCHAR keys; payload lands in the dynamic field.
+    source = harness("qdrant-local", tmp_path / "q2")
+    qc = QdrantClient(path=str(source.root / "qdrant"))
+    dense = models.VectorParams(size=vectors.shape[1], distance=models.Distance.EUCLID)
+    qc.create_collection("docs", vectors_config=dense)
+    payloads = [{"n": k, "deep": {"x": [k, None]}, "maybe": None} for k in range(n)]
+    qc.upsert(
+        "docs",
+        [
+            models.PointStruct(id=key, vector=vectors[k].tolist(), payload=payloads[k])
+            for k, key in enumerate(keys)
+        ],
+    )
+    qc.close()
+    target = harness("milvus-lite", tmp_path / "m2")
+    back = migrate.evolve(
+        "docs", artifact.path, uri=source.uri, target_uri=target.uri, across_metric=True
+    )
+    assert isinstance(back, EvolveResult) and back.outcome == Outcome.DONE
+    got = target.read_all(back.target)
+    assert sorted(got) == keys
+    for k, key in enumerate(keys):
+        assert (got[key]["n"], got[key]["deep"]) == (k, {"x": [k, None]})
+        assert "maybe" not in got[key]  # Milvus has no null for a dynamic key: absent
+    store = target.open_store()
+    info = store.describe(back.target)
+    assert (info.pk_field, info.vector_field, info.metric) == ("id", "vector", "L2")
+    target.close_stores()
+
+
+@limit(600)
+@pytest.mark.parametrize(
+    "server_is_source", [False, True], ids=["qdrant-to-server", "server-to-qdrant"]
+)
+def test_the_milvus_server_as_source_or_target(
+    tmp_path: Path, digits: Digits, artifact: Artifact, milvus_server: str, server_is_source: bool
+) -> None:
+    server = Backend("milvus-server", milvus_server, tmp_path / "server")
+    local = harness("qdrant-local", tmp_path / "local")
+    src, dst = (server, local) if server_is_source else (local, server)
+    before = server.list_collections()
+    try:
+        source, alias = src.unique("gal"), src.unique("live")
+        ids = seed(src, digits, source, alias)
+        first = evolve(src, dst, alias, artifact)
+        assert first.outcome == Outcome.DONE and first.verify is not None
+        chain = AdapterChain([artifact])
+        got = rows(dst, first.target)
+        assert sorted(got) == ids.tolist()
+        for k, row_id in enumerate(ids.tolist()):
+            np.testing.assert_allclose(
+                got[row_id]["vector"], chain(digits.old_te[k : k + 1])[0], atol=1e-5
+            )
+            assert (got[row_id]["name"], got[row_id]["dmu_origin"]) == (f"n{row_id}", "evolved")
+
+        store = src.open_store()
+        store.delete_ids(source, ids[:2])
+        store.flush(source)
+        src.close_stores()
+        again = evolve(src, dst, alias, artifact)
+        assert (again.caught_up, again.updated, again.deleted) == (0, 0, 2)
+        assert sorted(rows(dst, first.target)) == ids[2:].tolist()
+        target = dst.open_store()
+        assert target.alias_target(alias) == first.target
+        dst.close_stores()
+    finally:
+        server.drop_created(server.created_since(before))
+
+
+@limit(300)
+def test_json_values_parquet_cannot_type_stop_the_run_naming_the_field(
+    tmp_path: Path, digits: Digits, artifact: Artifact
+) -> None:
+    from dmu_migrate.errors import StoreError
+
+    src, dst = harness("qdrant-local", tmp_path / "src"), harness("parquet", tmp_path / "dst")
+    ids = list(range(1, 11))
+    src.seed("mixed", ids, digits.old_te[:10], {"v": [1, "one", 2, "two", 3, 4, 5, 6, 7, 8]})
+    with pytest.raises(StoreError, match=r"field 'v' of the rows written to 'mixed__v2' holds"):
+        migrate.evolve("mixed", artifact.path, uri=src.uri, target_uri=dst.uri, alias="m")
+    status = records.status(dst.uri).migrations
+    assert [m["status"] for m in status] == ["failed"]  # on record, resumable once fixed
+
+
+@limit(300)
+def test_a_key_the_target_cannot_hold_inserted_later_stops_the_rerun_before_its_batch(
+    tmp_path: Path, digits: Digits, artifact: Artifact
+) -> None:
+    import uuid
+
+    src, dst = harness("milvus-lite", tmp_path / "src"), harness("qdrant-local", tmp_path / "dst")
+    keys = sorted(str(uuid.UUID(int=(i + 1) << 100)) for i in range(10))
+    src.seed("uu", keys, digits.old_te[:10], {"n": list(range(10))})
+    first = migrate.evolve("uu", artifact.path, uri=src.uri, target_uri=dst.uri)
+    assert isinstance(first, EvolveResult) and first.outcome == Outcome.DONE
+    store = src.open_store()
+    info = store.describe("uu")
+    later = Batch(np.array(["zz-not-a-uuid"], dtype=object), digits.old_te[10:11], {"n": [10]})
+    store.write_rows(info, "uu", later, {})
+    store.flush("uu")
+    src.close_stores()
+    with pytest.raises(InputError, match=r"has key 'zz-not-a-uuid', but Qdrant point ids"):
+        migrate.evolve("uu", artifact.path, uri=src.uri, target_uri=dst.uri)
+    assert sorted(dst.read_all(first.target)) == keys  # the batch was not written
+
+
+@limit(30)
+def test_target_credentials_never_fall_back_to_the_source_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dmu_migrate.api.store import resolve_target_token
+
+    monkeypatch.setenv("DMU_TOKEN", "source-secret")
+    monkeypatch.setenv("QDRANT_API_KEY", "qdrant-key")
+    monkeypatch.delenv("MILVUS_TOKEN", raising=False)
+    monkeypatch.delenv("DMU_TARGET_TOKEN", raising=False)
+    assert resolve_target_token("qdrant://q:6333", None) == "qdrant-key"
+    assert resolve_target_token("http://m:19530", None) is None
+    monkeypatch.setenv("DMU_TARGET_TOKEN", "target-env")
+    assert resolve_target_token("http://m:19530", None) == "target-env"
+    assert resolve_target_token("http://m:19530", "given") == "given"
