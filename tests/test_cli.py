@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from galleries import Digits, Gallery
 from helpers import assert_clean_error
+from migrations import evolve_args
 from pymilvus import MilvusClient
 from typer.testing import CliRunner
 
@@ -74,16 +75,7 @@ def test_evaluate_missing_artifact(tmp_path: Path, digits: Digits) -> None:
 def test_evolve_happy_path(gallery: Gallery, artifact: Artifact) -> None:
     result = runner.invoke(
         app,
-        [
-            "evolve",
-            "--collection",
-            "digits",
-            "--adapter",
-            str(artifact.path),
-            "--uri",
-            str(gallery.db),
-            "--json",
-        ],
+        evolve_args(gallery, artifact, "--json"),
     )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output[result.output.index("{") :])

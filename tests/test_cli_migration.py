@@ -7,7 +7,7 @@ from pathlib import Path
 
 from galleries import Gallery
 from helpers import assert_clean_error
-from migrations import evolve_args
+from migrations import evolve_args, verify_args
 from pymilvus import MilvusClient
 from typer.testing import CliRunner, Result
 
@@ -64,17 +64,7 @@ def test_time_budget_exit_code_then_resume_and_admin(gallery: Gallery, artifact:
     finished = cli(*evolve)
     assert finished.exit_code == 0, finished.output
     assert "resumed" in finished.output and "alias 'digits' -> 'digits__v2'" in finished.output
-    verified = cli(
-        "verify",
-        "--collection",
-        "digits__v1",
-        "--alias",
-        "digits",
-        "--adapter",
-        str(artifact.path),
-        "--uri",
-        str(gallery.db),
-    )
+    verified = cli(*verify_args(gallery, artifact))
     assert verified.exit_code == 0 and "OK" in verified.output, verified.output
     history = cli("history", "--uri", str(gallery.db), "--collection", "digits")
     assert "v1 -> v2" in history.output and "(done)" in history.output

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from galleries import Gallery, read_all
 from helpers import assert_clean_error
-from migrations import evolve_args
+from migrations import evolve_args, verify_args
 from pymilvus import MilvusClient
 from typer.testing import CliRunner, Result
 
@@ -26,20 +26,6 @@ runner = CliRunner()
 
 def cli(*args: str) -> Result:
     return runner.invoke(app, list(args))
-
-
-def verify_args(gallery: Gallery, artifact: Artifact) -> list[str]:
-    return [
-        "verify",
-        "--collection",
-        "digits__v1",
-        "--alias",
-        "digits",
-        "--adapter",
-        str(artifact.path),
-        "--uri",
-        str(gallery.db),
-    ]
 
 
 def test_rerun_propagates_deletes_updates_and_inserts_and_leaves_native_rows(
