@@ -21,7 +21,8 @@ the CPU during a measurement; what is timed is the data path.
 
     python benchmarks/evolve.py                               # the full matrix, docs/benchmarks.md
     python benchmarks/evolve.py --stores milvus-lite --rows 100000 --dims 128
-    python benchmarks/evolve.py --stores milvus-server --rows 100000 --dims 128 --bulk
+    python benchmarks/evolve.py --stores milvus-server --rows 1000000 --dims 128,512 --bulk \\
+        --results benchmarks/results/evolve-bulk.json --section evolve-bulk
 """
 
 from __future__ import annotations
@@ -352,11 +353,13 @@ def machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d")}  # fmt: skip
 
 
-def render(results: dict[str, Any]) -> str:
+def render(results: dict[str, Any], path: Path = RESULTS) -> str:
     m = results["machine"]
     cases = sorted(results["cases"], key=lambda c: (c["store"], c["dim"], c["rows"]))
+    bulk = any("bulk" in c for c in cases)
     lines = [
-        "## Evolve throughput (`benchmarks/evolve.py`)",
+        f"## Evolve throughput{' and the bulk import path' if bulk else ''} "
+        f"(`benchmarks/evolve.py{' --bulk' if bulk else ''}`)",
         "",
         f"{m['cpu']}, {m['cores']} cores, {m['date']}. Every store runs on this same machine "
         "(the Milvus server too), so the client and the store share the two cores. Batches as "
@@ -369,7 +372,7 @@ def render(results: dict[str, Any]) -> str:
         "own (VmHWM); for Milvus Lite it includes the embedded database engine, which runs "
         "inside the client process. Client CPU is the process's user + system time (imports "
         "included), which shows the client-side cost even where the store bounds the wall "
-        "time. Raw numbers: `benchmarks/results/evolve.json`.",
+        f"time. Raw numbers: `benchmarks/results/{path.name}`.",
         "",
         "| store | rows x dim | raw copy rows/s | naive copy rows/s | evolve rows/s "
         "| evolve / raw | evolve / naive | main pass rows/s (/ raw) | catch-up + verify s "
@@ -489,6 +492,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--render", action="store_true", help="rewrite the doc from the JSON")
     parser.add_argument("--results", type=Path, default=RESULTS, help="raw numbers (JSON)")
     parser.add_argument("--doc", type=Path, default=DOC, help="the page whose section is written")
+    parser.add_argument(
+        "--section", default="evolve", help="the section written (evolve-bulk for --bulk runs)"
+    )
     parser.add_argument("--worker", choices=("seed", "bulk", *METHODS), help=argparse.SUPPRESS)
     parser.add_argument("--uri-dir", help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
@@ -513,7 +519,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="dmu-bench-") as tmp:
             for kind in opts.stores.split(","):
                 run_store(kind, opts, Path(tmp))
-    replace_section("evolve", render(json.loads(opts.results.read_text())), opts.doc)
+    replace_section(
+        opts.section, render(json.loads(opts.results.read_text()), opts.results), opts.doc
+    )
 
 
 if __name__ == "__main__":

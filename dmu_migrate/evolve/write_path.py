@@ -17,9 +17,10 @@ from dmu_migrate.stores.base import VectorStore
 
 log = logging.getLogger(__name__)
 
-# Below this many rows `auto` keeps the insert path. Measured at 100k x 128 bulk was no
-# faster than insert end to end (docs/benchmarks.md); no size has yet been measured
-# where it wins, so auto stays on insert up to 1M until one is.
+# Below this many rows `auto` keeps the insert path (docs/benchmarks.md, 2.3.5 server,
+# end to end): at 100k x 128 bulk was no faster (1.00x; its probe import and the wait
+# for the imported rows to be counted are fixed costs), at 1M it won 1.34x at 128-d
+# and 1.94x at 512-d.
 AUTO_MIN_ROWS = 1_000_000
 
 
