@@ -5,7 +5,10 @@ command again and again, each run into a fresh target (the previous one is
 dropped and the ledger restarted), after one unmeasured warm-up run:
 
 - ``evolve`` unsharded (the baseline);
-- ``evolve --shards 4 --workers K`` for K = 1, 2, 4 (the same 4 ranges each time).
+- ``evolve --shards 4 --workers K`` for K = 1, 2, 4 (the same 4 ranges each time);
+- ``evolve --write-path bulk`` unsharded: the main pass as import jobs from files
+  in a directory the server shares, so the store's cost per row of that path
+  can be set beside the insert path's.
 
 For each run: wall time, main-pass time, rows/s, and the CPU seconds spent
 by the client processes (the command and its workers) and by the server, so
@@ -37,7 +40,7 @@ from markdown import replace_section
 RESULTS = Path(__file__).resolve().parent / "results" / "scaling.json"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "scaling.md"
 SHARDS = 4
-RUNS = (("unsharded", 0), ("shards", 1), ("shards", 2), ("shards", 4))
+RUNS = (("unsharded", 0), ("shards", 1), ("shards", 2), ("shards", 4), ("bulk", 0))
 
 
 def server_pid(port: int) -> int:
@@ -77,13 +80,15 @@ def reset(uri: str, target: str) -> None:
     client.close()
 
 
-def run(uri: str, artifact: str, workers: int) -> dict[str, Any]:
+def run(uri: str, artifact: str, workers: int, bulk: Path | None = None) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "dmu_migrate", "evolve", "--collection", SOURCE, "--alias", ALIAS,
         "--adapter", artifact, "--uri", uri, "--restart", "--json",
     ]  # fmt: skip
     if workers:
         cmd += ["--shards", str(SHARDS), "--workers", str(workers)]
+    if bulk is not None:
+        cmd += ["--write-path", "bulk", "--bulk-storage", str(bulk)]
     server = server_pid(int(uri.rsplit(":", 1)[1]))
     before_server = cpu_seconds(server)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -96,6 +101,7 @@ def run(uri: str, artifact: str, workers: int) -> dict[str, Any]:
     result = json.loads(done.stdout)
     return {
         "workers": workers,
+        "bulk": bulk is not None,
         "seconds": seconds,
         "main_pass_s": result["phases"]["main_pass"],
         "rows": result["rows_done"],
@@ -124,13 +130,15 @@ def run_case(rows: int, dim: int, root: Path, uri: str | None) -> dict[str, Any]
         reset(uri, f"{SOURCE}__v2")
         settle()
         case["warm_up"] = run(uri, artifact, 0)
-        for _, workers in RUNS:
+        bulk_dir = root / f"bulk-{rows}-{dim}"  # the server runs here: it reads this directory
+        bulk_dir.mkdir()
+        for kind, workers in RUNS:
             reset(uri, f"{SOURCE}__v2")
             waited = settle()
-            measured = run(uri, artifact, workers)
+            measured = run(uri, artifact, workers, bulk_dir if kind == "bulk" else None)
             measured["waited_s"] = waited
             case["runs"].append(measured)
-            label = f"--workers {workers}" if workers else "unsharded"
+            label = run_label(measured)
             print(
                 f"  {rows:,} x {dim} {label}: {measured['rows_per_s']:,.0f} rows/s "
                 f"(main pass {measured['main_pass_rows_per_s']:,.0f}), client CPU "
@@ -143,6 +151,12 @@ def run_case(rows: int, dim: int, root: Path, uri: str | None) -> dict[str, Any]
         r["main_pass_speedup"] = base["main_pass_s"] / r["main_pass_s"]
         r["cpu_busy"] = (r["client_cpu_s"] + r["server_cpu_s"]) / r["seconds"]
     return case
+
+
+def run_label(r: dict[str, Any]) -> str:
+    if r.get("bulk"):
+        return "unsharded, --write-path bulk"
+    return f"{SHARDS} shards, {r['workers']} workers" if r["workers"] else "unsharded"
 
 
 def id_scan_rate(uri: str) -> float:
@@ -161,7 +175,7 @@ def id_scan_rate(uri: str) -> float:
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
-        "## Measured: 1, 2 and 4 workers on one machine (`benchmarks/scaling.py`)",
+        "## Measured: 1, 2 and 4 workers, and the bulk path, on one machine (`benchmarks/scaling.py`)",
         "",
         f"{m['cpu']}, {m['cores']} cores, {m['date']}. A fresh Milvus 2.3.5 server (standalone) "
         "on the same machine, FLAT index, a residual 256-hidden adapter; every run is the real "
@@ -176,11 +190,8 @@ def render(results: dict[str, Any]) -> str:
     ]
     for case in results["cases"]:
         for r in case["runs"]:
-            label = (
-                f"{case['shards']} shards, {r['workers']} workers" if r["workers"] else "unsharded"
-            )
             lines.append(
-                f"| {case['rows']:,} x {case['dim']} | {label} | {r['seconds']:.1f} | "
+                f"| {case['rows']:,} x {case['dim']} | {run_label(r)} | {r['seconds']:.1f} | "
                 f"{r['rows_per_s']:,.0f} | {r['speedup']:.2f} | {r['main_pass_rows_per_s']:,.0f} | "
                 f"{r['main_pass_speedup']:.2f} | {r['client_cpu_s']:.0f} | "
                 f"{r['server_cpu_s']:.0f} | {r['cpu_busy']:.2f} |"
@@ -228,6 +239,37 @@ def projection(cases: list[dict[str, Any]]) -> list[str]:
                 f"| {case['dim']} | {rate:,.0f} | {store_per_row * 1e6:.0f} | {workers} | "
                 f"{minutes:,.0f} min | {cores:,.0f} | {scan_min:,.0f} min |"
             )
+    return lines + bulk_projection(cases)
+
+
+def bulk_projection(cases: list[dict[str, Any]]) -> list[str]:
+    """The same projection for ``--write-path bulk``, which runs in one process (unsharded).
+
+    Client: rows per client CPU second of the bulk run (reading, the adapter, writing
+    the files). Store: server CPU seconds per row of the same run (the imports, their
+    sealing and the catch-up and verification reads), beside the insert path's.
+    """
+    runs = [(c, next((r for r in c["runs"] if r.get("bulk")), None)) for c in cases]
+    runs = [(c, r) for c, r in runs if r is not None]
+    if not runs:
+        return []
+    lines = [
+        "",
+        "### Projection: a billion rows through bulk import (one process)",
+        "",
+        "| dim | client rate, 1 core (rows/s) | store CPU per 1M rows (s), bulk / insert | "
+        "a billion rows, one process | store cores to keep up |",
+        "|---|---|---|---|---|",
+    ]
+    for case, bulk in runs:
+        insert = next(r for r in case["runs"] if r["workers"] == 1 and not r.get("bulk"))
+        rate = bulk["rows"] / bulk["client_cpu_s"]
+        per_row = bulk["server_cpu_s"] / bulk["rows"]
+        insert_per_row = insert["server_cpu_s"] / insert["rows"]
+        lines.append(
+            f"| {case['dim']} | {rate:,.0f} | {per_row * 1e6:.0f} / {insert_per_row * 1e6:.0f} "
+            f"| {BILLION / rate / 3600:,.1f} h | {rate * per_row:,.1f} |"
+        )
     return lines
 
 
