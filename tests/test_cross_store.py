@@ -232,6 +232,10 @@ def test_rollback_and_prune_in_the_target_name_the_source_store(
     assert f"alias '{alias}' -> '{source}__" in done.output
     status = runner.invoke(app, ["status", "--uri", dst.uri, "--json"])
     assert status.exit_code == 0 and src.uri in status.output
+    # The tables say where the old vectors are too, not only the JSON.
+    for verb in ("status", "history"):
+        shown = runner.invoke(app, [verb, "--uri", dst.uri], env={"COLUMNS": "400"})
+        assert shown.exit_code == 0 and src.uri in shown.output, shown.output
 
     with pytest.raises(InputError, match=r"point your application back at"):
         records.rollback(alias, uri=dst.uri)

@@ -63,6 +63,8 @@ def _status_fields(r: dict[str, Any]) -> dict[str, str]:
     done = sum(s["status"] == "done" for s in shards)
     return {
         "migration": r["key"],
+        # Evolved from another store (--target-uri): where its old vectors still are.
+        "source": r["source"] + (f" in {r['source_uri']}" if r.get("source_uri") else ""),
         "strategy": r["strategy"],
         "status": r["status"]
         + (f" ({done}/{len(shards)} shards done)" if shards else "")
@@ -111,8 +113,11 @@ def history_view(rows: list[dict[str, Any]]) -> RenderableType:
     lines: list[RenderableType] = []
     for r in rows:
         lines.append(Text(f"{r['from_version']} -> {r['to_version']}  {r['key']}  ({r['status']})"))
+        origin = f", read from {r['source_uri']}" if r.get("source_uri") else ""
         lines.append(
-            _indented(f"started {when(r['started_at'])}, adapters: {', '.join(r['adapters'])}")
+            _indented(
+                f"started {when(r['started_at'])}, adapters: {', '.join(r['adapters'])}{origin}"
+            )
         )
         if r.get("quality"):
             lines.append(_indented(r["quality"]))
