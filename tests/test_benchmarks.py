@@ -63,13 +63,16 @@ def test_scaling_benchmark_measures_each_worker_count(milvus_server: str, tmp_pa
     finally:
         server.drop_created(server.created_since(before))
     (case,) = json.loads(results.read_text())["cases"]
-    assert [r["workers"] for r in case["runs"]] == [0, 1, 2, 4]
+    assert [(r["workers"], r["bulk"]) for r in case["runs"]] == [
+        (0, False), (1, False), (2, False), (4, False), (0, True),
+    ]  # fmt: skip
     for run in case["runs"]:
         assert run["rows"] == 2000 and run["client_cpu_s"] > 0 and run["server_cpu_s"] > 0
     assert case["id_scan_ids_per_s"] > 0
     text = doc.read_text()
     assert "<!-- scaling:start -->" in text and "4 shards, 2 workers" in text
-    assert "a billion rows" in text
+    assert "a billion rows" in text and "unsharded, --write-path bulk" in text
+    assert "a billion rows through bulk import" in text
 
 
 # Toy stand-ins for the examples' prepared tables, so that compat.py and sweep.py
