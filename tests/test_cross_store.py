@@ -153,6 +153,42 @@ def test_rerun_brings_the_other_store_in_step_with_the_source(
     assert (third.rows_written, third.caught_up, third.updated, third.deleted) == (0, 0, 0, 0)
 
 
+@limit(300)
+@pytest.mark.parametrize(
+    ("src_kind", "dst_kind"),
+    [("milvus-lite", "qdrant-local"), ("qdrant-local", "parquet")],
+    ids=["milvus-lite-to-qdrant-local", "qdrant-local-to-parquet"],
+)
+def test_sharded_evolve_into_another_store(
+    tmp_path: Path, digits: Digits, artifact: Artifact, src_kind: str, dst_kind: str
+) -> None:
+    """--shards with --target-uri: every shard reads the source and writes the target."""
+    src, dst = harness(src_kind, tmp_path / "src"), harness(dst_kind, tmp_path / "dst")
+    ref = harness(src_kind, tmp_path / "ref")
+    source, alias = src.unique("gal"), src.unique("live")
+    seed(src, digits, source, alias)
+    seed(ref, digits, source, alias)
+    same = evolve(ref, None, alias, artifact)
+
+    # Both stores here admit one process: shards in parallel are refused, naming the store.
+    with pytest.raises(InputError, match=rf"'{re.escape(src.uri)}' is an embedded store"):
+        migrate.evolve(alias, artifact.path, uri=src.uri, target_uri=dst.uri, shards=2, workers=2)
+    nothing_written(dst)
+
+    first = migrate.evolve(alias, artifact.path, uri=src.uri, target_uri=dst.uri, shard="0/2")
+    assert isinstance(first, EvolveResult) and first.outcome == Outcome.SHARD_DONE
+    assert 0 < first.rows_written < ROWS
+    done = migrate.evolve(alias, artifact.path, uri=src.uri, target_uri=dst.uri, shards=2)
+    assert isinstance(done, EvolveResult) and done.outcome == Outcome.DONE
+    assert done.target == same.target and done.rows_written == ROWS - first.rows_written
+    assert_same_rows(rows(dst, done.target), rows(ref, same.target))
+    assert src.list_collections() == {source}
+    shown = records.status(dst.uri).migrations
+    assert [(m["source"], m["status"], m["source_uri"]) for m in shown] == [
+        (source, "done", src.uri)
+    ]
+
+
 def nothing_written(dst: Backend) -> None:
     """No collection in the target: neither the evolved one nor the ledger."""
     assert dst.list_collections() == set()
@@ -201,7 +237,6 @@ def test_what_a_target_cannot_hold_is_refused_before_anything_is_written(
     refused: list[tuple[dict[str, Any], str]] = [
         ({"filter": "n > 3"}, "--filter with --target-uri"),
         ({"strategy": "new-field"}, "--strategy new-field works within one store"),
-        ({"shards": 2}, "--shards/--shard with --target-uri"),
         ({"write_path": "bulk", "bulk_storage": "/tmp"}, "--write-path bulk with --target-uri"),
     ]
     for settings, needle in refused:

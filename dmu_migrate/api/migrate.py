@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dmu_migrate.api.store import crosses, opened_for, resolve_token
+from dmu_migrate.api.store import crosses, opened_for, resolve_target_token, resolve_token
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve import BULK, INSERT, NEW_COLLECTION
 from dmu_migrate.evolve.plan import Estimate
@@ -66,7 +66,7 @@ def build_plan(
     return plan
 
 
-def refuse_across(s: EvolveSettings, sharded: bool) -> None:
+def refuse_across(s: EvolveSettings) -> None:
     """What evolve --target-uri does not do (yet), refused before any store is opened."""
     if s.strategy != NEW_COLLECTION:
         raise InputError(
@@ -78,8 +78,6 @@ def refuse_across(s: EvolveSettings, sharded: bool) -> None:
             "--filter with --target-uri is not supported: the filter is in the source store's "
             "language and the run applies it to the target too; evolve the whole collection"
         )
-    if sharded:
-        raise InputError("--shards/--shard with --target-uri are not supported yet; run unsharded")
     if s.write_path == BULK:
         raise InputError(
             "--write-path bulk with --target-uri is not supported yet; use --write-path insert"
@@ -125,7 +123,7 @@ def evolve(
     fanout = Fanout.from_flags(s.shards, s.workers, s.shard, s.engine, s.ray_address)
     across = crosses(uri, s.target_uri)
     if across:
-        refuse_across(s, fanout.sharded)
+        refuse_across(s)
     if fanout.sharded and s.write_path != INSERT:
         raise InputError("--write-path bulk/auto runs unsharded; drop --shards")
     threads = fanout.threads(s.threads)
@@ -151,8 +149,18 @@ def evolve(
         if not fanout.sharded:
             return run_evolve(store, plan, options, on_progress)
         # Ray workers on other machines lack this one's environment: pass the token.
+        target = None
+        if across and s.target_uri:  # workers open the pair of stores as this process did
+            target = (s.target_uri, resolve_target_token(s.target_uri, target_token))
         job = fanout.job(
-            uri, resolve_token(uri, token), collection, adapters, threads, plan_args, options
+            uri,
+            resolve_token(uri, token),
+            collection,
+            adapters,
+            threads,
+            plan_args,
+            options,
+            target,
         )
         return run_fanout(store, plan, fanout, job, on_progress)
 

@@ -84,7 +84,9 @@ class Fanout:
         threads: int,
         plan_args: dict[str, Any],
         options: EvolveOptions,
+        target: tuple[str, str | None] | None = None,
     ) -> ShardJob:
+        """``target``: the uri and token of the store evolve --target-uri writes into."""
         from dmu_migrate.evolve.fanout import ShardJob, new_owner
 
         count = self.shards or (self.one[1] if self.one else 1)
@@ -98,6 +100,7 @@ class Fanout:
             options,
             count,
             new_owner(),
+            *(target or (None, None)),
         )
 
 
@@ -110,13 +113,17 @@ def run_fanout(
 ) -> EvolveResult:
     from dmu_migrate.evolve import fanout as engines
     from dmu_migrate.evolve.shards import evolve_one_shard, evolve_split
+    from dmu_migrate.stores.pair import StorePair
 
     if fanout.one is not None:
         index, count = fanout.one
         return evolve_one_shard(store, plan, index, count, job.options, on_progress)
-    if fanout.parallel and not store.shared:
+    # With --target-uri, workers open both stores: each must admit several processes.
+    opened = [store.source, store.target] if isinstance(store, StorePair) else [store]
+    embedded = [s.uri for s in opened if not s.shared]
+    if fanout.parallel and embedded:
         raise InputError(
-            f"'{store.uri}' is an embedded store that one process at a time can open, so its "
+            f"'{embedded[0]}' is an embedded store that one process at a time can open, so "
             f"shards cannot run in parallel; use --workers 1 and no --engine, or a server"
         )
     if fanout.engine == "ray":

@@ -15,7 +15,8 @@ import multiprocessing
 import os
 import queue
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ class ShardJob:
     # One lease owner for every shard of this run: a shard that Ray retries in another
     # process takes its own lease back instead of waiting for it to expire.
     owner: str
+    # evolve --target-uri: the store the evolved collection, ledger and alias go to.
+    target_uri: str | None = None
+    target_token: str | None = None
 
     def plan(self, store: VectorStore) -> Plan:
         from dmu_migrate.artifact import load_artifact
@@ -67,16 +71,31 @@ def new_owner() -> str:
 
 def run_job(job: ShardJob, index: int) -> ShardOutcome:
     """One shard with a store client and adapter session of its own: every worker's body."""
-    from dmu_migrate.stores.base import open_store
-
     try:
-        store = open_store(job.uri, job.token)
-        try:
+        with _opened(job) as store:
             return run_shard(store, job.plan(store), index, job.count, job.options, job.owner)
-        finally:
-            store.close()
     except DmuError as exc:
         return failed(index, job.count, exc)
+
+
+@contextmanager
+def _opened(job: ShardJob) -> Iterator[VectorStore]:
+    """The job's store, or the pair of its source and target stores (stores/pair.py)."""
+    from dmu_migrate.stores.base import open_store
+    from dmu_migrate.stores.pair import StorePair
+
+    source = open_store(job.uri, job.token)
+    try:
+        if job.target_uri is None:
+            yield source
+            return
+        target = open_store(job.target_uri, job.target_token, create=True)
+        try:
+            yield StorePair(source, target, job.collection)
+        finally:
+            target.close()
+    finally:
+        source.close()
 
 
 def failed(index: int, count: int, exc: DmuError) -> ShardOutcome:
