@@ -73,11 +73,6 @@ def refuse_across(s: EvolveSettings) -> None:
             f"--target-uri writes a new collection into the other store; --strategy "
             f"{s.strategy} works within one store, so drop --target-uri or the strategy"
         )
-    if s.filter:
-        raise InputError(
-            "--filter with --target-uri is not supported: the filter is in the source store's "
-            "language and the run applies it to the target too; evolve the whole collection"
-        )
     if s.write_path == BULK:
         raise InputError(
             "--write-path bulk with --target-uri is not supported yet; use --write-path insert"
@@ -138,7 +133,7 @@ def evolve(
         "accept_regression": s.accept_regression,
         "across_metric": s.across_metric,
     }
-    with opened_for(uri, token, collection, s.target_uri, target_token) as store:
+    with opened_for(uri, token, collection, s.target_uri, target_token, s.filter) as store:
         plan = build_plan(store, collection, adapters, threads, **plan_args)
         if s.dry_run:
             shown = plan.describe()

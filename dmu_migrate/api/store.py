@@ -66,11 +66,17 @@ def crosses(uri: str, target_uri: str | None) -> bool:
 
 @contextmanager
 def opened_for(
-    uri: str, token: str | None, collection: str, target_uri: str | None, target_token: str | None
+    uri: str,
+    token: str | None,
+    collection: str,
+    target_uri: str | None,
+    target_token: str | None,
+    filter: str | None = None,
 ) -> Iterator[VectorStore]:
     """The store a migration of ``collection`` runs on: the one at ``uri``, or, given
     another ``target_uri``, a StorePair that reads the collection there and writes the
-    evolved collection, ledger and alias into the target (stores/pair.py)."""
+    evolved collection, ledger and alias into the target (stores/pair.py), with the
+    run's ``filter`` carried into the target's language."""
     with opened(uri, token) as source:
         if target_uri is None or not crosses(uri, target_uri):
             yield source
@@ -84,7 +90,7 @@ def opened_for(
             )
         try:
             with _client_errors():
-                yield StorePair(source, target, collection)
+                yield StorePair(source, target, collection, filter)
         finally:
             target.close()
 

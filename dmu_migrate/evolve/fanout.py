@@ -91,7 +91,7 @@ def _opened(job: ShardJob) -> Iterator[VectorStore]:
             return
         target = open_store(job.target_uri, job.target_token, create=True)
         try:
-            yield StorePair(source, target, job.collection)
+            yield StorePair(source, target, job.collection, dict(job.plan_args).get("filter"))
         finally:
             target.close()
     finally:

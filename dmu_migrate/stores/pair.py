@@ -19,6 +19,7 @@ import numpy as np
 from dmu_migrate.errors import InputError
 from dmu_migrate.stores.base import Batch, CollectionInfo, Id, VectorStore, store_kind
 from dmu_migrate.stores.crossing import Crossing
+from dmu_migrate.stores.filter_crossing import carry
 
 FIRST_IDS = 1024  # keys checked at plan time; every batch is checked again as written
 
@@ -26,7 +27,15 @@ FIRST_IDS = 1024  # keys checked at plan time; every batch is checked again as w
 class StorePair:
     """The stores are the caller's: ``close`` leaves them open."""
 
-    def __init__(self, source: VectorStore, target: VectorStore, collection: str) -> None:
+    def __init__(
+        self,
+        source: VectorStore,
+        target: VectorStore,
+        collection: str,
+        filter: str | None = None,
+    ) -> None:
+        """``filter``: the run's --filter, in the source's language; the target gets it
+        rewritten into its own (stores/filter_crossing.py), refused here if it cannot be."""
         if store_kind(source.uri) == store_kind(target.uri):
             kind = store_kind(source.uri)
             raise InputError(
@@ -42,9 +51,15 @@ class StorePair:
         self._names = {collection}
         self._info: CollectionInfo | None = None
         self._crossing: Crossing | None = None
+        self._filter = filter
+        self._carried = filter and carry(filter, store_kind(source.uri), store_kind(target.uri))
 
     def _reads(self, name: str) -> bool:
         return name in self._names
+
+    def _in_target(self, filter: str | None) -> str | None:
+        """The run's filter as the target reads it; tag and rank filters are the target's own."""
+        return self._carried if filter is not None and filter == self._filter else filter
 
     def _mapping(self) -> Crossing:
         if self._crossing is None:
@@ -85,7 +100,9 @@ class StorePair:
         return self.target.has_collection(name)
 
     def count(self, name: str, filter: str | None = None) -> int:
-        return (self.source if self._reads(name) else self.target).count(name, filter)
+        if self._reads(name):
+            return self.source.count(name, filter)
+        return self.target.count(name, self._in_target(filter))
 
     # -- reading ---------------------------------------------------------------------
     def iter_batches(
@@ -100,14 +117,15 @@ class StorePair:
         if self._reads(info.name):
             return self.source.iter_batches(info, batch_size, after, filter, vector_field, until)
         field = None if vector_field is None else self._mapping().vector(vector_field)
-        return self.target.iter_batches(self._view(info), batch_size, after, filter, field, until)
+        view, carried = self._view(info), self._in_target(filter)
+        return self.target.iter_batches(view, batch_size, after, carried, field, until)
 
     def iter_ids(
         self, name: str, batch_size: int, filter: str | None = None
     ) -> Iterator[np.ndarray]:
-        return (self.source if self._reads(name) else self.target).iter_ids(
-            name, batch_size, filter
-        )
+        if self._reads(name):
+            return self.source.iter_ids(name, batch_size, filter)
+        return self.target.iter_ids(name, batch_size, self._in_target(filter))
 
     def fetch(self, info: CollectionInfo, ids: np.ndarray, vector_field: str) -> Batch:
         if self._reads(info.name):

@@ -36,9 +36,12 @@ def _literal(text: str, expr: str) -> Any:
         raise InputError(f"--filter '{expr}' has a bad value {text}; use JSON values") from exc
 
 
-def milvus_style_mask(table: pa.Table, expr: str) -> pa.Array:
-    """Rows matching a Milvus-style filter (see the module docstring)."""
-    keep = pa.array(np.ones(len(table), dtype=bool))
+Clause = tuple[str, str, Any]  # field, operator (as in the text, one space), value
+
+
+def parse_clauses(expr: str) -> list[Clause]:
+    """The clauses of a Milvus-style filter (see the module docstring), in order."""
+    clauses: list[Clause] = []
     pos = 0
     while True:
         m = _CLAUSE.match(expr, pos)
@@ -47,7 +50,24 @@ def milvus_style_mask(table: pa.Table, expr: str) -> pa.Array:
                 f"--filter '{expr}' is not understood near '{expr[pos : pos + 20]}'; the Parquet "
                 f'store takes clauses like label == 3 and dmu_version != "v2" joined by "and"'
             )
-        name, op, value = m.group(1), " ".join(m.group(2).split()), _literal(m.group(3), expr)
+        op = " ".join(m.group(2).split())
+        clauses.append((m.group(1), op, _literal(m.group(3), expr)))
+        pos = m.end()
+        if pos == len(expr):
+            return clauses
+        connective = re.compile(r"and\s", re.IGNORECASE).match(expr, pos)
+        if connective is None:
+            raise InputError(
+                f"--filter '{expr}' joins clauses with something other than 'and' near "
+                f"'{expr[pos : pos + 20]}'; the Parquet store supports 'and' only"
+            )
+        pos = connective.end()
+
+
+def milvus_style_mask(table: pa.Table, expr: str) -> pa.Array:
+    """Rows matching a Milvus-style filter (see the module docstring)."""
+    keep = pa.array(np.ones(len(table), dtype=bool))
+    for name, op, value in parse_clauses(expr):
         negated = op in ("!=", "not in")
         if name not in table.column_names:
             hit = pa.array(np.full(len(table), negated))
@@ -61,18 +81,9 @@ def milvus_style_mask(table: pa.Table, expr: str) -> pa.Array:
                     hit = _COMPARE[op](column, pa.scalar(value))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
                 raise InputError(
-                    f"--filter '{expr}' compares field '{name}' ({column.type}) with {m.group(3)}; "
-                    f"use a value of the field's type"
+                    f"--filter '{expr}' compares field '{name}' ({column.type}) with "
+                    f"{json.dumps(value)}; use a value of the field's type"
                 ) from exc
             hit = pc.fill_null(hit, negated)
         keep = pc.and_(keep, hit)
-        pos = m.end()
-        if pos == len(expr):
-            return keep
-        connective = re.compile(r"and\s", re.IGNORECASE).match(expr, pos)
-        if connective is None:
-            raise InputError(
-                f"--filter '{expr}' joins clauses with something other than 'and' near "
-                f"'{expr[pos : pos + 20]}'; the Parquet store supports 'and' only"
-            )
-        pos = connective.end()
+    return keep
