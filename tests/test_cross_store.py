@@ -58,6 +58,19 @@ def seed(backend: Backend, digits: Digits, source: str, alias: str) -> np.ndarra
     return ids
 
 
+def seeded_pair(
+    tmp_path: Path, digits: Digits, src_kind: str, dst_kind: str
+) -> tuple[Backend, Backend, Backend, str, str]:
+    """A seeded source, an empty target, and a reference store seeded alike (the same-store
+    evolve to compare with); the source collection's name and its alias."""
+    src, dst = harness(src_kind, tmp_path / "src"), harness(dst_kind, tmp_path / "dst")
+    ref = harness(src_kind, tmp_path / "ref")
+    source, alias = src.unique("gal"), src.unique("live")
+    seed(src, digits, source, alias)
+    seed(ref, digits, source, alias)
+    return src, dst, ref, source, alias
+
+
 def evolve(src: Backend, dst: Backend | None, alias: str, artifact: Artifact) -> EvolveResult:
     target: dict[str, Any] = {} if dst is None else {"target_uri": dst.uri}
     result = migrate.evolve(alias, artifact.path, uri=src.uri, batch_size=32, **target)
@@ -88,11 +101,7 @@ def assert_same_rows(got: dict[Any, dict[str, Any]], want: dict[Any, dict[str, A
 def test_evolve_into_another_store_writes_what_a_same_store_evolve_writes(
     tmp_path: Path, digits: Digits, artifact: Artifact, src_kind: str, dst_kind: str
 ) -> None:
-    src, dst = harness(src_kind, tmp_path / "src"), harness(dst_kind, tmp_path / "dst")
-    ref = harness(src_kind, tmp_path / "ref")
-    source, alias = src.unique("gal"), src.unique("live")
-    seed(src, digits, source, alias)
-    seed(ref, digits, source, alias)
+    src, dst, ref, source, alias = seeded_pair(tmp_path, digits, src_kind, dst_kind)
 
     same = evolve(ref, None, alias, artifact)
     across = evolve(src, dst, alias, artifact)
@@ -163,11 +172,7 @@ def test_sharded_evolve_into_another_store(
     tmp_path: Path, digits: Digits, artifact: Artifact, src_kind: str, dst_kind: str
 ) -> None:
     """--shards with --target-uri: every shard reads the source and writes the target."""
-    src, dst = harness(src_kind, tmp_path / "src"), harness(dst_kind, tmp_path / "dst")
-    ref = harness(src_kind, tmp_path / "ref")
-    source, alias = src.unique("gal"), src.unique("live")
-    seed(src, digits, source, alias)
-    seed(ref, digits, source, alias)
+    src, dst, ref, source, alias = seeded_pair(tmp_path, digits, src_kind, dst_kind)
     same = evolve(ref, None, alias, artifact)
 
     # Both stores here admit one process: shards in parallel are refused, naming the store.
@@ -205,11 +210,7 @@ def test_filtered_evolve_into_another_store(
     tmp_path: Path, digits: Digits, artifact: Artifact, src_kind: str, dst_kind: str, expr: str
 ) -> None:
     """--filter with --target-uri: the subset crosses, checked in the target's own language."""
-    src, dst = harness(src_kind, tmp_path / "src"), harness(dst_kind, tmp_path / "dst")
-    ref = harness(src_kind, tmp_path / "ref")
-    source, alias = src.unique("gal"), src.unique("live")
-    seed(src, digits, source, alias)
-    seed(ref, digits, source, alias)
+    src, dst, ref, source, alias = seeded_pair(tmp_path, digits, src_kind, dst_kind)
     same = migrate.evolve(alias, artifact.path, uri=ref.uri, filter=expr)
     across = migrate.evolve(alias, artifact.path, uri=src.uri, target_uri=dst.uri, filter=expr)
     assert isinstance(same, EvolveResult) and isinstance(across, EvolveResult)
