@@ -144,9 +144,12 @@ def evolve(
         if not fanout.sharded:
             return run_evolve(store, plan, options, on_progress)
         # Ray workers on other machines lack this one's environment: pass the token.
-        target = None
-        if across and s.target_uri:  # workers open the pair of stores as this process did
-            target = (s.target_uri, resolve_target_token(s.target_uri, target_token))
+        # Workers open the pair of stores as this process did.
+        target = (
+            (s.target_uri, resolve_target_token(s.target_uri, target_token))
+            if across and s.target_uri
+            else None
+        )
         job = fanout.job(
             uri,
             resolve_token(uri, token),

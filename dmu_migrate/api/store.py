@@ -81,18 +81,11 @@ def opened_for(
         if target_uri is None or not crosses(uri, target_uri):
             yield source
             return
-        from dmu_migrate.stores.base import open_store
-        from dmu_migrate.stores.pair import StorePair
+        from dmu_migrate.stores.pair import paired
 
-        with _client_errors():
-            target = open_store(
-                target_uri, resolve_target_token(target_uri, target_token), create=True
-            )
-        try:
-            with _client_errors():
-                yield StorePair(source, target, collection, filter)
-        finally:
-            target.close()
+        credentials = resolve_target_token(target_uri, target_token)
+        with _client_errors(), paired(source, target_uri, credentials, collection, filter) as pair:
+            yield pair
 
 
 @contextmanager

@@ -82,18 +82,16 @@ def run_job(job: ShardJob, index: int) -> ShardOutcome:
 def _opened(job: ShardJob) -> Iterator[VectorStore]:
     """The job's store, or the pair of its source and target stores (stores/pair.py)."""
     from dmu_migrate.stores.base import open_store
-    from dmu_migrate.stores.pair import StorePair
+    from dmu_migrate.stores.pair import paired
 
     source = open_store(job.uri, job.token)
     try:
         if job.target_uri is None:
             yield source
             return
-        target = open_store(job.target_uri, job.target_token, create=True)
-        try:
-            yield StorePair(source, target, job.collection, dict(job.plan_args).get("filter"))
-        finally:
-            target.close()
+        filter = dict(job.plan_args).get("filter")
+        with paired(source, job.target_uri, job.target_token, job.collection, filter) as pair:
+            yield pair
     finally:
         source.close()
 
