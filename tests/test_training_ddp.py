@@ -282,6 +282,42 @@ def test_torchrun_resumes_from_rank_0s_checkpoint(tmp_path: Path, digits: Digits
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-4), key
 
 
+# Every collective the trainer makes, then the threads left once the group is gone.
+COLLECTIVES = """
+import os, sys
+from pathlib import Path
+import torch
+from dmu_migrate.training import distributed
+
+def train():
+    model = torch.nn.Linear(4, 4)
+    step = distributed.data_parallel(
+        lambda x: {"loss": distributed.gather(model(x)).sum()}, {"model": model}, torch.device("cpu")
+    )
+    step(torch.ones(2, 4))["loss"].backward()
+    distributed.mean_over_ranks({"loss": 1.0})
+    return distributed.from_main(lambda: "done")
+
+with distributed.process_group(torch.device("cpu")):
+    train()
+names = sorted(Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task"))
+Path(sys.argv[1], os.environ["RANK"]).write_text(" ".join(names))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's /proc")
+def test_the_process_group_and_its_threads_end_with_the_block(tmp_path: Path) -> None:
+    # Worker threads of a group that outlives its block may release tensors while the
+    # interpreter shuts down, which aborts the process at exit now and then.
+    script = tmp_path / "collectives.py"
+    script.write_text(COLLECTIVES)
+    done = torchrun(str(script), str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    for rank in range(RANKS):
+        threads = (tmp_path / str(rank)).read_text().split()
+        assert not [t for t in threads if "gloo" in t], threads
+
+
 def test_plain_training_makes_no_process_group(
     tmp_path: Path, digits: Digits, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,6 +28,14 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+# Imported before any process group exists, on purpose: imported while one
+# exists, this package (as of torch 2.13) keeps a reference to the default
+# group, so destroy_process_group cannot free it. The group's worker threads
+# then outlive the interpreter and may abort the process at exit ("terminate
+# called without an active exception") while they release the last
+# collective's tensors.
+import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 T = TypeVar("T")
@@ -85,8 +93,6 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     """Every rank's rows of x, in rank order, with gradients flowing back to their owner."""
     if not active():
         return x
-    import torch.distributed.nn.functional as dist_fn
-
     # Its suggested successor is a private API; this one keeps the gradients right.
     with warnings.catch_warnings():
         warnings.filterwarnings(
