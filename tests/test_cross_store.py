@@ -423,6 +423,47 @@ def test_a_filtered_subset_of_a_changing_users_schema_crosses_like_a_same_store_
     assert (third.rows_written, third.caught_up, third.updated, third.deleted) == (0, 0, 0, 0)
 
 
+@limit(300)
+@pytest.mark.parametrize(
+    ("src_kind", "dst_kind"),
+    [("milvus-lite", "qdrant-local"), ("qdrant-local", "milvus-lite")],
+    ids=["milvus-lite-to-qdrant-local", "qdrant-local-to-milvus-lite"],
+)
+def test_shards_of_a_users_schema_changing_between_them_cross_like_a_same_store_evolve(
+    tmp_path: Path, digits: Digits, artifact: Artifact, src_kind: str, dst_kind: str
+) -> None:
+    """--shard 0/2, then deletes, an update and inserts, then --shards 2: string keys split
+    into shards the same way in both stores, and the target ends as a same-store evolve."""
+    src, dst = harness(src_kind, tmp_path / "src"), harness(dst_kind, tmp_path / "dst")
+    ref = harness(src_kind, tmp_path / "ref")
+    first = [users_row(k, digits.old_te[k], users_opt(k)) for k in range(USERS)]
+    changes = [users_row(3, digits.old_te[300], 8), users_row(USERS, digits.old_te[301], None)]
+
+    def sharded(backend: Backend, target_uri: str | None) -> tuple[EvolveResult, EvolveResult]:
+        users_write(backend, "users", first, [])
+        runs = []
+        for shards, gone in ((dict(shard="0/2"), [0, USERS - 1]), (dict(shards=2), [])):
+            settings: dict[str, Any] = {"alias": "live", "across_metric": True, **shards}
+            if target_uri is not None:
+                settings["target_uri"] = target_uri
+            run = migrate.evolve("users", artifact.path, uri=backend.uri, **settings)
+            assert isinstance(run, EvolveResult)
+            runs.append(run)
+            if gone:  # the source changes between the shards
+                users_write(backend, "users", changes, [users_uuid(k) for k in gone])
+        return runs[0], runs[1]
+
+    same_first, same = sharded(ref, None)
+    across_first, across = sharded(src, dst.uri)
+    assert across_first.outcome == Outcome.SHARD_DONE and across.outcome == Outcome.DONE
+    assert across_first.rows_written == same_first.rows_written
+    assert 0 < across_first.rows_written < USERS
+    got = users_subset(dst, across.target)
+    assert_same_rows(got, users_subset(ref, same.target))
+    assert sorted(got) == sorted(users_subset(src, "users"))  # USERS - 2 + 1 rows
+    assert len(got) == USERS - 1
+
+
 def nothing_written(dst: Backend) -> None:
     """No collection in the target: neither the evolved one nor the ledger."""
     assert dst.list_collections() == set()
