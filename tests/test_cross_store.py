@@ -432,7 +432,7 @@ def test_a_filtered_subset_of_a_changing_users_schema_crosses_like_a_same_store_
 def test_shards_of_a_users_schema_changing_between_them_cross_like_a_same_store_evolve(
     tmp_path: Path, digits: Digits, artifact: Artifact, src_kind: str, dst_kind: str
 ) -> None:
-    """--shard 0/2, then deletes, an update and inserts, then --shards 2: string keys split
+    """--shard 0/2, then deletes, an update and an insert, then --shards 2: string keys split
     into shards the same way in both stores, and the target ends as a same-store evolve."""
     src, dst = harness(src_kind, tmp_path / "src"), harness(dst_kind, tmp_path / "dst")
     ref = harness(src_kind, tmp_path / "ref")
