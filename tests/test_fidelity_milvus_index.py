@@ -154,7 +154,7 @@ def test_an_index_the_store_refuses_leaves_no_target(milvus: Backend, digits: Di
         bad = milvus_schema.IndexSpec("vector", "vector", "HNSW", "L2", params)
         with pytest.raises(StoreError, match=f"'{target}' was dropped again"):
             milvus_schema.create_with_indexes(
-                client, source, target, {"schema": schema}, [bad], nested=False, skip="vector"
+                client, desc, target, {"schema": schema}, [bad], nested=False, skip="vector"
             )
         assert not client.has_collection(target)
     finally:

@@ -60,8 +60,13 @@ def resolve_target_token(uri: str, token: str | None) -> str | None:
 
 
 def crosses(uri: str, target_uri: str | None) -> bool:
-    """Whether a run writes into another store than it reads (evolve --target-uri)."""
-    return bool(target_uri) and target_uri != uri
+    """Whether a run writes into another store than it reads (evolve --target-uri); the
+    source's own store, spelled another way, is no other store."""
+    from dmu_migrate.stores.base import store_place
+
+    if not target_uri:
+        return False
+    return store_place(target_uri) != store_place(uri)
 
 
 @contextmanager

@@ -156,6 +156,12 @@ class VectorStore(Protocol):
         ...
 
     # -- writing -------------------------------------------------------------
+    def read_setup_from(self, source: VectorStore) -> None:
+        """Read what create_like and target_problem need of the source collection beyond its
+        CollectionInfo (indexes, partitions, collection config) through ``source``, another
+        store of this kind: evolve --target-uri between two stores of one kind."""
+        ...
+
     def create_like(self, source: CollectionInfo, target: str, new_dim: int) -> None:
         """A collection with the source's fields and index, the vector resized, plus tags."""
         ...
@@ -282,6 +288,20 @@ def store_kind(uri: str) -> str:
             port = None  # a bad port is the Milvus client's to report
         return "qdrant" if port in QDRANT_PORTS else "milvus"
     return "milvus"
+
+
+def store_place(uri: str) -> str:
+    """Where the store a URI names lives, one spelling per place: the resolved path of a
+    file or directory store, else the URI's scheme, host, port and path (a Milvus
+    database) as written."""
+    for prefix in ("parquet:", "qdrant:"):
+        if uri.startswith(prefix) and not uri.startswith(("qdrant://", "qdrants://")):
+            return f"{prefix}{Path(uri[len(prefix) :]).expanduser().resolve()}"
+    if "://" not in uri:  # a Milvus Lite file
+        return str(Path(uri).expanduser().resolve())
+    parts = urlsplit(uri)
+    host = (parts.hostname or "").lower()
+    return f"{parts.scheme}://{host}:{parts.port or ''}{parts.path.rstrip('/')}"
 
 
 def store_token(uri: str, token: str | None) -> str | None:

@@ -22,6 +22,9 @@ multi-vectors and Manhattan distance, and keys the target cannot take (a
 Qdrant id is an unsigned integer or a UUID; a Milvus INT64 stops at 2^63 - 1).
 Keys are checked on the first page of ids at plan time and on every batch as
 it is written, since a source keeps taking inserts.
+
+Between two stores of one kind nothing is mapped (``same``): the target holds
+the source in its own layout, as an evolve within the source's store would.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class Crossing:
         schema = source.schema if isinstance(source.schema, dict) else {}
         self.declared = {f["name"] for f in schema.get("fields", []) if isinstance(f, dict)}
         self.string_ids = False
+        # Two stores of one kind: the target holds the source as its own store would.
+        self.same = self.source_kind == self.target_kind
 
     # -- refusals -------------------------------------------------------------
     def problem(self, first_ids: np.ndarray, partitions: list[str]) -> str | None:
@@ -83,6 +88,8 @@ class Crossing:
         Milvus partitions (none elsewhere).
         """
         self.string_ids = first_ids.dtype == object
+        if self.same:
+            return None  # the target's create_like refuses what its version cannot build
         found = self._schema_problem(partitions)
         if found:
             return found
@@ -182,6 +189,8 @@ class Crossing:
 
     def view(self, info: CollectionInfo) -> CollectionInfo:
         """``info`` (the source, or the target seen with the source's layout) in target terms."""
+        if self.same:
+            return info
         return replace(
             info,
             pk_field=self.pk,
@@ -192,6 +201,8 @@ class Crossing:
 
     def batch(self, batch: Batch) -> Batch:
         """Source rows as the target writes them; InputError for a key or field it cannot take."""
+        if self.same:
+            return batch
         bad = self.key_problem(batch.ids)
         if bad:
             raise InputError(f"collection '{self.source.name}' has {bad}")

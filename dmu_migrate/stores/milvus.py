@@ -33,6 +33,7 @@ from dmu_migrate.stores.base import (
     CollectionInfo,
     ForeignSchema,
     Id,
+    VectorStore,
     choose_vector_field,
     id_array,
     redact,
@@ -103,6 +104,9 @@ class MilvusStore:
         # lease is taken by a read and a write that must lie within SETTLE / 2 of each other
         # (evolve/ledger.py), and on a loaded server each extra call costs a good part of that.
         self._ledger_ready = False
+        # Where create_like and target_problem read the source collection's indexes and
+        # partitions: this store, or another Milvus (evolve --target-uri, read_setup_from).
+        self._origin = client
 
     @classmethod
     def connect(cls, uri: str, token: str | None = None) -> MilvusStore:
@@ -311,6 +315,11 @@ class MilvusStore:
         return str(next(f["name"] for f in fields if f.get("is_primary")))
 
     # -- writing -------------------------------------------------------------
+    def read_setup_from(self, source: VectorStore) -> None:
+        if not isinstance(source, MilvusStore):
+            raise InputError(f"'{source.uri}' is not a Milvus store; no setup to read from it")
+        self._origin = source.client
+
     def create_like(self, source: CollectionInfo, target: str, new_dim: int) -> None:
         self._schemas.pop(target, None)
         self._partitions.pop(target, None)
@@ -319,19 +328,19 @@ class MilvusStore:
             return
         desc = source.schema
         schema = milvus_schema.build_schema(desc, source.vector_field, new_dim)
-        specs = milvus_schema.read_indexes(self.client, source.name)
+        specs = milvus_schema.read_indexes(self._origin, source.name)
         for bare in milvus_schema.unindexed_vectors(desc, specs, _VECTOR_TYPES):
             log.info("'%s' has no index on '%s'; '%s' gets none either", source.name, bare, target)
         lite = not self.shared
         milvus_schema.create_with_indexes(
             self.client,
-            source.name,
+            desc,
             target,
             {"schema": schema, **milvus_schema.create_options(desc, lite)},
             specs,
             nested=lite,  # Milvus Lite keeps nested build parameters only
             skip=source.vector_field,
-            partitions=milvus_partitions.named(self.client, source.name),
+            partitions=milvus_partitions.named(self._origin, source.name),
         )
 
     def target_problem(self, source: CollectionInfo, target: str, new_dim: int) -> str | None:
@@ -350,7 +359,7 @@ class MilvusStore:
         if set(fields) - ({RANK_FIELD} - expected) != expected:
             return f"its fields {sorted(fields)} differ from the source's plus tags"
         built = {i.field: i for i in milvus_schema.read_indexes(self.client, target)}
-        for spec in milvus_schema.read_indexes(self.client, source.name):
+        for spec in milvus_schema.read_indexes(self._origin, source.name):
             have = built.get(spec.field)
             if have is None or not have.same_build(spec):
                 got = have.describe() if have else "no index"

@@ -241,7 +241,7 @@ def first_difference(want: dict[str, Any], got: dict[str, Any]) -> str | None:
 
 def create_with_indexes(
     client: MilvusClient,
-    source: str,
+    source_desc: dict[str, Any],
     target: str,
     create: dict[str, Any],
     specs: list[IndexSpec],
@@ -250,8 +250,9 @@ def create_with_indexes(
     partitions: tuple[str, ...] | list[str] = (),
 ) -> None:
     """``create_collection(target, **create)`` with ``specs`` and the named ``partitions``,
-    checked against the source (all but field ``skip``, the resized vector); dropped
-    again on failure."""
+    checked against the source's description ``source_desc`` (all but field ``skip``, the
+    resized vector); dropped again on failure."""
+    source = source_desc["collection_name"]
     try:
         client.create_collection(
             target,
@@ -261,7 +262,7 @@ def create_with_indexes(
         )
         for partition in partitions:
             client.create_partition(target, partition, timeout=TIMEOUT)
-        wanted = definition(client.describe_collection(source, timeout=TIMEOUT), skip, True)
+        wanted = definition(source_desc, skip, True)
         made = definition(client.describe_collection(target, timeout=TIMEOUT), skip, True)
         differs = first_difference(wanted, made)
         if differs:

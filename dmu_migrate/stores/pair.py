@@ -6,7 +6,9 @@ reads of the source collection (the name given, and the concrete collection
 behind it) go to the source store; everything else (the evolved collection,
 the ledger, aliases, tag filters) goes to the target store, through the
 mapping of stores/crossing.py wherever the target sees the source's layout.
-The source store is never written.
+A target of the source's kind needs no mapping; it reads what create_like
+needs beyond the CollectionInfo (indexes, partitions, collection config)
+through the source store (read_setup_from). The source store is never written.
 """
 
 from __future__ import annotations
@@ -38,12 +40,7 @@ class StorePair:
         """``filter``: the run's --filter, in the source's language; the target gets it
         rewritten into its own (stores/filter_crossing.py), refused here if it cannot be."""
         if store_kind(source.uri) == store_kind(target.uri):
-            kind = store_kind(source.uri)
-            raise InputError(
-                f"--target-uri '{target.uri}' is another {kind} store than --uri; evolve "
-                f"across stores of one kind is not supported yet: copy the collection with "
-                f"the store's own tools, or evolve into another kind"
-            )
+            target.read_setup_from(source)
         self.source = source
         self.target = target
         self.uri = target.uri  # the ledger, and every message about the target, are there
@@ -146,6 +143,9 @@ class StorePair:
                 f"--target-uri never writes the source store"
             )
         return name
+
+    def read_setup_from(self, source: VectorStore) -> None:
+        raise InputError("evolve --target-uri pairs two stores; it reads no third one")
 
     def create_like(self, source: CollectionInfo, target: str, new_dim: int) -> None:
         self.target.create_like(self._view(source), self._written(target), new_dim)

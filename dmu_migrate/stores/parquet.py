@@ -50,6 +50,7 @@ from dmu_migrate.stores.base import (
     Batch,
     CollectionInfo,
     Id,
+    VectorStore,
     choose_vector_field,
     id_array,
 )
@@ -311,6 +312,9 @@ class ParquetStore:
         table = table.replace_schema_metadata({_SEQ: str(self._next_seq())})
         pq.write_table(table, tmp)
         os.replace(tmp, path)  # whole file or nothing, and a rewrite replaces it
+
+    def read_setup_from(self, source: VectorStore) -> None:
+        """Nothing to read: a Parquet collection's setup is all in its CollectionInfo."""
 
     def create_like(self, source: CollectionInfo, target: str, new_dim: int) -> None:
         if self.has_collection(target):

@@ -45,6 +45,7 @@ from dmu_migrate.stores.base import (
     Batch,
     CollectionInfo,
     Id,
+    VectorStore,
     choose_vector_field,
     id_array,
     redact,
@@ -103,6 +104,9 @@ class QdrantStore:
         self.local = local
         self.shared = not local  # local mode locks its directory to one process
         self.closed = False
+        # Where create_like reads the source collection's setup: this store, or another
+        # Qdrant (evolve --target-uri, read_setup_from).
+        self._origin = self
 
     @classmethod
     def connect(cls, uri: str, token: str | None = None) -> QdrantStore:
@@ -351,20 +355,26 @@ class QdrantStore:
         }
         return new[""] if list(new) == [""] else new
 
+    def read_setup_from(self, source: VectorStore) -> None:
+        if not isinstance(source, QdrantStore):
+            raise InputError(f"'{source.uri}' is not a Qdrant store; no setup to read from it")
+        self._origin = source
+
     def create_like(self, source: CollectionInfo, target: str, new_dim: int) -> None:
         if self.has_collection(target):
             raise StoreError(
                 f"collection '{target}' already exists in '{self.uri}'; drop it or choose another target"
             )
         params = source.schema if isinstance(source.schema, models.CollectionParams) else None
+        origin = self._origin
+        # Local mode keeps no index or storage settings: none to read from it or give to it.
+        local = self.local or origin.local
         extra: dict[str, Any] = {}
         indexes: dict[str, Any] = {}
-        with self._errors(f"describe collection '{source.name}'", "check --collection"):
+        with origin._errors(f"describe collection '{source.name}'", "check --collection"):
             if params is not None:  # a Qdrant source: its whole setup, not only its vectors
-                extra = qdrant_schema.create_options(self.client, source.name, self.local)
-                indexes = (
-                    {} if self.local else qdrant_schema.payload_indexes(self.client, source.name)
-                )
+                extra = qdrant_schema.create_options(origin.client, source.name, local)
+                indexes = {} if local else qdrant_schema.payload_indexes(origin.client, source.name)
         with self._errors(f"create collection '{target}'", "check the server's logs and --uri"):
             self.client.create_collection(
                 target, vectors_config=self._target_vectors(source, new_dim), **extra
@@ -380,7 +390,8 @@ class QdrantStore:
                         )
                 lacking = None
                 if params is not None:
-                    lacking = qdrant_schema.difference(self.client, source.name, target, self.local)
+                    wanted = origin.client.get_collection(source.name)
+                    lacking = qdrant_schema.difference(wanted, self.client, target, local)
             if lacking:
                 raise StoreError(
                     f"Qdrant at '{self.uri}' created collection '{target}' with {lacking}, "

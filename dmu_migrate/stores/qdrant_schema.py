@@ -51,9 +51,11 @@ def payload_indexes(client: QdrantClient, source: str) -> dict[str, Any]:
     return {key: info.params or info.data_type for key, info in schema.items()}
 
 
-def difference(client: QdrantClient, source: str, target: str, local: bool) -> str | None:
-    """What ``target`` lacks of ``source``'s setup (None: nothing), as created."""
-    want, got = client.get_collection(source), client.get_collection(target)
+def difference(
+    want: models.CollectionInfo, client: QdrantClient, target: str, local: bool
+) -> str | None:
+    """What ``target`` lacks of the source's setup ``want`` (None: nothing), as created."""
+    got = client.get_collection(target)
     sparse = (want.config.params.sparse_vectors or {}, got.config.params.sparse_vectors or {})
     if sparse[0] != sparse[1]:
         return f"sparse vectors {sorted(sparse[1])} instead of {sorted(sparse[0])}"
