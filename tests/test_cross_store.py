@@ -469,99 +469,110 @@ def test_shards_of_a_users_schema_changing_between_them_cross_like_a_same_store_
 
 
 @limit(300)
+@pytest.mark.parametrize("dst_kind", ["milvus-lite", "milvus-server"])
 def test_another_milvus_gets_the_whole_schema_indexes_and_partitions(
-    tmp_path: Path, digits: Digits, artifact: Artifact
+    tmp_path: Path,
+    digits: Digits,
+    artifact: Artifact,
+    request: pytest.FixtureRequest,
+    dst_kind: str,
 ) -> None:
-    """Milvus into another Milvus keeps what a same-store evolve keeps: a partition key and
-    its partition count, nullable fields, defaults, the dynamic field, an HNSW index with
-    its build parameters, a scalar index, settings; named partitions hold the same rows."""
+    """Milvus Lite into another Milvus keeps what a same-store evolve keeps: a partition key
+    and its partition count, the dynamic field, an HNSW index with its build parameters,
+    settings, and (where the target's version has them) nullable fields, defaults and an
+    INVERTED scalar index; named partitions hold the same rows."""
     from pymilvus import DataType, MilvusClient
 
     from dmu_migrate.stores import milvus_schema
 
-    src, dst = harness("milvus-lite", tmp_path / "src"), harness("milvus-lite", tmp_path / "dst")
+    src = harness("milvus-lite", tmp_path / "src")
+    if dst_kind == "milvus-server":
+        dst = Backend(dst_kind, request.getfixturevalue("milvus_server"), tmp_path / "dst")
+    else:
+        dst = harness(dst_kind, tmp_path / "dst")
+    recent = dst_kind == "milvus-lite"  # the 2.3 server has no nullable, default or INVERTED
+    before = dst.list_collections()
+    keyed, parted = src.unique("keyed"), src.unique("parted")
     dim, n = digits.old_te.shape[1], 40
     client = MilvusClient(src.uri)
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
     schema.add_field("tenant", DataType.VARCHAR, max_length=16, is_partition_key=True)
-    schema.add_field("note", DataType.VARCHAR, max_length=32, nullable=True)
-    schema.add_field("score", DataType.DOUBLE, default_value=0.5)
+    if recent:
+        schema.add_field("note", DataType.VARCHAR, max_length=32, nullable=True)
+        schema.add_field("score", DataType.DOUBLE, default_value=0.5)
     index = client.prepare_index_params()
     hnsw = {"params": {"M": 12, "efConstruction": 96}}  # the form Milvus Lite keeps
     index.add_index("vector", index_type="HNSW", metric_type="COSINE", params=hnsw)
-    index.add_index("score", index_type="INVERTED")
+    if recent:
+        index.add_index("score", index_type="INVERTED")
     client.create_collection(
-        "keyed",
+        keyed,
         schema=schema,
         index_params=index,
         num_partitions=16,
         description="by tenant",
         properties={"collection.ttl.seconds": 86400},
     )
-    client.insert(
-        "keyed",
-        [
-            {"id": i, "vector": digits.old_te[i].tolist(), "tenant": f"t{i % 5}"}
-            | ({"note": f"n{i}"} if i % 3 else {})
-            | ({"score": i / 2} if i % 2 else {})
-            | ({"color": f"c{i % 4}"} if i % 4 == 0 else {})
-            for i in range(n)
-        ],
-    )
+    rows = []
+    for i in range(n):
+        row: dict[str, Any] = {"id": i, "vector": digits.old_te[i].tolist(), "tenant": f"t{i % 5}"}
+        if recent:
+            row |= ({"note": f"n{i}"} if i % 3 else {}) | ({"score": i / 2} if i % 2 else {})
+        rows.append(row | ({"color": f"c{i % 4}"} if i % 4 == 0 else {}))
+    client.insert(keyed, rows)
     flat = MilvusClient.create_schema(auto_id=False)
     flat.add_field("id", DataType.INT64, is_primary=True)
     flat.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
     plain = client.prepare_index_params()
     plain.add_index("vector", index_type="FLAT", metric_type="COSINE")
-    client.create_collection("parted", schema=flat, index_params=plain)
+    client.create_collection(parted, schema=flat, index_params=plain)
     for part in ("north", "south"):
-        client.create_partition("parted", part)
+        client.create_partition(parted, part)
     for i in range(n):
         row = {"id": i, "vector": digits.old_te[i].tolist()}
-        client.insert("parted", [row], partition_name="north" if i % 2 else "south")
+        client.insert(parted, [row], partition_name="north" if i % 2 else "south")
     client.close()
 
-    for name in ("keyed", "parted"):
-        done = migrate.evolve(
-            name, artifact.path, uri=src.uri, target_uri=dst.uri, alias=f"{name}_live"
-        )
-        assert isinstance(done, EvolveResult) and done.outcome == Outcome.DONE
-        source, target = MilvusClient(src.uri), MilvusClient(dst.uri)
-        try:
-            want, got = source.describe_collection(name), target.describe_collection(done.target)
-            assert milvus_schema.definition(got, "vector", drop_tags=True) == (
-                milvus_schema.definition(want, "vector")
-            )
-            for key in ("num_partitions", "description", "properties"):
-                assert got[key] == want[key], key
-            built = {i.field: i for i in milvus_schema.read_indexes(target, done.target)}
-            for spec in milvus_schema.read_indexes(source, name):
-                assert built[spec.field].same_build(spec), spec.describe()
-            if name == "parted":
-                for part in ("north", "south"):
-                    mine = source.query(
-                        name, filter="", partition_names=[part], output_fields=["id"], limit=100
-                    )
-                    theirs = target.query(
-                        done.target,
-                        filter="",
-                        partition_names=[part],
-                        output_fields=["id"],
-                        limit=100,
+    try:
+        for name in (keyed, parted):
+            alias = dst.unique("live")
+            done = migrate.evolve(name, artifact.path, uri=src.uri, target_uri=dst.uri, alias=alias)
+            assert isinstance(done, EvolveResult) and done.outcome == Outcome.DONE
+            source, target = MilvusClient(src.uri), MilvusClient(dst.uri)
+            try:
+                want = source.describe_collection(name)
+                got = target.describe_collection(done.target)
+                assert milvus_schema.definition(got, "vector", drop_tags=True) == (
+                    milvus_schema.definition(want, "vector")
+                )
+                for key in ("num_partitions", "description", "properties"):
+                    assert got[key] == want[key], key
+                built = {i.field: i for i in milvus_schema.read_indexes(target, done.target)}
+                for spec in milvus_schema.read_indexes(source, name):
+                    assert built[spec.field].same_build(spec), spec.describe()
+                for part in ("north", "south") if name == parted else ():
+                    mine, theirs = (
+                        c.query(
+                            on, filter="", partition_names=[part], output_fields=["id"], limit=100
+                        )
+                        for c, on in ((source, name), (target, done.target))
                     )
                     assert sorted(r["id"] for r in theirs) == sorted(r["id"] for r in mine) != []
-        finally:
-            source.close()
-            target.close()
-        rows_in, rows_out = src.read_all(name), dst.read_all(done.target)
-        assert sorted(rows_out) == sorted(rows_in)
-        for key, row in rows_in.items():
-            got_row = {k: v for k, v in rows_out[key].items() if not k.startswith("dmu_")}
-            assert {k: v for k, v in got_row.items() if k != "vector"} == {
-                k: v for k, v in row.items() if k != "vector"
-            }, key
+            finally:
+                source.close()
+                target.close()
+            rows_in, rows_out = src.read_all(name), dst.read_all(done.target)
+            assert sorted(rows_out) == sorted(rows_in)
+            for key, row in rows_in.items():
+                got_row = {k: v for k, v in rows_out[key].items() if not k.startswith("dmu_")}
+                assert {k: v for k, v in got_row.items() if k != "vector"} == {
+                    k: v for k, v in row.items() if k != "vector"
+                }, key
+    finally:
+        if dst_kind == "milvus-server":
+            dst.drop_created(sorted(dst.list_collections() - before))
 
 
 @limit(300)
@@ -812,13 +823,25 @@ def test_scalar_types_nulls_and_uuid_keys_cross_both_ways(
 
 @limit(600)
 @pytest.mark.parametrize(
-    "server_is_source", [False, True], ids=["qdrant-to-server", "server-to-qdrant"]
+    ("local_kind", "server_is_source"),
+    [
+        ("qdrant-local", False),
+        ("qdrant-local", True),
+        ("milvus-lite", False),
+        ("milvus-lite", True),
+    ],
+    ids=["qdrant-to-server", "server-to-qdrant", "lite-to-server", "server-to-lite"],
 )
 def test_the_milvus_server_as_source_or_target(
-    tmp_path: Path, digits: Digits, artifact: Artifact, milvus_server: str, server_is_source: bool
+    tmp_path: Path,
+    digits: Digits,
+    artifact: Artifact,
+    milvus_server: str,
+    local_kind: str,
+    server_is_source: bool,
 ) -> None:
     server = Backend("milvus-server", milvus_server, tmp_path / "server")
-    local = harness("qdrant-local", tmp_path / "local")
+    local = harness(local_kind, tmp_path / "local")
     src, dst = (server, local) if server_is_source else (local, server)
     before = server.list_collections()
     try:
