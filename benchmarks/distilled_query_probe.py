@@ -21,32 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from compat import EXAMPLES, ROOT, plugins, tables
+from compat import EXAMPLES, ROOT
+from val_probe import open_probe
 
-from dmu_migrate.artifact import load_artifact
-from dmu_migrate.data import Columns, read_table
-from dmu_migrate.evaluation import embed, split_roles
-from dmu_migrate.metrics import l2_normalize, retrieval_scores
+from dmu_migrate.metrics import l2_normalize
 
 RIDGE = (1.0, 10.0, 100.0)  # in units of the number of input features
 WEIGHTS = np.linspace(0.0, 1.0, 11)  # a, the old half's weight; b = 1 - a
 
 
 def probe(example: str, data: Path, work: Path) -> dict[str, Any]:
-    ex = EXAMPLES[example]
-    paths = tables(ex, data)
-    with plugins(ex):
-        artifact = load_artifact(work / example / "seed0" / "dmu")
-        train = read_table(paths["train"], Columns(), need_x=True)
-        val = read_table(paths["val"], Columns(), need_x=True)
-        ev, _ = embed(artifact, val)
-    q, g, loo = split_roles(val, Columns())
+    p = open_probe(example, data, work)
+    ev, train = p.on_val, p.train
 
     def r1(queries: np.ndarray, gallery: np.ndarray) -> float:
-        s = retrieval_scores(
-            queries[q], val.labels[q], gallery[g], val.labels[g], ks=(1,), leave_one_out=loo
-        )
-        return 100 * float(s.recall[1])
+        return 100 * p.r1(queries, gallery)
 
     old, new, evolved = (l2_normalize(ev[k]) for k in ("old", "new", "evolved"))
 
@@ -55,7 +44,7 @@ def probe(example: str, data: Path, work: Path) -> dict[str, Any]:
         return max(r1(np.hstack([a * q_old, (1 - a) * new]), gallery) for a in WEIGHTS)
 
     mean, std = train.x.mean(0), train.x.std(0) + 1e-6
-    z_tr, z_ev = (train.x - mean) / std, (val.x - mean) / std
+    z_tr, z_ev = (train.x - mean) / std, (p.val.x - mean) / std
     target = l2_normalize(train.old)
     distilled = {}
     for lam in RIDGE:

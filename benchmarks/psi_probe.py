@@ -27,13 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from compat import EXAMPLES, ROOT, plugins, tables
+from compat import EXAMPLES, ROOT
 from markdown import replace_section
+from val_probe import open_probe
 
-from dmu_migrate.artifact import load_artifact
-from dmu_migrate.data import Columns, read_table
-from dmu_migrate.evaluation import embed, split_roles
-from dmu_migrate.metrics import l2_normalize, retrieval_scores
+from dmu_migrate.metrics import l2_normalize
 
 SECTION = "probe"
 RIDGE = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # in units of mean squared feature energy
@@ -55,21 +53,8 @@ def affine(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def probe(example: str, data: Path, work: Path) -> dict[str, Any]:
-    ex = EXAMPLES[example]
-    paths = tables(ex, data)
-    with plugins(ex):
-        artifact = load_artifact(work / example / "seed0" / "dmu")
-        train = read_table(paths["train"], Columns(), need_x=True)
-        val = read_table(paths["val"], Columns(), need_x=True)
-        tr, _ = embed(artifact, train)
-        ev, _ = embed(artifact, val)
-    q, g, loo = split_roles(val, Columns())
-
-    def r1(queries: np.ndarray, gallery: np.ndarray) -> float:
-        s = retrieval_scores(
-            queries[q], val.labels[q], gallery[g], val.labels[g], ks=(1,), leave_one_out=loo
-        )
-        return float(s.recall[1])
+    p = open_probe(example, data, work, embed_train=True)
+    tr, ev, r1 = p.on_train, p.on_val, p.r1
 
     o_tr, o_ev = l2_normalize(tr["old"]), l2_normalize(ev["old"])
     f_tr, f_ev = l2_normalize(tr["new"]), l2_normalize(ev["new"])
