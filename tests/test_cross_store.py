@@ -469,29 +469,42 @@ def test_shards_of_a_users_schema_changing_between_them_cross_like_a_same_store_
 
 
 @limit(300)
-@pytest.mark.parametrize("dst_kind", ["milvus-lite", "milvus-server"])
+@pytest.mark.parametrize(
+    ("src_kind", "dst_kind"),
+    [
+        ("milvus-lite", "milvus-lite"),
+        ("milvus-lite", "milvus-server"),
+        ("milvus-server", "milvus-lite"),
+    ],
+    ids=["lite-to-lite", "lite-to-server", "server-to-lite"],
+)
 def test_another_milvus_gets_the_whole_schema_indexes_and_partitions(
     tmp_path: Path,
     digits: Digits,
     artifact: Artifact,
     request: pytest.FixtureRequest,
+    src_kind: str,
     dst_kind: str,
 ) -> None:
-    """Milvus Lite into another Milvus keeps what a same-store evolve keeps: a partition key
-    and its partition count, the dynamic field, an HNSW index with its build parameters,
-    settings, and (where the target's version has them) nullable fields, defaults and an
-    INVERTED scalar index; named partitions hold the same rows."""
+    """One Milvus into another keeps what a same-store evolve keeps: a partition key and
+    its partition count (which Milvus Lite reports one higher), the dynamic field, an HNSW
+    index with its build parameters, settings, and (where both versions have them) nullable
+    fields, defaults and an INVERTED scalar index; named partitions hold the same rows. A
+    server's Bounded consistency becomes Lite's only level, Strong."""
     from pymilvus import DataType, MilvusClient
 
     from dmu_migrate.stores import milvus_schema
 
-    src = harness("milvus-lite", tmp_path / "src")
-    if dst_kind == "milvus-server":
-        dst = Backend(dst_kind, request.getfixturevalue("milvus_server"), tmp_path / "dst")
-    else:
-        dst = harness(dst_kind, tmp_path / "dst")
-    recent = dst_kind == "milvus-lite"  # the 2.3 server has no nullable, default or INVERTED
-    before = dst.list_collections()
+    def backend(kind: str, place: Path) -> Backend:
+        if kind == "milvus-server":
+            return Backend(kind, request.getfixturevalue("milvus_server"), place)
+        return harness(kind, place)
+
+    src, dst = backend(src_kind, tmp_path / "src"), backend(dst_kind, tmp_path / "dst")
+    server = src if src_kind == "milvus-server" else dst
+    lite = (src_kind == "milvus-lite", dst_kind == "milvus-lite")
+    recent = all(lite)  # the 2.3 server has no nullable, default or INVERTED
+    before = server.list_collections()
     keyed, parted = src.unique("keyed"), src.unique("parted")
     dim, n = digits.old_te.shape[1], 40
     client = MilvusClient(src.uri)
@@ -544,10 +557,18 @@ def test_another_milvus_gets_the_whole_schema_indexes_and_partitions(
             try:
                 want = source.describe_collection(name)
                 got = target.describe_collection(done.target)
-                assert milvus_schema.definition(got, "vector", drop_tags=True) == (
-                    milvus_schema.definition(want, "vector")
+                made = milvus_schema.definition(got, "vector", True, lite[1])
+                wanted = milvus_schema.definition(want, "vector", lite=lite[0])
+                if lite[1]:  # Lite's only level
+                    wanted["consistency_level"] = "Strong"
+                assert made == wanted
+                assert milvus_schema.key_partitions(got, lite[1]) == (
+                    milvus_schema.key_partitions(want, lite[0])
                 )
-                for key in ("num_partitions", "description", "properties"):
+                assert milvus_schema.key_partitions(want, lite[0]) == (
+                    16 if name == keyed else None
+                )
+                for key in ("description", "properties"):
                     assert got[key] == want[key], key
                 built = {i.field: i for i in milvus_schema.read_indexes(target, done.target)}
                 for spec in milvus_schema.read_indexes(source, name):
@@ -571,8 +592,7 @@ def test_another_milvus_gets_the_whole_schema_indexes_and_partitions(
                     k: v for k, v in row.items() if k != "vector"
                 }, key
     finally:
-        if dst_kind == "milvus-server":
-            dst.drop_created(sorted(dst.list_collections() - before))
+        server.drop_created(sorted(server.list_collections() - before))
 
 
 @limit(300)
@@ -680,7 +700,7 @@ def test_what_a_target_cannot_hold_is_refused_before_anything_is_written(
     # Scope: what --target-uri does not do yet, refused before a store is opened.
     refused: list[tuple[dict[str, Any], str]] = [
         ({"strategy": "new-field"}, "--strategy new-field works within one store"),
-        ({"write_path": "bulk", "bulk_storage": "/tmp"}, "--write-path bulk with --target-uri"),
+        ({"write_path": "bulk", "bulk_storage": "/tmp"}, "has no bulk import"),
     ]
     for settings, needle in refused:
         with pytest.raises(InputError, match=needle):

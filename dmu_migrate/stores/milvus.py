@@ -106,7 +106,7 @@ class MilvusStore:
         self._ledger_ready = False
         # Where create_like and target_problem read the source collection's indexes and
         # partitions: this store, or another Milvus (evolve --target-uri, read_setup_from).
-        self._origin = client
+        self._origin, self._origin_shared = client, self.shared
 
     @classmethod
     def connect(cls, uri: str, token: str | None = None) -> MilvusStore:
@@ -318,7 +318,7 @@ class MilvusStore:
     def read_setup_from(self, source: VectorStore) -> None:
         if not isinstance(source, MilvusStore):
             raise InputError(f"'{source.uri}' is not a Milvus store; no setup to read from it")
-        self._origin = source.client
+        self._origin, self._origin_shared = source.client, source.shared
 
     def create_like(self, source: CollectionInfo, target: str, new_dim: int) -> None:
         self._schemas.pop(target, None)
@@ -331,16 +331,17 @@ class MilvusStore:
         specs = milvus_schema.read_indexes(self._origin, source.name)
         for bare in milvus_schema.unindexed_vectors(desc, specs, _VECTOR_TYPES):
             log.info("'%s' has no index on '%s'; '%s' gets none either", source.name, bare, target)
-        lite = not self.shared
+        lite = (not self._origin_shared, not self.shared)
         milvus_schema.create_with_indexes(
             self.client,
             desc,
             target,
-            {"schema": schema, **milvus_schema.create_options(desc, lite)},
+            {"schema": schema, **milvus_schema.create_options(desc, lite[0])},
             specs,
-            nested=lite,  # Milvus Lite keeps nested build parameters only
+            nested=lite[1],  # Milvus Lite keeps nested build parameters only
             skip=source.vector_field,
             partitions=milvus_partitions.named(self._origin, source.name),
+            lite=lite,
         )
 
     def target_problem(self, source: CollectionInfo, target: str, new_dim: int) -> str | None:

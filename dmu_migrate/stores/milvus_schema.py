@@ -175,16 +175,24 @@ def build_schema(desc: dict[str, Any], vector_field: str, new_dim: int) -> Any:
     return schema
 
 
+def key_partitions(desc: dict[str, Any], lite: bool) -> int | None:
+    """How many partitions the collection's partition key hashes into; ``lite``: ``desc``
+    comes from Milvus Lite, which counts its "_default" partition in what it reports."""
+    if not any(f.get("is_partition_key") for f in desc["fields"]) or not desc.get("num_partitions"):
+        return None
+    return int(desc["num_partitions"]) - (1 if lite else 0)
+
+
 def create_options(desc: dict[str, Any], lite: bool) -> dict[str, Any]:
-    """Collection settings beside the schema: shards, partitions, consistency, properties."""
+    """Collection settings beside the schema: shards, partitions, consistency, properties;
+    ``lite``: ``desc`` comes from Milvus Lite."""
     options: dict[str, Any] = {}
     # The source's shard (DML channel) count: writes into one channel serialise on a
     # cluster, so a source laid out for parallel writes keeps that layout.
     if desc.get("num_shards"):
         options["num_shards"] = desc["num_shards"]
-    if any(f.get("is_partition_key") for f in desc["fields"]) and desc.get("num_partitions"):
-        # Milvus Lite counts its "_default" partition in what it reports, not in what it takes.
-        options["num_partitions"] = int(desc["num_partitions"]) - (1 if lite else 0)
+    if key_partitions(desc, lite):
+        options["num_partitions"] = key_partitions(desc, lite)
     if desc.get("consistency_level_name"):
         options["consistency_level"] = desc["consistency_level_name"]
     if desc.get("properties"):
@@ -192,9 +200,12 @@ def create_options(desc: dict[str, Any], lite: bool) -> dict[str, Any]:
     return options
 
 
-def definition(desc: dict[str, Any], skip: str, drop_tags: bool = False) -> dict[str, Any]:
+def definition(
+    desc: dict[str, Any], skip: str, drop_tags: bool = False, lite: bool = False
+) -> dict[str, Any]:
     """What must be equal between source and target, except field ``skip`` (the evolved
-    vector, resized) and, with ``drop_tags``, the tag fields."""
+    vector, resized) and, with ``drop_tags``, the tag fields; ``lite``: ``desc`` comes from
+    Milvus Lite."""
     fields = {}
     for f in desc["fields"]:
         if f["name"] == skip or (drop_tags and f["name"] in (*TAG_FIELDS, TAG_SOURCE)):
@@ -203,8 +214,9 @@ def definition(desc: dict[str, Any], skip: str, drop_tags: bool = False) -> dict
         flags = {k: bool(f.get(k)) for k in _FIELD_FLAGS if k != "description"}
         text = (f.get("description", ""), str(default_value(f)))
         fields[f["name"]] = (str(f["type"]), params, flags, text)
-    keys = ("auto_id", "enable_dynamic_field", "description", "num_partitions")
+    keys = ("auto_id", "enable_dynamic_field", "description")
     out: dict[str, Any] = {k: desc.get(k) for k in keys}
+    out["num_partitions"] = key_partitions(desc, lite) or desc.get("num_partitions")
     out["consistency_level"] = desc.get("consistency_level_name")
     out["properties"] = {k: str(v) for k, v in (desc.get("properties") or {}).items()}
     out["fields"] = fields
@@ -248,10 +260,12 @@ def create_with_indexes(
     nested: bool,
     skip: str,
     partitions: tuple[str, ...] | list[str] = (),
+    lite: tuple[bool, bool] = (False, False),
 ) -> None:
     """``create_collection(target, **create)`` with ``specs`` and the named ``partitions``,
     checked against the source's description ``source_desc`` (all but field ``skip``, the
-    resized vector); dropped again on failure."""
+    resized vector); dropped again on failure. ``lite``: whether the source and the target
+    are Milvus Lite."""
     source = source_desc["collection_name"]
     try:
         client.create_collection(
@@ -262,8 +276,13 @@ def create_with_indexes(
         )
         for partition in partitions:
             client.create_partition(target, partition, timeout=TIMEOUT)
-        wanted = definition(source_desc, skip, True)
-        made = definition(client.describe_collection(target, timeout=TIMEOUT), skip, True)
+        wanted = definition(source_desc, skip, True, lite[0])
+        made = definition(client.describe_collection(target, timeout=TIMEOUT), skip, True, lite[1])
+        level = wanted["consistency_level"]
+        if lite[1] and level not in (None, "Strong"):
+            # Reads in a Lite file see every write before them: Strong is all it has.
+            log.info("Milvus Lite reads '%s' at Strong consistency, not %s", target, level)
+            wanted["consistency_level"] = "Strong"
         differs = first_difference(wanted, made)
         if differs:
             # A 2.3 server, for one, takes a schema with a BM25 function and drops the function.
