@@ -13,6 +13,8 @@
 #   docker build --build-arg EXTRAS="[train]" -t dmu-migrate:train .
 # Ray variant (--engine ray; the cluster's nodes need the same install):
 #   docker build --build-arg EXTRAS="[ray]" -t dmu-migrate:ray .
+# Bulk import through MinIO or S3 (--bulk-storage s3://BUCKET/PREFIX; boto3):
+#   docker build --build-arg EXTRAS="[s3]" -t dmu-migrate:s3 .
 # (install torch==2.13.0 first on hosts where an unpinned torch pulls a CUDA build)
 FROM python:3.11-slim
 

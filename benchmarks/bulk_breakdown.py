@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -86,7 +87,7 @@ def import_parts(uri: str, root: Path, rows: int, dim: int, part_mib: int) -> di
         began = time.perf_counter()
         milvus_bulk.wait(client, milvus_bulk.submit(client, name, files), name)
         out["job_s"].append(time.perf_counter() - began)
-        milvus_bulk.remove(files)
+        shutil.rmtree(Path(files[0]).parent)
     out["import_s"] = time.perf_counter() - start
     start = time.perf_counter()
     out["visible"] = milvus_bulk.wait_visible(client, name, rows)
@@ -100,10 +101,11 @@ def probe_s(uri: str, root: Path) -> float:
     from pymilvus import MilvusClient
 
     from dmu_migrate.stores import milvus_bulk
+    from dmu_migrate.stores.bulk_storage import SharedDirectory
 
     client = MilvusClient(uri, timeout=120)
     start = time.perf_counter()
-    milvus_bulk.probe(client, root)
+    milvus_bulk.probe(client, SharedDirectory(root))
     seconds = time.perf_counter() - start
     client.close()
     return seconds

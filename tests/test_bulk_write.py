@@ -15,6 +15,7 @@ import pytest
 from backends import Backend
 from galleries import Digits
 
+from dmu_migrate.api import migrate
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import InputError
 from dmu_migrate.evolve import bulk_pass
@@ -22,7 +23,7 @@ from dmu_migrate.evolve.ledger import Ledger
 from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
 from dmu_migrate.evolve.progress import EVOLVE
-from dmu_migrate.evolve.run import Outcome
+from dmu_migrate.evolve.run import EvolveResult, Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.stores.base import VectorStore
 
@@ -37,6 +38,13 @@ def _seed(backend: Backend, digits: Digits) -> tuple[str, np.ndarray]:
     alias = backend.unique("bulk")
     backend.seed(source, ids, digits.old_te[:ROWS], fields, alias=alias)
     return alias, ids
+
+
+def _across(collection: str, artifact: Artifact, **settings: Any) -> EvolveResult:
+    """``dmu-migrate evolve`` as the API runs it (with --target-uri and every flag)."""
+    done = migrate.evolve(collection, artifact.path, **settings)
+    assert isinstance(done, EvolveResult)
+    return done
 
 
 def _run(
@@ -137,8 +145,8 @@ def test_bad_storage_is_one_line_and_writes_nothing(
     with pytest.raises(InputError, match="is not a directory") as missing:
         _run(store, source, artifact, write_path="bulk", bulk_storage=str(tmp_path / "nope"))
     assert "\n" not in str(missing.value)
-    with pytest.raises(InputError, match="object storage") as s3:
-        _run(store, source, artifact, write_path="bulk", bulk_storage="s3://bucket/prefix")
+    with pytest.raises(InputError, match="only s3:// object storage") as s3:
+        _run(store, source, artifact, write_path="bulk", bulk_storage="gs://bucket/prefix")
     assert "\n" not in str(s3.value)
     assert server.list_collections() == before
     assert Ledger(store).records() == [] or all(r.source != source for r in Ledger(store).records())
@@ -176,3 +184,111 @@ def test_bulk_refuses_a_target_holding_rows(
     with pytest.raises(InputError, match="already holds rows"):
         _run(store, source, artifact, write_path="bulk", bulk_storage=str(tmp_path), restart=True)
     assert first.outcome == Outcome.DONE
+
+
+def test_a_lite_source_is_bulk_imported_into_the_server(
+    server: Backend, digits: Digits, artifact: Artifact, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """--target-uri from a Milvus Lite file: the server imports the main pass, every row
+    as a same-store evolve of the file writes it; a re-run catches up by insert."""
+    monkeypatch.setattr(bulk_pass, "PART_BYTES", 250 * 4 * AdapterChain([artifact]).out_dim)
+    lite = Backend("milvus-lite", str(tmp_path / "lite.db"), tmp_path / "lite")
+    alias, ids = _seed(lite, digits)
+    files = tmp_path / "bulk"
+    files.mkdir()
+    live = server.unique("live")
+    bulk: dict[str, Any] = {"write_path": "bulk", "bulk_storage": str(files), "batch_size": 100}
+    done = _across(alias, artifact, uri=lite.uri, target_uri=server.uri, alias=live, **bulk)
+    assert done.outcome == Outcome.DONE and done.verify is not None
+    assert (done.caught_up, done.updated, done.verify.missing) == (0, 0, 0)
+    store = server.open_store()
+    record = Ledger(store).load(done.migration)
+    assert record is not None and record.bulk is not None
+    assert [p["rows"] for p in record.bulk["parts"]] == [300, 300]
+    assert list(files.iterdir()) == []
+    server.close_stores()
+    same = _across(alias, artifact, uri=lite.uri, alias=lite.unique("live"))
+    imported, inserted = server.read_all(done.target), lite.read_all(same.target)
+    assert sorted(imported) == sorted(inserted) == sorted(ids.tolist())
+    for key, row in inserted.items():
+        np.testing.assert_allclose(imported[key]["vector"], row["vector"], atol=1e-6)
+        assert {k: v for k, v in imported[key].items() if k != "vector"} == {
+            k: v for k, v in row.items() if k != "vector"
+        }
+
+    source = lite.open_store()
+    name = source.alias_target(alias)
+    assert name is not None
+    source.delete_ids(name, ids[:2])
+    source.flush(name)
+    lite.close_stores()
+    again = _across(alias, artifact, uri=lite.uri, target_uri=server.uri, alias=live, **bulk)
+    assert (again.outcome, again.caught_up, again.updated, again.deleted) == (Outcome.DONE, 0, 0, 2)
+    assert sorted(server.read_all(done.target)) == sorted(ids[2:].tolist())
+
+
+def test_a_source_of_another_kind_is_not_bulk_imported(
+    server: Backend, digits: Digits, artifact: Artifact, tmp_path: Path
+) -> None:
+    """Its fields reach Milvus as dynamic keys, which per-field import files cannot carry:
+    bulk is refused in one line with nothing written; auto takes the insert path."""
+    qdrant = Backend("qdrant-local", f"qdrant:{tmp_path / 'qdrant'}", tmp_path)
+    qdrant.seed("src", np.arange(20) + 1, digits.old_te[:20], {"name": ["x"] * 20})
+    before = server.list_collections()
+    live = server.unique("live")
+    args: dict[str, Any] = {"uri": qdrant.uri, "target_uri": server.uri, "alias": live}
+    bulk = {"write_path": "bulk", "bulk_storage": str(tmp_path)}
+    with pytest.raises(InputError, match="another store kind") as refused:
+        _across("src", artifact, **bulk, **args)
+    assert "\n" not in str(refused.value)
+    assert server.list_collections() == before
+    into = Backend("parquet", f"parquet:{tmp_path / 'parquet'}", tmp_path)
+    with pytest.raises(InputError, match="has no bulk import"):  # nor into a store without it
+        _across("src", artifact, uri=qdrant.uri, target_uri=into.uri, **bulk)
+    assert into.list_collections() == set()
+    done = _across("src", artifact, write_path="auto", bulk_storage=str(tmp_path), **args)
+    assert done.outcome == Outcome.DONE and len(server.read_all(done.target)) == 20
+
+
+def test_shards_import_their_ranges_like_one_insert_run(
+    server: Backend, digits: Digits, artifact: Artifact, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """--shards 2, and --shard 1/2 then 0/2, with --write-path bulk: each shard imports its
+    own range through the split's storage; the finish waits for every imported row, then
+    verifies and cuts over."""
+    from dmu_migrate.evolve.shards import load_shards
+
+    monkeypatch.setattr(bulk_pass, "PART_BYTES", 200 * 4 * AdapterChain([artifact]).out_dim)
+    (a, ids), (b, _), (c, _) = (_seed(server, digits) for _ in range(3))
+    store = server.open_store()
+    by_insert = _run(store, a, artifact)
+    server.close_stores()
+    files = tmp_path / "bulk"
+    files.mkdir()
+    bulk: dict[str, Any] = {"write_path": "bulk", "bulk_storage": str(files), "batch_size": 100}
+    together = _across(b, artifact, uri=server.uri, shards=2, **bulk)
+    assert together.outcome == Outcome.DONE and together.verify is not None
+    assert [s["rows_written"] for s in together.shards] == [300, 300]
+    one = _across(c, artifact, uri=server.uri, shard="1/2", **bulk)
+    assert one.outcome == Outcome.SHARD_DONE
+    other = _across(c, artifact, uri=server.uri, shard="0/2", **bulk)
+    assert other.outcome == Outcome.DONE and other.verify is not None
+    inserted = server.read_all(by_insert.target)
+    store = server.open_store()
+    ledger = Ledger(store)
+    for done in (together, other):
+        assert (done.caught_up, done.updated, done.verify.missing) == (0, 0, 0)  # type: ignore[union-attr]
+        record = ledger.load(done.migration)
+        assert record is not None and record.bulk is not None
+        shards = load_shards(ledger, record)
+        parts = [p for s in shards if s is not None and s.bulk for p in s.bulk["parts"]]
+        assert [p["rows"] for p in parts] == [200, 100, 200, 100] and all(p["done"] for p in parts)
+        count = store.client.query(  # type: ignore[attr-defined]
+            done.target, filter="", output_fields=["count(*)"], consistency_level="Strong"
+        )
+        assert count[0]["count(*)"] == ROWS  # each range imported once
+        imported = server.read_all(done.target)
+        assert sorted(imported) == sorted(inserted) == sorted(ids.tolist())
+        for key, row in inserted.items():
+            np.testing.assert_allclose(imported[key]["vector"], row["vector"], atol=1e-6)
+    assert list(files.iterdir()) == []

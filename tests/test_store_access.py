@@ -1,11 +1,8 @@
 """Rejected credentials and missing privileges are named as such, on a real Milvus server.
 
-A second Milvus 2.3.5 server from the `milvus` package runs here with
-``common.security.authorizationEnabled: true`` (its built-in user is root:Milvus).
-It shares nothing with the session's server (tests/conftest.py): every port is
-a free one picked here, and its embedded etcd, which otherwise always binds
-2379/2380, gets its own through an etcd config file. So it needs no turn at the
-session server's lock and can run beside it.
+A second Milvus 2.3.5 server from the `milvus` package runs here beside the
+session's (tests/side_servers.py) with ``common.security.authorizationEnabled:
+true`` (its built-in user is root:Milvus).
 
 pymilvus words a wrong password exactly as a server that is down ("Fail
 connecting to server ..., illegal connection params or server unavailable");
@@ -15,7 +12,6 @@ these tests prove the one line the user sees says which it is.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +21,7 @@ import numpy as np
 import pytest
 from limits import limit
 from pymilvus import MilvusClient
+from side_servers import free_port, side_milvus
 
 from dmu_migrate.errors import AccessDenied, StoreError
 from dmu_migrate.evolve.retry import Retrier, RetryPolicy
@@ -35,49 +32,11 @@ CALL_TIMEOUT = 60
 SECRET = "s3cret-pw"  # in every wrong credential: it must never be printed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from milvus import MilvusServer, MilvusServerConfig
-
     base = tmp_path_factory.mktemp("milvus-auth")
-    config = MilvusServerConfig()
-    ports = {key: _free_port() for key in config.configurable_items if key.endswith("_port")}
-    config.update(**ports, data_dir=str(base))
-    config.set("authorization_enabled", True)
-    peer, client = _free_port(), _free_port()
-    etcd = base / "etcd.yaml"
-    etcd.write_text(
-        "name: dmu-auth\n"
-        f"listen-client-urls: http://127.0.0.1:{client}\n"
-        f"advertise-client-urls: http://127.0.0.1:{client}\n"
-        f"listen-peer-urls: http://127.0.0.1:{peer}\n"
-        f"initial-advertise-peer-urls: http://127.0.0.1:{peer}\n"
-        f"initial-cluster: dmu-auth=http://127.0.0.1:{peer}\n"
-    )
-    # The package's template has no etcd.config.path line to set; add it under "etcd:".
-    config.template_text = config.template_text.replace(
-        "\netcd:\n", f"\netcd:\n  config:\n    path: {etcd}\n", 1
-    )
-    server = MilvusServer(config)
-    server.webservice_port = _free_port()
-    server.start()
-    pid = server.server_proc.pid
-    try:
-        yield f"http://127.0.0.1:{server.listen_port}"
-    finally:
-        server.stop()  # terminates, then kills after a second
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            pass
-        else:
-            os.kill(pid, 9)  # never leave it running
+    with side_milvus(base, {"authorization_enabled": True}) as uri:
+        yield uri
 
 
 def _seed(uri: str, name: str) -> None:
@@ -128,7 +87,7 @@ def test_rejected_or_missing_credentials_are_named_as_such(auth_server: str) -> 
     # The right credentials open it; a server that is down still reads as one.
     assert _cli(auth_server, ROOT).returncode == 0
     with pytest.raises(StoreError, match="check --uri") as down:
-        open_store(f"http://127.0.0.1:{_free_port()}", ROOT)
+        open_store(f"http://127.0.0.1:{free_port()}", ROOT)
     assert not isinstance(down.value, AccessDenied)
 
 

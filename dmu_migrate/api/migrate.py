@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from dmu_migrate.api.store import crosses, opened_for, resolve_target_token, resolve_token
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.evolve import BULK, INSERT, NEW_COLLECTION
+from dmu_migrate.evolve import NEW_COLLECTION
 from dmu_migrate.evolve.plan import Estimate
 from dmu_migrate.evolve.progress import Report
 from dmu_migrate.evolve.run import EvolveResult
@@ -73,10 +73,6 @@ def refuse_across(s: EvolveSettings) -> None:
             f"--target-uri writes a new collection into the other store; --strategy "
             f"{s.strategy} works within one store, so drop --target-uri or the strategy"
         )
-    if s.write_path == BULK:
-        raise InputError(
-            "--write-path bulk with --target-uri is not supported yet; use --write-path insert"
-        )
 
 
 def evolve(
@@ -102,10 +98,12 @@ def evolve(
     ``on_progress(phase, done, total)`` is called as each phase moves: "split",
     "evolve", "id diff", "catch-up", "verify" (see dmu_migrate/evolve/progress.py).
     ``write_path`` is "insert" (upsert batches), "bulk" (a Milvus server imports
-    the main pass from files written to ``bulk_storage``, a directory it shares)
+    the main pass from files written to ``bulk_storage``, a directory it shares or
+    ``s3://BUCKET/PREFIX`` in its bucket)
     or "auto" (bulk when ``bulk_storage`` is given and the source is large);
-    bulk runs unsharded. ``target_uri`` writes the evolved collection, the ledger and
-    the alias (default: ``collection``) into another store kind, opened with
+    with ``target_uri`` bulk imports from another Milvus only.
+    ``target_uri`` writes the evolved collection, the ledger and the alias
+    (default: ``collection``) into another store, of any kind, opened with
     ``target_token`` (else DMU_TARGET_TOKEN, else that store's own variable); the
     source store is only read (stores/pair.py, stores/crossing.py).
     """
@@ -119,8 +117,6 @@ def evolve(
     across = crosses(uri, s.target_uri)
     if across:
         refuse_across(s)
-    if fanout.sharded and s.write_path != INSERT:
-        raise InputError("--write-path bulk/auto runs unsharded; drop --shards")
     threads = fanout.threads(s.threads)
     plan_args = {
         "strategy": s.strategy,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from dmu_migrate.evolve.ledger import Ledger, Record
@@ -25,8 +24,10 @@ from dmu_migrate.evolve.screen import add_skipped
 from dmu_migrate.evolve.settings import batch_rows
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.sync import checksums
+from dmu_migrate.evolve.write_path import importer
 from dmu_migrate.stores import milvus_bulk
 from dmu_migrate.stores.base import TAG_SOURCE
+from dmu_migrate.stores.bulk_storage import Storage, open_storage, part_name
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,11 @@ MAX_PENDING = 2  # jobs in flight while the next part is written; bounds files o
 class Parts:
     """The recorded parts of a bulk pass and their jobs; every change goes on record."""
 
-    def __init__(self, store: Any, plan: Plan, ledger: Ledger, record: Record, root: Path):
-        self.client, self.plan, self.ledger, self.record = store.client, plan, ledger, record
-        self.root = root
+    def __init__(self, client: Any, plan: Plan, ledger: Ledger, record: Record, storage: Storage):
+        self.client, self.plan, self.ledger, self.record = client, plan, ledger, record
+        self.storage = storage
         if record.bulk is None:
-            record.bulk = {"storage": str(root), "parts": []}
+            record.bulk = {"storage": storage.uri, "parts": []}
         self.pending: list[dict[str, Any]] = [p for p in self.all if not p["done"]]
         self._drop_unrecorded()
 
@@ -51,15 +52,14 @@ class Parts:
         assert self.record.bulk is not None
         return list(self.record.bulk["parts"])
 
-    def directory(self) -> Path:
-        return self.root / f"dmu-{self.record.run_id}-{len(self.all):05d}"
+    def next_name(self) -> str:
+        return f"dmu-{self.record.run_id}-{len(self.all):05d}"
 
     def _drop_unrecorded(self) -> None:
         """Files a killed run wrote but never recorded: their rows are read again."""
-        recorded = {str(Path(p["files"][0]).parent) for p in self.all if p["files"]}
-        for stale in self.root.glob(f"dmu-{self.record.run_id}-*"):
-            if str(stale) not in recorded:
-                milvus_bulk.remove([str(stale / "x")])
+        recorded = {part_name(p["files"]) for p in self.all if p["files"]}
+        for stale in self.storage.names(f"dmu-{self.record.run_id}-") - recorded:
+            self.storage.drop(stale)
 
     def add(self, files: list[str], rows: int, last_id: Any) -> None:
         part = {"files": files, "rows": rows, "last_id": last_id, "job": None, "done": False}
@@ -92,7 +92,7 @@ class Parts:
         milvus_bulk.wait(self.client, part["job"], self.plan.target)
         part["done"] = True
         self.ledger.save(self.record)
-        milvus_bulk.remove(part["files"])
+        self.storage.drop(part_name(part["files"]))
 
     def settle_all(self) -> None:
         while self.pending:
@@ -108,12 +108,13 @@ def bulk_pass(run: Run) -> bool:
     from dmu_migrate.evolve.pipeline import prepare
 
     store, plan, options, record = run.store, run.plan, run.options, run.record
+    client = importer(store).client  # the target's: with --target-uri, not the one read
 
     assert options.bulk_storage is not None or record.bulk is not None
-    root = Path(record.bulk["storage"] if record.bulk else str(options.bulk_storage))
-    parts = Parts(store, plan, run.ledger, record, milvus_bulk.check_root(str(root)))
+    storage = open_storage(record.bulk["storage"] if record.bulk else str(options.bulk_storage))
+    parts = Parts(client, plan, run.ledger, record, storage)
     parts.settle_all()  # what a previous run left in flight, before reading on
-    schema = store.client.describe_collection(plan.target)  # type: ignore[attr-defined]
+    schema = client.describe_collection(plan.target)
     vf, dim = plan.source.vector_field, plan.chain.out_dim
     part_rows = max(1, PART_BYTES // (4 * dim))
     batches = store.iter_batches(
@@ -121,8 +122,10 @@ def bulk_pass(run: Run) -> bool:
         batch_rows(options.batch_size, max(plan.source.dim, dim)),
         after=record.cursor,
         filter=plan.filter,
+        until=record.until,  # a shard's range; None unsharded
     )
-    run.report(EVOLVE, record.rows_done, plan.rows)  # at once: the first part takes a while
+    total = record.source_rows if record.parent is not None else plan.rows
+    run.report(EVOLVE, record.rows_done, total)  # at once: the first part takes a while
     part: milvus_bulk.Part | None = None
     skipped: list[Any] = []
     last_id: Any = None
@@ -134,7 +137,8 @@ def bulk_pass(run: Run) -> bool:
     ):
         for item in ready:
             if part is None:
-                part = milvus_bulk.Part(parts.directory(), schema, vf, dim)
+                name = parts.next_name()
+                part = milvus_bulk.Part(storage.scratch(name), schema, vf, dim)
             skipped.extend(item.skipped)
             last_id = item.last_id
             if len(item.batch):
@@ -148,7 +152,7 @@ def bulk_pass(run: Run) -> bool:
             if part.rows >= part_rows:
                 _close(parts, part, plan, skipped, last_id)
                 part, skipped = None, []
-                run.report(EVOLVE, record.rows_done, plan.rows)
+                run.report(EVOLVE, record.rows_done, total)
                 if options.max_seconds is not None and time.perf_counter() - run.start > (
                     options.max_seconds
                 ):
@@ -156,19 +160,38 @@ def bulk_pass(run: Run) -> bool:
     if part is not None:
         _close(parts, part, plan, skipped, last_id)
     parts.settle_all()
-    imported = sum(p["rows"] for p in parts.all)
-    if not milvus_bulk.wait_visible(store.client, plan.target, imported):  # type: ignore[attr-defined]
-        log.warning("'%s' does not show all %d imported rows yet", plan.target, imported)
+    if record.parent is None:  # shards leave it to the finish, which waits for them all
+        wait_imported(run, imported(record))
     run.report(EVOLVE, record.rows_done, record.rows_done)  # read it all: that is the total
     return True
+
+
+def imported(*records: Record) -> int:
+    """Rows the records' import jobs put into the target."""
+    return sum(p["rows"] for r in records if r.bulk for p in r.bulk["parts"])
+
+
+def wait_imported(run: Run, rows: int) -> None:
+    """Before the id diff: a completed job's rows reach the query nodes a little later, and
+    a row the diff misses would be written again beside its imported copy."""
+    client = importer(run.store).client
+    if not milvus_bulk.wait_visible(client, run.plan.target, rows):
+        log.warning("'%s' does not show all %d imported rows yet", run.plan.target, rows)
+
+
+def shard_storage(parent: Record, shard: Record) -> None:
+    """A shard of a bulk split imports through the split's storage, whoever runs it."""
+    if parent.bulk is not None and shard.bulk is None:
+        shard.bulk = {"storage": parent.bulk["storage"], "parts": []}
 
 
 def _close(parts: Parts, part: milvus_bulk.Part, plan: Plan, skipped: list[Any], last: Any) -> None:
     add_skipped(parts.record, plan, skipped)
     files = part.close()
+    name = part.directory.name
     if part.rows:
-        parts.add(files, part.rows, last)
+        parts.add(parts.storage.publish(name, files), part.rows, last)
     else:  # every row of the part was a bad vector: nothing to import
-        milvus_bulk.remove(files)
+        parts.storage.drop(name)
         parts.record.cursor = last
         parts.ledger.save(parts.record)

@@ -103,8 +103,9 @@ class EvolveSettings:
     )
     bulk_storage: str | None = setting(
         None,
-        "Directory the Milvus server reads (absolute path on its shared file system) where "
-        "bulk import files are written and deleted after import.",
+        "Where bulk import files go, deleted after import: a directory the Milvus server "
+        "reads (absolute path on its shared file system), or s3://BUCKET/PREFIX in the "
+        "bucket a server on MinIO or S3 keeps its data in (AWS_* credentials).",
     )
     yes_overwrite: bool = setting(False, "Confirm --strategy in-place.")
     accept_regression: bool = setting(
@@ -182,7 +183,7 @@ class EvolveOptions:
     full_verify: bool = DEFAULTS.full_verify  # diff every id even after one whole pass
     reapply: bool = DEFAULTS.reapply  # bring a rolled-back migration in step, cut over again
     write_path: str = DEFAULTS.write_path  # insert, bulk or auto (evolve/bulk_pass.py)
-    bulk_storage: str | None = DEFAULTS.bulk_storage  # a directory the Milvus server reads
+    bulk_storage: str | None = DEFAULTS.bulk_storage  # a directory or bucket the server reads
 
     def __post_init__(self) -> None:
         # Library callers build options directly: the same one-line errors as the flags.

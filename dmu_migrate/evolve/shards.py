@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dmu_migrate.errors import DmuError, InputError, LeaseHeld, StoreError
+from dmu_migrate.evolve import BULK, write_path
 from dmu_migrate.evolve.finish import finish
 from dmu_migrate.evolve.ledger import DONE, RUNNING, STOPPED, Ledger, Record, now_iso
 from dmu_migrate.evolve.pipeline import check_adapters, main_pass, open_record
@@ -258,10 +259,16 @@ def run_shard(
     run.step("taking the shard's lease", lambda: ledger.acquire(record, options.take_over))
     record.status = RUNNING
     whole = record.cursor == record.start and record.rows_done == 0 and not record.skipped
+    run_pass = main_pass
+    if parent.bulk is not None:  # the split chose bulk import (write_path.resolve)
+        from dmu_migrate.evolve.bulk_pass import bulk_pass as run_pass  # loads pymilvus
+        from dmu_migrate.evolve.bulk_pass import shard_storage
+
+        shard_storage(parent, record)
     with run.recorded():
         run.step("finding native rows", run.strategy.find_native)  # they keep their ids
         finished = run.step(
-            "reading and writing batches", lambda: main_pass(run), lambda: record.cursor
+            "reading and writing batches", lambda: run_pass(run), lambda: record.cursor
         )
         if finished:
             record.main_pass_done, record.whole_pass = True, whole
@@ -296,6 +303,11 @@ def finish_split(run: Run) -> int:
         whole = all(s.whole_pass for s in done)
         for s in done:
             run.sample.add(np.asarray(s.sample))
+        if record.bulk is not None:
+            from dmu_migrate.evolve.bulk_pass import imported, wait_imported
+
+            rows = imported(*done)
+            run.step("waiting for imported rows", lambda: wait_imported(run, rows))
         # The shards' passes did not flush.
         run.step("flushing", lambda: run.store.flush(run.plan.target))
     finish(run, whole)
@@ -311,6 +323,17 @@ def open_split(
     record, found = open_record(ledger, retry, plan, options)
     check_split(record, found, count)
     return record, found
+
+
+def split_path(store: VectorStore, plan: Plan, options: EvolveOptions, record: Record) -> None:
+    """Whether the split's shards import (write_path.resolve), on the record it will make;
+    before the lease, as unsharded, so that a bulk split that cannot be writes nothing."""
+    fresh = record.shards == 0 and not record.main_pass_done
+    if fresh and write_path.resolve(store, plan, options, None) == BULK:
+        from dmu_migrate.stores.bulk_storage import open_storage
+
+        # As every shard will open it, wherever it runs: a directory by its absolute path.
+        record.bulk = {"storage": open_storage(str(options.bulk_storage)).uri, "parts": []}
 
 
 def evolve_split(
@@ -334,6 +357,7 @@ def evolve_split(
     start = time.perf_counter()
     ledger, retry = Ledger(store, owner), Retrier(options.retry)
     record, found = open_split(ledger, retry, plan, options, count)
+    split_path(store, plan, options, record)
     result = EvolveResult.begin(plan, record, resumed=found and record.status != DONE)
     run = Run(store, plan, options, ledger, retry, record, result, reporter(on_progress), start)
     run.step("taking the lease", lambda: ledger.acquire(record, options.take_over))
@@ -419,6 +443,8 @@ def evolve_one_shard(
     start = time.perf_counter()
     ledger, retry = Ledger(store), Retrier(options.retry)
     record, _ = open_split(ledger, retry, plan, options, count)
+    split_path(store, plan, options, record)
+    bulk = record.bulk  # what this process's split would write, if it makes the split
     result = EvolveResult.begin(plan, record, resumed=False)
     run = Run(store, plan, options, ledger, retry, record, result, reporter(on_progress), start)
     deadline = time.monotonic() + SPLIT_WAIT
@@ -440,6 +466,8 @@ def evolve_one_shard(
             )
         time.sleep(POLL)
         run.record, _ = open_split(ledger, retry, plan, options, count)
+        if run.record.shards == 0:
+            run.record.bulk = bulk
     shard = run_shard(store, plan, index, count, options, on_progress=run.report)
     result.rows_done, result.resumed = run.record.rows_done, shard.rows_done > shard.rows_written
     result.shards = [shard.as_dict()]

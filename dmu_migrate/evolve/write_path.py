@@ -7,6 +7,7 @@ imported only where a Milvus store is already open or a bulk run was chosen.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from dmu_migrate.errors import InputError
 from dmu_migrate.evolve import AUTO, BULK, INSERT
@@ -14,6 +15,9 @@ from dmu_migrate.evolve.ledger import Record
 from dmu_migrate.evolve.plan import NEW_COLLECTION, Plan
 from dmu_migrate.evolve.settings import EvolveOptions
 from dmu_migrate.stores.base import VectorStore
+
+if TYPE_CHECKING:
+    from dmu_migrate.stores.milvus import MilvusStore
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +43,34 @@ def resolve(store: VectorStore, plan: Plan, options: EvolveOptions, record: Reco
     elif problem:
         raise InputError(f"--write-path bulk: {problem}; use --write-path insert")
     from dmu_migrate.stores import milvus_bulk
-    from dmu_migrate.stores.milvus import MilvusStore
+    from dmu_migrate.stores.bulk_storage import open_storage
 
-    assert isinstance(store, MilvusStore)  # _problem said so
-    milvus_bulk.probe(store.client, milvus_bulk.check_root(str(options.bulk_storage)))
+    milvus_bulk.probe(importer(store).client, open_storage(str(options.bulk_storage)))
     return BULK
+
+
+def importer(store: VectorStore) -> MilvusStore:
+    """The Milvus server the bulk pass imports into: ``store``, or a pair's target."""
+    from dmu_migrate.stores.milvus import MilvusStore
+    from dmu_migrate.stores.pair import StorePair
+
+    target = store.target if isinstance(store, StorePair) else store
+    assert isinstance(target, MilvusStore)  # _problem said so
+    return target
 
 
 def _problem(store: VectorStore, plan: Plan, options: EvolveOptions) -> str | None:
     from dmu_migrate.stores.milvus import MilvusStore
+    from dmu_migrate.stores.pair import StorePair
 
-    if not isinstance(store, MilvusStore) or not store.shared:
-        return f"store '{getattr(store, 'uri', store)}' has no bulk import (Milvus server only)"
+    source = store.source if isinstance(store, StorePair) else store
+    target = store.target if isinstance(store, StorePair) else store
+    if not isinstance(target, MilvusStore) or not target.shared:
+        return f"store '{getattr(target, 'uri', target)}' has no bulk import (Milvus server only)"
+    if not isinstance(source, MilvusStore):
+        # Its fields reach Milvus as dynamic keys (stores/crossing.py), which an import of
+        # per-field files cannot carry.
+        return f"a source in another store kind ('{source.uri}') cannot be bulk imported"
     if options.bulk_storage is None:
         return "no --bulk-storage directory that the Milvus server shares was given"
     if plan.strategy != NEW_COLLECTION:
@@ -63,8 +83,9 @@ def _problem(store: VectorStore, plan: Plan, options: EvolveOptions) -> str | No
             "duplicate their ids"
         )
     from dmu_migrate.stores import milvus_bulk, milvus_partitions
+    from dmu_migrate.stores.bulk_storage import open_storage
 
-    if milvus_partitions.named(store.client, plan.source.name):
+    if milvus_partitions.named(source.client, plan.source.name):
         return f"'{plan.source.name}' has named partitions"
-    milvus_bulk.check_root(str(options.bulk_storage))
+    open_storage(str(options.bulk_storage))
     return milvus_bulk.unsupported(plan.source.schema or {"fields": []}, plan.source.vector_field)

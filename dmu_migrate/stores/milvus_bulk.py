@@ -1,8 +1,9 @@
 """Milvus bulk import: write rows as per-field NumPy files, import them as sealed segments.
 
 The server reads the files itself, so they must lie on storage it shares: with
-local storage (the standalone server's ``localStorage``) that is a directory on
-its own file system, named by absolute path. Milvus 2.3 imports NumPy files
+local storage (the standalone server's ``localStorage``) a directory on its own
+file system, named by absolute path; with MinIO or S3, its bucket
+(stores/bulk_storage.py). Milvus 2.3 imports NumPy files
 one per field (``<field>.npy``), JSON row files and, from 2.3.4 on, Parquet;
 NumPy is the one that needs no per-row encoding, so a part's vectors stream
 to disk batch by batch and never sit in memory whole.
@@ -20,7 +21,6 @@ caller records a part's files before submitting it and, after a crash, asks
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -31,6 +31,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
 from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.stores.bulk_storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +41,6 @@ POLL_SECONDS = 0.5
 DONE_STATES = {"Completed"}  # 2.3 says Completed once the segments are indexed and served
 FAILED_STATES = {"Failed", "Failed and cleaned"}
 _HEADER_BYTES = 128  # room for any 2-d float32 shape; NumPy pads headers to 64-byte blocks
-
-
-def check_root(path: str) -> Path:
-    """The directory the server shares, as an absolute path; one-line errors otherwise."""
-    if path.startswith(("s3://", "minio://", "gs://")):
-        raise InputError(
-            f"--bulk-storage '{path}': object storage is not supported yet; give a directory "
-            "the Milvus server shares (an absolute local path), or use --write-path insert"
-        )
-    root = Path(path).expanduser().resolve()
-    if not root.is_dir():
-        raise InputError(
-            f"--bulk-storage '{path}' is not a directory; create it on storage the Milvus "
-            "server shares, or use --write-path insert"
-        )
-    probe = root / f".dmu-write-{uuid.uuid4().hex[:8]}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(
-            f"--bulk-storage '{path}' is not writable ({exc.strerror}); give a directory this "
-            "user can write and the Milvus server can read"
-        ) from None
-    return root
 
 
 class VectorFile:
@@ -159,7 +135,7 @@ class Part:
         self.vectors.append(vectors)
 
     def close(self) -> list[str]:
-        """Write the scalar columns; the absolute paths of every file, as the server takes them."""
+        """Write the scalar columns; the absolute paths of every file."""
         self.vectors.close()
         files = [str(self.vectors.path)]
         types = {f["name"]: f["type"] for f in self.schema["fields"]}
@@ -169,12 +145,6 @@ class Part:
             files.append(str(path))
         self.columns = {}
         return files
-
-
-def remove(files: list[str]) -> None:
-    """Delete a part's directory once the server holds its rows."""
-    if files:
-        shutil.rmtree(Path(files[0]).parent, ignore_errors=True)
 
 
 def _handler(client: MilvusClient) -> Any:
@@ -261,11 +231,16 @@ def hint(reason: str) -> str:
             "; the server cannot see the files: give --bulk-storage a directory the Milvus "
             "server shares, or use --write-path insert"
         )
+    if "NoSuchKey" in reason or "does not exist" in reason:
+        return (
+            "; the server cannot see the files: give --bulk-storage the bucket the Milvus "
+            "server keeps its data in (s3://BUCKET/PREFIX), or use --write-path insert"
+        )
     return ""
 
 
-def probe(client: MilvusClient, root: Path) -> None:
-    """Import one row into a throw-away collection: proves the server reads ``root``.
+def probe(client: MilvusClient, storage: Storage) -> None:
+    """Import one row into a throw-away collection: proves the server reads ``storage``.
 
     Run before anything is written for the migration, so that storage the server
     does not share fails the run with nothing created in the target.
@@ -274,16 +249,18 @@ def probe(client: MilvusClient, root: Path) -> None:
     schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)
-    part = Part(root / name, {"fields": [{"name": "id", "type": DataType.INT64}]}, "v", 2)
-    part.append({"id": [0]}, np.zeros((1, 2), dtype=np.float32))
-    files = part.close()
     try:
+        part = Part(
+            storage.scratch(name), {"fields": [{"name": "id", "type": DataType.INT64}]}, "v", 2
+        )
+        part.append({"id": [0]}, np.zeros((1, 2), dtype=np.float32))
+        files = storage.publish(name, part.close())
         client.create_collection(name, schema=schema, timeout=TIMEOUT)
         try:
             wait(client, submit(client, name, files), name, timeout=300)
         except StoreError as exc:
-            raise InputError(f"--bulk-storage '{root}': {exc}") from None
+            raise InputError(f"--bulk-storage '{storage.uri}': {exc}") from None
         finally:
             client.drop_collection(name, timeout=TIMEOUT)
     finally:
-        remove(files)
+        storage.drop(name)
