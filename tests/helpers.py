@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.stores.base import Batch, VectorStore
@@ -66,3 +69,31 @@ class Phases:
             assert last_done == last_total, (phase, calls)
             ends[phase] = last_done
         return ends
+
+
+def die_after_first_submit(monkeypatch: Any, run: Callable[[], Any]) -> None:
+    """Call ``run`` (a bulk evolve) and end it as a killed process would, right after its
+    first import job id is on record (the job itself goes on at the server)."""
+    import pytest
+
+    from dmu_migrate.evolve import bulk_pass
+
+    submit = bulk_pass.Parts.submit
+
+    def submit_then_die(self: bulk_pass.Parts, part: dict[str, Any]) -> None:
+        submit(self, part)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bulk_pass.Parts, "submit", submit_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(bulk_pass.Parts, "submit", submit)
+
+
+def assert_same_rows(got: dict[Any, dict[str, Any]], want: dict[Any, dict[str, Any]]) -> None:
+    """The same ids, every field equal and the vectors equal to float32 rounding."""
+    assert sorted(got) == sorted(want)
+    for row_id, row in want.items():
+        other = dict(got[row_id])
+        np.testing.assert_allclose(other.pop("vector"), row["vector"], atol=1e-5)
+        assert other == {k: v for k, v in row.items() if k != "vector"}, row_id

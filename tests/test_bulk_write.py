@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from backends import Backend
 from galleries import Digits
+from helpers import assert_same_rows, die_after_first_submit
 
 from dmu_migrate.api import migrate
 from dmu_migrate.artifact import Artifact
@@ -94,14 +95,7 @@ def test_bulk_equals_insert_row_for_row(
     assert [p["rows"] for p in record.bulk["parts"]] == [300, 300]
     assert all(p["done"] and p["job"] for p in record.bulk["parts"])
     assert list(files.iterdir()) == []  # imported files are deleted
-    inserted, imported = server.read_all(by_insert.target), server.read_all(by_bulk.target)
-    assert sorted(imported) == sorted(inserted)
-    for key, row in inserted.items():
-        other = imported[key]
-        np.testing.assert_allclose(other["vector"], row["vector"], atol=1e-6)
-        assert {k: v for k, v in other.items() if k != "vector"} == {
-            k: v for k, v in row.items() if k != "vector"
-        }
+    assert_same_rows(server.read_all(by_bulk.target), server.read_all(by_insert.target))
 
 
 def test_run_killed_after_submit_resumes_without_duplicates(
@@ -113,16 +107,10 @@ def test_run_killed_after_submit_resumes_without_duplicates(
     files = tmp_path / "bulk"
     files.mkdir()
     store = server.open_store()
-    submit = bulk_pass.Parts.submit
-
-    def submit_then_die(self: bulk_pass.Parts, part: dict[str, Any]) -> None:
-        submit(self, part)
-        raise KeyboardInterrupt  # the process is gone with the job on the server
-
-    monkeypatch.setattr(bulk_pass.Parts, "submit", submit_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        _run(store, source, artifact, write_path="bulk", bulk_storage=str(files))
-    monkeypatch.setattr(bulk_pass.Parts, "submit", submit)
+    die_after_first_submit(
+        monkeypatch,
+        lambda: _run(store, source, artifact, write_path="bulk", bulk_storage=str(files)),
+    )
     # The job id went on record; so did the files, which the next run must not re-import.
     result = _run(store, source, artifact, write_path="insert", take_over=True)
     assert result.outcome == Outcome.DONE and result.verify is not None
@@ -208,13 +196,9 @@ def test_a_lite_source_is_bulk_imported_into_the_server(
     assert list(files.iterdir()) == []
     server.close_stores()
     same = _across(alias, artifact, uri=lite.uri, alias=lite.unique("live"))
-    imported, inserted = server.read_all(done.target), lite.read_all(same.target)
-    assert sorted(imported) == sorted(inserted) == sorted(ids.tolist())
-    for key, row in inserted.items():
-        np.testing.assert_allclose(imported[key]["vector"], row["vector"], atol=1e-6)
-        assert {k: v for k, v in imported[key].items() if k != "vector"} == {
-            k: v for k, v in row.items() if k != "vector"
-        }
+    inserted = lite.read_all(same.target)
+    assert_same_rows(server.read_all(done.target), inserted)
+    assert sorted(inserted) == sorted(ids.tolist())
 
     source = lite.open_store()
     name = source.alias_target(alias)
@@ -274,6 +258,7 @@ def test_shards_import_their_ranges_like_one_insert_run(
     other = _across(c, artifact, uri=server.uri, shard="0/2", **bulk)
     assert other.outcome == Outcome.DONE and other.verify is not None
     inserted = server.read_all(by_insert.target)
+    assert sorted(inserted) == sorted(ids.tolist())
     store = server.open_store()
     ledger = Ledger(store)
     for done in (together, other):
@@ -287,8 +272,5 @@ def test_shards_import_their_ranges_like_one_insert_run(
             done.target, filter="", output_fields=["count(*)"], consistency_level="Strong"
         )
         assert count[0]["count(*)"] == ROWS  # each range imported once
-        imported = server.read_all(done.target)
-        assert sorted(imported) == sorted(inserted) == sorted(ids.tolist())
-        for key, row in inserted.items():
-            np.testing.assert_allclose(imported[key]["vector"], row["vector"], atol=1e-6)
+        assert_same_rows(server.read_all(done.target), inserted)
     assert list(files.iterdir()) == []

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from backends import Backend
 from galleries import ROWS, Digits
+from helpers import assert_same_rows
 from limits import limit
 from typer.testing import CliRunner
 
@@ -92,14 +93,6 @@ def rows(backend: Backend, name: str) -> dict[Any, dict[str, Any]]:
         row["vector"] = np.asarray(row.pop("vector") if "vector" in row else row.pop(""))
         out[row_id] = row
     return out
-
-
-def assert_same_rows(got: dict[Any, dict[str, Any]], want: dict[Any, dict[str, Any]]) -> None:
-    assert sorted(got) == sorted(want)
-    for row_id, row in want.items():
-        other = dict(got[row_id])
-        np.testing.assert_allclose(other.pop("vector"), row["vector"], atol=1e-5)
-        assert other == {k: v for k, v in row.items() if k != "vector"}, row_id
 
 
 @limit(300)
