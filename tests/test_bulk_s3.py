@@ -21,7 +21,7 @@ from limits import limit
 from side_servers import s3_server, side_milvus
 
 from dmu_migrate.artifact import Artifact
-from dmu_migrate.errors import InputError
+from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve import bulk_pass
 from dmu_migrate.evolve.ledger import Ledger
 from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
@@ -29,6 +29,7 @@ from dmu_migrate.evolve.plan import make_plan
 from dmu_migrate.evolve.run import EvolveResult, Outcome
 from dmu_migrate.evolve.transform import AdapterChain
 from dmu_migrate.stores.base import VectorStore
+from dmu_migrate.stores.bulk_storage import Bucket
 
 BUCKET = "milvus-bucket"
 ROWS = 600
@@ -36,28 +37,32 @@ KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
 @pytest.fixture(scope="module")
-def s3_milvus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """(the Milvus URI, the S3 endpoint) of a server that keeps its data in the bucket."""
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3 endpoint, with the server's bucket and one it does not read."""
     import boto3
 
-    base = tmp_path_factory.mktemp("milvus-s3")
-    with s3_server(base / "moto.log") as endpoint:
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with s3_server(log) as endpoint:
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **_keys())
         client.create_bucket(Bucket=BUCKET)
-        client.create_bucket(Bucket="elsewhere")  # a bucket the server does not read
-        port = int(endpoint.rsplit(":", 1)[1])
-        settings = {
-            "common.storageType": "minio",
-            "minio.address": "127.0.0.1",
-            "minio.port": port,
-            "minio.bucketName": BUCKET,
-            "minio.rootPath": "files",
-            "minio.accessKeyID": KEYS["AWS_ACCESS_KEY_ID"],
-            "minio.secretAccessKey": KEYS["AWS_SECRET_ACCESS_KEY"],
-        }
-        (base / "milvus").mkdir()
-        with side_milvus(base / "milvus", settings) as uri:
-            yield uri, endpoint
+        client.create_bucket(Bucket="elsewhere")
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def s3_milvus(s3: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(the Milvus URI, the S3 endpoint) of a server that keeps its data in the bucket."""
+    settings = {
+        "common.storageType": "minio",
+        "minio.address": "127.0.0.1",
+        "minio.port": int(s3.rsplit(":", 1)[1]),
+        "minio.bucketName": BUCKET,
+        "minio.rootPath": "files",
+        "minio.accessKeyID": KEYS["AWS_ACCESS_KEY_ID"],
+        "minio.secretAccessKey": KEYS["AWS_SECRET_ACCESS_KEY"],
+    }
+    with side_milvus(tmp_path_factory.mktemp("milvus-s3"), settings) as uri:
+        yield uri, s3
 
 
 def _keys() -> dict[str, str]:
@@ -199,3 +204,18 @@ def test_storage_the_server_cannot_read_is_one_line_and_writes_nothing(
     assert server.list_collections() == before
     assert not any(r.source == source for r in Ledger(store).records())
     assert _objects(s3_milvus[1], "elsewhere", "") == []
+
+
+@limit(120)
+def test_an_upload_that_fails_is_one_line_naming_the_bucket(s3: str) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3, region_name="us-east-1", **_keys())
+    gone = Bucket(client, "gone", "p")
+    part = gone.scratch("dmu-x-00000")
+    part.mkdir(parents=True)
+    (part / "v.npy").write_bytes(b"x")
+    with pytest.raises(StoreError, match=r"--bulk-storage 's3://gone/p': uploading failed") as e:
+        gone.publish("dmu-x-00000", [str(part / "v.npy")])
+    assert "\n" not in str(e.value) and "NoSuchBucket" in str(e.value)
+    assert not part.exists()  # the local copy goes either way

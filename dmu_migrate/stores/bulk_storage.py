@@ -126,6 +126,7 @@ class Bucket:
 
     def _call(self, doing: str, call: Any) -> Any:
         """One object storage call; its errors mapped to one line naming the bucket."""
+        from boto3.exceptions import Boto3Error  # upload_file's S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -136,7 +137,7 @@ class Bucket:
                 f"--bulk-storage '{self.uri}': {doing} failed ({error.get('Code')}: "
                 f"{error.get('Message')}); check the bucket and the AWS_* credentials"
             ) from None
-        except BotoCoreError as exc:
+        except (BotoCoreError, Boto3Error) as exc:
             raise StoreError(f"--bulk-storage '{self.uri}': {doing} failed ({exc})") from None
 
 
