@@ -49,22 +49,26 @@ def resolve(store: VectorStore, plan: Plan, options: EvolveOptions, record: Reco
     return BULK
 
 
+def _ends(store: VectorStore) -> tuple[VectorStore, VectorStore]:
+    """(the store read, the store written): a pair's two, else ``store`` twice."""
+    from dmu_migrate.stores.pair import StorePair
+
+    return (store.source, store.target) if isinstance(store, StorePair) else (store, store)
+
+
 def importer(store: VectorStore) -> MilvusStore:
     """The Milvus server the bulk pass imports into: ``store``, or a pair's target."""
     from dmu_migrate.stores.milvus import MilvusStore
-    from dmu_migrate.stores.pair import StorePair
 
-    target = store.target if isinstance(store, StorePair) else store
+    target = _ends(store)[1]
     assert isinstance(target, MilvusStore)  # _problem said so
     return target
 
 
 def _problem(store: VectorStore, plan: Plan, options: EvolveOptions) -> str | None:
     from dmu_migrate.stores.milvus import MilvusStore
-    from dmu_migrate.stores.pair import StorePair
 
-    source = store.source if isinstance(store, StorePair) else store
-    target = store.target if isinstance(store, StorePair) else store
+    source, target = _ends(store)
     if not isinstance(target, MilvusStore) or not target.shared:
         return f"store '{getattr(target, 'uri', target)}' has no bulk import (Milvus server only)"
     if not isinstance(source, MilvusStore):
