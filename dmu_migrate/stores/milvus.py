@@ -338,7 +338,6 @@ class MilvusStore:
             target,
             {"schema": schema, **milvus_schema.create_options(desc, lite[0])},
             specs,
-            nested=lite[1],  # Milvus Lite keeps nested build parameters only
             skip=source.vector_field,
             partitions=milvus_partitions.named(self._origin, source.name),
             lite=lite,

@@ -257,7 +257,6 @@ def create_with_indexes(
     target: str,
     create: dict[str, Any],
     specs: list[IndexSpec],
-    nested: bool,
     skip: str,
     partitions: tuple[str, ...] | list[str] = (),
     lite: tuple[bool, bool] = (False, False),
@@ -270,7 +269,8 @@ def create_with_indexes(
     try:
         client.create_collection(
             target,
-            index_params=index_params(client, specs, nested) if specs else None,
+            # Milvus Lite keeps nested build parameters only.
+            index_params=index_params(client, specs, nested=lite[1]) if specs else None,
             timeout=TIMEOUT,
             **create,
         )
