@@ -86,7 +86,10 @@ def fit_fusion(
 def verdict(figures: Mapping[str, Mapping[str, float]] | None, where: str) -> Verdict:
     """The one-line deploy verdict of a set of figures (``where`` says whose)."""
     if not figures or GATE_SETTING not in figures or FLOOR_SETTING not in figures:
-        return Verdict(None, f"no validated figures in {where}; train with --val-fraction > 0")
+        # An artifact trained without held-out rows; a table evaluated always has figures.
+        return Verdict(
+            None, "not judged: no figures were validated at training; train with --val-fraction > 0"
+        )
     gain = figures[GATE_SETTING][METRIC] - figures[FLOOR_SETTING][METRIC]
     numbers = (
         f"{GATE_SETTING} {100 * figures[GATE_SETTING][METRIC]:.1f} "

@@ -49,7 +49,8 @@ def test_measure_and_verdict_follow_the_numbers() -> None:
     assert f"{100 * worse['old->old']['R@1']:.1f}" in result.line
     with pytest.raises(QualityGateError, match="--accept-regression"):
         check_gate("a", worse)
-    assert verdict(None, "t").deploy is None
+    unjudged = verdict(None, "validated at training of 'a'")
+    assert unjudged.deploy is None and "no figures were validated at training" in unjudged.line
 
 
 def test_a_refusal_points_at_the_transition_mode_only_where_it_was_validated_above() -> None:
