@@ -99,19 +99,22 @@ class Parts:
             self.settle(self.pending.pop(0))
 
 
-def bulk_pass(run: Run) -> bool:
+def bulk_pass(run: Run, storage: Storage | None = None) -> bool:
     """Like pipeline.main_pass, through import jobs; False when stopped by the time budget.
 
     The strategy is always NewCollection (write_path.resolve refuses the others): its
     prepare made the empty target; rows go around its write, straight into files.
+    ``storage``: as write_path.resolve opened it; else (a resumed pass, a shard) the
+    storage the record names is opened.
     """
     from dmu_migrate.evolve.pipeline import prepare
 
     store, plan, options, record = run.store, run.plan, run.options, run.record
     client = importer(store).client  # the target's: with --target-uri, not the one read
 
-    assert options.bulk_storage is not None or record.bulk is not None
-    storage = open_storage(record.bulk["storage"] if record.bulk else str(options.bulk_storage))
+    if storage is None:
+        assert options.bulk_storage is not None or record.bulk is not None
+        storage = open_storage(record.bulk["storage"] if record.bulk else str(options.bulk_storage))
     parts = Parts(client, plan, run.ledger, record, storage)
     parts.settle_all()  # what a previous run left in flight, before reading on
     schema = client.describe_collection(plan.target)

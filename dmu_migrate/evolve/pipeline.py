@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def evolve(
     result = EvolveResult.begin(plan, record, resumed=found and record.status != DONE)
     run = Run(store, plan, options, ledger, retry, record, result, reporter(on_progress), start)
     # Before the lease: a bulk run that cannot be fails with nothing written.
-    path = write_path.resolve(store, plan, options, record if found else None)
+    path, storage = write_path.resolve(store, plan, options, record if found else None)
     run.step("taking the lease", lambda: ledger.acquire(record, options.take_over))
     record.status = RUNNING
     with run.recorded():
@@ -68,7 +69,9 @@ def evolve(
         if not record.main_pass_done:
             run_pass = main_pass
             if path == BULK:
-                from dmu_migrate.evolve.bulk_pass import bulk_pass as run_pass  # loads pymilvus
+                from dmu_migrate.evolve.bulk_pass import bulk_pass  # loads pymilvus
+
+                run_pass = partial(bulk_pass, storage=storage)
             finished = run.timed(
                 "main_pass",
                 lambda: run.step(

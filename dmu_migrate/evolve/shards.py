@@ -328,12 +328,13 @@ def open_split(
 def split_path(store: VectorStore, plan: Plan, options: EvolveOptions, record: Record) -> None:
     """Whether the split's shards import (write_path.resolve), on the record it will make;
     before the lease, as unsharded, so that a bulk split that cannot be writes nothing."""
-    fresh = record.shards == 0 and not record.main_pass_done
-    if fresh and write_path.resolve(store, plan, options, None) == BULK:
-        from dmu_migrate.stores.bulk_storage import open_storage
-
+    if record.shards or record.main_pass_done:
+        return
+    path, storage = write_path.resolve(store, plan, options, None)
+    if path == BULK:
+        assert storage is not None
         # As every shard will open it, wherever it runs: a directory by its absolute path.
-        record.bulk = {"storage": open_storage(str(options.bulk_storage)).uri, "parts": []}
+        record.bulk = {"storage": storage.uri, "parts": []}
 
 
 def evolve_split(

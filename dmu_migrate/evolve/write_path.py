@@ -15,6 +15,7 @@ from dmu_migrate.evolve.ledger import Record
 from dmu_migrate.evolve.plan import NEW_COLLECTION, Plan
 from dmu_migrate.evolve.settings import EvolveOptions
 from dmu_migrate.stores.base import VectorStore
+from dmu_migrate.stores.bulk_storage import Storage, open_storage
 
 if TYPE_CHECKING:
     from dmu_migrate.stores.milvus import MilvusStore
@@ -28,25 +29,31 @@ log = logging.getLogger(__name__)
 AUTO_MIN_ROWS = 1_000_000
 
 
-def resolve(store: VectorStore, plan: Plan, options: EvolveOptions, record: Record | None) -> str:
-    """The write path this run takes; one-line errors for a bulk run that cannot be."""
+def resolve(
+    store: VectorStore, plan: Plan, options: EvolveOptions, record: Record | None
+) -> tuple[str, Storage | None]:
+    """The write path this run takes, with the bulk storage it opened and probed (None
+    when inserting, or resuming a bulk pass on record, which reopens the storage it
+    names); one-line errors for a bulk run that cannot be."""
     path = options.write_path  # one of WRITE_PATHS: EvolveOptions checked it
     if record is not None and record.bulk is not None and not record.main_pass_done:
-        return BULK  # a bulk pass on record resumes as one, whatever this run asked
+        return BULK, None  # a bulk pass on record resumes as one, whatever this run asked
     if path == INSERT or (record is not None and record.main_pass_done):
-        return INSERT  # re-runs after the main pass write what changed, row by row
+        return INSERT, None  # re-runs after the main pass write what changed, row by row
     problem = _problem(store, plan, options)
+    # Opened once a bulk pass could run: a bad --bulk-storage is an error under auto too.
+    storage = None if problem else open_storage(str(options.bulk_storage))
     if path == AUTO:
         if problem or plan.rows < AUTO_MIN_ROWS:
             log.info("write path: insert (%s)", problem or f"{plan.rows} rows < {AUTO_MIN_ROWS}")
-            return INSERT
+            return INSERT, None
     elif problem:
         raise InputError(f"--write-path bulk: {problem}; use --write-path insert")
+    assert storage is not None
     from dmu_migrate.stores import milvus_bulk
-    from dmu_migrate.stores.bulk_storage import open_storage
 
-    milvus_bulk.probe(importer(store).client, open_storage(str(options.bulk_storage)))
-    return BULK
+    milvus_bulk.probe(importer(store).client, storage)
+    return BULK, storage
 
 
 def _ends(store: VectorStore) -> tuple[VectorStore, VectorStore]:
@@ -87,9 +94,7 @@ def _problem(store: VectorStore, plan: Plan, options: EvolveOptions) -> str | No
             "duplicate their ids"
         )
     from dmu_migrate.stores import milvus_bulk, milvus_partitions
-    from dmu_migrate.stores.bulk_storage import open_storage
 
     if milvus_partitions.named(source.client, plan.source.name):
         return f"'{plan.source.name}' has named partitions"
-    open_storage(str(options.bulk_storage))
     return milvus_bulk.unsupported(plan.source.schema or {"fields": []}, plan.source.vector_field)
