@@ -6,10 +6,12 @@ checked is that every measurement is taken, recorded and rendered.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -210,3 +212,45 @@ def test_sweep_compares_the_default_with_a_small_grid_on_val(tmp_path: Path) -> 
     lines = [line for line in page.splitlines() if "default within 1 point of the best" in line]
     assert len(lines) == len(examples)
     assert all(line.startswith(("- **met**", "- **MISSED**")) for line in lines)
+
+
+def _glyph_variants(monkeypatch: Any) -> Any:
+    """benchmarks/glyph_variants.py as a module (it imports its siblings by name)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    return importlib.import_module("glyph_variants")
+
+
+def _variant_row(label: str, old: float, evolved: float, validated: str) -> dict[str, Any]:
+    r1 = {"old->old": old, "new->old": old, "new->evolved": evolved, "new->new": 0.6}
+    test = "deploy" if evolved >= old else "do not deploy"
+    return {
+        "variant": label, "prepare": {}, "queries": 100, "gallery": 500, "R@1": r1,
+        "independent new->new R@1": 0.5, "validated": f"{validated}: figures",
+        "test": f"{test}: figures", "seconds": 60.0,
+    }  # fmt: skip
+
+
+def test_glyph_variants_section_counts_the_floor_and_the_verdicts_that_agree(
+    monkeypatch: Any, tmp_path: Path
+) -> None:
+    variants = _glyph_variants(monkeypatch)
+    rows = [
+        _variant_row("strong old", 0.40, 0.39, "deploy"),  # the gate was wrong here
+        _variant_row("as shipped", 0.40, 0.45, "deploy"),
+        _variant_row("small", 0.30, 0.35, "do not deploy"),
+    ]
+    text = variants.section(rows, "python benchmarks/glyph_variants.py")
+    assert "floor (new->evolved > old->old) held on 2 of 3 variants" in text
+    assert "smallest margin is -1.0 points (strong old)" in text
+    assert "agreed with the test table's on 1 of 3" in text
+    assert (
+        "| as shipped | 100 | 40.0 | 40.0 | 45.0 | - | 60.0 | 50.0 | 90% | deploy | deploy |"
+        in text
+    )
+    assert "Wall time: 3.0 min in all" in text
+    # A variant whose row is on disk is read back, not prepared and trained again.
+    label, args = "4 renderings per ideograph", {"renderings": 4}
+    (tmp_path / "renderings4").mkdir()
+    (tmp_path / "renderings4" / "row.json").write_text(json.dumps(rows[1]))
+    assert variants.run_variant(label, args, tmp_path) == rows[1]
+    assert not (tmp_path / "renderings4" / "data").exists()
