@@ -91,14 +91,17 @@ def run_variant(label: str, args: dict[str, Any], work: Path) -> dict[str, Any]:
         "gallery": report.gallery,
         "R@1": {s: float(report.scores[s].recall[1]) for s in SETTINGS if s in report.scores},
         "independent new->new R@1": float(report.reference_scores.recall[1]),
-        "validated": verdict(
-            artifacts["dmu"].manifest.quality.get("settings"), "held-out identities"
-        ).line,
+        "validated": verdict(artifacts["dmu"].validated, "held-out identities").line,
         "test": report.verdict.line,
         "seconds": time.perf_counter() - start,  # prepare, both trainings, the evaluation
     }
     raw.write_text(json.dumps(row, indent=1) + "\n")
     return row
+
+
+def decision(line: str) -> str:
+    """'deploy', 'do not deploy' or 'not judged': the head of a verdict line."""
+    return line.split(":")[0]
 
 
 def section(rows: list[dict[str, Any]], command: str) -> str:
@@ -125,17 +128,17 @@ def section(rows: list[dict[str, Any]], command: str) -> str:
         lines.append(
             f"| {row['variant']} | {row['queries']} | {' | '.join(cells)} | "
             f"{100 * reference:.1f} | {r1['new->evolved'] / reference:.0%} | "
-            f"{row['validated'].split(':')[0]} | {row['test'].split(':')[0]} |"
+            f"{decision(row['validated'])} | {decision(row['test'])} |"
         )
-    held = [r for r in rows if r["R@1"]["new->evolved"] > r["R@1"]["old->old"]]
-    agree = [r for r in rows if r["validated"].split(":")[0] == r["test"].split(":")[0]]
-    worst = min(rows, key=lambda r: r["R@1"]["new->evolved"] - r["R@1"]["old->old"])
-    margin = worst["R@1"]["new->evolved"] - worst["R@1"]["old->old"]
+    margins = [r["R@1"]["new->evolved"] - r["R@1"]["old->old"] for r in rows]
+    held = sum(m > 0 for m in margins)
+    agree = sum(decision(r["validated"]) == decision(r["test"]) for r in rows)
+    margin, worst = min(zip(margins, rows, strict=True), key=lambda pair: pair[0])
     lines += [
         "",
-        f"- floor (new->evolved > old->old) held on {len(held)} of {len(rows)} variants; "
+        f"- floor (new->evolved > old->old) held on {held} of {len(rows)} variants; "
         f"the smallest margin is {100 * margin:+.1f} points ({worst['variant']}).",
-        f"- the validated verdict agreed with the test table's on {len(agree)} of {len(rows)}.",
+        f"- the validated verdict agreed with the test table's on {agree} of {len(rows)}.",
         "",
         "```bash",
         command,
