@@ -47,8 +47,11 @@ class Reservoir:
             # The i-th of the rest is the (seen + fill + i + 1)-th id: it replaces slot j,
             # drawn from [0, that position), when j < k. One draw per id, made at once.
             drawn = self.rng.integers(self.seen + fill + 1 + np.arange(rest))
-            for i in np.flatnonzero(drawn < self.k).tolist():  # in stream order
-                self.chosen[int(drawn[i])] = ids[fill + i].item()
+            kept = np.flatnonzero(drawn < self.k)  # in stream order
+            # tolist() gives plain Python ids of any key kind (int, str, UUID string);
+            # an object array of strings has no .item() per element.
+            for slot, value in zip(drawn[kept].tolist(), ids[fill + kept].tolist()):
+                self.chosen[slot] = value
         self.seen += len(ids)
 
     def tee(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
