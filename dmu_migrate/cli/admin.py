@@ -61,7 +61,7 @@ def verify(
             f"{report.migration}: OK, {report.source_rows} source rows all present in "
             f"'{report.target}' and no evolved row without its source, {report.sampled} sampled "
             f"vectors within {report.max_abs_error:.1e} of the adapter's output of the current "
-            f"source"
+            f"source; searching '{report.target}' with them: {report.search}"
         )
 
 

@@ -166,8 +166,8 @@ def show_finish(result: EvolveResult) -> None:
     if v is not None:
         out.print(
             f"verified: {v.target_rows} rows, every source id present, "
-            f"{v.sampled} sampled vectors within {v.max_abs_error:.1e}, "
-            f"{v.searched} found by searching the target"
+            f"{v.sampled} sampled vectors within {v.max_abs_error:.1e}; searching the "
+            f"target with them: {v.search}"
         )
     out.print(result.cut_over)
 

@@ -98,6 +98,28 @@ class ForeignSchema:
     key_length: int  # longest string key the target must hold, in bytes
 
 
+# Candidates a graph index (HNSW) keeps per search in VectorStore.search: far above its
+# defaults, which missed a vector's own id on a 100k-row HNSW collection (M 16,
+# efConstruction 64) that ef 64 found.
+SEARCH_EF = 256
+
+
+@dataclass(frozen=True)
+class Hits:
+    """The k nearest rows per query as a store's index ranked them, with their scores.
+
+    ``metric`` says how the scores read: "COSINE" and "IP" are similarities (higher is
+    nearer), "L2" (squared or not) and "L1" distances (lower is nearer). ``params``
+    names how the index was searched ("HNSW ef=256", "exact"), for reports and logs.
+    """
+
+    ids: list[list[Id]]
+    scores: list[list[float]]
+    metric: str
+    params: str
+    exact: bool = False  # every row was scored: a row the search missed is not in the index
+
+
 @dataclass(frozen=True)
 class Batch:
     ids: np.ndarray  # (n,) int64, or object (Python str) for string keys: see id_array
@@ -151,8 +173,9 @@ class VectorStore(Protocol):
         """Rows by id, in the order given; StoreError when any is missing."""
         ...
 
-    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> list[list[Id]]:
-        """Ids of the k nearest rows per query, through the store's own index."""
+    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> Hits:
+        """The k nearest rows per query, through the store's own index, searched with
+        parameters fitted to that index (a thorough search, not the index's default)."""
         ...
 
     # -- writing -------------------------------------------------------------

@@ -22,6 +22,7 @@ from dmu_migrate.stores import (
     milvus_partitions,
     milvus_rank,
     milvus_schema,
+    milvus_search,
 )
 from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
@@ -32,6 +33,7 @@ from dmu_migrate.stores.base import (
     Batch,
     CollectionInfo,
     ForeignSchema,
+    Hits,
     Id,
     VectorStore,
     choose_vector_field,
@@ -302,13 +304,30 @@ class MilvusStore:
             batch = replace(batch, fields={**batch.fields, PARTITION_KEY: placed})
         return batch
 
-    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> list[list[Id]]:
+    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> Hits:
         self._ensure_loaded(name)
+        concrete = self.client.describe_collection(name)["collection_name"]
+        specs = milvus_schema.read_indexes(self.client, concrete)
+        index = next((s for s in specs if s.field == vector_field), None)
+        params, said = milvus_search.fitted(index, k)
+        metric = (index.metric if index else None) or "COSINE"  # Milvus's default metric
         hits = self.client.search(
-            name, data=list(queries), limit=k, anns_field=vector_field, consistency_level=STRONG
+            name,
+            data=list(queries),
+            limit=k,
+            anns_field=vector_field,
+            search_params={"metric_type": metric, "params": params},
+            output_fields=[],
+            consistency_level=STRONG,
         )
         pk = self._pk(name)  # hits are keyed by the primary key's name, not always "id"
-        return [[h[pk] if pk in h else h["id"] for h in row] for row in hits]
+        return Hits(
+            [[h[pk] if pk in h else h["id"] for h in row] for row in hits],
+            [[float(h["distance"]) for h in row] for row in hits],
+            metric,
+            said,
+            exact=index is None or index.index_type.upper() in ("FLAT", "BIN_FLAT"),
+        )
 
     def _pk(self, name: str) -> str:
         fields = self.client.describe_collection(name)["fields"]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from dmu_migrate.errors import InputError
-from dmu_migrate.stores.base import Batch, CollectionInfo, Id, VectorStore, store_kind
+from dmu_migrate.stores.base import Batch, CollectionInfo, Hits, Id, VectorStore, store_kind
 from dmu_migrate.stores.crossing import Crossing
 from dmu_migrate.stores.filter_crossing import carry
 
@@ -130,7 +130,7 @@ class StorePair:
             return self.source.fetch(info, ids, vector_field)
         return self.target.fetch(self._view(info), ids, self._mapping().vector(vector_field))
 
-    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> list[list[Id]]:
+    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> Hits:
         if self._reads(name):
             return self.source.search(name, vector_field, queries, k)
         return self.target.search(name, self._mapping().vector(vector_field), queries, k)

@@ -49,6 +49,7 @@ from dmu_migrate.stores.base import (
     VECTOR_KEY_PREFIX,
     Batch,
     CollectionInfo,
+    Hits,
     Id,
     VectorStore,
     choose_vector_field,
@@ -57,6 +58,24 @@ from dmu_migrate.stores.base import (
 from dmu_migrate.stores.parquet_filter import milvus_style_mask
 
 _SEQ = b"dmu_seq"
+_QUERY_ROWS = 64  # queries scored at once by search
+
+
+def _cosine(q: np.ndarray, g: np.ndarray) -> np.ndarray:
+    unit = np.maximum(np.linalg.norm(g, axis=1), 1e-12)
+    return (q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)) @ g.T / unit
+
+
+def _squared_l2(q: np.ndarray, g: np.ndarray) -> np.ndarray:
+    return np.maximum((q * q).sum(1)[:, None] - 2 * q @ g.T + (g * g).sum(1)[None, :], 0.0)
+
+
+# search's score per metric, and whether higher is nearer (Milvus's conventions: L2 squared).
+_SCORES = {
+    "COSINE": (_cosine, True),
+    "IP": (lambda q, g: q @ g.T, True),
+    "L2": (_squared_l2, False),
+}
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -277,16 +296,25 @@ class ParquetStore:
     def fetch(self, info: CollectionInfo, ids: np.ndarray, vector_field: str) -> Batch:
         return self._to_batch(info.name, self._rows(info.name, ids), vector_field)
 
-    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> list[list[Id]]:
-        """Exact cosine search: Parquet has no index, so every row is scored."""
+    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> Hits:
+        """Exact search by the collection's metric: Parquet has no index, so every row is scored."""
         info = self.describe(name, vector_field)
         batch = self._to_batch(info.name, self._table(info.name), vector_field)
-        gallery = batch.vectors / np.maximum(
-            np.linalg.norm(batch.vectors, axis=1, keepdims=True), 1e-12
-        )
-        q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-        order = np.argsort(-(q @ gallery.T), axis=1, kind="stable")[:, :k]
-        return [batch.ids[row].tolist() for row in order]
+        score, higher = _SCORES.get(info.metric, _SCORES["COSINE"])
+        gallery = batch.vectors
+        k = min(k, len(gallery))
+        ids: list[list[Id]] = []
+        scores: list[list[float]] = []
+        # Some queries at a time: a score matrix of every query by every row can be GBs.
+        for start in range(0, len(queries), _QUERY_ROWS):
+            chunk = score(queries[start : start + _QUERY_ROWS], gallery)
+            ranked = chunk if higher else -chunk
+            top = np.argpartition(-ranked, k - 1, axis=1)[:, :k] if k else ranked[:, :0]
+            for row, cols, raw in zip(ranked, top, chunk, strict=True):
+                order = cols[np.argsort(-row[cols], kind="stable")]
+                ids.append(batch.ids[order].tolist())
+                scores.append(raw[order].tolist())
+        return Hits(ids, scores, info.metric if info.metric in _SCORES else "COSINE", "exact", True)
 
     def _rows(self, name: str, ids: np.ndarray) -> pa.Table:
         table = self._table(name)

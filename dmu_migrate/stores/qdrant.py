@@ -38,12 +38,14 @@ from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
     NULL_KEYS,
     RANK_FIELD,
+    SEARCH_EF,
     TAG_FIELDS,
     TAG_FIX,
     TAG_ORIGIN,
     VECTOR_KEY_PREFIX,
     Batch,
     CollectionInfo,
+    Hits,
     Id,
     VectorStore,
     choose_vector_field,
@@ -67,6 +69,12 @@ def transient(exc: BaseException) -> bool:
 _METRICS = {"Cosine": "COSINE", "Dot": "IP", "Euclid": "L2"}
 _DISTANCES = {v: k for k, v in _METRICS.items()}
 _LEDGER_NS = uuid.UUID("5b0f3c1e-6d3a-4f4e-9a55-0d6d6b1f7a10")  # ledger point ids: uuid5(key)
+
+
+def _searched(m: int | None, ef: int, exact: bool, rescored: bool) -> str:
+    """How a server search ran, in words: the graph's build and the ef it searched with."""
+    said = "exact (no HNSW graph)" if exact else f"HNSW m={m} hnsw_ef={ef}"
+    return said + (", quantized scores rescored" if rescored else "")
 
 
 def _plain(value: Any) -> Any:
@@ -502,19 +510,41 @@ class QdrantStore:
                 name, points_selector=models.PointIdsList(points=ids.tolist()), wait=True
             )
 
-    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> list[list[Id]]:
-        out: list[list[Id]] = []
+    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> Hits:
+        with self._errors(f"describe collection '{name}'", "check --collection"):
+            config = self.client.get_collection(name).config
+        _, vectors = self._vector_params(name)
+        chosen = vectors[vector_field or ""]
+        quantized = chosen.quantization_config or config.quantization_config
+        own = chosen.hnsw_config  # a vector's own settings, each one over the collection's
+        m = own.m if own and own.m is not None else config.hnsw_config.m
+        # m = 0 builds no graph: the server scores every point, as local mode always does.
+        exact = self.local or m == 0
+        ef = max(k, SEARCH_EF)
+        search = models.SearchParams(
+            hnsw_ef=ef,
+            # Quantized scores are approximate: rank candidates again on the stored vectors.
+            quantization=models.QuantizationSearchParams(rescore=True) if quantized else None,
+        )
+        requests = [
+            models.QueryRequest(
+                query=q.tolist(),
+                using=vector_field or None,
+                limit=k,
+                params=None if self.local else search,  # local mode warns that it ignores them
+            )
+            for q in queries
+        ]
         with self._errors(f"search collection '{name}'", "check --collection"):
-            for query in queries:
-                hits = self.client.query_points(
-                    name,
-                    query=query.tolist(),
-                    using=vector_field or None,
-                    limit=k,
-                    with_payload=False,
-                ).points
-                out.append([_plain(h.id) for h in hits])
-        return out
+            answers = self.client.query_batch_points(name, requests) if requests else []
+        distance = str(models.Distance(chosen.distance).value)
+        return Hits(
+            [[_plain(h.id) for h in a.points] for a in answers],
+            [[float(h.score) for h in a.points] for a in answers],
+            {**_METRICS, "Manhattan": "L1"}.get(distance, "COSINE"),
+            "exact (local mode)" if self.local else _searched(m, ef, exact, bool(quantized)),
+            exact,
+        )
 
     def tag_filter(self, tag: str, value: str) -> str:
         return json.dumps({"must": [{"key": tag, "match": {"value": value}}]})
