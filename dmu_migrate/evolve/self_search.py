@@ -14,13 +14,20 @@ A row is missed when the index returned a hit its own vector beats: a search
 that ranked every row exactly would have returned the row. Graph and cluster
 indexes miss a few by design, so the sample passes at MIN_RECALL, not on every
 row; stores search with parameters fitted to their index (VectorStore.search)
-to keep misses rare, and say which.
+to keep misses rare, and say which. Below MIN_RECALL the target still passes
+when it finds MIN_RECALL of what the source's index finds, searched the same way
+with its own vectors. Measured on Milvus Lite (FAISS HNSW, M 16): of 320 rows,
+276 of them copies of one vector, the source's index missed 24 of 256 sampled
+rows and the evolved target's 26, and ef 256 instead of 64 found one more of 40
+in a like collection. The migration made nothing worse; failing it would fail
+every run.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -61,6 +68,9 @@ class SelfSearch:
     # Hits that score better than a vector's own can under a cosine or distance metric:
     # the scores do not follow the metric the store states.
     impossible: list[Miss] = field(default_factory=list)
+    # Found of the same rows by the source's index, searched with its own vectors; set when
+    # the target passed below MIN_RECALL by finding about as many.
+    source: int | None = None
 
     @property
     def counted(self) -> int:
@@ -79,9 +89,11 @@ class SelfSearch:
             parts.append(f"{self.outranked} below rows of a larger inner product")
         if self.missed or self.impossible:
             parts.append(f"{len(self.missed) + len(self.impossible)} missed")
+        if self.source is not None:
+            parts.append(f"the source's own index finds {self.source} of the same rows")
         return f"{', '.join(parts)} ({self.params}, {self.metric}, top {SEARCH_K})"
 
-    def failure(self, name: str) -> str:
+    def failure(self, name: str, source: SelfSearch | None = None) -> str:
         """Why the sample failed, one cause per clause, with ids and scores."""
         causes = []
         if self.missed and self.exact:
@@ -105,6 +117,8 @@ class SelfSearch:
             )
         if self.tied:
             causes.append(f"{self.tied} counted found by a tie with equal vectors (duplicates)")
+        if source is not None:
+            causes.append(f"the source's own index finds {source.counted} of the same rows")
         return (
             f"searching '{name}' with {self.queries} of its own evolved vectors ({self.params}, "
             f"{self.metric}) found {self.counted} ({self.recall:.0%}, needs {MIN_RECALL:.0%}): "
@@ -159,15 +173,32 @@ def judge(ids: list[Any], queries: np.ndarray, hits: Hits, k: int = SEARCH_K) ->
 
 
 def self_search(
-    store: VectorStore, name: str, vector_field: str, ids: np.ndarray, vectors: np.ndarray
+    store: VectorStore,
+    name: str,
+    vector_field: str,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    baseline: Callable[[], SelfSearch] | None = None,
 ) -> SelfSearch:
     """Search ``name`` with ``vectors`` (the stored vectors of ``ids``); raises
-    VerificationError when fewer than MIN_RECALL of them are found."""
+    VerificationError when fewer than MIN_RECALL of them are found.
+
+    ``baseline``, if given, searches the source the same way with its own vectors of
+    the same ids: a target whose index finds MIN_RECALL of what the source's finds
+    passes even below MIN_RECALL (a graph index over many exact duplicates cannot
+    reach some rows in either), with a note in its report.
+    """
     if not len(ids):
         return SelfSearch("nothing searched", "", 0)
     hits = store.search(name, vector_field, vectors, SEARCH_K)
     result = judge(ids.tolist(), vectors, hits)
     log.info("searched '%s' with its own vectors: %s", name, result.describe())
-    if result.recall < MIN_RECALL:
-        raise VerificationError(result.failure(name))
-    return result
+    if result.recall >= MIN_RECALL:
+        return result
+    source = baseline() if baseline else None
+    # Held to MIN_RECALL of what the source finds: with a source that finds every row,
+    # that is MIN_RECALL itself.
+    if source is not None and result.recall >= MIN_RECALL * source.recall:
+        log.info("the source, searched the same way, finds %s", source.describe())
+        return replace(result, source=source.counted)
+    raise VerificationError(result.failure(name, source))

@@ -15,7 +15,7 @@ import numpy as np
 from dmu_migrate.errors import VerificationError
 from dmu_migrate.evolve.id_join import pages_of, windows
 from dmu_migrate.evolve.progress import VERIFY, Meter, Report, quiet
-from dmu_migrate.evolve.self_search import self_search
+from dmu_migrate.evolve.self_search import SEARCH_K, SelfSearch, judge, self_search
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.stores.base import VectorStore
 
@@ -184,10 +184,22 @@ def verify(
                 f"they were overwritten; nothing was cut over, run evolve again to re-evolve them"
             )
     # Every sampled row, not a few: the search is judged by its recall over the sample.
-    found = self_search(store, plan.target, plan.target_field, ids, stored)
+    # A target held to its source's index (self_search): only where the source is another
+    # collection, whose index the target's was copied from.
+    apart = plan.target != plan.source.name
+    baseline = (lambda: source_search(store, plan, ids)) if apart else None
+    found = self_search(store, plan.target, plan.target_field, ids, stored, baseline)
     if diffed:  # every id was shown present by the caller's diff or the counts
         meter.done = source_rows
     meter.end()
     return VerifyReport(
         source_rows, target_rows, len(missing), len(ids), error, found.counted, found.describe()
     )
+
+
+def source_search(store: VectorStore, plan: Plan, ids: np.ndarray) -> SelfSearch:
+    """The source searched with its own vectors of ``ids``: what the target is held to when
+    its index finds too few of them."""
+    vectors = store.fetch(plan.source, ids, plan.source.vector_field).vectors
+    hits = store.search(plan.source.name, plan.source.vector_field, vectors, SEARCH_K)
+    return judge(ids.tolist(), vectors, hits)

@@ -309,7 +309,7 @@ class MilvusStore:
         concrete = self.client.describe_collection(name)["collection_name"]
         specs = milvus_schema.read_indexes(self.client, concrete)
         index = next((s for s in specs if s.field == vector_field), None)
-        params, said = milvus_search.fitted(index, k)
+        params, said = milvus_search.fitted(index, k, lite=not self.shared)
         metric = (index.metric if index else None) or "COSINE"  # Milvus's default metric
         hits = self.client.search(
             name,

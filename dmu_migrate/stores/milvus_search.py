@@ -21,13 +21,14 @@ DISKANN_LIST = 256  # DiskANN's search_list, like HNSW's ef
 SCANN_REORDER = 256  # ScaNN candidates re-ranked by exact distance
 
 
-def fitted(index: IndexSpec | None, k: int) -> tuple[dict[str, Any], str]:
-    """(``params`` of a search request, a phrase naming them) for ``index``."""
+def fitted(index: IndexSpec | None, k: int, lite: bool) -> tuple[dict[str, Any], str]:
+    """(``params`` of a search request, a phrase naming them) for ``index``; ``lite``
+    for Milvus Lite, whose AUTOINDEX is an HNSW graph (FAISS) that takes ``ef``."""
     if index is None:
         return {}, "no index (exact)"
     kind = index.index_type.upper()
     params: dict[str, Any] = {}
-    if kind.startswith("HNSW"):  # HNSW, and HNSW_SQ/PQ/PRQ on newer servers
+    if kind.startswith("HNSW") or (lite and kind == "AUTOINDEX"):  # and HNSW_SQ/PQ/PRQ
         params = {"ef": max(k, SEARCH_EF)}
     elif kind.startswith(("IVF", "GPU_IVF", "SCANN")):
         lists = _int(index.params.get("nlist"), 128)
@@ -38,7 +39,7 @@ def fitted(index: IndexSpec | None, k: int) -> tuple[dict[str, Any], str]:
         params = {"search_list": max(k, DISKANN_LIST)}
     elif kind == "GPU_CAGRA":
         params = {"itopk_size": max(k, SEARCH_EF)}
-    # FLAT and BIN_FLAT are exact; AUTOINDEX chooses its own and takes no build names.
+    # FLAT and BIN_FLAT are exact; a server's AUTOINDEX chooses its own search parameters.
     said = " ".join(f"{key}={value}" for key, value in params.items())
     return params, f"{index.index_type} {said or 'at its defaults'}".strip()
 
