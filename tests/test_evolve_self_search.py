@@ -94,8 +94,8 @@ def test_failed_check_after_synced_inserts_is_finished_by_the_next_run(
     new = 10_000 + np.arange(INSERTS)
     insert(backend, store, source, new, mostly_duplicates(digits, INSERTS, 4, 60))
 
-    monkeypatch.setattr(search_check, "MIN_RECALL", 1.01)  # no sample can pass
-    with pytest.raises(VerificationError, match="needs 101%"):
+    monkeypatch.setattr(search_check, "MIN_RECALL", 2.0)  # no sample can pass, nor its source
+    with pytest.raises(VerificationError, match="needs 200%"):
         run(store, alias, [artifact])
     record = Ledger(store).load(first.migration)
     assert record is not None and record.status == FAILED
