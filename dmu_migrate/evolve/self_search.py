@@ -122,7 +122,8 @@ class SelfSearch:
         return (
             f"searching '{name}' with {self.queries} of its own evolved vectors ({self.params}, "
             f"{self.metric}) found {self.counted} ({self.recall:.0%}, needs {MIN_RECALL:.0%}): "
-            f"{'; '.join(causes)}; nothing was cut over"
+            f"{'; '.join(causes)}; nothing was cut over, and rows written stay for the next "
+            f"run, which checks again"
         )
 
 
