@@ -1,10 +1,11 @@
-"""On the Milvus server: an HNSW target whose default search misses some of its own rows
-(graph indexes trade recall for speed) passes verification through cron re-runs with
-inserts, searched with an ef fitted to the index.
+"""On Milvus (the server, and Lite's FAISS graph): an HNSW target whose default search
+misses some of its own rows (graph indexes trade recall for speed) passes verification
+through cron re-runs with inserts, searched with an ef fitted to the index.
 
 Measured on the 2.3.5 server with 32-d Gaussian vectors, M 4 and efConstruction 8: of
 256 rows searched with their own vectors, 2,000 rows miss 71 at the default search and
-none at ef 256; 5,000 rows miss 90 and 2.
+none at ef 256; 5,000 rows miss 90 and 2. M 8 with efConstruction 16 misses none at
+2,000 rows. On Milvus Lite (default ef 64) the evolved target of 2,000 rows misses 6.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from backends import Backend
 from migrations import run
-from milvus_sources import seed
+from milvus_sources import build_params, seed
 from pymilvus import DataType, MilvusClient
 
 from dmu_migrate.artifact import Artifact
@@ -51,7 +52,7 @@ def default_misses(client: MilvusClient, name: str, ids: list[int], vectors: np.
     return sum(i not in [h["id"] for h in row] for i, row in zip(ids, hits, strict=True))
 
 
-@pytest.mark.parametrize("backend", ["milvus-server"], indirect=True)
+@pytest.mark.parametrize("backend", ["milvus-lite", "milvus-server"], indirect=True)
 def test_hnsw_target_that_misses_own_rows_at_default_search_verifies_through_reruns(
     backend: Backend, artifact: Artifact
 ) -> None:
@@ -66,7 +67,7 @@ def test_hnsw_target_that_misses_own_rows_at_default_search_verifies_through_rer
 
     rows = [{"id": i, "vector": vectors[i].tolist()} for i in range(ROWS)]
     index = {"field_name": "vector", "index_type": "HNSW", "metric_type": "COSINE"}
-    seed(backend, source, fields, rows, [{**index, "params": GRAPH}], alias=alias)
+    seed(backend, source, fields, rows, [{**index, "params": build_params(backend, GRAPH)}], alias)
     store = backend.open_store()
     first = run(store, alias, [artifact], options=EvolveOptions(batch_size=1000))
     assert first.outcome == Outcome.DONE
@@ -79,8 +80,8 @@ def test_hnsw_target_that_misses_own_rows_at_default_search_verifies_through_rer
         missed = default_misses(client, first.target, ids, stored)
     finally:
         client.close()
-    print(f"default search missed {missed} of {SEARCHED}")
-    assert missed > 0  # the issue's case: a correct target fails a top-10 self-search
+    # The issue's case: a correct target fails a top-10 self-search at default parameters.
+    assert missed > 0, f"the default search found all {SEARCHED}: the graph is too good"
 
     for round in range(2):  # cron: the application inserts, evolve runs again
         new = np.arange(ROWS + round * INSERTS, ROWS + (round + 1) * INSERTS)
