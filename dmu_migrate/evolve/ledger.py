@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import time
 import uuid
@@ -87,6 +88,10 @@ class Record:
     rows_done: int = 0
     source_rows: int = 0
     previous_alias_target: str | None = None
+    # Every alias this migration moved (evolve/aliases.py): alias -> {"previous": what it
+    # named before (None: nothing), "moved_at", "rolled_back_at"}. One migration can move
+    # several (evolve --alias NAME after a plain evolve of the same source and adapter).
+    moved_aliases: dict[str, dict[str, Any]] = field(default_factory=dict)
     snapshot: str | None = None
     pending: dict[str, Any] | None = None  # in-place: the snapshot part being applied
     started_at: str = field(default_factory=now_iso)
@@ -135,7 +140,43 @@ class Record:
                 "migration record dmu-migrate wrote; delete it from the ledger (collection "
                 f"'{LEDGER_COLLECTION}', or ledger.json in a Parquet store)"
             )
+        if "moved_aliases" not in raw:  # written by a version that kept one alias only
+            known["moved_aliases"] = derived_moves(raw)
         return cls(**known)
+
+
+CUT_OVER = re.compile(r"alias '(.+)' -> '(.+)'")
+
+
+def derived_moves(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The aliases an older record moved, read from what it kept: its cut-over events and
+    its alias. Only the alias moved last has a known earlier target (the record kept one);
+    the others show it as unknown, and a rollback sends them back to the source."""
+    events = [e for e in raw.get("runs") or [] if isinstance(e, dict)]
+    order: list[str] = []
+    for event in events:
+        found = CUT_OVER.fullmatch(str(event.get("cut_over") or ""))
+        if found:
+            order = [a for a in order if a != found.group(1)] + [found.group(1)]
+    finished = raw.get("status") in (DONE, ROLLED_BACK, PRUNED) and not raw.get("filter")
+    alias = raw.get("alias")
+    if alias and finished and alias not in order:
+        order.insert(0, alias)  # its cut-over event may have aged out of the last 20 runs
+    rolled_back = [
+        next((e["rolled_back_at"] for e in reversed(events) if "rolled_back_at" in e), "earlier")
+        if raw.get("status") == ROLLED_BACK and name == alias
+        else None
+        for name in order
+    ]
+    return {
+        name: {
+            "previous": raw.get("previous_alias_target") if name == order[-1] else None,
+            "moved_at": None,
+            "rolled_back_at": when,
+            "derived": True,  # from a record written before aliases were kept one by one
+        }
+        for name, when in zip(order, rolled_back, strict=True)
+    }
 
 
 def storage_key(key: str) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import InputError, NothingToDo
 from dmu_migrate.evolve import BULK, write_path
+from dmu_migrate.evolve.aliases import rolled_back_at
 from dmu_migrate.evolve.finish import finish
 from dmu_migrate.evolve.ledger import DONE, ROLLED_BACK, RUNNING, Ledger, Record
 from dmu_migrate.evolve.plan import IN_PLACE, Plan, make_plan
@@ -96,7 +97,8 @@ def open_record(
     if record is None:
         return plan.new_record(), False
     check_adapters(record, plan)
-    if record.status == ROLLED_BACK:
+    # Each alias is rolled back on its own: the record stays done while another serves it.
+    if record.status == ROLLED_BACK or rolled_back_at(record, plan.alias):
         keep_rolled_back(record, plan, options)
     if record.filter != plan.filter:  # a full run after a --filter one covers every row
         record.filter = plan.filter
@@ -109,7 +111,8 @@ def keep_rolled_back(record: Record, plan: Plan, options: EvolveOptions) -> None
     if not options.reapply:
         raise NothingToDo(
             f"migration '{plan.key}' was rolled back at {record.finished_at}, so alias "
-            f"'{record.alias}' stays where the rollback put it and nothing was written; pass "
+            f"'{plan.alias or record.alias}' stays where the rollback put it and nothing was "
+            f"written; pass "
             f"--reapply to bring '{plan.target}' in step and cut over again, or --restart to "
             f"start over"
         )

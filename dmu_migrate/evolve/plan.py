@@ -256,7 +256,7 @@ def upgraded_source(
             record.strategy == NEW_COLLECTION
             and record.target == info.name
             and record.to_version == chain.to_version
-            and record.alias == info.alias
+            and info.alias in (record.alias, *record.moved_aliases)
         ):
             if record.status == PRUNED:
                 raise NothingToDo(

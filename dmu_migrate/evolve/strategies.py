@@ -17,6 +17,7 @@ import numpy as np
 
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve import snapshot
+from dmu_migrate.evolve.aliases import record_move
 from dmu_migrate.evolve.ledger import Record
 from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION, NEW_FIELD, Plan
 from dmu_migrate.evolve.sync import EVOLVED, checksums, target_info
@@ -91,8 +92,9 @@ class Strategy:
         raise NotImplementedError
 
     @staticmethod
-    def rollback(store: VectorStore, record: Record) -> str:
-        """Undo the cut-over of a finished migration; needs no adapter."""
+    def rollback(store: VectorStore, record: Record, alias: str | None = None) -> str:
+        """Undo the cut-over of a finished migration (of ``alias``, where it moved aliases);
+        needs no adapter."""
         raise NotImplementedError
 
 
@@ -195,28 +197,29 @@ class NewCollection(Strategy):
             )
         if plan.alias is None:
             return f"'{plan.target}' is ready"
-        current = self.store.alias_target(plan.alias)
-        if current != plan.target:
-            record.previous_alias_target = current or plan.source.name
+        record_move(record, plan.alias, self.store.alias_target(plan.alias))
         self.store.point_alias(plan.alias, plan.target)
         return f"alias '{plan.alias}' -> '{plan.target}'"
 
     @staticmethod
-    def rollback(store: VectorStore, record: Record) -> str:
-        if not record.alias:
+    def rollback(store: VectorStore, record: Record, alias: str | None = None) -> str:
+        moved = record.moved_aliases.get(alias or "")
+        if alias is None or moved is None:
             raise InputError(
-                f"migration '{record.key}' moved no alias; there is nothing to roll back"
+                f"migration '{record.key}' moved no alias"
+                + (f" '{alias}'" if alias else "")
+                + "; there is nothing to roll back"
             )
-        back = record.previous_alias_target or record.source
+        back = moved.get("previous") or record.source
         if record.source_uri and back == record.source:
             raise InputError(
                 f"migration '{record.key}' evolved '{record.source}' of '{record.source_uri}' "
-                f"into this store, where alias '{record.alias}' named no collection before; "
+                f"into this store, where alias '{alias}' named no collection before; "
                 f"there is nothing here to point it back to: point your application back at "
                 f"'{record.source_uri}', whose '{record.source}' is unchanged"
             )
-        store.point_alias(record.alias, back)
-        return f"alias '{record.alias}' -> '{back}' (evolved collection '{record.target}' kept)"
+        store.point_alias(alias, back)
+        return f"alias '{alias}' -> '{back}' (evolved collection '{record.target}' kept)"
 
 
 class NewField(Strategy):
@@ -248,7 +251,7 @@ class NewField(Strategy):
         )
 
     @staticmethod
-    def rollback(store: VectorStore, record: Record) -> str:
+    def rollback(store: VectorStore, record: Record, alias: str | None = None) -> str:
         return (
             f"vector field '{record.vector_field}' of '{record.source}' was never changed; "
             f"point your queries back at it"
@@ -310,7 +313,7 @@ class InPlace(Strategy):
         return f"vectors of '{self.plan.source.name}' were replaced; snapshot in {self.directory}"
 
     @staticmethod
-    def rollback(store: VectorStore, record: Record) -> str:
+    def rollback(store: VectorStore, record: Record, alias: str | None = None) -> str:
         if not record.snapshot or not Path(record.snapshot).is_dir():
             raise InputError(
                 f"snapshot of '{record.key}' is missing ({record.snapshot}); cannot restore"
