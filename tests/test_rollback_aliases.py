@@ -177,6 +177,7 @@ def test_a_record_of_an_earlier_version_reads_and_its_stuck_alias_rolls_back(
     assert record is not None and set(record.moved_aliases) == {second, live}
 
 
+@pytest.mark.integration  # about 10 s: three evolves through the command line
 @pytest.mark.timeout(300)
 def test_the_commands_roll_back_the_alias_named_and_list_the_candidates(
     gallery: Gallery, artifact: Artifact, transition: Artifact
@@ -210,6 +211,8 @@ def test_the_commands_roll_back_the_alias_named_and_list_the_candidates(
     back = cli("rollback", "--collection", "digits", *uri)  # the older migration's alias
     assert back.exit_code == 0, back.output
     assert targets(gallery.db) == {"digits": "digits__v1", "digits_fused": "digits__v2_fused"}
+    table = " ".join(cli("status", *uri).output.split())
+    assert "digits -> digits__v1 (rolled back)" in table, table
     back = cli("rollback", "--collection", "digits_fused", *uri, "--json")
     assert back.exit_code == 0, back.output
     assert json.loads(back.output)["migration"] == "digits__v1->digits__v2_fused"
