@@ -9,6 +9,7 @@ back once none of its aliases serves its target any more.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from dmu_migrate.evolve.ledger import Record, now_iso
@@ -46,8 +47,9 @@ def mark_rolled_back(record: Record, alias: str, when: str) -> None:
     record.moved_aliases[alias]["rolled_back_at"] = when
 
 
-def shown(record: Record, point: Any) -> list[dict[str, Any]]:
-    """Each moved alias for status and history: what it named before and names now."""
+def shown(record: Record, point: Callable[[str], str | None]) -> list[dict[str, Any]]:
+    """Each moved alias for status and history: what it named before and, asking
+    ``point`` (the store's alias_target), what it names now."""
     return [
         {
             "alias": alias,
