@@ -38,7 +38,16 @@ Conventions shared by every command:
 - Every command but `completion` takes `--json`: its result as one JSON
   document on stdout (progress and errors stay on stderr).
 - `-v`, `-q` and `--log-format` go before or after the command.
-- Shell completion: `eval "$(dmu-migrate completion bash)"` in `~/.bashrc`.
+- Every command's `--help` ends with an example, as below.
+
+Shell completion of commands and flags: `completion` prints the script for
+bash, zsh, fish or powershell; load it from the shell's startup file (the
+first line, in `~/.bashrc`) or install it where bash-completion looks:
+
+```bash
+eval "$(dmu-migrate completion bash)"
+dmu-migrate completion bash > ~/.local/share/bash-completion/completions/dmu-migrate
+```
 """
 
 
