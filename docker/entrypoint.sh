@@ -5,8 +5,9 @@
 # one line whose it is and which --user fits, before running anything.
 set -eu
 
-# The first path under $1 (itself, or its contents three levels down) that this
-# user cannot write; for a path not made yet, its nearest existing parent.
+# The first path under $1 (itself, or with $2 = deep its contents three levels
+# down) that this user cannot write; for a path not made yet, its nearest
+# existing parent.
 unwritable() {
     path=$1
     while [ ! -e "$path" ]; do
@@ -14,7 +15,7 @@ unwritable() {
         [ "$parent" = "$path" ] && return 0
         path=$parent
     done
-    if [ -d "$path" ] && [ "$path" = "$1" ]; then
+    if [ "${2:-}" = deep ] && [ -d "$path" ] && [ "$path" = "$1" ]; then
         find "$path" -maxdepth 3 ! -writable -print -quit 2>/dev/null
     elif [ ! -w "$path" ]; then
         echo "$path"
@@ -23,7 +24,7 @@ unwritable() {
 
 check() {
     [ -z "$1" ] && return 0
-    bad=$(unwritable "$1")
+    bad=$(unwritable "$1" "${2:-}")
     [ -z "$bad" ] && return 0
     owner=$(stat -c %u:%g "$bad")
     echo "error: $bad is owned by $owner and not writable by uid $(id -u); run the container with --user $owner, or chown -R $(id -u):$(id -g) the mounted directory" >&2
@@ -39,18 +40,26 @@ local_path() {
     esac
 }
 
+# The metrics file is replaced by a rename: only its directory needs to be writable.
+check_flag() {
+    case $1 in
+        --metrics-file) check "$(dirname "$2")" ;;
+        *) check "$(local_path "$2")" deep ;;
+    esac
+}
+
 expect=""
 for arg in "$@"; do
     if [ -n "$expect" ]; then
-        check "$(local_path "$arg")"
+        check_flag "$expect" "$arg"
         expect=""
         continue
     fi
     case $arg in
         --uri | --target-uri | --metrics-file | --snapshot-dir | --bulk-storage | --output | \
-            --out-dir | --workdir) expect=1 ;;
+            --out-dir | --workdir) expect=$arg ;;
         --uri=* | --target-uri=* | --metrics-file=* | --snapshot-dir=* | --bulk-storage=* | \
-            --output=* | --out-dir=* | --workdir=*) check "$(local_path "${arg#*=}")" ;;
+            --output=* | --out-dir=* | --workdir=*) check_flag "${arg%%=*}" "${arg#*=}" ;;
     esac
 done
 

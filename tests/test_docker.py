@@ -79,6 +79,7 @@ def test_writable_paths_and_servers_run_the_command_unchanged(shared: Path) -> N
     mine = shared / "mine"
     mine.mkdir()
     (mine / "faces.db").mkdir()
+    (mine / "m.prom").write_text("")  # root's, in a directory the user owns: replaced by rename
     if os.geteuid() == 0:
         for path in (mine, mine / "faces.db"):
             os.chown(path, NOBODY, NOBODY)
@@ -88,6 +89,8 @@ def test_writable_paths_and_servers_run_the_command_unchanged(shared: Path) -> N
         str(mine / "faces.db"),
         "--target-uri",
         f"parquet:{mine / 'out'}",
+        "--metrics-file",
+        str(mine / "m.prom"),
         "--adapter",
         str(shared),  # read, never written: not checked
     ]
