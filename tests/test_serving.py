@@ -10,7 +10,6 @@ mode; new items written as the guide says survive the next cron run.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,15 +33,11 @@ SERVE = EXAMPLES / "wordnet_text" / "serve.py"
 def upgraded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(eval table, artifact) of a small WordNet upgrade; every embedding real."""
     wordnet = debian_data("wordnet-base", Path("/usr/share/wordnet"), "data.noun")
-    os.environ.setdefault("WORDNET_DIR", str(wordnet))
     root = tmp_path_factory.mktemp("wordnet")
-    prepare = load_example("wordnet_text", "prepare")
-    monkey = pytest.MonkeyPatch()
-    monkey.setattr(prepare, "WORDNET", wordnet)
-    try:
+    with pytest.MonkeyPatch.context() as monkey:
+        monkey.setenv("WORDNET_DIR", str(wordnet))  # read when prepare.py is imported
+        prepare = load_example("wordnet_text", "prepare")
         paths = prepare.prepare(root / "data", train=120, val=0, test=40, seed=0)
-    finally:
-        monkey.undo()
     # No held-out identities: too few to validate on, so the gate has no verdict to give
     # (evolve warns and goes on); docs/results.md has the gate's verdict at full size.
     config = TrainConfig(method="dmu", batch_size=64, epochs=8, seed=0, val_fraction=0.0)
