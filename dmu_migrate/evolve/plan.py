@@ -13,7 +13,7 @@ from dmu_migrate.evolve import IN_PLACE, NEW_COLLECTION, STRATEGIES
 from dmu_migrate.evolve import NEW_FIELD as NEW_FIELD  # the strategies import it from here
 from dmu_migrate.evolve.ledger import PRUNED, Ledger, Record
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.quality import check_gate, transition_hint, verdict
+from dmu_migrate.quality import check_gate, transition_hint, validated_where, verdict
 from dmu_migrate.stores.base import TAG_FROM, TAG_ORIGIN, TAG_VERSION, CollectionInfo, VectorStore
 from dmu_migrate.stores.pair import home
 
@@ -61,7 +61,8 @@ class Plan:
             source_rows=self.rows,
             source_uri=self.source_uri,
             quality="; ".join(
-                f"{a.manifest.name}: {verdict(a.validated, 'validated at training').line}"
+                f"{a.manifest.name}: "
+                f"{verdict(a.validated, validated_where(a.manifest.quality, a.manifest.name)).line}"
                 for a in self.chain.artifacts
             ),
         )
@@ -131,15 +132,14 @@ def check_metric(store: VectorStore, info: CollectionInfo, chain: AdapterChain) 
 def gate(chain: AdapterChain, accept_regression: bool) -> None:
     """Refuse, before anything is written, an upgrade validated as worse than today's system."""
     for artifact in chain.artifacts:
+        where = validated_where(artifact.manifest.quality, artifact.manifest.name)
         if accept_regression:
-            result = verdict(
-                artifact.validated, f"validated at training of '{artifact.manifest.name}'"
-            )
+            result = verdict(artifact.validated, where)
             if result.deploy is False:
                 log.warning("--accept-regression: %s", result.line)
             continue
         hint = transition_hint(artifact.manifest.quality, str(artifact.path))
-        result = check_gate(artifact.manifest.name, artifact.validated, hint)
+        result = check_gate(artifact.manifest.name, artifact.validated, hint, where)
         if result.deploy is None:
             log.warning("adapter '%s': %s", artifact.manifest.name, result.line)
 
