@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmu_migrate.data import Columns, vector_column
+from dmu_migrate.data import Columns, Table, vector_column
 from dmu_migrate.errors import InputError
 from dmu_migrate.metrics import l2_normalize
 
@@ -34,8 +34,10 @@ TRAINING = "training"  # the default: the training table's rows that were not he
 NONE = "none"  # the held-out gallery alone
 ID_COLUMN = "id"  # as sample writes it
 NO_LABEL = -1  # a label the held-out table does not have: never equal to a query's code
-# Where the pool joins the gallery: settings whose gallery is built from stored old vectors.
+# Where the pool joins the gallery: settings whose gallery is built from stored old vectors
+# (fused: [o ; psi(o)]; ceiling: the oracle map of o, ceiling.py).
 GALLERIES = ("old", "evolved")
+ALSO = ("fused", "ceiling")
 NOTE = "new->new and new->mixed have no distractors: they would need the raw items"
 
 
@@ -78,7 +80,7 @@ class Pool:
 
     def describe(self, settings: list[str]) -> dict[str, Any]:
         """What the report says: how many distractors each setting's figure saw."""
-        per = {s: self.count if s.split("->")[-1] in GALLERIES else 0 for s in settings}
+        per = {s: self.count if takes_pool(s) else 0 for s in settings}
         return {
             "source": self.source,
             "count": self.count,
@@ -87,6 +89,10 @@ class Pool:
             "settings": per,
             "note": NOTE,
         }
+
+
+def takes_pool(setting: str) -> bool:
+    return setting in ALSO or setting.split("->")[-1] in GALLERIES
 
 
 # The pool of a held-out split: (training rows, held-out rows) -> Pool.
@@ -238,3 +244,31 @@ def load(
             f"stored old vectors join the held-out gallery"
         )
     return from_collection(uri, name, token, label_field=columns.label)
+
+
+def for_table(
+    spec: Distractors | str, training_table: str | None, table: Table, columns: Columns
+) -> tuple[Pool | None, str]:
+    """The distractors of an evaluation table and the source the report names: by default
+    the artifact's training table (when it is still where the manifest says); every row
+    of ``table``, query or gallery, is a held-out item to leave out."""
+    if spec == NONE:
+        return None, NONE
+    given = spec
+    if not isinstance(given, Distractors):  # TRAINING
+        path = training_table
+        if path is None or not Path(path).is_file():
+            return None, f"none: the training table {path and repr(path)} is not here"
+        if Path(path).resolve() == Path(table.path).resolve():
+            return None, "none: the table evaluated is the training table"
+        try:
+            read = from_parquet(path, columns)
+        except InputError as exc:
+            raise InputError(
+                f"the training table '{path}' cannot serve as distractors ({exc}); pass "
+                f"--distractors with stored old vectors, or --distractors none"
+            ) from exc
+        given = Distractors(read.old, read.labels, read.ids, "the training table")
+    classes = table.classes if table.labelled else None
+    found = pool(given, table.old, table_ids(table.path), classes)
+    return found, found.source

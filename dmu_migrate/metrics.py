@@ -160,6 +160,8 @@ def tar_at_far(
     gallery_labels: np.ndarray,
     fars: Sequence[float] = (1e-3, 1e-4),
     leave_one_out: bool = False,
+    distractors: np.ndarray | None = None,
+    distractor_labels: np.ndarray | None = None,
 ) -> dict[float, float]:
     """True accept rate at a false accept rate, over every query-gallery pair.
 
@@ -169,7 +171,8 @@ def tar_at_far(
     of genuine pairs strictly above. Two passes over the similarity chunks keep
     memory at one chunk plus the top k+1 impostor scores, never all pairs. A FAR
     below 1 / impostors cannot be measured on this data and gives NaN, as does a
-    table without genuine pairs.
+    table without genuine pairs. ``distractors`` add impostor pairs only, less those
+    that share the query's label (as in retrieval_scores).
     """
     q, g = l2_normalize(queries), l2_normalize(gallery)
     ql, gl = np.asarray(query_labels), np.asarray(gallery_labels)
@@ -180,6 +183,12 @@ def tar_at_far(
     g_counts = np.array([int((gl == label).sum()) for label in labels])
     n_genuine = int((q_counts * g_counts).sum()) - (len(q) if leave_one_out else 0)
     n_pairs = len(q) * len(g) - (len(q) if leave_one_out else 0)
+    extra = None
+    if distractors is not None and len(distractors):
+        dl = np.full(len(distractors), -1) if distractor_labels is None else distractor_labels
+        extra = (l2_normalize(distractors), np.asarray(dl))
+        shared = np.array([int((extra[1] == label).sum()) for label in labels])
+        n_pairs += len(q) * len(distractors) - int((q_counts * shared).sum())
     n_impostor = n_pairs - n_genuine
     ks = {far: math.floor(far * n_impostor) for far in fars}
     out = {far: float("nan") for far in fars}
@@ -189,7 +198,7 @@ def tar_at_far(
 
     keep = max(ks[far] for far in measurable) + 1
     top = np.empty(0, np.float32)
-    for sims, genuine, valid in _similarity_chunks(q, ql, g, gl, leave_one_out):
+    for sims, genuine, valid in _similarity_chunks(q, ql, g, gl, leave_one_out, extra):
         impostor = sims[valid & ~genuine]
         merged = np.concatenate([top, impostor])
         if len(merged) > keep:
@@ -198,7 +207,7 @@ def tar_at_far(
     top = np.sort(top)[::-1]
     thresholds = {far: top[ks[far]] for far in measurable}
     accepted = dict.fromkeys(measurable, 0)
-    for sims, genuine, _ in _similarity_chunks(q, ql, g, gl, leave_one_out):
+    for sims, genuine, _ in _similarity_chunks(q, ql, g, gl, leave_one_out, extra):
         scores = sims[genuine]
         for far in measurable:
             accepted[far] += int((scores > thresholds[far]).sum())
