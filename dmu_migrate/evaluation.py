@@ -249,7 +249,7 @@ def evaluate(
     )
     q_labels, g_labels = table.labels[q_idx], table.labels[g_idx]
     training = artifact.manifest.training.get("table")
-    pool, source = crowd.for_table(
+    pool, pool_source = crowd.for_table(
         distractors, training if isinstance(training, str) else None, table, columns
     )
     if pool is not None:
@@ -322,7 +322,7 @@ def evaluate(
         reference_scores=ref_scores,
         derived=derived_figures(scores, ref_scores, ("new->evolved", "new->mixed", FUSED)),
         backfill=curves,
-        distractors=crowd.describe(pool, list(scores) + ([CEILING] if top else []), source),
+        distractors=crowd.describe(pool, list(scores) + ([CEILING] if top else []), pool_source),
         ceiling=top,
     )
 

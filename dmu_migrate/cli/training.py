@@ -13,6 +13,8 @@ from rich.progress import Progress
 
 from dmu_migrate.cli.common import (
     AsJson,
+    DistractorsOpt,
+    DistractorsUri,
     LabelCol,
     OldCol,
     XCol,
@@ -71,6 +73,8 @@ def train(
         ),
     ] = 0,
     threads: TorchThreads = 0,
+    distractors: DistractorsOpt = "training",
+    distractors_uri: DistractorsUri = None,
     *,
     as_json: AsJson = False,
     **settings: Any,
@@ -106,6 +110,8 @@ def train(
                 tune=tune,
                 threads=threads,
                 on_epoch=None if bar is None else _epoch_progress(bar, epochs),
+                distractors=distractors,
+                distractors_uri=distractors_uri,
                 **flags,
             )
         if not main:
@@ -130,12 +136,22 @@ def train(
                 f"{validation.get('held_out', 'identities')}"
             )
         if m.quality:
+            pool = m.quality.get("distractors") or {}
+            if pool:
+                out.print(f"  {gate_size(pool)}")
             out.print("  " + m.quality["verdict"])
             hint = transition_hint(m.quality, str(report.artifact.path))
             if hint and m.quality["verdict"].startswith("do not deploy"):
                 out.print("  " + hint)
         for key, value in m.parity.items():
             out.print(f"  onnxruntime vs torch {key}: {value:.2e}")
+
+
+def gate_size(pool: dict[str, Any]) -> str:
+    """How many distractors each figure of the gate saw, in one line."""
+    per = pool.get("settings", {})
+    saw = ", ".join(f"{s} {n:,}" for s, n in per.items())
+    return f"distractors from {pool.get('source')}: {saw} ({pool.get('note')})"
 
 
 def _epoch_progress(bar: Progress, epochs: int) -> Callable[[int, dict[str, float]], None]:
