@@ -21,7 +21,7 @@ from dmu_migrate.data import read_table, write_table
 from dmu_migrate.distractors import NO_LABEL, Distractors, from_parquet, pool
 from dmu_migrate.evaluation import evaluate
 from dmu_migrate.metrics import retrieval_scores
-from dmu_migrate.quality import judged_at, measure, verdict
+from dmu_migrate.quality import judged_at, verdict
 from dmu_migrate.training.trainer import TrainConfig
 from dmu_migrate.training.upgrade import train_upgrade
 
