@@ -265,3 +265,17 @@ def test_the_gate_refuses_when_distractors_turn_the_verdict(tmp_path: Path) -> N
     assert client.list_collections() == ["items"]
     client.close()
     assert pq.read_schema(decoys).names == ["old"]
+
+
+def test_bad_distractors_are_one_line(tmp_path: Path, digits: Digits, artifact: Artifact) -> None:
+    args = ["evaluate", str(digits.eval_path), "--adapter", str(artifact.path), "--no-tar"]
+    missing = runner.invoke(app, [*args, "--distractors", str(tmp_path / "nope.parquet")])
+    assert_clean_error(missing, 2, "nope.parquet' is not a file", "'none'")
+    narrow = tmp_path / "narrow.parquet"
+    write_table(narrow, {"old": np.ones((4, 5), np.float32)})
+    refused = runner.invoke(app, [*args, "--distractors", str(narrow)])
+    assert_clean_error(refused, 2, "are 5-d but the held-out old vectors are", "same old model")
+    bare = tmp_path / "bare.parquet"
+    write_table(bare, {"vec": np.ones((4, 5), np.float32)})
+    refused = runner.invoke(app, [*args, "--distractors", str(bare)])
+    assert_clean_error(refused, 2, "has no column 'old'")

@@ -214,4 +214,4 @@ def evaluate(
             out.print(f"{kind}: {chart}")
         if report.transition_hint:  # before the verdict: the verdict stays the last line
             out.print(report.transition_hint)
-        out.print(report.verdict.line)
+        out.print(report.verdict.line, soft_wrap=True)  # one line, for scripts

@@ -139,7 +139,7 @@ def train(
             pool = m.quality.get("distractors") or {}
             if pool:
                 out.print(f"  {gate_size(pool)}")
-            out.print("  " + m.quality["verdict"])
+            out.print("  " + m.quality["verdict"], soft_wrap=True)
             hint = transition_hint(m.quality, str(report.artifact.path))
             if hint and m.quality["verdict"].startswith("do not deploy"):
                 out.print("  " + hint)
@@ -211,7 +211,7 @@ def show_demo(result: DemoResult) -> None:
     """The demo's figures as a person reads them: the report, its verdict, the searches."""
     s = result.search
     out.print(scores_table(result.evaluation, "held-out digits"))
-    out.print(result.evaluation.verdict.line)
+    out.print(result.evaluation.verdict.line, soft_wrap=True)
     out.print(
         f"Milvus search with new-model queries, top-{s.k} results with the query's label: "
         f"alias '{result.evolve.alias}' (evolved) {s.evolved_hits}/{s.possible}, "
