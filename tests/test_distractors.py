@@ -251,7 +251,9 @@ def test_the_gate_refuses_when_distractors_turn_the_verdict(tmp_path: Path) -> N
     assert "do not deploy" in said and f"+ {len(old):,} distractors" in said
     big = json.loads((tmp_path / "a" / "big" / "manifest.json").read_text())["quality"]
     assert big["distractors"]["settings"]["new->evolved"] == len(old)
-    assert big["settings"]["new->evolved"]["R@1"] < small.artifact.validated["new->evolved"]["R@1"]
+    alone = small.artifact.validated
+    assert alone is not None
+    assert big["settings"]["new->evolved"]["R@1"] < alone["new->evolved"]["R@1"]
     # The collection it would deploy to: evolve refuses before writing anything.
     db = tmp_path / "store.db"
     lite_collection(db, "items", old, np.zeros(len(old), dtype=np.int64))
