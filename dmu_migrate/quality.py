@@ -6,7 +6,7 @@ verdict on the user's table; ``evolve`` refuses to move an alias to a
 regression unless told to. The floor of every deployed state is old->old,
 today's system (../shared/method.md).
 
-Numpy only: the evolve image checks the gate without torch.
+No torch here: the evolve image checks the gate without it.
 """
 
 from __future__ import annotations
