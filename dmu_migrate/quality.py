@@ -4,7 +4,9 @@
 trained on) and records them in the manifest; ``evaluate`` ends with the same
 verdict on the user's table; ``evolve`` refuses to move an alias to a
 regression unless told to. The floor of every deployed state is old->old,
-today's system (../shared/method.md).
+today's system (../shared/method.md). The galleries built from stored old
+vectors are searched with distractors beside them (distractors.py), so that the
+verdict holds at the size of the gallery the upgrade deploys to.
 
 No torch here: the evolve image checks the gate without it.
 """

@@ -240,7 +240,7 @@ def transition(
     """
     with user_errors():
         needs_train_extra()
-        from dmu_migrate.quality import verdict
+        from dmu_migrate.quality import validated_where, verdict
         from dmu_migrate.training.transition import make_transition
 
         made = make_transition(adapter, out_dir, overwrite)
@@ -263,10 +263,6 @@ def transition(
             f"query = [{fusion['a']:.2f} q_old ; {fusion['b']:.2f} q_new]: validated R@1 "
             f"{100 * fusion['R@1']:.1f}",
         )
-        out.print(
-            "  "
-            + verdict(
-                made.transition.validated,
-                f"validated at training of '{made.transition.manifest.name}'",
-            ).line,
-        )
+        m = made.transition.manifest
+        where = validated_where(m.quality, m.name)
+        out.print("  " + verdict(made.transition.validated, where).line, soft_wrap=True)
