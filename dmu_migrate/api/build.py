@@ -35,7 +35,7 @@ def train(
     tune: int = 0,
     threads: int = 0,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    distractors: str | Path | None = None,
+    distractors: str | Path = "training",
     distractors_uri: str | None = None,
     **settings: Any,
 ) -> TrainReport:
@@ -44,8 +44,8 @@ def train(
     ``settings`` are TrainConfig fields (dmu_migrate/training/config.py: method,
     epochs, gamma, seed, ...), with TrainConfig's defaults; they override the
     TOML ``config_file``. ``on_epoch(epoch, losses)`` is called after each epoch.
-    ``distractors`` join the held-out gallery of the gate's figures: None or
-    "training" (the table's rows not held out), "none", a Parquet of stored old
+    ``distractors`` join the held-out gallery of the gate's figures: "training"
+    (the table's rows not held out), "none", a Parquet of stored old
     vectors, or with ``distractors_uri`` a collection there (distractors.py).
     Needs the training extra (torch).
     """
@@ -109,7 +109,7 @@ def evaluate(
     tar: bool = True,
     backfill_curve: bool = True,
     plot: str | Path | None = None,
-    distractors: str | Path | None = None,
+    distractors: str | Path = "training",
     distractors_uri: str | None = None,
     ceiling: bool = True,
 ) -> EvalReport:
@@ -119,8 +119,8 @@ def evaluate(
     full-backfill bound) for the gain-captured and degradation figures.
     ``plot``: a .png path for the bar chart (needs matplotlib); the
     partial-backfill chart goes beside it. ``report.charts`` lists what was written.
-    ``distractors`` join the galleries built from stored old vectors: None or
-    "training" (the artifact's training table), "none", a Parquet of stored old
+    ``distractors`` join the galleries built from stored old vectors: "training"
+    (the artifact's training table), "none", a Parquet of stored old
     vectors, or with ``distractors_uri`` a collection there. ``ceiling`` adds the
     oracle adapter fitted on this gallery (ceiling.py).
     """
