@@ -50,7 +50,7 @@ class Reservoir:
             kept = np.flatnonzero(drawn < self.k)  # in stream order
             # tolist() gives plain Python ids of any key kind (int, str, UUID string);
             # an object array of strings has no .item() per element.
-            for slot, value in zip(drawn[kept].tolist(), ids[fill + kept].tolist()):
+            for slot, value in zip(drawn[kept].tolist(), ids[fill + kept].tolist(), strict=True):
                 self.chosen[slot] = value
         self.seen += len(ids)
 
