@@ -59,6 +59,10 @@ class Run:
 
 
 _ACTIVE: list[Run] = []  # the Run of the command now running, when it has --metrics-file
+# Per command with --metrics-file, its outcomes; and the files this invocation wrote, so
+# that a failure before or around the command (cli/exits.py) writes one where none was.
+OUTCOMES: dict[str, tuple[str, ...]] = {}
+WRITTEN: set[Path] = set()
 
 
 def reported(
@@ -69,6 +73,8 @@ def reported(
     The command body stays as it is but for one call that hands over its result
     (``evolve_numbers``/``verify_numbers``); the file is written however it ends.
     """
+
+    OUTCOMES[command] = outcomes
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(fn, eval_str=True)
@@ -119,12 +125,16 @@ def recorded(
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
         raise
+    except KeyboardInterrupt:
+        code = 130  # what the shell reports for an interrupt
+        raise
     except BaseException:
-        code = 1  # a bug or an interrupt: still reported, as an error
+        code = 1  # a bug: still reported, as an error
         raise
     finally:
         if path is not None:
             run.labels = {"command": command, **labels}
+            WRITTEN.add(path)
             _write_or_say(path, run, code, time.monotonic() - start, outcomes)
 
 
