@@ -40,7 +40,7 @@ PACKAGE = Path(__file__).resolve().parent.parent  # dmu_migrate/
 class OneLineGroup(TyperGroup):
     """The app's command group: click's own endings replaced by ``finish``."""
 
-    def main(  # type: ignore[override]
+    def main(
         self,
         args: Sequence[str] | None = None,
         prog_name: str | None = None,
@@ -129,9 +129,9 @@ def raised_at(exc: BaseException) -> str:
     """The innermost frame in dmu_migrate (else the innermost of all), as path:line."""
     frames = traceback.extract_tb(exc.__traceback__)
     ours = [f for f in frames if Path(f.filename).resolve().is_relative_to(PACKAGE)]
-    frame = (ours or frames or [None])[-1]
-    if frame is None:
+    if not frames:
         return "an unknown place"
+    frame = (ours or frames)[-1]
     path = Path(frame.filename).resolve()
     shown = path.relative_to(PACKAGE.parent) if path.is_relative_to(PACKAGE.parent) else path
     return f"{shown}:{frame.lineno}"
