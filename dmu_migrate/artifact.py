@@ -205,7 +205,8 @@ def check_types(manifest_path: Path, raw: Any) -> None:
     def refuse(key: str, value: Any, should: str) -> ArtifactError:
         return ArtifactError(
             f"manifest '{manifest_path}' has {key} = {json.dumps(value)}, which should be "
-            f"{should}; the file was edited or damaged: copy the artifact again or re-run train"
+            f"{should}; the file was edited or damaged: copy the artifact again or re-export "
+            f"the artifact with train"
         )
 
     if not isinstance(raw, dict):
