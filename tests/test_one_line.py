@@ -82,6 +82,12 @@ def test_metrics_file_is_written_on_a_usage_error_and_a_refused_flag(tmp_path: P
         samples = metrics(prom)
         assert samples['dmu_migrate_run_exit_code{command="evolve"}'] == "2"
         assert samples['dmu_migrate_run_outcome{command="evolve",outcome="error"}'] == "1"
+    # A path the command refused as unwritable is said once, not again on the way out.
+    missing = tmp_path / "no-such-dir" / "dmu.prom"
+    args = ["evolve", "--collection", "c", "--adapter", "a", "--metrics-file", str(missing)]
+    unwritable = cli(*args)
+    assert unwritable.exit_code == 2 and unwritable.stderr.count("\n") == 1, unwritable.stderr
+    assert "does not exist or is not writable" in unwritable.stderr
     # A command without --metrics-file names the option as unknown, and writes nothing.
     prom.unlink()
     status = cli("status", "--uri", str(tmp_path / "x.db"), "--metrics-file", str(prom))

@@ -108,9 +108,7 @@ def crash(exc: BaseException, argv: list[str]) -> None:
     text = "".join(traceback.format_exception(exc))
     where = raised_at(exc)
     saved = save_traceback(text)
-    from dmu_migrate.cli import logs
-
-    if logs.VERBOSE >= 2 and log_format(argv) == "text":
+    if verbosity(argv) >= 2 and log_format(argv) == "text":
         sys.stderr.write(text)
     kept = f"its traceback is in {saved}" if saved else "run again with -vv to print its traceback"
     say(
@@ -183,12 +181,21 @@ def flag_value(argv: list[str], flag: str) -> str | None:
 
 
 def log_format(argv: list[str]) -> str:
-    from dmu_migrate.cli import logs
+    """json when the arguments ask for it (an unknown format is refused in text)."""
+    return "json" if flag_value(argv, "--log-format") == "json" else "text"
 
-    asked = flag_value(argv, "--log-format")
-    if asked in ("text", "json"):
-        return asked
-    return "text" if asked is not None else logs.LOG_FORMAT
+
+def verbosity(argv: list[str]) -> int:
+    """-v counted as the command line counts it: -v, -vv, --verbose, before or after."""
+    count = 0
+    for token in argv:
+        if token == "--":
+            break
+        if token == "--verbose":
+            count += 1
+        elif token.startswith("-v") and set(token[1:]) == {"v"}:
+            count += len(token) - 1
+    return count
 
 
 def command_name(argv: list[str]) -> str | None:

@@ -59,8 +59,9 @@ class Run:
 
 
 _ACTIVE: list[Run] = []  # the Run of the command now running, when it has --metrics-file
-# Per command with --metrics-file, its outcomes; and the files this invocation wrote, so
-# that a failure before or around the command (cli/exits.py) writes one where none was.
+# Per command with --metrics-file, its outcomes; and the files this invocation's command
+# answered for (written, or refused as unwritable), so that a failure before or around the
+# command (cli/exits.py) writes one where none was, and never says twice that it cannot.
 OUTCOMES: dict[str, tuple[str, ...]] = {}
 WRITTEN: set[Path] = set()
 
@@ -115,6 +116,8 @@ def recorded(
     if path is not None:
         from dmu_migrate.cli.common import user_errors
 
+        WRITTEN.add(path)  # this command answers for the file, refused or written
+
         with user_errors():  # refused before the run, not after hours of work
             _check_writable(path)
     try:
@@ -134,7 +137,6 @@ def recorded(
     finally:
         if path is not None:
             run.labels = {"command": command, **labels}
-            WRITTEN.add(path)
             _write_or_say(path, run, code, time.monotonic() - start, outcomes)
 
 
