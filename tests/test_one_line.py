@@ -37,7 +37,7 @@ def cli(*args: str) -> Any:
 def metrics(path: Path) -> dict[str, str]:
     """The samples of a Prometheus text file, by name with labels."""
     lines = path.read_text().splitlines()
-    return dict(line.rsplit(" ", 1) for line in lines if not line.startswith("#"))  # type: ignore[misc]
+    return dict(line.rsplit(" ", 1) for line in lines if not line.startswith("#"))
 
 
 # -- usage errors --------------------------------------------------------------------
@@ -283,3 +283,24 @@ def test_corrupt_parquet_metadata_is_named_with_its_fix(
         as_json = cli(*command, "--log-format", "json")
         (line,) = as_json.stderr.splitlines()
         assert named in json.loads(line)["msg"]
+
+
+def test_a_library_warning_is_a_json_record_under_json_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    from dmu_migrate.stores.parquet import ParquetStore
+
+    def warns(self: Any) -> list[Any]:
+        warnings.warn("a client library's deprecation\nsecond line", DeprecationWarning)
+        return []
+
+    monkeypatch.setattr(ParquetStore, "ledger_list", warns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        shown = cli("history", "--uri", f"parquet:{tmp_path / 's'}", "--log-format", "json")
+    assert shown.exit_code == 0, shown.output
+    records = [json.loads(line) for line in shown.stderr.splitlines()]
+    assert [r["logger"] for r in records] == ["py.warnings"]
+    assert "a client library's deprecation" in records[0]["msg"]
