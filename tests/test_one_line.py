@@ -293,7 +293,9 @@ def test_a_library_warning_is_a_json_record_under_json_logs(
     from dmu_migrate.stores.parquet import ParquetStore
 
     def warns(self: Any) -> list[Any]:
-        warnings.warn("a client library's deprecation\nsecond line", DeprecationWarning)
+        warnings.warn(
+            "a client library's deprecation\nsecond line", DeprecationWarning, stacklevel=2
+        )
         return []
 
     monkeypatch.setattr(ParquetStore, "ledger_list", warns)
