@@ -38,7 +38,7 @@ PACKAGE = Path(__file__).resolve().parent.parent  # dmu_migrate/
 
 
 class OneLineGroup(TyperGroup):
-    """The app's command group: click's own endings replaced by ``finish``."""
+    """The app's command group: click's own endings replaced by ``run``'s one line."""
 
     def main(
         self,
@@ -110,10 +110,14 @@ def crash(exc: BaseException, argv: list[str]) -> None:
     saved = save_traceback(text)
     if verbosity(argv) >= 2 and log_format(argv) == "text":
         sys.stderr.write(text)
-    kept = f"its traceback is in {saved}" if saved else "run again with -vv to print its traceback"
+    kept = (
+        f"its traceback is in {saved} (-vv prints it)"
+        if saved
+        else "run again with -vv to print its traceback"
+    )
     say(
         f"unexpected {type(exc).__name__} at {where}: {one_line(str(exc))}; dmu-migrate did "
-        f"not expect this (a bug): {kept} (-vv prints it); please report it",
+        f"not expect this (a bug): {kept}; please report it",
         argv,
         exit_code=EXIT_CRASH,
         exception=type(exc).__name__,
