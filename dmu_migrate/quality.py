@@ -135,10 +135,21 @@ def verdict(figures: Mapping[str, Mapping[str, float]] | None, where: str) -> Ve
     return Verdict(False, f"do not deploy: {numbers}")
 
 
-def transition_hint(quality: Mapping[str, object] | None, artifact: str) -> str | None:
+def transition_hint(
+    quality: Mapping[str, object] | None, artifact: str, method: str = ""
+) -> str | None:
     """The way forward when the evolved gallery loses to today's system but the transition
-    mode (old and evolved vectors side by side, docs/method.md) was validated above it."""
-    if not quality:
+    mode (old and evolved vectors side by side, docs/method.md) was validated above it.
+
+    ``method``: the artifact's own; the artifacts ``transition`` writes are not advised
+    to go through ``transition`` again (it refuses them).
+    """
+    if method == "transition-exit":
+        return (
+            "it leaves the transition mode for the evolved gallery alone, which was validated "
+            "below today's system: keep serving the -transition artifact's fused vectors"
+        )
+    if not quality or method == "transition":
         return None
     fusion, figures = quality.get("fusion"), quality.get("settings")
     if not isinstance(fusion, Mapping) or not isinstance(figures, Mapping):

@@ -522,7 +522,8 @@ def edit_manifest(artifact: Artifact, tmp_path: Path, **changes: Any) -> Path:
     [
         ({"new_dim": 64}, "maps 32-d -> 32-d but its manifest says 32-d -> 64-d"),
         ({"to_version": "v 2!"}, "to_version 'v 2!', not a version id"),
-        ({"old_dim": "32"}, "old_dim '32', not a positive integer"),
+        ({"old_dim": "32"}, 'has old_dim = "32", which should be an integer'),
+        ({"old_dim": 0}, "old_dim 0, not a positive integer"),
     ],
 )
 def test_manifest_that_lies_about_the_adapter(

@@ -78,6 +78,9 @@ def test_rerun_propagates_deletes_updates_and_inserts_and_leaves_native_rows(
     assert again.exit_code == 0, again.output
     flat = " ".join(again.output.split())  # the console wraps long lines
     assert "5 rows added, 10 evolved again (source vector changed), 10 deleted" in flat
+    # The summary above it agrees: no main pass ran, not "wrote 0 rows this run".
+    assert "wrote 0 rows" not in flat
+    assert "main pass done by an earlier run; this run brought the target in step" in flat
     assert "2 rows written by the application left as they are" in flat
 
     after = read_all(gallery.db, "digits__v2")

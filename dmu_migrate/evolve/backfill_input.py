@@ -85,6 +85,15 @@ def check_finite(vectors: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
             f"{what} has NaN or inf in the vectors of {int(bad.sum())} rows (first ids: "
             f"{first}); re-embed them"
         )
+    # A zero vector has no direction: cosine and IP score it 0 against every query, so the
+    # row would vanish from search (evolve refuses such stored vectors too).
+    zero = ~vectors.any(axis=1)
+    if zero.any():
+        first = ids[zero].tolist()[:3]
+        raise InputError(
+            f"{what} has all-zero vectors in {int(zero.sum())} rows (first ids: {first}); "
+            f"a zero vector matches no query, re-embed them"
+        )
     return vectors
 
 

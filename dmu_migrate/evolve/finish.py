@@ -70,7 +70,14 @@ def finish(run: Run, whole_pass: bool) -> None:
         )
         diffed = result.caught_up == 0
     else:
-        result.notes.append(f"{plan.strategy} does not catch up rows added after its pass")
+        # In place, a later run cannot tell a row added in the old space from one the
+        # application wrote in the new space, so no run evolves rows added after the pass.
+        result.notes.append(
+            f"{plan.strategy} evolves only the rows its pass read: rows added to "
+            f"'{plan.source.name}' after it are not evolved by this or any later run; "
+            f"write them with the new model, or use --strategy new-collection, whose "
+            f"re-runs add them"
+        )
     skipped = frozenset(record.skipped)
     checked = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
     result.verify = run.timed(

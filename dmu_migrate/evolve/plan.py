@@ -138,7 +138,9 @@ def gate(chain: AdapterChain, accept_regression: bool) -> None:
             if result.deploy is False:
                 log.warning("--accept-regression: %s", result.line)
             continue
-        hint = transition_hint(artifact.manifest.quality, str(artifact.path))
+        hint = transition_hint(
+            artifact.manifest.quality, str(artifact.path), artifact.manifest.method
+        )
         result = check_gate(artifact.manifest.name, artifact.validated, hint, where)
         if result.deploy is None:
             log.warning("adapter '%s': %s", artifact.manifest.name, result.line)
