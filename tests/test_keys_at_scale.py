@@ -405,9 +405,9 @@ def test_long_string_keys_in_shards_fit_the_ledger(
     backend: Backend, digits: Digits, artifact: Artifact, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each shard keeps its verification sample in its ledger record, which Milvus caps at
-    65,535 bytes: 256 keys of 300 bytes would not fit, so a shard keeps what does."""
+    65,535 bytes: the 150 keys of 480 bytes each shard draws would not fit, so it keeps what does."""
     small_pages(monkeypatch)
-    keys = [f"{'x' * 290}-{k}" for k in keys_for(backend, ROWS)]
+    keys = [f"{'x' * 470}-{k}" for k in keys_for(backend, ROWS)]
     source = Source(backend, digits, keys)
     done = migrate.evolve(source.alias, artifact.path, uri=backend.uri, batch_size=BATCH, shards=2)
     assert isinstance(done, EvolveResult) and done.outcome == Outcome.DONE
