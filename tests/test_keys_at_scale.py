@@ -258,6 +258,10 @@ def test_string_keys_through_pass_verify_and_cron_reruns(
     # With the full diff forced, an up-to-date target needs nothing.
     last = run(store, source.alias, chain, full_verify=True)
     assert (last.caught_up, last.updated, last.deleted, last.rows_written) == (0, 0, 0, 0)
+    # `verify` draws its own sample from the id scan.
+    backend.close_stores()  # embedded stores open in one client at a time
+    checked = migrate.verify(source.name, artifact.path, uri=backend.uri, alias=source.alias)
+    assert checked.missing == 0 and checked.sampled == VERIFY_SAMPLE
 
 
 @pytest.mark.parametrize("kind", EMBEDDED)
