@@ -15,7 +15,7 @@ import random
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,32 +176,41 @@ def harness(kind: str, root: Path) -> Backend:
 
 
 @pytest.fixture
-def memory_root(tmp_path: Path) -> Iterator[Path]:
-    """A directory in memory where the machine has one (else tmp_path).
+def memory_root(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Where a store of a kind goes: in memory where the machine has it, else tmp_path.
 
     Qdrant's local mode commits every point to SQLite: on a busy disk here that is
     about 30 ms a point, 20 s for the writes of one test, against milliseconds in memory.
+    Milvus Lite stays in tmp_path: its files are written after its client closes, so a
+    directory removed at teardown would come back.
     """
     shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    root = Path(tempfile.mkdtemp(prefix="dmu-keys-", dir=shm))
+    memory = None
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        memory = Path(tempfile.mkdtemp(prefix="dmu-keys-", dir=shm))
+
+    def root(kind: str) -> Path:
+        base = tmp_path if memory is None or kind.startswith("milvus") else memory
+        return base / kind
+
     try:
         yield root
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if memory is not None:
+            shutil.rmtree(memory, ignore_errors=True)
 
 
 @pytest.fixture
-def backend(kind: str, memory_root: Path, request: pytest.FixtureRequest) -> Iterator[Backend]:
-    """This module's stores: embedded ones in memory, the session's Milvus server."""
+def backend(
+    kind: str, memory_root: Callable[[str], Path], request: pytest.FixtureRequest
+) -> Iterator[Backend]:
+    """This module's stores: embedded ones (in memory but Lite), the session's Milvus server."""
     if kind != "milvus-server":
-        harnessed = harness(kind, memory_root)
+        harnessed = harness(kind, memory_root(kind))
         yield harnessed
         harnessed.close_stores()
         return
-    server = Backend(kind, request.getfixturevalue("milvus_server"), memory_root)
+    server = Backend(kind, request.getfixturevalue("milvus_server"), memory_root(kind))
     before = server.list_collections()
     try:
         yield server
@@ -309,7 +318,7 @@ CROSS = [
 @pytest.mark.parametrize(("src_kind", "dst_kind"), CROSS, ids=[f"{a}-to-{b}" for a, b in CROSS])
 @limit(300)
 def test_string_keys_into_another_store_through_a_cron_rerun(
-    memory_root: Path,
+    memory_root: Callable[[str], Path],
     digits: Digits,
     artifact: Artifact,
     monkeypatch: pytest.MonkeyPatch,
@@ -319,7 +328,8 @@ def test_string_keys_into_another_store_through_a_cron_rerun(
     """--target-uri: source and target list string keys in the same order, so the id join
     across two stores sorts them as one store's would."""
     small_pages(monkeypatch)
-    src, dst = harness(src_kind, memory_root / "src"), harness(dst_kind, memory_root / "dst")
+    src = harness(src_kind, memory_root(src_kind) / "src")
+    dst = harness(dst_kind, memory_root(dst_kind) / "dst")
     source = Source(src, digits, keys_for(src, ROWS))
     chain = AdapterChain([artifact])
 
