@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from dmu_migrate.data import file_sha256
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve.progress import Meter
-from dmu_migrate.stores.base import CollectionInfo, VectorStore, id_array
+from dmu_migrate.stores.base import CollectionInfo, VectorStore, id_array, id_value
 
 Pair = tuple[np.ndarray, np.ndarray]  # (ids, vectors)
 
@@ -70,7 +70,7 @@ def read_vectors(column: pa.Array, ids: np.ndarray, dim: int, path: Path) -> np.
         k = int(wrong[0])
         size = "no" if lengths[k] < 0 else f"a {lengths[k]}-d"
         raise InputError(
-            f"'{path}' gives id {ids[k]!r} {size} vector but the evolved collection holds "
+            f"'{path}' gives id {id_value(ids[k])!r} {size} vector but the evolved collection holds "
             f"{dim}-d vectors ({len(wrong)} such rows); embed with the migration's new model"
         )
     flat = column.flatten().to_numpy(zero_copy_only=False)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from dmu_migrate.evolve.ledger import DONE, Record, now_iso
 from dmu_migrate.evolve.plan import Plan
 from dmu_migrate.evolve.progress import CATCH_UP, ID_DIFF, Meter
@@ -17,7 +15,7 @@ from dmu_migrate.evolve.screen import add_skipped, screen
 from dmu_migrate.evolve.strategies import MISSING, SYNC
 from dmu_migrate.evolve.sync import sync
 from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, diff_ids, verify
-from dmu_migrate.stores.base import VectorStore
+from dmu_migrate.stores.base import VectorStore, id_array
 
 if TYPE_CHECKING:
     from dmu_migrate.evolve.run import Run
@@ -79,7 +77,7 @@ def finish(run: Run, whole_pass: bool) -> None:
             f"re-runs add them"
         )
     skipped = frozenset(record.skipped)
-    checked = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
+    checked = id_array([i for i in sample.ids().tolist() if i not in skipped])
     result.verify = run.timed(
         "verify",
         lambda: run.step(
@@ -147,7 +145,7 @@ def catch_up(run: Run) -> tuple[int, int, Reservoir]:
         written.start()
     done = 0
     for start in range(0, len(missing), CATCH_UP_BATCH):
-        ids = np.asarray(missing[start : start + CATCH_UP_BATCH])
+        ids = id_array(missing[start : start + CATCH_UP_BATCH])
         batch, bad = screen(
             store.fetch(plan.source, ids, plan.source.vector_field),
             plan,

@@ -150,6 +150,8 @@ def main_pass(run: Run) -> bool:
         # Died (or failed) between snapshot and overwrite: the part, not the store,
         # holds that batch's old vectors, so replay it before reading on.
         strategy.apply(record.pending)
+        # Its rows were not counted when the run died: count them with the cursor.
+        record.rows_done += int(record.pending.get("rows", 0))
         record.cursor = record.pending["last_id"]
         record.pending = None
         run.ledger.save(record)
@@ -170,11 +172,9 @@ def main_pass(run: Run) -> bool:
     ):
         for item in ready:
             add_skipped(record, plan, item.skipped)
-            if len(item.batch):
-                write(run, item)
-                run.result.rows_written += len(item.batch)
-                run.sample.add(item.batch.ids)
-            record.cursor = item.last_id
+            write(run, item)  # moves the cursor with the count: nothing may fail in between
+            run.result.rows_written += len(item.batch)
+            run.sample.add(item.batch.ids)
             # The ledger is a resume point, not a log: a lagging cursor only means a
             # few batches are upserted again after a crash. In place it must not lag.
             now = time.perf_counter()
@@ -219,15 +219,22 @@ def prepare(raw: Batch, plan: Plan, options: EvolveOptions) -> Prepared:
 
 
 def write(run: Run, item: Prepared) -> None:
+    """Write one batch, then count its rows and move the cursor past it, together.
+
+    A record saved between the two (a failure records the run) would count rows
+    that the next run, resuming from the old cursor, writes and counts again.
+    """
     record = run.record
-    log.debug("writing %d rows after cursor %r", len(item.batch), record.cursor)
-    pending = run.strategy.write(record, item.batch, item.evolved)
-    if pending is not None:  # a snapshot part of the rows about to be overwritten
-        record.pending = pending
-        run.ledger.save(record)  # the snapshot must be on record before the overwrite
-        run.strategy.apply(pending)
-        record.pending = None
+    if len(item.batch):
+        log.debug("writing %d rows after cursor %r", len(item.batch), record.cursor)
+        pending = run.strategy.write(record, item.batch, item.evolved)
+        if pending is not None:  # a snapshot part of the rows about to be overwritten
+            record.pending = pending
+            run.ledger.save(record)  # the snapshot must be on record before the overwrite
+            run.strategy.apply(pending)
+            record.pending = None
     record.rows_done += len(item.batch)
+    record.cursor = item.last_id
 
 
 def evolve_collection(

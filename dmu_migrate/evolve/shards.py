@@ -15,14 +15,13 @@ never see a target that not every shard has written and verification passed.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-
-import numpy as np
 
 from dmu_migrate.errors import DmuError, InputError, LeaseHeld, StoreError
 from dmu_migrate.evolve import BULK, write_path
@@ -42,6 +41,21 @@ log = logging.getLogger(__name__)
 SPLIT_WAIT = 600.0  # seconds a --shard run waits for another process to finish the split
 POLL = 1.0
 SETTLE = 0.5  # seconds between taking a lease and reading it back (see claim)
+# JSON bytes of the verification sample a shard keeps in its ledger record: 256 UUIDs
+# take 10k; long string keys must not push the record past Milvus's 65,535 bytes.
+SAMPLE_BYTES = 24_000
+
+
+def within(ids: list[Any], size: int) -> list[Any]:
+    """The first of ``ids`` whose JSON takes at most ``size`` bytes (a uniform sample
+    cut short is still uniform)."""
+    kept: list[Any] = []
+    for value in ids:
+        size -= len(json.dumps(value, ensure_ascii=False).encode()) + 2
+        if size < 0:
+            break
+        kept.append(value)
+    return kept
 
 
 def shard_key(key: str, index: int, count: int) -> str:
@@ -273,7 +287,7 @@ def run_shard(
         if finished:
             record.main_pass_done, record.whole_pass = True, whole
             record.status, record.finished_at, record.error = DONE, now_iso(), None
-            record.sample = run.sample.ids().tolist()  # finish verifies vectors from every shard
+            record.sample = within(run.sample.ids().tolist(), SAMPLE_BYTES)  # finish verifies them
             run.save()
         else:
             record.status = STOPPED
@@ -302,7 +316,7 @@ def finish_split(run: Run) -> int:
         # Counts stand in for the id diff only when every shard read its range in one go.
         whole = all(s.whole_pass for s in done)
         for s in done:
-            run.sample.add(np.asarray(s.sample))
+            run.sample.add(s.sample)
         if record.bulk is not None:
             from dmu_migrate.evolve.bulk_pass import imported, wait_imported
 

@@ -30,6 +30,7 @@ from dmu_migrate.stores.base import (
     TAG_VERSION,
     Batch,
     VectorStore,
+    id_array,
     id_value,
 )
 
@@ -168,7 +169,7 @@ class NewCollection(Strategy):
             target_info(self.store, self.plan), ids, self.plan.source.vector_field
         )
         origins = rows.fields.get(TAG_ORIGIN) or [EVOLVED] * len(ids)
-        return np.asarray([i for i, o in zip(ids.tolist(), origins, strict=True) if o == EVOLVED])
+        return id_array([i for i, o in zip(ids.tolist(), origins, strict=True) if o == EVOLVED])
 
     def written_ids(self) -> Iterator[np.ndarray]:
         return self.store.iter_ids(self.plan.target, ID_BATCH, self.plan.filter)
@@ -278,7 +279,7 @@ class InPlace(Strategy):
         seq = len(list(self.directory.glob("part-*.parquet")))
         path = snapshot.part_path(self.directory, seq)
         snapshot.write_part(path, batch.ids, batch.vectors)
-        return {"part": str(path), "last_id": id_value(batch.ids[-1])}
+        return {"part": str(path), "last_id": id_value(batch.ids[-1]), "rows": len(batch)}
 
     def apply(self, pending: dict[str, Any]) -> None:
         """Overwrite from a snapshot part: the part, not the store, holds the old vectors."""

@@ -38,6 +38,7 @@ from dmu_migrate.stores.base import (
     CollectionInfo,
     Id,
     VectorStore,
+    id_array,
 )
 
 if TYPE_CHECKING:
@@ -192,14 +193,14 @@ def sync(
     if repaired.total:
         repaired.start()
     for start in range(0, len(report.moved), WRITE_BATCH):
-        store.delete_ids(plan.target, np.asarray(report.moved[start : start + WRITE_BATCH]))
+        store.delete_ids(plan.target, id_array(report.moved[start : start + WRITE_BATCH]))
     if report.moved:
         # Measured on Milvus Lite 3.2: a row deleted and then upserted into another
         # partition before a flush shows up in its old partition again.
         store.flush(plan.target)
     for stale, rows in todo.items():
         for start in range(0, len(rows), WRITE_BATCH):
-            chunk = np.asarray(rows[start : start + WRITE_BATCH])
+            chunk = id_array(rows[start : start + WRITE_BATCH])
             fetched = store.fetch(plan.source, chunk, plan.source.vector_field)
             batch, bad = screen(fetched, plan, skip_bad)
             add_skipped(record, plan, bad)
@@ -211,7 +212,7 @@ def sync(
                 report.added += len(batch)
             repaired.add(len(chunk))  # bad rows left out count as handled
     for start in range(0, len(report.extra), WRITE_BATCH):
-        chunk = np.asarray(report.extra[start : start + WRITE_BATCH])
+        chunk = id_array(report.extra[start : start + WRITE_BATCH])
         store.delete_ids(plan.target, chunk)
         report.deleted += len(chunk)
         repaired.add(len(chunk))

@@ -16,7 +16,7 @@ from dmu_migrate.errors import VerificationError
 from dmu_migrate.evolve.id_join import pages_of, windows
 from dmu_migrate.evolve.progress import VERIFY, Meter, Report, quiet
 from dmu_migrate.evolve.stream import Stage
-from dmu_migrate.stores.base import VectorStore
+from dmu_migrate.stores.base import VectorStore, id_array
 
 if TYPE_CHECKING:
     from dmu_migrate.evolve.plan import Plan
@@ -38,8 +38,8 @@ class Reservoir:
         self.chosen: list[Any] = []
         self.rng = np.random.default_rng(0)
 
-    def add(self, ids: np.ndarray) -> None:
-        ids = np.asarray(ids)
+    def add(self, ids: np.ndarray | list[Any]) -> None:
+        ids = ids if isinstance(ids, np.ndarray) else id_array(list(ids))
         fill = min(max(self.k - len(self.chosen), 0), len(ids))
         self.chosen += ids[:fill].tolist()
         rest = len(ids) - fill
@@ -60,7 +60,7 @@ class Reservoir:
             yield chunk
 
     def ids(self) -> np.ndarray:
-        return np.asarray(self.chosen)
+        return id_array(self.chosen)
 
 
 def diff_sorted(
@@ -149,7 +149,7 @@ def verify(
     elif ids is None:
         raise ValueError("verify(diffed=True) needs the ids to check")  # a caller's bug
     if ids is None:
-        ids = np.asarray([i for i in drawn.ids().tolist() if i not in skipped])
+        ids = id_array([i for i in drawn.ids().tolist() if i not in skipped])
     if missing:
         raise VerificationError(
             f"{len(missing)} rows of '{plan.source.name}' (first: {missing[:3]}) are not in "
