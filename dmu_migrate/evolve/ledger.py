@@ -116,6 +116,10 @@ class Record:
     # A bulk-import main pass (evolve/bulk_pass.py): the shared storage and each part's
     # files, rows, last id, import job id and whether the server finished it.
     bulk: dict[str, Any] | None = None
+    # new-collection: this migration created its target. Empty and no longer fitting (its
+    # first batch failed, then the source or the adapters changed), it is made anew; a
+    # collection someone else made is never dropped for it.
+    created_target: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

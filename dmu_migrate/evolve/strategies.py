@@ -116,16 +116,18 @@ class NewCollection(Strategy):
                 if not record.main_pass_done:
                     self.find_native()
                 return
-            if store.count(plan.target):
+            if not record.created_target or store.count(plan.target):
                 raise StoreError(
                     f"target collection '{plan.target}' exists but {problem}; drop or rename "
                     f"it, then run evolve again"
                 )
-            # No row ever reached it (a run that failed on its first batch, or one made for
-            # other adapters): nothing in it to keep, and made anew it is no blocker.
+            # This migration made it and no row ever reached it (its first batch failed,
+            # then the source or the adapters changed): nothing to keep, and made anew it
+            # is no blocker.
             log.warning("target '%s' is empty but %s; created again", plan.target, problem)
             store.drop_collection(plan.target)
         store.create_like(plan.source, plan.target, plan.chain.out_dim)
+        record.created_target = True
 
     def write(self, record: Record, batch: Batch, evolved: np.ndarray) -> None:
         if self.native:  # rows the application wrote into the target are never overwritten
