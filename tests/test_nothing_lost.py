@@ -226,8 +226,8 @@ def test_an_empty_target_the_pass_could_not_fill_is_no_blocker(
     tmp_path: Path, digits: Digits, artifact: Artifact
 ) -> None:
     """A first batch Parquet cannot hold leaves an empty target: the fixed source reuses it.
-    An empty target of another shape (left by a run of other adapters) is made anew; one
-    that holds rows stays the user's to drop."""
+    An empty target this migration made that no longer fits is made anew; a collection it
+    did not make stays the user's to drop."""
     src, dst = harness("qdrant-local", tmp_path / "src"), harness("parquet", tmp_path / "dst")
     ids = list(range(1, 41))
     src.seed("mixed", ids, digits.old_te[:40], {"v": [1, "one", *ids[2:]]})
@@ -244,22 +244,37 @@ def test_an_empty_target_the_pass_could_not_fill_is_no_blocker(
     assert isinstance(done, EvolveResult) and done.outcome == Outcome.DONE
     assert sorted(dst.read_all("mixed__v2")) == ids
 
+    # Its first batch refused (an all-zero vector, no --skip-bad-vectors), then the source
+    # rebuilt with another field: the empty target this migration made no longer fits.
     lite = harness("milvus-lite", tmp_path / "lite")
-    lite.seed("docs", np.arange(1, 41), digits.old_te[:40], {"name": [f"n{i}" for i in range(40)]})
-    client = MilvusClient(lite.uri)  # empty and 8-d: left by a run of other adapters
-    client.create_collection("docs__v2", dimension=8)
+    vectors = digits.old_te[:40].copy()
+    vectors[3] = 0.0
+    lite.seed("docs", np.arange(1, 41), vectors, {"name": [f"n{i}" for i in range(40)]})
+    with pytest.raises(InputError, match="NaN, inf or all-zero"):
+        migrate.evolve("docs", artifact.path, uri=lite.uri, alias="docs_live")
+    assert lite.read_all("docs__v2") == {}
+    client = MilvusClient(lite.uri)
+    client.drop_collection("docs")
     client.close()
+    fields = {"name": [f"n{i}" for i in range(40)], "lang": ["en"] * 40}
+    lite.seed("docs", np.arange(1, 41), digits.old_te[:40], fields)
     result = migrate.evolve("docs", artifact.path, uri=lite.uri, alias="docs_live")
     assert isinstance(result, EvolveResult) and result.outcome == Outcome.DONE
-    assert len(lite.read_all("docs__v2")) == 40
+    assert {r["lang"] for r in lite.read_all("docs__v2").values()} == {"en"}
 
+    # A collection this migration did not make is never dropped for it, empty or not.
     lite.seed("other", np.arange(1, 41), digits.old_te[:40], {"name": [f"n{i}" for i in range(40)]})
-    lite.seed("other__v2", np.arange(1, 3), np.ones((2, 8), np.float32), {})
-    with pytest.raises(
-        StoreError, match=r"target collection 'other__v2' exists but .*drop or rename"
-    ):
-        migrate.evolve("other", artifact.path, uri=lite.uri, alias="other_live")
-    assert len(lite.read_all("other__v2")) == 2  # rows are never dropped for it
+    client = MilvusClient(lite.uri)
+    client.create_collection("other__v2", dimension=8)
+    client.close()
+    for _ in range(2):
+        with pytest.raises(StoreError, match=r"'other__v2' exists but .*drop or rename"):
+            migrate.evolve("other", artifact.path, uri=lite.uri, alias="other_live")
+    client = MilvusClient(lite.uri)
+    try:
+        assert "other__v2" in client.list_collections()
+    finally:
+        client.close()
 
 
 # -- a nullable field crossing into a Milvus server ----------------------------------------
@@ -288,26 +303,15 @@ def test_a_nullable_field_into_a_server_without_them_is_refused_before_writing(
     tmp_path: Path, digits: Digits, artifact: Artifact, milvus_server: str
 ) -> None:
     """The 2.3.5 server takes nullable=True and makes the field non-nullable; the first
-    batch holding a null would fail mid-pass. Refused, no target left, every time; an
-    empty target made before this check (the old mid-pass failure's) is removed too."""
+    batch holding a null failed mid-pass. Refused when the target is created, none left,
+    every time; a non-nullable collection of that name that someone else made is named as
+    what does not fit, and kept."""
     db = str(tmp_path / "src.db")
     _nullable_source(db, digits)
     server = Backend("milvus-server", milvus_server, tmp_path / "server")
     before = server.list_collections()
     try:
-        for leftover in (False, True):
-            if leftover:  # what the mid-pass failure left: 'opt' there, but not nullable
-                client = MilvusClient(milvus_server)
-                schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-                schema.add_field("id", DataType.INT64, is_primary=True)
-                schema.add_field("vector", DataType.FLOAT_VECTOR, dim=artifact.manifest.new_dim)
-                schema.add_field("opt", DataType.VARCHAR, max_length=32)
-                for tag in RESERVED_NAMES:
-                    schema.add_field(tag, DataType.VARCHAR, max_length=64)
-                index = client.prepare_index_params()
-                index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
-                client.create_collection("nul__v2", schema=schema, index_params=index, timeout=60)
-                client.close()
+        for _ in range(2):
             with pytest.raises(StoreError) as caught:
                 migrate.evolve(
                     "nul", artifact.path, uri=db, target_uri=milvus_server, alias="nul_live"
@@ -317,5 +321,20 @@ def test_a_nullable_field_into_a_server_without_them_is_refused_before_writing(
             assert "field 'opt' of 'nul' is nullable" in message
             assert "nullable fields need Milvus 2.5 or later" in message
             assert "nul__v2" not in server.list_collections()
+
+        client = MilvusClient(milvus_server)  # what the mid-pass failure used to leave
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=artifact.manifest.new_dim)
+        schema.add_field("opt", DataType.VARCHAR, max_length=32)
+        for tag in RESERVED_NAMES:
+            schema.add_field(tag, DataType.VARCHAR, max_length=64)
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
+        client.create_collection("nul__v2", schema=schema, index_params=index, timeout=60)
+        client.close()
+        with pytest.raises(StoreError, match=r"its field 'opt' cannot hold null, unlike in 'nul'"):
+            migrate.evolve("nul", artifact.path, uri=db, target_uri=milvus_server, alias="nul_live")
+        assert "nul__v2" in server.list_collections()
     finally:
         server.drop_created(server.created_since(before))
