@@ -101,6 +101,37 @@ def test_a_milvus_dynamic_key_with_a_reserved_name_is_refused(
         client.close()
 
 
+@pytest.mark.integration
+@limit(600)
+def test_a_server_dynamic_key_with_a_reserved_name_is_refused(
+    digits: Digits, artifact: Artifact, milvus_server: str
+) -> None:
+    """The same on the 2.3.5 server: the check's ``exists`` expressions are its syntax too."""
+    server = Backend("milvus-server", milvus_server, Path("."))
+    name = server.unique("dyn")
+    client = MilvusClient(milvus_server)
+    try:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=digits.old_te.shape[1])
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
+        client.create_collection(name, schema=schema, index_params=index, timeout=60)
+        rows = [
+            {"id": i, "vector": digits.old_te[i].tolist()} | ({"dmu_src": "x"} if i == 5 else {})
+            for i in range(20)
+        ]
+        client.insert(name, rows, timeout=60)
+        with pytest.raises(
+            InputError, match=r"has its own values in field 'dmu_src' \(e\.g\. 'x'\)"
+        ):
+            migrate.evolve(name, artifact.path, uri=milvus_server, alias=server.unique("live"))
+        assert f"{name}__v2" not in client.list_collections()
+    finally:
+        client.drop_collection(name)
+        client.close()
+
+
 # -- rows left out as bad ------------------------------------------------------------
 
 
