@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from dmu_migrate.evolve.ledger import DONE, Record, now_iso
 from dmu_migrate.evolve.plan import Plan
 from dmu_migrate.evolve.progress import CATCH_UP, ID_DIFF, Meter
-from dmu_migrate.evolve.screen import add_skipped, screen
+from dmu_migrate.evolve.screen import add_skipped, clear_skipped, screen
 from dmu_migrate.evolve.strategies import MISSING, SYNC
 from dmu_migrate.evolve.sync import sync
 from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, diff_ids, verify
@@ -134,12 +134,15 @@ def catch_up(run: Run) -> tuple[int, int, Reservoir]:
     writes few rows itself). Returns (rows written, rows only in the target, sample).
     """
     store, plan, strategy, record = run.store, run.plan, run.strategy, run.record
-    sample = Reservoir(VERIFY_SAMPLE)
+    known_bad = frozenset(record.skipped)
+    sample = Reservoir(VERIFY_SAMPLE, known_bad)
     diffed = Meter(run.report, ID_DIFF, plan.rows).start()
     missing, extra = diff_ids(store, plan, strategy, sample, diffed)
     diffed.end()
-    known_bad = set(record.skipped)
-    missing = [i for i in missing if i not in known_bad]
+    if plan.filter is None and known_bad:  # every source id was compared: the rest are gone
+        behind = set(missing)
+        record.skipped = [i for i in record.skipped if i in behind]
+    # Rows left out earlier are screened again (missing still): one fixed since is written.
     written = Meter(run.report, CATCH_UP, len(missing))
     if missing:
         written.start()
@@ -150,10 +153,12 @@ def catch_up(run: Run) -> tuple[int, int, Reservoir]:
             store.fetch(plan.source, ids, plan.source.vector_field),
             plan,
             run.options.skip_bad_vectors,
+            known_bad,
         )
         add_skipped(record, plan, bad)
         if len(batch):
             strategy.write(record, batch, plan.chain(batch.vectors))
+            clear_skipped(record, batch.ids)
             done += len(batch)
         written.add(len(ids))  # bad rows left out count as handled
     if done:

@@ -121,6 +121,10 @@ class Record:
     # A bulk-import main pass (evolve/bulk_pass.py): the shared storage and each part's
     # files, rows, last id, import job id and whether the server finished it.
     bulk: dict[str, Any] | None = None
+    # new-collection: this migration created its target. Empty and no longer fitting (its
+    # first batch failed, then the source or the adapters changed), it is made anew; a
+    # collection someone else made is never dropped for it.
+    created_target: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -206,7 +210,7 @@ class Ledger:
     def __init__(self, store: VectorStore, owner: str | None = None) -> None:
         self.store = store
         self.owner = owner or this_process()
-        self._chunks: dict[str, tuple[int, int]] = {}  # key -> (ids, chunks) last stored
+        self._chunks: dict[str, tuple[list[Any], int]] = {}  # key -> (ids, chunks) last stored
 
     def load(self, key: str) -> Record | None:
         raw = self.store.ledger_get(storage_key(key))
@@ -218,7 +222,7 @@ class Ledger:
             for n in range(count):
                 part = self.store.ledger_get(storage_key(f"{key}#skipped-{n}")) or {}
                 record.skipped.extend(part.get("ids") or [])
-            self._chunks[key] = (len(record.skipped), count)
+            self._chunks[key] = (list(record.skipped), count)
         return record
 
     def save(self, record: Record) -> None:
@@ -256,14 +260,18 @@ class Ledger:
 
     def _save_skipped(self, key: str, ids: list[Any]) -> int:
         """Store the skipped ids in chunk records (only those that changed); their count."""
-        stored_ids, stored_chunks = self._chunks.get(key, (0, 0))
+        stored_ids, stored_chunks = self._chunks.get(key, ([], 0))
+        if ids == stored_ids and (stored_chunks or not ids):
+            return stored_chunks
         chunks = _chunks(ids)
-        if len(ids) != stored_ids:
-            for n in range(max(0, stored_chunks - 1), len(chunks)):
-                name = f"{key}#skipped-{n}"
-                part = {"key": name, "chunk_of": key, "ids": chunks[n]}
-                self.store.ledger_put(storage_key(name), part)
-            self._chunks[key] = (len(ids), len(chunks))
+        # Ids are appended as runs skip rows, and removed when a fixed row is evolved: an
+        # extension rewrites the last stored chunk on, any other change every chunk.
+        appended = stored_chunks and ids[: len(stored_ids)] == stored_ids
+        for n in range(max(0, stored_chunks - 1) if appended else 0, len(chunks)):
+            name = f"{key}#skipped-{n}"
+            part = {"key": name, "chunk_of": key, "ids": chunks[n]}
+            self.store.ledger_put(storage_key(name), part)
+        self._chunks[key] = (list(ids), len(chunks))
         return len(chunks)
 
     def acquire(self, record: Record, take_over: bool = False) -> None:

@@ -65,6 +65,7 @@ def evolve(
     record.status = RUNNING
     with run.recorded():
         run.step("preparing the target", lambda: run.strategy.prepare(record))
+        run.save()  # whether it made the target, on record before any row is written
         # This run reads the whole source itself: counts can then stand in for the id diff.
         whole_pass = not record.main_pass_done and record.cursor is None
         if not record.main_pass_done:
@@ -93,7 +94,9 @@ def open_record(
     """This migration's ledger record and whether it was on record (else a new one)."""
     record = retry.run("reading the ledger", lambda: ledger.load(plan.key))
     if record is not None and options.restart:
-        record = None
+        fresh = plan.new_record()
+        fresh.created_target = record.created_target  # a target it made is still its own
+        return fresh, False
     if record is None:
         return plan.new_record(), False
     check_adapters(record, plan)

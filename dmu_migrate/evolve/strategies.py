@@ -7,6 +7,7 @@ roll back. The pipeline drives them all the same way.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import replace
@@ -33,6 +34,8 @@ from dmu_migrate.stores.base import (
     id_array,
     id_value,
 )
+
+log = logging.getLogger(__name__)
 
 # How a strategy brings its target in step with a source that kept changing after
 # (or during) the main pass; evolve/finish.py runs the step the strategy names.
@@ -109,18 +112,25 @@ class NewCollection(Strategy):
         self.native: set[Any] = set()  # see find_native
 
     def prepare(self, record: Record) -> None:
-        plan = self.plan
-        if self.store.has_collection(plan.target):
-            problem = self.store.target_problem(plan.source, plan.target, plan.chain.out_dim)
-            if problem:
+        plan, store = self.plan, self.store
+        if store.has_collection(plan.target):
+            problem = store.target_problem(plan.source, plan.target, plan.chain.out_dim)
+            if problem is None:
+                if not record.main_pass_done:
+                    self.find_native()
+                return
+            if not record.created_target or store.count(plan.target):
                 raise StoreError(
                     f"target collection '{plan.target}' exists but {problem}; drop or rename "
                     f"it, then run evolve again"
                 )
-            if not record.main_pass_done:
-                self.find_native()
-        else:
-            self.store.create_like(plan.source, plan.target, plan.chain.out_dim)
+            # This migration made it and no row ever reached it (its first batch failed,
+            # then the source or the adapters changed): nothing to keep, and made anew it
+            # is no blocker.
+            log.warning("target '%s' is empty but %s; created again", plan.target, problem)
+            store.drop_collection(plan.target)
+        store.create_like(plan.source, plan.target, plan.chain.out_dim)
+        record.created_target = True
 
     def write(self, record: Record, batch: Batch, evolved: np.ndarray) -> None:
         if self.native:  # rows the application wrote into the target are never overwritten

@@ -100,6 +100,7 @@ class ParquetStore:
         self._parts: dict[Path, tuple[tuple[int, int, int], int, pa.Table]] = {}
         self._merged: dict[Path, tuple[tuple[Any, ...], pa.Table]] = {}  # per collection
         self._last_seq = 0
+        self._types = parquet_parts.ColumnTypes()  # what each column merges to, for writes
 
     @classmethod
     def connect(cls, uri: str, token: str | None = None) -> ParquetStore:
@@ -423,7 +424,22 @@ class ParquetStore:
             else:
                 columns[key] = _column(target, key, values)
         columns.update({k: pa.array([v] * len(batch), pa.string()) for k, v in tags.items()})
-        self._write_part(target, "part", pa.table(columns))
+        table = pa.table(columns)
+        directory = self.root / self._concrete(target)
+        clash = self._types.conflict(directory, table)
+        if clash is not None:
+            # Written, this part would make every later read of the collection fail.
+            key, now, before = clash
+            first, last = batch.ids[[0, -1]].tolist()
+            raise StoreError(
+                f"field '{key}' of the rows written to '{target}' holds {now} values in this "
+                f"batch (ids {first!r} to {last!r}) but {before} in rows "
+                f"written before, which one Parquet column cannot hold; this batch was not "
+                f"written and '{target}' stays readable; make the field's values one type in "
+                f"the source, or write to a Milvus or Qdrant store"
+            )
+        self._write_part(target, "part", table)
+        self._types.wrote(directory, table)
 
     def write_vectors(
         self,
