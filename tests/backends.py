@@ -5,7 +5,8 @@ QdrantClient, pyarrow), never with our write API, so that a test of a store's re
 does not depend on its writes; ``read_all`` reads back natively for the same reason.
 
 Fixtures (tests/conftest.py): ``backend`` (parametrized over ``backend_kinds()``),
-``milvus_server`` (session-scoped real Milvus 2.3.5 server).
+``milvus_server`` (the session's real Milvus 2.3.5 server; only integration tests may
+use it). ``kind_params(...)`` marks server kinds integration in a test's own parametrize.
 
     def test_x(backend: Backend) -> None:
         name = backend.unique("src")
@@ -39,6 +40,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from dmu_migrate.stores.base import LEDGER_COLLECTION, VectorStore, open_store
 
@@ -53,12 +55,26 @@ _SHARED: dict[tuple[str, str], Any] = {}
 _KEPT: set[str] = set()
 
 
-def backend_kinds() -> list[str]:
-    """Store kinds to test; a Qdrant server only when one is configured (no skipped tests)."""
+SERVER_KINDS = ("milvus-server", "qdrant-server")
+
+
+def kind_params(*kinds: str) -> list[Any]:
+    """``kinds`` as parameters; a server kind is marked integration (``pytest -m integration``)."""
+    return [
+        pytest.param(k, marks=pytest.mark.integration) if k in SERVER_KINDS else k for k in kinds
+    ]
+
+
+def backend_kinds() -> list[Any]:
+    """Store kinds to test; a Qdrant server only when one is configured (no skipped tests).
+
+    The embedded kinds are the fast suite's store contract; the servers run in the
+    integration suite.
+    """
     kinds = ["milvus-lite", "milvus-server", "qdrant-local", "parquet"]
     if os.environ.get("QDRANT_URL"):
         kinds.append("qdrant-server")
-    return kinds
+    return kind_params(*kinds)
 
 
 def _vector_map(vectors: np.ndarray | dict[str, np.ndarray], single: str) -> dict[str, np.ndarray]:

@@ -83,8 +83,19 @@ def _stop_milvus(server, pid: int | None) -> None:
     os.kill(pid, signal.SIGKILL)  # it ignores SIGTERM for a while; never leave it on the ports
 
 
+@pytest.fixture
+def milvus_server(request: pytest.FixtureRequest, _milvus_server: str) -> str:
+    """The session's Milvus server, for integration tests only: the fast suite runs none."""
+    if request.node.get_closest_marker("integration") is None:
+        pytest.fail(
+            f"{request.node.nodeid} uses the Milvus server but is not marked integration: "
+            "add @pytest.mark.integration (or kind_params(...) for a store-kind parameter)"
+        )
+    return _milvus_server
+
+
 @pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory):
+def _milvus_server(tmp_path_factory: pytest.TempPathFactory):
     """The real Milvus 2.3.5 standalone server from the `milvus` package, once per session.
 
     Its embedded etcd always binds peer port 2380, so a second server on the machine (a

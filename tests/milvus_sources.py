@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backends import Backend
+from backends import Backend, kind_params
 from pymilvus import MilvusClient
 
 from dmu_migrate.stores.milvus_schema import TIMEOUT
@@ -22,7 +22,7 @@ from dmu_migrate.stores.milvus_schema import TIMEOUT
 def milvus_fixture() -> Callable[..., Iterator[Backend]]:
     """A fixture over Milvus Lite and the Milvus server; server collections are dropped after."""
 
-    @pytest.fixture(params=["milvus-lite", "milvus-server"])
+    @pytest.fixture(params=kind_params("milvus-lite", "milvus-server"))
     def milvus(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
         kind = request.param
         if kind == "milvus-lite":

@@ -466,8 +466,8 @@ def test_shards_of_a_users_schema_changing_between_them_cross_like_a_same_store_
     ("src_kind", "dst_kind"),
     [
         ("milvus-lite", "milvus-lite"),
-        ("milvus-lite", "milvus-server"),
-        ("milvus-server", "milvus-lite"),
+        pytest.param("milvus-lite", "milvus-server", marks=pytest.mark.integration),
+        pytest.param("milvus-server", "milvus-lite", marks=pytest.mark.integration),
     ],
     ids=["lite-to-lite", "lite-to-server", "server-to-lite"],
 )
@@ -831,6 +831,7 @@ def test_scalar_types_nulls_and_uuid_keys_cross_both_ways(
 
 
 @limit(600)
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("local_kind", "server_is_source"),
     [

@@ -113,6 +113,7 @@ RACER = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 def test_two_aligned_processes_never_both_take_a_lease(milvus_server: str) -> None:
     """Both read the lease free within the same millisecond; only one may run."""
     trials = 4
@@ -221,6 +222,7 @@ def test_client_errors_map_to_store_errors_and_bugs_do_not() -> None:
     assert client_error(RuntimeError("bug"), "writing") is None
 
 
+@pytest.mark.integration
 def test_an_alias_name_the_server_refuses_is_one_line(
     milvus_server: str, artifact: Artifact
 ) -> None:
