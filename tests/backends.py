@@ -77,6 +77,34 @@ def backend_kinds() -> list[Any]:
     return kind_params(*kinds)
 
 
+def clear_ledger(uri: str) -> None:
+    """Delete every record of a Milvus server's ledger and keep the collection.
+
+    Creating, indexing and loading a collection costs seconds on the server, and every
+    evolve needs the ledger: dropping it after each test made the next test build it again.
+    """
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri)
+    try:
+        if not client.has_collection(LEDGER_COLLECTION, timeout=CALL_TIMEOUT):
+            return
+        while keys := [
+            row["key"]
+            for row in client.query(
+                LEDGER_COLLECTION,
+                filter="",
+                output_fields=["key"],
+                limit=16384,
+                consistency_level="Strong",
+                timeout=CALL_TIMEOUT,
+            )
+        ]:
+            client.delete(LEDGER_COLLECTION, ids=keys, timeout=CALL_TIMEOUT)
+    finally:
+        client.close()
+
+
 def _vector_map(vectors: np.ndarray | dict[str, np.ndarray], single: str) -> dict[str, np.ndarray]:
     if isinstance(vectors, dict):
         return {k: np.asarray(v, dtype=np.float32) for k, v in vectors.items()}
@@ -356,8 +384,9 @@ class Backend:
     def drop_created(self, names: list[str]) -> None:
         """Drop collections (and their aliases) a test made on a shared server.
 
-        The ledger goes too, whoever made it: its records describe this test's
-        migrations, and a later test's ledger must not list them.
+        The ledger's records go too, whoever wrote them: they describe this test's
+        migrations, and a later test's ledger must not list them. The ledger collection
+        itself stays (see clear_ledger).
         """
         self.close_stores()
         if self.kind == "milvus-server":
@@ -365,7 +394,9 @@ class Backend:
 
             client = MilvusClient(self.uri)
             try:
-                for name in [*names, LEDGER_COLLECTION]:
+                for name in names:
+                    if name == LEDGER_COLLECTION:
+                        continue
                     if client.has_collection(name, timeout=CALL_TIMEOUT):
                         aliases = client.list_aliases(name, timeout=CALL_TIMEOUT)
                         for alias in aliases.get("aliases", []):
@@ -373,6 +404,7 @@ class Backend:
                         client.drop_collection(name, timeout=CALL_TIMEOUT)
             finally:
                 client.close()
+            clear_ledger(self.uri)
         elif self.kind == "qdrant-server":
 
             def drop(client: Any) -> None:

@@ -27,8 +27,24 @@ from sklearn.model_selection import train_test_split
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.data import write_table
 from dmu_migrate.demo import embed, fit_old_model
+from dmu_migrate.evolve.ledger import SETTLE_ENV
 from dmu_migrate.training.trainer import TrainConfig
 from dmu_migrate.training.upgrade import train_upgrade
+
+# Lease settle time for the tests' runs and the CLI processes they start. No run against
+# the session's private server is slower than this; tests of lease races take the real
+# one (``real_lease_settle``).
+TEST_SETTLE = "1.0"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault(SETTLE_ENV, TEST_SETTLE)
+
+
+@pytest.fixture
+def real_lease_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deployed lease settle time, for tests that race two runs for a lease."""
+    monkeypatch.delenv(SETTLE_ENV, raising=False)
 
 
 @pytest.fixture(scope="session")

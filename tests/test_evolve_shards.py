@@ -248,6 +248,7 @@ def test_a_failing_shard_is_reported_and_the_others_are_kept(
 
 
 @pytest.mark.integration
+@pytest.mark.usefixtures("real_lease_settle")
 def test_the_last_shard_on_a_store_too_slow_for_the_lease_says_so(
     milvus_server: str,
     tmp_path: Any,
