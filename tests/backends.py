@@ -105,6 +105,18 @@ def clear_ledger(uri: str) -> None:
         client.close()
 
 
+def fast_on(kind: str) -> pytest.MarkDecorator:
+    """Run a ``backend`` test on every kind, the fast suite on ``kind`` alone.
+
+    For a scenario whose store-specific steps other fast tests cover on each kind (the
+    store contract, the end-to-end evolve): the fast suite runs it once, the integration
+    suite on the rest.
+    """
+    kinds = [p if isinstance(p, str) else p.values[0] for p in backend_kinds()]
+    params = [k if k == kind else pytest.param(k, marks=pytest.mark.integration) for k in kinds]
+    return pytest.mark.parametrize("backend", params, indirect=True)
+
+
 def _vector_map(vectors: np.ndarray | dict[str, np.ndarray], single: str) -> dict[str, np.ndarray]:
     if isinstance(vectors, dict):
         return {k: np.asarray(v, dtype=np.float32) for k, v in vectors.items()}
