@@ -104,14 +104,14 @@ def _stop_milvus(server, pid: int | None) -> None:
 
 
 @pytest.fixture
-def milvus_server(request: pytest.FixtureRequest, _milvus_server: str) -> str:
-    """The session's Milvus server, for integration tests only: the fast suite runs none."""
+def milvus_server(request: pytest.FixtureRequest) -> str:
+    """The session's Milvus server, for integration tests only: the fast suite starts none."""
     if request.node.get_closest_marker("integration") is None:
         pytest.fail(
             f"{request.node.nodeid} uses the Milvus server but is not marked integration: "
             "add @pytest.mark.integration (or kind_params(...) for a store-kind parameter)"
         )
-    return _milvus_server
+    return request.getfixturevalue("_milvus_server")  # started only past the check
 
 
 @pytest.fixture(scope="session")
