@@ -378,6 +378,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(
     assert status[0]["backfill"] is None and status[0]["lease_owner"] is None
 
 
+@pytest.mark.integration  # a killed process
 @pytest.mark.parametrize("kind", ["parquet", "milvus-server"])
 def test_a_killed_backfill_resumes_with_take_over(
     kind: str,

@@ -411,6 +411,7 @@ client.close()
 """
 
 
+@pytest.mark.integration  # six CLI processes, each importing the stores
 def test_a_real_process_prints_one_line(tmp_path: Path, digits: Digits, artifact: Artifact) -> None:
     """The runner above cannot see what libraries log to the process's stderr; a child can.
 

@@ -259,6 +259,7 @@ def test_help_states_the_ranges() -> None:
         assert rng in text, rng
 
 
+@pytest.mark.integration  # a holder process and six CLI processes
 def test_a_lite_file_in_use_is_named_as_such(tmp_path: Path, artifact: Artifact) -> None:
     """Every command that opens the store, while a second process holds the Lite file.
 

@@ -17,9 +17,10 @@ and a key too long for a primary key is stored under a hashed one (the record
 keeps its real key).
 
 Stores offer no compare-and-set, so a lease is taken by writing it and reading it
-back after SETTLE seconds: of two runs that both found it free, only the last
-writer reads itself back. A run whose read and write lie more than SETTLE / 2
-apart tries again, so a slow writer cannot slip in after the other's read-back.
+back after the settle time (``settle()``, SETTLE seconds unless $DMU_LEASE_SETTLE says
+otherwise): of two runs that both found it free, only the last writer reads itself
+back. A run whose read and write lie more than half the settle time apart tries again,
+so a slow writer cannot slip in after the other's read-back.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
-from dmu_migrate.errors import LeaseHeld, LeaseLost, StoreError
+from dmu_migrate.errors import InputError, LeaseHeld, LeaseLost, StoreError
 from dmu_migrate.stores.base import LEDGER_COLLECTION, Id, VectorStore
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ LEASE_SECONDS = 600.0
 # Milvus server takes a good part of a second; SETTLE must exceed the read-to-write
 # time of a rival run (bounded to SETTLE / 2 below), so it is generous.
 SETTLE = 2.0
+# Overrides SETTLE for every run of this process and its children. A test suite against
+# one private server lowers it (no rival run there is slower); a deployment keeps SETTLE.
+SETTLE_ENV = "DMU_LEASE_SETTLE"
 LEASE_TRIES_SECONDS = 60.0  # keep trying while the store answers too slowly to decide
 CHUNK_CHARS = 32_000  # JSON characters of skipped ids per chunk record
 MAX_KEY_BYTES = 200  # longer keys are stored hashed (Milvus keys stop at 512 bytes)
@@ -54,6 +58,23 @@ MAX_KEY_BYTES = 200  # longer keys are stored hashed (Milvus keys stop at 512 by
 RUNNING, DONE, FAILED, ROLLED_BACK = "running", "done", "failed", "rolled_back"
 STOPPED = "stopped"  # by --max-seconds or an interrupt, with work left: the next run resumes
 PRUNED = "pruned"  # done, and its old collection (or snapshot) deleted
+
+
+def settle() -> float:
+    """Seconds between writing a lease and reading it back: SETTLE, or $DMU_LEASE_SETTLE."""
+    raw = os.environ.get(SETTLE_ENV, "").strip()
+    if not raw:
+        return SETTLE
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 60:
+        raise InputError(
+            f"{SETTLE_ENV}='{raw}' is not a number of seconds in (0, 60]; unset it to use "
+            f"the default {SETTLE:g} s"
+        )
+    return seconds
 
 
 def now_iso() -> str:
@@ -279,6 +300,7 @@ class Ledger:
 
         Write-then-read-back (see the module docstring): of runs that race, one wins.
         """
+        wait = settle()
         deadline = time.monotonic() + LEASE_TRIES_SECONDS
         while time.monotonic() < deadline:
             started = time.monotonic()
@@ -290,16 +312,16 @@ class Ledger:
             if not self.store.shared:
                 return  # one process at a time opens this store (its own lock)
             window = time.monotonic() - started
-            if window > SETTLE / 2:
+            if window > wait / 2:
                 log.info(
                     "lease of %s: reading and writing it took %.1fs (over %.1fs); trying again",
                     record.key,
                     window,
-                    SETTLE / 2,
+                    wait / 2,
                 )
-                time.sleep(random.uniform(0, SETTLE / 2))  # a rival retrying must not stay in step
+                time.sleep(random.uniform(0, wait / 2))  # a rival retrying must not stay in step
                 continue  # our read is too old to rule out a writer in between: again
-            time.sleep(SETTLE)
+            time.sleep(wait)
             now = self.load(record.key)
             if now is not None and now.lease_token == record.lease_token:
                 return

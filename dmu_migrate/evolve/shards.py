@@ -26,7 +26,7 @@ from typing import Any
 from dmu_migrate.errors import DmuError, InputError, LeaseHeld, StoreError
 from dmu_migrate.evolve import BULK, write_path
 from dmu_migrate.evolve.finish import finish
-from dmu_migrate.evolve.ledger import DONE, RUNNING, STOPPED, Ledger, Record, now_iso
+from dmu_migrate.evolve.ledger import DONE, RUNNING, STOPPED, Ledger, Record, now_iso, settle
 from dmu_migrate.evolve.pipeline import check_adapters, main_pass, open_record
 from dmu_migrate.evolve.plan import IN_PLACE, Plan
 from dmu_migrate.evolve.progress import EVOLVE, SPLIT, Meter, Report, reporter
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 SPLIT_WAIT = 600.0  # seconds a --shard run waits for another process to finish the split
 POLL = 1.0
-SETTLE = 0.5  # seconds between taking a lease and reading it back (see claim)
 # JSON bytes of the verification sample a shard keeps in its ledger record: 256 UUIDs
 # take 10k; long string keys must not push the record past Milvus's 65,535 bytes.
 SAMPLE_BYTES = 24_000
@@ -229,7 +228,9 @@ def claim(ledger: Ledger, record: Record, take_over: bool) -> bool:
     free both write it; after a moment only the last writer reads itself back.
     """
     ledger.acquire(record, take_over)
-    time.sleep(SETTLE)
+    if not ledger.store.shared:
+        return True  # one process opens this store at a time: nobody else wrote it
+    time.sleep(settle() / 4)  # 0.5 s at the default: the same lease, read back once more
     now = ledger.load(record.key)
     return now is not None and now.lease_owner == ledger.owner
 
