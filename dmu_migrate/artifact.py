@@ -150,8 +150,9 @@ def load_artifact(path: str | Path) -> Artifact:
         )
     try:
         raw = json.loads(manifest_path.read_text())
+        check_types(manifest_path, raw)
         manifest = Manifest(**raw)
-    except (json.JSONDecodeError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
         raise ArtifactError(
             f"manifest '{manifest_path}' is unreadable ({exc}); re-run train"
         ) from exc
@@ -173,6 +174,69 @@ def load_artifact(path: str | Path) -> Artifact:
             )
     check_manifest(path, manifest)
     return Artifact(path, manifest)
+
+
+# What each manifest key holds; a hand-edited or damaged manifest is refused by key.
+_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "from_version": (str,),
+    "to_version": (str,),
+    "method": (str,),
+    "old_dim": (int,),
+    "new_dim": (int,),
+    "input_dim": (int, type(None)),
+    "files": (dict,),
+    "metric": (str,),
+    "normalized": (bool,),
+    "opset": (int,),
+    "training": (dict,),
+    "parity": (dict,),
+    "quality": (dict,),
+    "format": (str,),
+    "tool_version": (str,),
+}
+_WORDS = {str: "a string", int: "an integer", dict: "an object", bool: "true or false"}
+
+
+def check_types(manifest_path: Path, raw: Any) -> None:
+    """Every key the right JSON type (and the nested figures the gate reads), or one line
+    naming the file, the key and what it should hold."""
+
+    def refuse(key: str, value: Any, should: str) -> ArtifactError:
+        return ArtifactError(
+            f"manifest '{manifest_path}' has {key} = {json.dumps(value)}, which should be "
+            f"{should}; the file was edited or damaged: copy the artifact again or re-export "
+            f"the artifact with train"
+        )
+
+    if not isinstance(raw, dict):
+        raise TypeError(f"a JSON object expected, got {type(raw).__name__}")
+    for key, kinds in _TYPES.items():
+        if key not in raw:
+            continue  # a missing key is Manifest's to name
+        value = raw[key]
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            raise refuse(key, value, " or ".join(_WORDS.get(k, "null") for k in kinds))
+    for name, digest in (raw.get("files") or {}).items():
+        if not isinstance(digest, str):
+            raise refuse(f"files.{name}", digest, "a sha256 string")
+    quality = raw.get("quality") or {}
+    settings = quality.get("settings")
+    if settings is not None:
+        if not isinstance(settings, dict):
+            raise refuse("quality.settings", settings, "an object of settings")
+        for setting, figures in settings.items():
+            if not isinstance(figures, dict) or not all(_number(v) for v in figures.values()):
+                raise refuse(f"quality.settings.{setting}", figures, "an object of numbers")
+    fusion = quality.get("fusion")
+    if fusion is not None and (
+        not isinstance(fusion, dict) or not all(_number(v) for v in fusion.values())
+    ):
+        raise refuse("quality.fusion", fusion, "an object of numbers")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def check_manifest(path: Path, m: Manifest) -> None:

@@ -228,7 +228,7 @@ def run_demo(
     encoder = OnnxModel(report.artifact.path / NEW_MODEL)  # train always exports it
     queries = encoder(x_te[~gallery])
     # The gallery's own images through the new model, by gallery id: what a partial
-    # backfill writes for the items whose raw data is at hand (README, plan-backfill).
+    # backfill writes for the items whose raw data is at hand (docs/backfill.md).
     native = {"id": np.arange(int(gallery.sum())), "vector": encoder(x_te[gallery])}
     write_table(workdir / "gallery-native.parquet", native)
     search = search_check(db, queries, y_te[~gallery])

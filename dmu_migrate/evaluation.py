@@ -9,6 +9,10 @@ Settings (query model -> gallery vectors):
     new->new       new queries against a re-embedded gallery (full backfill)
     fused          transition mode: [a q_old ; b q_new] against [o ; psi(o)], with the
                    weights fitted at training (artifacts trained with held-out identities)
+Settings whose gallery is built from stored old vectors (old->old, new->old,
+new->evolved, fused) are scored with distractors beside the gallery: by default the
+artifact's training table, as train's gate was (distractors.py). Beside new->evolved,
+the adapter's ceiling: the same form fitted on this gallery's pairs (ceiling.py).
 Beside them, the partial-backfill curve (backfill_curve.py): new->mixed as a growing
 share of the gallery is re-embedded, in the artifact's ranked order and at random.
 Only onnxruntime is used (matplotlib for the optional chart), so evaluation
@@ -20,12 +24,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dmu_migrate import backfill_curve as backfill
+from dmu_migrate import distractors as crowd
 from dmu_migrate.artifact import Artifact
+from dmu_migrate.ceiling import Ceiling, form_of, gap_closed, oracle
 from dmu_migrate.data import Columns, Table, read_table
+from dmu_migrate.distractors import Distractors, Pool
 from dmu_migrate.errors import InputError
 from dmu_migrate.metrics import (
     Derived,
@@ -36,10 +44,11 @@ from dmu_migrate.metrics import (
     tar_at_far,
 )
 from dmu_migrate.onnx_model import OnnxModel
-from dmu_migrate.quality import Verdict, transition_hint, verdict
+from dmu_migrate.quality import Verdict, fused_gallery, judged_at, transition_hint, verdict
 
 SETTINGS = ("old->old", "new->old", "new->evolved", "new->mixed", "new->new")
 FUSED = "fused"  # transition mode, when the artifact carries fitted weights
+CEILING = "ceiling"  # the oracle adapter (ceiling.py), beside new->evolved
 FARS = (1e-3, 1e-4)
 
 
@@ -58,6 +67,9 @@ class EvalReport:
     derived: Derived = field(default_factory=lambda: Derived({}, {}, {}))
     backfill: backfill.BackfillReport | None = None  # None when not asked for
     charts: tuple[Path, ...] = ()  # PNG files written (evaluate's plot): bars, then curve
+    # The distractors beside the gallery, and how many each setting's figure saw
+    distractors: dict[str, Any] = field(default_factory=lambda: crowd.describe(None, []))
+    ceiling: Ceiling | None = None  # the oracle adapter fitted on this gallery (ceiling.py)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -74,6 +86,8 @@ class EvalReport:
                 self.reference_scores.as_dict() if self.reference_scores is not None else None
             ),
             "derived": self.derived.as_dict(),
+            "distractors": self.distractors,
+            "ceiling": self.ceiling.as_dict() if self.ceiling is not None else None,
             "verdict": self.verdict.line,
             "transition_hint": self.transition_hint,
             "backfill": self.backfill.as_dict() if self.backfill is not None else None,
@@ -83,7 +97,8 @@ class EvalReport:
     def verdict(self) -> Verdict:
         """Deploy or not: new->evolved against old->old on this table."""
         figures = {k: {"R@1": s.recall[1], "mAP": s.mean_ap} for k, s in self.scores.items()}
-        return verdict(figures, Path(self.table).name)
+        count, source = self.distractors.get("count"), self.distractors.get("source")
+        return verdict(figures, judged_at(Path(self.table).name, count, source))
 
     @property
     def transition_hint(self) -> str | None:
@@ -166,12 +181,30 @@ def score(
     g_labels: np.ndarray,
     leave_one_out: bool,
     fars: Sequence[float],
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RetrievalScores:
-    s = retrieval_scores(queries, q_labels, gallery, g_labels, leave_one_out=leave_one_out)
+    """``extra``: distractor vectors (of the gallery's kind) and their label codes."""
+    d, dl = (None, None) if extra is None else extra
+    s = retrieval_scores(
+        queries,
+        q_labels,
+        gallery,
+        g_labels,
+        leave_one_out=leave_one_out,
+        distractors=d,
+        distractor_labels=dl,
+    )
     if not fars:
         return s
-    tar = tar_at_far(queries, q_labels, gallery, g_labels, fars, leave_one_out)
+    tar = tar_at_far(queries, q_labels, gallery, g_labels, fars, leave_one_out, d, dl)
     return RetrievalScores(s.recall, s.mean_ap, s.queries, tar)
+
+
+def beside(pool: Pool | None, kind: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The pool's vectors for a gallery of ``kind``, with their labels; None where the
+    setting takes no distractors (its gallery needs raw items)."""
+    vectors = None if pool is None else pool.gallery(kind)
+    return None if vectors is None or pool is None else (vectors, pool.labels)
 
 
 def needs_x(artifact: Artifact, reference: Artifact | None) -> bool:
@@ -190,6 +223,8 @@ def evaluate(
     fars: Sequence[float] = FARS,
     new_col: str | None = None,
     backfill_curve: bool = True,
+    distractors: Distractors | str = crowd.TRAINING,
+    ceiling: bool = True,
 ) -> EvalReport:
     """Score every setting on a held-out table; ``reference`` is the full-backfill model.
 
@@ -197,6 +232,9 @@ def evaluate(
     of them embedded natively by the new model and the rest evolved. ``new_col``
     overrides ``columns.new``, the column read when the artifact has no encoder.
     ``backfill_curve`` adds new->mixed along the artifact's ranked order and at random.
+    ``distractors`` join the galleries built from stored old vectors: TRAINING (the
+    artifact's training table, when it is still there), NONE, or given (distractors.load).
+    ``ceiling`` scores the oracle adapter fitted on this gallery (ceiling.py).
     """
     if new_col is not None:
         columns = replace(columns, new=new_col)
@@ -210,12 +248,24 @@ def evaluate(
         gallery_rows["evolved"], gallery_rows["new"], mixed_fraction, seed
     )
     q_labels, g_labels = table.labels[q_idx], table.labels[g_idx]
+    training = artifact.manifest.training.get("table")
+    pool, pool_source = crowd.for_table(
+        distractors, training if isinstance(training, str) else None, table, columns
+    )
+    if pool is not None:
+        pool = pool.evolve(OnnxModel(artifact.adapter_path))
 
     scores = {}
     for setting in SETTINGS:
         query_kind, gallery_kind = setting.split("->")
         scores[setting] = score(
-            vectors[query_kind][q_idx], q_labels, gallery_rows[gallery_kind], g_labels, loo, fars
+            vectors[query_kind][q_idx],
+            q_labels,
+            gallery_rows[gallery_kind],
+            g_labels,
+            loo,
+            fars,
+            beside(pool, gallery_kind),
         )
 
     fusion = artifact.manifest.quality.get("fusion") if artifact.manifest.quality else None
@@ -224,10 +274,21 @@ def evaluate(
         query = np.hstack(
             [fusion["a"] * l2_normalize(vectors["old"]), fusion["b"] * l2_normalize(vectors["new"])]
         )
-        gallery = np.hstack(
-            [l2_normalize(gallery_rows["old"]), l2_normalize(gallery_rows["evolved"])]
+        gallery = fused_gallery(gallery_rows["old"], gallery_rows["evolved"])
+        extra = None
+        if pool is not None and pool.count and pool.evolved is not None:
+            extra = (fused_gallery(pool.old, pool.evolved), pool.labels)
+        scores[FUSED] = score(query[q_idx], q_labels, gallery, g_labels, loo, fars, extra)
+
+    top = None
+    if ceiling:
+        form = form_of(artifact.manifest.method, table.old.shape[1], vectors["new"].shape[1])
+        fitted = oracle(gallery_rows["old"], gallery_rows["new"], form)
+        extra = None if pool is None or not pool.count else (fitted(pool.old), pool.labels)
+        best = score(
+            vectors["new"][q_idx], q_labels, fitted(gallery_rows["old"]), g_labels, loo, fars, extra
         )
-        scores[FUSED] = score(query[q_idx], q_labels, gallery, g_labels, loo, fars)
+        top = Ceiling(form, best, gap_closed(scores["new->evolved"], scores["old->old"], best))
 
     curves = None
     if backfill_curve:
@@ -261,6 +322,8 @@ def evaluate(
         reference_scores=ref_scores,
         derived=derived_figures(scores, ref_scores, ("new->evolved", "new->mixed", FUSED)),
         backfill=curves,
+        distractors=crowd.describe(pool, list(scores) + ([CEILING] if top else []), pool_source),
+        ceiling=top,
     )
 
 

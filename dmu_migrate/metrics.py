@@ -53,12 +53,20 @@ def retrieval_scores(
     gallery_labels: np.ndarray,
     ks: Sequence[int] = (1, 5),
     leave_one_out: bool = False,
+    distractors: np.ndarray | None = None,
+    distractor_labels: np.ndarray | None = None,
 ) -> RetrievalScores:
     """Score exact retrieval of ``queries`` against ``gallery``.
 
     With ``leave_one_out`` the query set is the gallery itself and each query
     skips its own row. Queries without any relevant gallery item carry no
     information about ranking and are left out of every figure.
+
+    ``distractors`` join the gallery as items that are never relevant: they can
+    only push relevant items down. One whose entry in ``distractor_labels``
+    equals the query's label is left out of that query's ranking, neither a hit
+    nor a miss, since a shared label may name the same identity (see
+    docs/method.md, "The gate's distractors").
     """
     q = l2_normalize(queries)
     g = l2_normalize(gallery)
@@ -66,14 +74,18 @@ def retrieval_scores(
     gallery_labels = np.asarray(gallery_labels)
     if leave_one_out and len(q) != len(g):
         raise ValueError("leave-one-out needs the query set to be the gallery")
+    extra = None
+    if distractors is not None and len(distractors):
+        labels = np.full(len(distractors), -1) if distractor_labels is None else distractor_labels
+        extra = (l2_normalize(distractors), np.asarray(labels))
 
     hits = {k: 0 for k in ks}
     ap_sum = 0.0
     counted = 0
-    chunks = _similarity_chunks(q, query_labels, g, gallery_labels, leave_one_out)
+    chunks = _similarity_chunks(q, query_labels, g, gallery_labels, leave_one_out, extra)
     for sims, relevant, valid in chunks:
-        if leave_one_out:
-            sims[~valid] = -np.inf  # a query never retrieves itself
+        # A query never retrieves itself, nor a distractor that may share its identity.
+        sims[~valid] = -np.inf
         for row, rel in zip(sims, relevant, strict=True):
             ranked = _ranked_head(row, rel)
             if ranked is None:
@@ -112,10 +124,19 @@ def _chunk_rows(n_gallery: int) -> int:
 
 
 def _similarity_chunks(
-    q: np.ndarray, ql: np.ndarray, g: np.ndarray, gl: np.ndarray, leave_one_out: bool
+    q: np.ndarray,
+    ql: np.ndarray,
+    g: np.ndarray,
+    gl: np.ndarray,
+    leave_one_out: bool,
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(scores, genuine mask, pair mask) per query chunk; the pair mask drops self-pairs."""
-    step = _chunk_rows(len(g))
+    """(scores, genuine mask, pair mask) per query chunk; the pair mask drops self-pairs.
+
+    ``extra`` (distractor vectors, labels) adds columns after the gallery's that are
+    never genuine; the pair mask drops those that share the query's label.
+    """
+    step = _chunk_rows(len(g) + (0 if extra is None else len(extra[0])))
     for start in range(0, len(q), step):
         stop = min(start + step, len(q))
         sims = q[start:stop] @ g.T
@@ -124,6 +145,11 @@ def _similarity_chunks(
         if leave_one_out:
             rows = np.arange(stop - start)
             valid[rows, rows + start] = False
+        if extra is not None:
+            d, dl = extra
+            sims = np.hstack([sims, q[start:stop] @ d.T])
+            valid = np.hstack([valid, ql[start:stop, None] != dl[None, :]])
+            genuine = np.hstack([genuine, np.zeros((stop - start, len(d)), dtype=bool)])
         yield sims, genuine & valid, valid
 
 
@@ -134,6 +160,8 @@ def tar_at_far(
     gallery_labels: np.ndarray,
     fars: Sequence[float] = (1e-3, 1e-4),
     leave_one_out: bool = False,
+    distractors: np.ndarray | None = None,
+    distractor_labels: np.ndarray | None = None,
 ) -> dict[float, float]:
     """True accept rate at a false accept rate, over every query-gallery pair.
 
@@ -143,7 +171,8 @@ def tar_at_far(
     of genuine pairs strictly above. Two passes over the similarity chunks keep
     memory at one chunk plus the top k+1 impostor scores, never all pairs. A FAR
     below 1 / impostors cannot be measured on this data and gives NaN, as does a
-    table without genuine pairs.
+    table without genuine pairs. ``distractors`` add impostor pairs only, less those
+    that share the query's label (as in retrieval_scores).
     """
     q, g = l2_normalize(queries), l2_normalize(gallery)
     ql, gl = np.asarray(query_labels), np.asarray(gallery_labels)
@@ -154,6 +183,12 @@ def tar_at_far(
     g_counts = np.array([int((gl == label).sum()) for label in labels])
     n_genuine = int((q_counts * g_counts).sum()) - (len(q) if leave_one_out else 0)
     n_pairs = len(q) * len(g) - (len(q) if leave_one_out else 0)
+    extra = None
+    if distractors is not None and len(distractors):
+        dl = np.full(len(distractors), -1) if distractor_labels is None else distractor_labels
+        extra = (l2_normalize(distractors), np.asarray(dl))
+        shared = np.array([int((extra[1] == label).sum()) for label in labels])
+        n_pairs += len(q) * len(distractors) - int((q_counts * shared).sum())
     n_impostor = n_pairs - n_genuine
     ks = {far: math.floor(far * n_impostor) for far in fars}
     out = {far: float("nan") for far in fars}
@@ -163,7 +198,7 @@ def tar_at_far(
 
     keep = max(ks[far] for far in measurable) + 1
     top = np.empty(0, np.float32)
-    for sims, genuine, valid in _similarity_chunks(q, ql, g, gl, leave_one_out):
+    for sims, genuine, valid in _similarity_chunks(q, ql, g, gl, leave_one_out, extra):
         impostor = sims[valid & ~genuine]
         merged = np.concatenate([top, impostor])
         if len(merged) > keep:
@@ -172,7 +207,7 @@ def tar_at_far(
     top = np.sort(top)[::-1]
     thresholds = {far: top[ks[far]] for far in measurable}
     accepted = dict.fromkeys(measurable, 0)
-    for sims, genuine, _ in _similarity_chunks(q, ql, g, gl, leave_one_out):
+    for sims, genuine, _ in _similarity_chunks(q, ql, g, gl, leave_one_out, extra):
         scores = sims[genuine]
         for far in measurable:
             accepted[far] += int((scores > thresholds[far]).sum())

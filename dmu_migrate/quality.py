@@ -4,9 +4,11 @@
 trained on) and records them in the manifest; ``evaluate`` ends with the same
 verdict on the user's table; ``evolve`` refuses to move an alias to a
 regression unless told to. The floor of every deployed state is old->old,
-today's system (../shared/method.md).
+today's system (../shared/method.md). The galleries built from stored old
+vectors are searched with distractors beside them (distractors.py), so that the
+verdict holds at the size of the gallery the upgrade deploys to.
 
-Numpy only: the evolve image checks the gate without torch.
+No torch here: the evolve image checks the gate without it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dmu_migrate.distractors import Pool
 from dmu_migrate.errors import QualityGateError
 from dmu_migrate.metrics import l2_normalize, retrieval_scores
 
@@ -40,11 +43,13 @@ def measure(
     labels: np.ndarray,
     seed: int = 0,
     mixed_fraction: float = 0.5,
+    distractors: Pool | None = None,
 ) -> dict[str, dict[str, float]]:
     """R@1 and mAP of each setting, leave-one-out over the rows (held-out identities).
 
     new->mixed draws a seeded ``mixed_fraction`` of the gallery natively new,
-    as the store holds after new inserts.
+    as the store holds after new inserts. ``distractors`` (evolved) join every
+    gallery built from stored old vectors: old, and evolved (distractors.py).
     """
     vectors = {"old": l2_normalize(old), "new": l2_normalize(new), "evolved": l2_normalize(evolved)}
     native = np.random.default_rng(seed).permutation(len(labels))
@@ -58,24 +63,53 @@ def measure(
         if vectors[query].shape[1] != vectors[gallery].shape[1]:
             continue  # new->old across sizes: the spaces cannot be compared
         s = retrieval_scores(
-            vectors[query], labels, vectors[gallery], labels, ks=(1,), leave_one_out=True
+            vectors[query],
+            labels,
+            vectors[gallery],
+            labels,
+            ks=(1,),
+            leave_one_out=True,
+            distractors=None if distractors is None else distractors.gallery(gallery),
+            distractor_labels=None if distractors is None else distractors.labels,
         )
         out[setting] = {"R@1": float(s.recall[1]), "mAP": float(s.mean_ap)}
     return out
 
 
+def fused_gallery(old: np.ndarray, evolved: np.ndarray) -> np.ndarray:
+    """The transition mode's stored vectors [o ; psi(o)], both halves unit-norm."""
+    return np.hstack([l2_normalize(old), l2_normalize(evolved)])
+
+
 def fit_fusion(
-    old: np.ndarray, new: np.ndarray, evolved: np.ndarray, labels: np.ndarray
+    old: np.ndarray,
+    new: np.ndarray,
+    evolved: np.ndarray,
+    labels: np.ndarray,
+    distractors: Pool | None = None,
 ) -> dict[str, float]:
     """The weight of the old half that retrieves best on held-out rows (R@1, then mAP).
 
     Returns {"a", "b", "R@1", "mAP"}: the query is [a q_old ; b q_new] with a + b = 1.
+    ``distractors`` (evolved) join the fused gallery: it is built from stored old vectors.
     """
-    gallery = np.hstack([l2_normalize(old), l2_normalize(evolved)])
+    gallery = fused_gallery(old, evolved)
+    extra = None
+    if distractors is not None and distractors.evolved is not None and distractors.count:
+        extra = fused_gallery(distractors.old, distractors.evolved)
     best = (-1.0, -1.0, -1.0, 0.0)
     for weight in np.linspace(0.0, 1.0, 11):
         query = np.hstack([weight * l2_normalize(old), (1.0 - weight) * l2_normalize(new)])
-        s = retrieval_scores(query, labels, gallery, labels, ks=(1,), leave_one_out=True)
+        s = retrieval_scores(
+            query,
+            labels,
+            gallery,
+            labels,
+            ks=(1,),
+            leave_one_out=True,
+            distractors=extra,
+            distractor_labels=None if distractors is None else distractors.labels,
+        )
         # Ties go to the weights nearest an even split: they keep both views.
         key = (float(s.recall[1]), float(s.mean_ap), -abs(float(weight) - 0.5), float(weight))
         best = max(best, key)
@@ -101,10 +135,21 @@ def verdict(figures: Mapping[str, Mapping[str, float]] | None, where: str) -> Ve
     return Verdict(False, f"do not deploy: {numbers}")
 
 
-def transition_hint(quality: Mapping[str, object] | None, artifact: str) -> str | None:
+def transition_hint(
+    quality: Mapping[str, object] | None, artifact: str, method: str = ""
+) -> str | None:
     """The way forward when the evolved gallery loses to today's system but the transition
-    mode (old and evolved vectors side by side, docs/method.md) was validated above it."""
-    if not quality:
+    mode (old and evolved vectors side by side, docs/method.md) was validated above it.
+
+    ``method``: the artifact's own; the artifacts ``transition`` writes are not advised
+    to go through ``transition`` again (it refuses them).
+    """
+    if method == "transition-exit":
+        return (
+            "it leaves the transition mode for the evolved gallery alone, which was validated "
+            "below today's system: keep serving the -transition artifact's fused vectors"
+        )
+    if not quality or method == "transition":
         return None
     fusion, figures = quality.get("fusion"), quality.get("settings")
     if not isinstance(fusion, Mapping) or not isinstance(figures, Mapping):
@@ -119,14 +164,30 @@ def transition_hint(quality: Mapping[str, object] | None, artifact: str) -> str 
     )
 
 
+def judged_at(base: str, count: int | None, source: str | None = None) -> str:
+    """Whose figures a verdict reads, with the distractors they saw: the gallery's size."""
+    if not count:
+        return base
+    return f"{base} + {count:,} distractors" + (f" from {source}" if source else "")
+
+
+def validated_where(quality: Mapping[str, object] | None, name: str) -> str:
+    """The verdict's ``where`` for figures validated at training (manifest quality)."""
+    pool = quality.get("distractors") if quality else None
+    count = pool.get("count") if isinstance(pool, Mapping) else None
+    return judged_at(f"validated at training of '{name}'", count if isinstance(count, int) else 0)
+
+
 def check_gate(
     name: str,
     figures: Mapping[str, Mapping[str, float]] | None,
     hint: str | None = None,
+    where: str | None = None,
 ) -> Verdict:
     """Refuse a regression with a one-line error naming both numbers and the way past it
-    (``hint``: the transition mode, when it was validated above the floor)."""
-    result = verdict(figures, f"validated at training of '{name}'")
+    (``hint``: the transition mode, when it was validated above the floor). ``where``
+    says whose figures they are (default: validated at training of ``name``)."""
+    result = verdict(figures, where or f"validated at training of '{name}'")
     if result.deploy is False:
         way = f"{hint}; or retrain" if hint else "retrain"
         raise QualityGateError(

@@ -5,7 +5,8 @@ QdrantClient, pyarrow), never with our write API, so that a test of a store's re
 does not depend on its writes; ``read_all`` reads back natively for the same reason.
 
 Fixtures (tests/conftest.py): ``backend`` (parametrized over ``backend_kinds()``),
-``milvus_server`` (session-scoped real Milvus 2.3.5 server).
+``milvus_server`` (the session's real Milvus 2.3.5 server; only integration tests may
+use it). ``kind_params(...)`` marks server kinds integration in a test's own parametrize.
 
     def test_x(backend: Backend) -> None:
         name = backend.unique("src")
@@ -39,6 +40,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from dmu_migrate.stores.base import LEDGER_COLLECTION, VectorStore, open_store
 
@@ -53,12 +55,67 @@ _SHARED: dict[tuple[str, str], Any] = {}
 _KEPT: set[str] = set()
 
 
-def backend_kinds() -> list[str]:
-    """Store kinds to test; a Qdrant server only when one is configured (no skipped tests)."""
+SERVER_KINDS = ("milvus-server", "qdrant-server")
+
+
+def kind_params(*kinds: str) -> list[Any]:
+    """``kinds`` as parameters; a server kind is marked integration (``pytest -m integration``)."""
+    return [
+        pytest.param(k, marks=pytest.mark.integration) if k in SERVER_KINDS else k for k in kinds
+    ]
+
+
+def backend_kinds() -> list[Any]:
+    """Store kinds to test; a Qdrant server only when one is configured (no skipped tests).
+
+    The embedded kinds are the fast suite's store contract; the servers run in the
+    integration suite.
+    """
     kinds = ["milvus-lite", "milvus-server", "qdrant-local", "parquet"]
     if os.environ.get("QDRANT_URL"):
         kinds.append("qdrant-server")
-    return kinds
+    return kind_params(*kinds)
+
+
+def clear_ledger(uri: str) -> None:
+    """Delete every record of a Milvus server's ledger and keep the collection.
+
+    Creating, indexing and loading a collection costs seconds on the server, and every
+    evolve needs the ledger: dropping it after each test made the next test build it again.
+    """
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri)
+    try:
+        if not client.has_collection(LEDGER_COLLECTION, timeout=CALL_TIMEOUT):
+            return
+        for _ in range(10):  # a page of 16,384 keys at a time; a test writes a few
+            rows = client.query(
+                LEDGER_COLLECTION,
+                filter="",
+                output_fields=["key"],
+                limit=16384,
+                consistency_level="Strong",
+                timeout=CALL_TIMEOUT,
+            )
+            if not rows:
+                return
+            client.delete(LEDGER_COLLECTION, ids=[r["key"] for r in rows], timeout=CALL_TIMEOUT)
+        raise RuntimeError(f"the ledger on {uri} still has records after 10 deletes")
+    finally:
+        client.close()
+
+
+def fast_on(kind: str) -> pytest.MarkDecorator:
+    """Run a ``backend`` test on every kind, the fast suite on ``kind`` alone.
+
+    For a scenario whose store-specific steps other fast tests cover on each kind (the
+    store contract, the end-to-end evolve): the fast suite runs it once, the integration
+    suite on the rest.
+    """
+    kinds = [p if isinstance(p, str) else p.values[0] for p in backend_kinds()]
+    params = [k if k == kind else pytest.param(k, marks=pytest.mark.integration) for k in kinds]
+    return pytest.mark.parametrize("backend", params, indirect=True)
 
 
 def _vector_map(vectors: np.ndarray | dict[str, np.ndarray], single: str) -> dict[str, np.ndarray]:
@@ -340,8 +397,9 @@ class Backend:
     def drop_created(self, names: list[str]) -> None:
         """Drop collections (and their aliases) a test made on a shared server.
 
-        The ledger goes too, whoever made it: its records describe this test's
-        migrations, and a later test's ledger must not list them.
+        The ledger's records go too, whoever wrote them: they describe this test's
+        migrations, and a later test's ledger must not list them. The ledger collection
+        itself stays (see clear_ledger).
         """
         self.close_stores()
         if self.kind == "milvus-server":
@@ -349,7 +407,9 @@ class Backend:
 
             client = MilvusClient(self.uri)
             try:
-                for name in [*names, LEDGER_COLLECTION]:
+                for name in names:
+                    if name == LEDGER_COLLECTION:
+                        continue
                     if client.has_collection(name, timeout=CALL_TIMEOUT):
                         aliases = client.list_aliases(name, timeout=CALL_TIMEOUT)
                         for alias in aliases.get("aliases", []):
@@ -357,6 +417,7 @@ class Backend:
                         client.drop_collection(name, timeout=CALL_TIMEOUT)
             finally:
                 client.close()
+            clear_ledger(self.uri)
         elif self.kind == "qdrant-server":
 
             def drop(client: Any) -> None:

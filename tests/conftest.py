@@ -27,8 +27,28 @@ from sklearn.model_selection import train_test_split
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.data import write_table
 from dmu_migrate.demo import embed, fit_old_model
+from dmu_migrate.evolve.ledger import SETTLE_ENV
 from dmu_migrate.training.trainer import TrainConfig
 from dmu_migrate.training.upgrade import train_upgrade
+
+# Lease settle time for the tests' runs and the CLI processes they start. No run against
+# the session's private server is slower than this; tests of lease races take the real
+# one (``real_lease_settle``).
+TEST_SETTLE = "1.0"
+# The session artifacts' training, as long as the quality gate needs to let them through:
+# v2 reaches at 30 epochs the held-out R@1 of 40 (93.6 over the old model's 90.8; 20 only
+# tie it); v3 must beat v2 itself, which 30 epochs do not (92.7 to 93.6).
+EPOCHS_V2, EPOCHS_V3 = 30, 40
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault(SETTLE_ENV, TEST_SETTLE)
+
+
+@pytest.fixture
+def real_lease_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deployed lease settle time, for tests that race two runs for a lease."""
+    monkeypatch.delenv(SETTLE_ENV, raising=False)
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +72,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
 @pytest.fixture(scope="session")
 def artifact(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
     out = tmp_path_factory.mktemp("adapters")
-    config = TrainConfig(epochs=40, batch_size=128, seed=1)
+    config = TrainConfig(epochs=EPOCHS_V2, batch_size=128, seed=1)
     return deployable(train_upgrade(digits.train_path, out, "digits-v2", config).artifact)
 
 
@@ -83,8 +103,19 @@ def _stop_milvus(server, pid: int | None) -> None:
     os.kill(pid, signal.SIGKILL)  # it ignores SIGTERM for a while; never leave it on the ports
 
 
+@pytest.fixture
+def milvus_server(request: pytest.FixtureRequest) -> str:
+    """The session's Milvus server, for integration tests only: the fast suite starts none."""
+    if request.node.get_closest_marker("integration") is None:
+        pytest.fail(
+            f"{request.node.nodeid} uses the Milvus server but is not marked integration: "
+            "add @pytest.mark.integration (or kind_params(...) for a store-kind parameter)"
+        )
+    return request.getfixturevalue("_milvus_server")  # started only past the check
+
+
 @pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory):
+def _milvus_server(tmp_path_factory: pytest.TempPathFactory):
     """The real Milvus 2.3.5 standalone server from the `milvus` package, once per session.
 
     Its embedded etcd always binds peer port 2380, so a second server on the machine (a
@@ -157,7 +188,7 @@ def artifact_v3(
     table = read_table(digits.train_path)
     v2 = OnnxModel(artifact.adapter_path)(table.old)
     write_table(root / "train_v2.parquet", {"label": table.labels, "old": v2, "x": table.x})
-    config = TrainConfig(epochs=40, batch_size=128, seed=1)
+    config = TrainConfig(epochs=EPOCHS_V3, batch_size=128, seed=1)
     return deployable(
         train_upgrade(
             root / "train_v2.parquet", root, "digits-v3", config, from_version="v2", to_version="v3"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,8 @@ import numpy as np
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.stores.base import Batch, VectorStore
 
+NUMPY_REPR = re.compile(r"\bnp\.[a-z_]+[0-9]*\(")  # np.int64(0), np.float32(1.5), np.str_('k')
+
 
 def assert_clean_error(result: Any, code: int, *needles: str) -> None:
     """Non-zero exit, one 'error:' line naming the problem, and no traceback."""
@@ -17,6 +20,8 @@ def assert_clean_error(result: Any, code: int, *needles: str) -> None:
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.output
+    # Ids and numbers as the user wrote them, never numpy's repr of its scalars.
+    assert not NUMPY_REPR.search(lines[0]), lines[0]
     for needle in needles:
         assert needle in lines[0]
 

@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backends import Backend
+from backends import Backend, kind_params
 from pymilvus import MilvusClient
 
+from dmu_migrate.stores.base import LEDGER_COLLECTION
 from dmu_migrate.stores.milvus_schema import TIMEOUT
 
 
 def milvus_fixture() -> Callable[..., Iterator[Backend]]:
     """A fixture over Milvus Lite and the Milvus server; server collections are dropped after."""
 
-    @pytest.fixture(params=["milvus-lite", "milvus-server"])
+    @pytest.fixture(params=kind_params("milvus-lite", "milvus-server"))
     def milvus(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
         kind = request.param
         if kind == "milvus-lite":
@@ -79,6 +80,19 @@ def seed(
 
 def native(backend: Backend) -> MilvusClient:
     return MilvusClient(backend.uri)
+
+
+def ledger_rows(backend: Backend) -> int:
+    """Records in the store's ledger: 0 without one (the session's server keeps an empty
+    ledger collection between tests, backends.clear_ledger)."""
+    client = native(backend)
+    try:
+        if not client.has_collection(LEDGER_COLLECTION):
+            return 0
+        rows = client.query(LEDGER_COLLECTION, filter="", output_fields=["key"], limit=10)
+        return len(rows)
+    finally:
+        client.close()
 
 
 def build_params(backend: Backend, params: dict[str, Any]) -> dict[str, Any]:

@@ -358,7 +358,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(
         (["--input", table("unknown.parquet", np.asarray([ids[0], 999_999]), vectors[:2])], 2,
          "names ids that are not rows of 'digits__v2'"),
         (["--input", table("dim.parquet", ids[:3], np.ones((3, 5), np.float32))], 2,
-         f"a 5-d vector but the evolved collection holds {dim}-d vectors"),
+         f"gives id {ids[0]} a 5-d vector but the evolved collection holds {dim}-d vectors"),
         (["--input", table("nan.parquet", ids[:3], nan)], 2, "NaN or inf"),
         (["--input", table("twice.parquet", ids[[0, 1, 0]], vectors)], 2, "more than once"),
         (["--input", str(good), "--vector-column", "emb"], 2, "has no column 'emb'"),
@@ -378,6 +378,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(
     assert status[0]["backfill"] is None and status[0]["lease_owner"] is None
 
 
+@pytest.mark.integration  # a killed process
 @pytest.mark.parametrize("kind", ["parquet", "milvus-server"])
 def test_a_killed_backfill_resumes_with_take_over(
     kind: str,

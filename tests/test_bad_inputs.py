@@ -411,6 +411,7 @@ client.close()
 """
 
 
+@pytest.mark.integration  # six CLI processes, each importing the stores
 def test_a_real_process_prints_one_line(tmp_path: Path, digits: Digits, artifact: Artifact) -> None:
     """The runner above cannot see what libraries log to the process's stderr; a child can.
 
@@ -522,7 +523,8 @@ def edit_manifest(artifact: Artifact, tmp_path: Path, **changes: Any) -> Path:
     [
         ({"new_dim": 64}, "maps 32-d -> 32-d but its manifest says 32-d -> 64-d"),
         ({"to_version": "v 2!"}, "to_version 'v 2!', not a version id"),
-        ({"old_dim": "32"}, "old_dim '32', not a positive integer"),
+        ({"old_dim": "32"}, 'has old_dim = "32", which should be an integer'),
+        ({"old_dim": 0}, "old_dim 0, not a positive integer"),
     ],
 )
 def test_manifest_that_lies_about_the_adapter(

@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from dmu_migrate.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+# Each benchmark script runs end to end in its own process (one on the Milvus server).
+pytestmark = pytest.mark.integration
 
 
 def test_evolve_benchmark_measures_every_method_on_embedded_stores(tmp_path: Path) -> None:

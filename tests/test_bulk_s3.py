@@ -34,6 +34,8 @@ from dmu_migrate.stores.bulk_storage import Bucket
 BUCKET = "milvus-bucket"
 ROWS = 600
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+# Its own Milvus server over an S3 endpoint: the integration suite.
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     backend.drop_created(backend.created_since(before))
 
 
+@pytest.mark.integration
 def test_bulk_equals_insert_row_for_row(
     server: Backend, digits: Digits, artifact: Artifact, tmp_path: Path, monkeypatch: Any
 ) -> None:
@@ -98,6 +99,7 @@ def test_bulk_equals_insert_row_for_row(
     assert_same_rows(server.read_all(by_bulk.target), server.read_all(by_insert.target))
 
 
+@pytest.mark.integration
 def test_run_killed_after_submit_resumes_without_duplicates(
     server: Backend, digits: Digits, artifact: Artifact, tmp_path: Path, monkeypatch: Any
 ) -> None:
@@ -124,6 +126,7 @@ def test_run_killed_after_submit_resumes_without_duplicates(
     assert count[0]["count(*)"] == ROWS  # no row imported twice
 
 
+@pytest.mark.integration
 def test_bad_storage_is_one_line_and_writes_nothing(
     server: Backend, digits: Digits, artifact: Artifact, tmp_path: Path
 ) -> None:
@@ -163,6 +166,7 @@ def test_bulk_is_refused_on_stores_without_import(
         backend.close_stores()
 
 
+@pytest.mark.integration
 def test_bulk_refuses_a_target_holding_rows(
     server: Backend, digits: Digits, artifact: Artifact, tmp_path: Path
 ) -> None:
@@ -174,6 +178,7 @@ def test_bulk_refuses_a_target_holding_rows(
     assert first.outcome == Outcome.DONE
 
 
+@pytest.mark.integration
 def test_a_lite_source_is_bulk_imported_into_the_server(
     server: Backend, digits: Digits, artifact: Artifact, tmp_path: Path, monkeypatch: Any
 ) -> None:
@@ -211,6 +216,7 @@ def test_a_lite_source_is_bulk_imported_into_the_server(
     assert sorted(server.read_all(done.target)) == sorted(ids[2:].tolist())
 
 
+@pytest.mark.integration
 def test_a_source_of_another_kind_is_not_bulk_imported(
     server: Backend, digits: Digits, artifact: Artifact, tmp_path: Path
 ) -> None:
@@ -234,6 +240,7 @@ def test_a_source_of_another_kind_is_not_bulk_imported(
     assert done.outcome == Outcome.DONE and len(server.read_all(done.target)) == 20
 
 
+@pytest.mark.integration
 def test_shards_import_their_ranges_like_one_insert_run(
     server: Backend, digits: Digits, artifact: Artifact, tmp_path: Path, monkeypatch: Any
 ) -> None:

@@ -81,6 +81,7 @@ def assert_evolved(backend: Backend, target: str, ids: np.ndarray, expected: np.
         assert rows[row_id]["name"] == f"n{row_id}" and rows[row_id]["dmu_version"] == "v2"
 
 
+@pytest.mark.integration
 def test_workers_run_the_shards_and_status_shows_them(
     server: Backend, digits: Digits, artifact: Artifact
 ) -> None:
@@ -96,6 +97,7 @@ def test_workers_run_the_shards_and_status_shows_them(
     assert "3/3 shards done" in table
 
 
+@pytest.mark.integration
 def test_a_killed_shard_resumes_alone(server: Backend, digits: Digits, artifact: Artifact) -> None:
     rows = 6000  # shard 1 writes 3000 rows two at a time: seconds, so it is killed mid-way
     alias, ids = seed(server, digits, rows)
@@ -139,6 +141,7 @@ def test_a_killed_shard_resumes_alone(server: Backend, digits: Digits, artifact:
     assert status(server.uri, alias)["alias_target"] == resumed["target"]
 
 
+@pytest.mark.integration
 def test_ray_runs_the_shards_to_the_single_process_state(
     server: Backend, digits: Digits, artifact: Artifact, ray_cluster: str
 ) -> None:
@@ -155,6 +158,7 @@ def test_ray_runs_the_shards_to_the_single_process_state(
     assert status(server.uri, alias_b)["alias_target"] == sharded["target"]
 
 
+@pytest.mark.integration
 def test_ray_reports_a_shard_that_keeps_failing_and_keeps_the_rest(
     server: Backend, digits: Digits, artifact: Artifact, ray_cluster: str
 ) -> None:

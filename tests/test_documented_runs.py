@@ -74,8 +74,10 @@ def run(root: Path, args: list[str]) -> Result:
 
 
 def readme_toml(name: str) -> str:
-    """The TOML block that follows "`NAME` example:" in the README."""
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    """The TOML block that follows "`NAME` example:" in the README or a docs/ page."""
+    root = Path(__file__).resolve().parent.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    text = next(t for t in (p.read_text() for p in pages) if f"`{name}` example:" in t)
     after = text.split(f"`{name}` example:", 1)[1]
     return after.split("```toml\n", 1)[1].split("```", 1)[0]
 
@@ -138,7 +140,7 @@ def test_documented_lite_command_runs(readme_dir: Path, where: str, args: list[s
     if adapter.endswith("-exit"):
         fused = [*EVOLVE[:4], "adapters/faces-v2-transition", *EVOLVE[5:]]
         assert run(readme_dir, fused).exit_code == 0
-    if "--config" in args:  # the file the README shows above the command, as written there
+    if "--config" in args:  # the file the docs show above the command, as written there
         name = args[args.index("--config") + 1]
         (readme_dir / name).write_text(readme_toml(name))
 

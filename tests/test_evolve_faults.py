@@ -75,6 +75,7 @@ def check_final(
         assert rows[row_id]["dmu_version"] == "v2"
 
 
+@pytest.mark.integration
 def test_outage_mid_run_is_waited_out(
     milvus_server: str, server: Backend, digits: Digits, artifact: Artifact
 ) -> None:
@@ -108,6 +109,7 @@ def test_outage_mid_run_is_waited_out(
     check_final(backend, result, ids, digits, artifact)
 
 
+@pytest.mark.integration
 def test_outage_past_the_retry_budget_stops_resumably(
     milvus_server: str, server: Backend, digits: Digits, artifact: Artifact
 ) -> None:

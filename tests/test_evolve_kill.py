@@ -62,6 +62,7 @@ def status(uri: str, alias: str) -> list[dict]:
     return json.loads(out) if out.strip().startswith("[") else []
 
 
+@pytest.mark.integration  # kills child processes, and the Milvus server kind
 @pytest.mark.parametrize("kind", ["milvus-lite", "milvus-server", "qdrant-local"])
 def test_killed_runs_resume_to_the_uninterrupted_state(
     kind: str, tmp_path: Path, digits: Digits, artifact: Artifact, request: pytest.FixtureRequest

@@ -1,5 +1,9 @@
 """The evolve pipeline against every store: strategies, resume, cron catch-up, lease, admin.
 
+What differs between stores (the end-to-end run, strategies, rollback, bad vectors) runs
+on each kind in the fast suite; the store-independent scenarios run there once
+(``fast_on``) and on every kind in the integration suite.
+
 Data: the old-model embeddings of the real digits gallery (tests/galleries.py) and
 an adapter trained on them, so vectors and tags are checked on real outputs.
 """
@@ -11,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from backends import Backend
+from backends import Backend, fast_on
 from galleries import ROWS, Digits, seed_gallery
 from helpers import InsertsBehindCursor
 from migrations import run
@@ -69,6 +73,7 @@ def test_new_collection_end_to_end(backend: Backend, digits: Digits, artifact: A
     assert again.rows_written == 0 and again.caught_up == 0 and again.outcome == Outcome.DONE
 
 
+@fast_on("milvus-lite")
 def test_rows_added_behind_the_cursor_mid_pass_are_caught_up(
     backend: Backend, digits: Digits, artifact: Artifact
 ) -> None:
@@ -84,6 +89,7 @@ def test_rows_added_behind_the_cursor_mid_pass_are_caught_up(
     )
 
 
+@fast_on("qdrant-local")
 def test_full_verify_diffs_every_id(backend: Backend, digits: Digits, artifact: Artifact) -> None:
     _, alias, _ = seed_gallery(backend, digits)
     store = backend.open_store()
@@ -93,6 +99,7 @@ def test_full_verify_diffs_every_id(backend: Backend, digits: Digits, artifact: 
     assert result.verify is not None and result.verify.missing == 0
 
 
+@fast_on("parquet")
 def test_resume_after_stop_matches_uninterrupted_run(
     backend: Backend, digits: Digits, artifact: Artifact
 ) -> None:
@@ -110,6 +117,7 @@ def test_resume_after_stop_matches_uninterrupted_run(
     assert store.alias_target(alias) == resumed.target
 
 
+@fast_on("milvus-lite")
 def test_cron_run_evolves_exactly_the_new_rows(
     backend: Backend, digits: Digits, artifact: Artifact
 ) -> None:
@@ -129,6 +137,7 @@ def test_cron_run_evolves_exactly_the_new_rows(
     assert_evolved(backend, first.target, all_ids, all_old, AdapterChain([artifact]))
 
 
+@fast_on("qdrant-local")
 def test_live_lease_refuses_second_run(
     backend: Backend, digits: Digits, artifact: Artifact
 ) -> None:
@@ -165,6 +174,7 @@ class TakenMidRun:
         self._store.write_rows(*args, **kwargs)
 
 
+@fast_on("parquet")
 def test_a_run_whose_lease_is_taken_stops_and_leaves_the_record_to_the_taker(
     backend: Backend, digits: Digits, artifact: Artifact
 ) -> None:
@@ -202,6 +212,7 @@ def test_rollback_and_prune(backend: Backend, digits: Digits, artifact: Artifact
     assert store.has_collection(result.target)
 
 
+@fast_on("milvus-lite")
 def test_chained_adapters_go_straight_to_v3(
     backend: Backend, digits: Digits, artifact: Artifact, artifact_v3: Artifact
 ) -> None:

@@ -189,6 +189,7 @@ def test_bad_shard_flags_are_refused(backend: Backend, digits: Digits, artifact:
         evolve_one_shard(store, plan, 1, 2, EvolveOptions(restart=True))
 
 
+@pytest.mark.integration
 def test_local_worker_processes_equal_one_process(
     milvus_server: str, tmp_path: Any, digits: Digits, artifact: Artifact
 ) -> None:
@@ -209,6 +210,7 @@ def test_local_worker_processes_equal_one_process(
         backend.drop_created(backend.created_since(before))
 
 
+@pytest.mark.integration
 def test_a_failing_shard_is_reported_and_the_others_are_kept(
     milvus_server: str, tmp_path: Any, digits: Digits, artifact: Artifact
 ) -> None:
@@ -245,6 +247,8 @@ def test_a_failing_shard_is_reported_and_the_others_are_kept(
         backend.drop_created(backend.created_since(before))
 
 
+@pytest.mark.integration
+@pytest.mark.usefixtures("real_lease_settle")
 def test_the_last_shard_on_a_store_too_slow_for_the_lease_says_so(
     milvus_server: str,
     tmp_path: Any,

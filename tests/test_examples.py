@@ -90,6 +90,7 @@ def test_wordnet_reader_keeps_glosses_and_multiword_lemmas() -> None:
     assert any(" " in lemma for s in synsets for lemma in s.lemmas)  # e.g. "motor vehicle"
 
 
+@pytest.mark.integration  # a real-data upgrade, trained for many epochs
 def test_short_wordnet_upgrade(tmp_path: Path) -> None:
     """A few hundred synsets: compatibility is learned and the upgrade beats the old model.
 
@@ -118,6 +119,7 @@ def test_short_wordnet_upgrade(tmp_path: Path) -> None:
     assert r1["new->mixed"] > r1["new->evolved"], r1
 
 
+@pytest.mark.integration  # a real-data upgrade, trained for many epochs
 def test_short_fashion_mnist_upgrade(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The paper's protocol in miniature: old CNN on 30% of 3,000 images, new CNN on all."""
     prepare = load_example("fashion_mnist", "prepare")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from backends import clear_ledger
 from galleries import Gallery
 from helpers import assert_clean_error
 from pymilvus import DataType, MilvusClient, MilvusException
@@ -20,7 +21,8 @@ from typer.testing import CliRunner
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.cli import app
-from dmu_migrate.errors import StoreError
+from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.evolve import ledger as ledger_module
 from dmu_migrate.evolve.ledger import Ledger, Record
 from dmu_migrate.evolve.pipeline import EvolveOptions, evolve_collection
 from dmu_migrate.evolve.retry import RetryPolicy, client_error
@@ -113,6 +115,8 @@ RACER = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
+@pytest.mark.usefixtures("real_lease_settle")
 def test_two_aligned_processes_never_both_take_a_lease(milvus_server: str) -> None:
     """Both read the lease free within the same millisecond; only one may run."""
     trials = 4
@@ -134,11 +138,7 @@ def test_two_aligned_processes_never_both_take_a_lease(milvus_server: str) -> No
     for trial in range(trials):
         verdicts = sorted(out[trial].split()[0] for out in outputs)
         assert verdicts == ["lost", "won"], outputs
-    client = MilvusClient(milvus_server, timeout=30)
-    try:
-        client.drop_collection("dmu_ledger", timeout=30)  # later tests start with no ledger
-    finally:
-        client.close()
+    clear_ledger(milvus_server)  # later tests start with an empty ledger
 
 
 class CrashesOnSecondWrite:
@@ -221,6 +221,7 @@ def test_client_errors_map_to_store_errors_and_bugs_do_not() -> None:
     assert client_error(RuntimeError("bug"), "writing") is None
 
 
+@pytest.mark.integration
 def test_an_alias_name_the_server_refuses_is_one_line(
     milvus_server: str, artifact: Artifact
 ) -> None:
@@ -244,3 +245,16 @@ def test_an_alias_name_the_server_refuses_is_one_line(
         for collection in (name, f"{name}__v2"):
             client.drop_collection(collection, timeout=60)
         client.close()
+
+
+def test_the_lease_settle_time_is_a_setting_and_a_bad_one_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(ledger_module.SETTLE_ENV, raising=False)
+    assert ledger_module.settle() == ledger_module.SETTLE == 2.0
+    monkeypatch.setenv(ledger_module.SETTLE_ENV, "0.25")
+    assert ledger_module.settle() == 0.25
+    for bad in ("soon", "0", "-1", "600"):
+        monkeypatch.setenv(ledger_module.SETTLE_ENV, bad)
+        with pytest.raises(InputError, match=rf"DMU_LEASE_SETTLE='{bad}' is not a number"):
+            ledger_module.settle()

@@ -78,6 +78,9 @@ def test_rerun_propagates_deletes_updates_and_inserts_and_leaves_native_rows(
     assert again.exit_code == 0, again.output
     flat = " ".join(again.output.split())  # the console wraps long lines
     assert "5 rows added, 10 evolved again (source vector changed), 10 deleted" in flat
+    # The summary above it agrees: no main pass ran, not "wrote 0 rows this run".
+    assert "wrote 0 rows" not in flat
+    assert "main pass done by an earlier run; this run brought the target in step" in flat
     assert "2 rows written by the application left as they are" in flat
 
     after = read_all(gallery.db, "digits__v2")
@@ -256,6 +259,7 @@ def test_help_states_the_ranges() -> None:
         assert rng in text, rng
 
 
+@pytest.mark.integration  # a holder process and six CLI processes
 def test_a_lite_file_in_use_is_named_as_such(tmp_path: Path, artifact: Artifact) -> None:
     """Every command that opens the store, while a second process holds the Lite file.
 

@@ -18,7 +18,11 @@ from dmu_migrate.stores.milvus import MilvusStore
 # columnar writer steps aside (milvus_columns.write_supported), so Lite runs both schemas.
 KINDS = pytest.mark.parametrize(
     ("backend", "nullable"),
-    [("milvus-lite", False), ("milvus-lite", True), ("milvus-server", False)],
+    [
+        ("milvus-lite", False),
+        ("milvus-lite", True),
+        pytest.param("milvus-server", False, marks=pytest.mark.integration),
+    ],
     indirect=["backend"],
 )
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from backends import Backend
+from backends import Backend, kind_params
 from pymilvus import DataType, MilvusClient
 
 from dmu_migrate.errors import StoreError
@@ -15,7 +15,9 @@ from dmu_migrate.stores import milvus_columns
 from dmu_migrate.stores.base import Batch, id_value
 from dmu_migrate.stores.milvus import MilvusStore
 
-MILVUS = pytest.mark.parametrize("backend", ["milvus-lite", "milvus-server"], indirect=True)
+MILVUS = pytest.mark.parametrize(
+    "backend", kind_params("milvus-lite", "milvus-server"), indirect=True
+)
 
 ROWS, DIM = 2500, 24
 

@@ -18,7 +18,14 @@ from dmu_migrate.cli import app
 from dmu_migrate.errors import QualityGateError
 from dmu_migrate.metrics import l2_normalize
 from dmu_migrate.onnx_model import OnnxModel
-from dmu_migrate.quality import check_gate, fit_fusion, measure, transition_hint, verdict
+from dmu_migrate.quality import (
+    check_gate,
+    fit_fusion,
+    judged_at,
+    measure,
+    transition_hint,
+    verdict,
+)
 from dmu_migrate.training.transition import fuse_gallery, fuse_query, make_transition
 
 runner = CliRunner()
@@ -82,7 +89,9 @@ def test_training_records_the_gate_figures(artifact: Artifact) -> None:
     assert q["held_out"] == "rows" and q["rows"] > 0  # digits: ten classes, rows held out
     for setting in ("old->old", "new->old", "new->evolved", "new->mixed", "new->new"):
         assert 0.0 <= q["settings"][setting]["R@1"] <= 1.0
-    assert q["verdict"] == verdict(q["settings"], "held-out identities").line
+    crowd = q["distractors"]  # the training table's other rows (tests/test_distractors.py)
+    where = judged_at("held-out identities", crowd["count"], crowd["source"])
+    assert q["verdict"] == verdict(q["settings"], where).line
     assert q["fusion"]["a"] + q["fusion"]["b"] == pytest.approx(1.0)
 
 

@@ -64,6 +64,7 @@ def _cli(uri: str, token: str | None) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration  # its own Milvus server, with authentication
 @limit(300)
 def test_rejected_or_missing_credentials_are_named_as_such(auth_server: str) -> None:
     cases = {
@@ -91,6 +92,7 @@ def test_rejected_or_missing_credentials_are_named_as_such(auth_server: str) -> 
     assert not isinstance(down.value, AccessDenied)
 
 
+@pytest.mark.integration  # its own Milvus server, with authentication
 @limit(300)
 def test_credentials_revoked_during_a_run_stop_it_at_once(auth_server: str) -> None:
     name = "revoked"
@@ -118,6 +120,7 @@ def test_credentials_revoked_during_a_run_stop_it_at_once(auth_server: str) -> N
         root.close()
 
 
+@pytest.mark.integration  # its own Milvus server, with authentication
 @limit(300)
 def test_a_missing_privilege_is_named(auth_server: str) -> None:
     name = "guarded"

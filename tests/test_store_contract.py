@@ -490,6 +490,7 @@ def test_parquet_rewritten_batch_replaces_its_part_file(tmp_path: Path) -> None:
     assert store.count("g2") == 4
 
 
+@pytest.mark.integration
 def test_milvus_target_keeps_the_source_shard_count(milvus_server: str, tmp_path: Path) -> None:
     """A source laid out for parallel writes (several DML channels) keeps that layout."""
     from pymilvus import DataType, MilvusClient

@@ -143,6 +143,7 @@ def rank_worker(rank: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.integration  # two spawned ranks
 def test_two_ranks_with_gathered_negatives_equal_one_process_with_the_whole_batch(
     tmp_path: Path,
 ) -> None:
@@ -198,6 +199,7 @@ def small_config(**fields: Any) -> TrainConfig:
     return TrainConfig(**{**base, "val_fraction": 0.3, **fields})
 
 
+@pytest.mark.integration  # torchrun
 def test_torchrun_trains_on_two_ranks_and_rank_0_writes_one_artifact(
     tmp_path: Path, digits: Digits
 ) -> None:
@@ -250,6 +252,7 @@ train_upgrade(sys.argv[1], sys.argv[2], "r", config, on_epoch=stop_after_two)
 """
 
 
+@pytest.mark.integration  # torchrun
 def test_torchrun_resumes_from_rank_0s_checkpoint(tmp_path: Path, digits: Digits) -> None:
     out = tmp_path / "adapters"
     script = tmp_path / "interrupted.py"
@@ -305,6 +308,7 @@ Path(sys.argv[1], os.environ["RANK"]).write_text(" ".join(names))
 """
 
 
+@pytest.mark.integration  # torchrun
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's /proc")
 def test_the_process_group_and_its_threads_end_with_the_block(tmp_path: Path) -> None:
     # Worker threads of a group that outlives its block may release tensors while the

@@ -28,6 +28,7 @@ def plan_backfill(
     batch_size: int = 8192,
     tag: bool = False,
     on_progress: Report | None = None,
+    overwrite: bool = False,
 ) -> RankedIds:
     """Rank the stored old vectors by the expected gain of re-embedding, highest first.
 
@@ -37,6 +38,7 @@ def plan_backfill(
     writes the plan as Parquet (rank, id, score) for ``backfill(ids=...)``;
     ``tag`` writes each planned row's rank into field dmu_backfill_rank of the
     migration's evolved collection, clearing the ranks an earlier plan left there.
+    An existing ``output`` is replaced only with ``overwrite``.
     ``on_progress(phase, done, total)`` hears "native ids" (the rows left out, read
     from the evolved collection) and "score", then with ``tag`` "untag" and "tag".
     """
@@ -50,6 +52,12 @@ def plan_backfill(
     if limit is not None:
         check_range("--limit", limit, 1, 10**12)
     share = parse_budget(budget) if budget is not None else None
+    if output is not None and Path(output).exists() and not overwrite:
+        # Before the scan: a plan the backfill may still be reading is not replaced by surprise.
+        raise InputError(
+            f"--output '{output}' already exists (an earlier plan?); pass --overwrite to "
+            f"replace it, or choose another --output"
+        )
     artifact = load_artifact(Path(adapter))
     report = on_progress or quiet
     with opened(uri, token) as store:

@@ -35,6 +35,8 @@ def train(
     tune: int = 0,
     threads: int = 0,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    distractors: str | Path = "training",
+    distractors_uri: str | None = None,
     **settings: Any,
 ) -> TrainReport:
     """Train the new model and the forward adapter on ``table``; write OUT_DIR/NAME.
@@ -42,6 +44,9 @@ def train(
     ``settings`` are TrainConfig fields (dmu_migrate/training/config.py: method,
     epochs, gamma, seed, ...), with TrainConfig's defaults; they override the
     TOML ``config_file``. ``on_epoch(epoch, losses)`` is called after each epoch.
+    ``distractors`` join the held-out gallery of the gate's figures: "training"
+    (the table's rows not held out), "none", a Parquet of stored old
+    vectors, or with ``distractors_uri`` a collection there (distractors.py).
     Needs the training extra (torch).
     """
     try:
@@ -50,15 +55,17 @@ def train(
         raise InputError(
             "train needs torch; install the training extra: pip install 'dmu-migrate[train]'"
         ) from None
+    from dmu_migrate.distractors import load
     from dmu_migrate.training.upgrade import train_upgrade
 
     config = train_config(config_file, **settings)
+    columns = Columns(label_col, old_col, x_col, new=new_col)
     return train_upgrade(
         table,
         out_dir,
         name,
         config,
-        Columns(label_col, old_col, x_col, new=new_col),
+        columns,
         from_version,
         to_version,
         overwrite,
@@ -66,6 +73,7 @@ def train(
         resume,
         tune,
         threads,
+        load(distractors, columns, distractors_uri),
     )
 
 
@@ -101,6 +109,9 @@ def evaluate(
     tar: bool = True,
     backfill_curve: bool = True,
     plot: str | Path | None = None,
+    distractors: str | Path = "training",
+    distractors_uri: str | None = None,
+    ceiling: bool = True,
 ) -> EvalReport:
     """Score old->old, new->old, new->evolved, new->mixed and new->new on a held-out table.
 
@@ -108,22 +119,31 @@ def evaluate(
     full-backfill bound) for the gain-captured and degradation figures.
     ``plot``: a .png path for the bar chart (needs matplotlib); the
     partial-backfill chart goes beside it. ``report.charts`` lists what was written.
+    ``distractors`` join the galleries built from stored old vectors: "training"
+    (the artifact's training table), "none", a Parquet of stored old
+    vectors, or with ``distractors_uri`` a collection there. ``ceiling`` adds the
+    oracle adapter fitted on this gallery (ceiling.py).
     """
     from dmu_migrate.artifact import load_artifact
+    from dmu_migrate.distractors import load
     from dmu_migrate.evaluation import FARS, backfill_plot_path, plot_backfill, plot_report
     from dmu_migrate.evaluation import evaluate as run_evaluation
 
     if plot is not None:
         _check_plotting(Path(plot))
+    columns = Columns(label_col, old_col, x_col, role_col, new_col)
+    artifact = load_artifact(Path(adapter))
     report = run_evaluation(
         table,
-        load_artifact(Path(adapter)),
-        Columns(label_col, old_col, x_col, role_col, new_col),
+        artifact,
+        columns,
         reference=load_artifact(Path(reference)) if reference is not None else None,
         mixed_fraction=mixed_fraction,
         seed=seed,
         fars=FARS if tar else (),
         backfill_curve=backfill_curve,
+        distractors=load(distractors, columns, distractors_uri),
+        ceiling=ceiling,
     )
     if plot is None:
         return report

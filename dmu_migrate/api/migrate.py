@@ -129,6 +129,7 @@ def evolve(
         "accept_regression": s.accept_regression,
         "across_metric": s.across_metric,
     }
+    options = EvolveOptions.of(s)  # its checks refuse before any store is opened
     with opened_for(uri, token, collection, s.target_uri, target_token, s.filter) as store:
         plan = build_plan(store, collection, adapters, threads, **plan_args)
         if s.dry_run:
@@ -136,7 +137,6 @@ def evolve(
             if across:
                 shown["target_uri"] = store.uri
             return EvolvePreview(shown, estimate(store, plan, s.batch_size))
-        options = EvolveOptions.of(s)
         if not fanout.sharded:
             return run_evolve(store, plan, options, on_progress)
         # Ray workers on other machines lack this one's environment: pass the token.

@@ -16,8 +16,11 @@ class Migrations:
 
     Each row is the record's fields (key, source, target, alias, strategy,
     from_version, to_version, status, rows_done, source_rows, started_at,
-    finished_at, runs, ...) plus ``alias_target``, where the alias points now,
-    and ``shard_status`` for sharded migrations.
+    finished_at, runs, ...) plus ``alias_target``, where the alias it was started
+    for points now, ``aliases``, each alias it moved (``alias``, ``previous``: what
+    that alias named before, ``moved_at``, ``rolled_back_at``, ``points_at``: where
+    it points now, ``derived``: read from a record of an earlier version, whose
+    ``previous`` may be unknown), and ``shard_status`` for sharded migrations.
     """
 
     collection: str | None  # the lineage asked for; None: every migration in the store
@@ -64,10 +67,13 @@ def history(
 
 
 def rollback(collection: str, uri: str = "milvus.db", token: str | None = None) -> RollbackResult:
-    """Undo the last cut-over of ``collection``'s lineage; the evolved data is kept.
+    """Undo the cut-over of the alias ``collection`` names; the evolved data is kept.
 
-    Raises InputError when there is no finished migration, or it was already
-    rolled back or pruned.
+    ``collection`` is the alias to move back (to what it named before the
+    migration that moved it there; other aliases stay), or a collection whose
+    migrations moved exactly one alias. Raises InputError when the name fits
+    several aliases (they are listed), when there is no finished migration, or
+    it was already rolled back or pruned.
     """
     from dmu_migrate.evolve.admin import rollback as run_rollback
 

@@ -22,10 +22,13 @@ from dmu_migrate.cli import (
     sampling,
     training,
 )
+from dmu_migrate.cli.exits import OneLineGroup
 
 app = typer.Typer(
     help="Upgrade the embedding model behind a vector database without backfilling.",
     no_args_is_help=True,
+    # Usage errors and crashes end in one line too, and --metrics-file is written on them.
+    cls=OneLineGroup,
     add_completion=False,
     pretty_exceptions_enable=False,
     # Help is printed as written: "[o ; psi(o)]" or "[train]" are text, not Rich markup.

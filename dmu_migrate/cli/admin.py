@@ -73,7 +73,8 @@ def status(
     ] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Show migrations recorded in the store: progress, status, versions, alias targets.
+    """Show migrations recorded in the store: progress, status, versions, the aliases
+    each moved and where they point.
 
     Example: dmu-migrate status --uri faces.db
     """
@@ -114,12 +115,18 @@ def history(
 
 
 def rollback(
-    collection: Annotated[str, typer.Option(help="Alias or collection of the migration.")],
+    collection: Annotated[
+        str,
+        typer.Option(
+            help="The alias to move back, or a collection whose migrations moved one alias."
+        ),
+    ],
     uri: Uri = "milvus.db",
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
-    """Undo the last cut-over: alias back to the old collection, or restore the snapshot.
+    """Undo the cut-over of the alias named: it goes back to the collection it named
+    before (other aliases stay where they are), or an in-place snapshot is restored.
 
     Example: dmu-migrate rollback --collection faces --uri faces.db
     """

@@ -48,6 +48,7 @@ def plan_backfill(
             "not in this one are cleared."
         ),
     ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output.")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Rank the stored old vectors by expected gain of re-embedding, highest first.
@@ -74,6 +75,7 @@ def plan_backfill(
                 batch_size=batch_size,
                 tag=tag,
                 on_progress=PhaseBars(bar),
+                overwrite=overwrite,
             )
         if as_json:
             out.print_json(json.dumps(plan.as_dict(), default=str))

@@ -48,6 +48,19 @@ LabelCol = Annotated[str, typer.Option(help="Column with the identity / class la
 OldCol = Annotated[str, typer.Option(help="Column with the stored old-model embedding.")]
 XCol = Annotated[str, typer.Option(help="Column with the new model's input features.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+DistractorsOpt = Annotated[
+    str,
+    typer.Option(
+        "--distractors",
+        help="Stored old vectors beside the held-out gallery, so the verdict is judged at the "
+        "gallery's real size: 'training' (the training table's other rows), 'none', a Parquet "
+        "of stored old vectors (as sample writes), or a collection with --distractors-uri.",
+    ),
+]
+DistractorsUri = Annotated[
+    str | None,
+    typer.Option(help="Store holding the --distractors collection (a Milvus Lite file or URL)."),
+]
 
 
 @contextmanager

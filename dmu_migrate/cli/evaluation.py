@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from dmu_migrate.cli.common import AsJson, LabelCol, OldCol, XCol, out, scores_table, user_errors
+from dmu_migrate.cli.common import (
+    AsJson,
+    DistractorsOpt,
+    DistractorsUri,
+    LabelCol,
+    OldCol,
+    XCol,
+    out,
+    scores_table,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from dmu_migrate.evaluation import EvalReport
@@ -22,8 +32,10 @@ def derived_table(report: EvalReport) -> Table:
     metrics = list(d.compatible)
     table = Table(
         title="derived figures",
-        caption="compatible: new->old > old->old. gain: share of the full-backfill gain "
-        "(new*->new* - old->old) captured. degradation: new*->new* - new->new.",
+        caption="compatible: new->old > old->old. ceiling gap closed: (new->evolved - "
+        "old->old) / (ceiling - old->old), the ceiling being psi's form fitted on this "
+        "gallery (an oracle). gain: share of the full-backfill gain (new*->new* - old->old) "
+        "captured. degradation: new*->new* - new->new.",
     )
     table.add_column("figure", no_wrap=True)
     for metric in metrics:
@@ -32,6 +44,12 @@ def derived_table(report: EvalReport) -> Table:
         "compatible",
         *("yes" if d.compatible[m] else "no" for m in metrics),
     )
+    if report.ceiling is not None:
+        closed = report.ceiling.closed
+        table.add_row(
+            "ceiling gap closed",
+            *("n/a" if math.isnan(closed[m]) else f"{closed[m]:.1%}" for m in metrics),
+        )
     for setting, shares in d.gain_captured.items():
         table.add_row(
             f"gain {setting}",
@@ -43,6 +61,20 @@ def derived_table(report: EvalReport) -> Table:
             *(f"{d.degradation[m]:+.4f}" for m in metrics),
         )
     return table
+
+
+def distractor_caption(report: EvalReport) -> str:
+    """How many distractors each row saw: the size of the gallery its figure is judged at."""
+    d = report.distractors
+    if not d.get("count"):
+        return f"distractors: {d.get('source', 'none')}"
+    with_pool = [s for s, n in d["settings"].items() if n]
+    without = [s for s, n in d["settings"].items() if not n]
+    return (
+        f"{d['count']:,} distractors from {d['source']} beside the gallery of "
+        f"{', '.join(with_pool)}; none for {', '.join(without)} (they would need the raw "
+        f"items). A distractor never counts as a hit."
+    )
 
 
 def backfill_table(report: EvalReport) -> Table | None:
@@ -109,6 +141,15 @@ def evaluate(
             "line chart beside it as NAME-backfill.png."
         ),
     ] = None,
+    distractors: DistractorsOpt = "training",
+    distractors_uri: DistractorsUri = None,
+    ceiling: Annotated[
+        bool,
+        typer.Option(
+            help="Score the adapter's ceiling: its form fitted on this gallery's own (old, new) "
+            "pairs, an oracle no deployment has."
+        ),
+    ] = True,
     as_json: AsJson = False,
 ) -> None:
     """Score old->old, new->old, new->evolved, new->mixed and new->new retrieval.
@@ -133,6 +174,9 @@ def evaluate(
             tar=tar,
             backfill_curve=backfill_curve,
             plot=plot,
+            distractors=distractors,
+            distractors_uri=distractors_uri,
+            ceiling=ceiling,
         )
         if as_json:
             out.print_json(json.dumps(report.as_dict()))
@@ -142,7 +186,17 @@ def evaluate(
             f"new embeddings from {report.new_source}; new->mixed = "
             f"{report.mixed_fraction:.0%} natively new"
         )
-        out.print(scores_table(report, title))
+        table_out = scores_table(report, title)
+        if report.ceiling is not None:
+            values = report.ceiling.scores.as_dict().values()
+            table_out.add_row("ceiling (oracle)", *(f"{v:.4f}" for v in values))
+        table_out.caption = distractor_caption(report)
+        if report.ceiling is not None:
+            table_out.caption += (
+                f" ceiling (oracle): psi's form ({report.ceiling.form}) fitted on this "
+                f"gallery's own (old, new) pairs, which no deployment has."
+            )
+        out.print(table_out)
         if report.reference_scores is not None:
             ref = report.reference_scores.as_dict()
             out.print(
@@ -160,4 +214,4 @@ def evaluate(
             out.print(f"{kind}: {chart}")
         if report.transition_hint:  # before the verdict: the verdict stays the last line
             out.print(report.transition_hint)
-        out.print(report.verdict.line)
+        out.print(report.verdict.line, soft_wrap=True)  # one line, for scripts

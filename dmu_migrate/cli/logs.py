@@ -88,7 +88,8 @@ class _OneLine(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == OURS or record.name.startswith(OURS + "."):
             return True
-        if VERBOSE < 2:
+        # warnings.warn, captured in json (text prints them as Python does): shown as before.
+        if VERBOSE < 2 and record.name != "py.warnings":
             return record.levelno >= logging.CRITICAL
         record.msg = record.getMessage().splitlines()[0] if record.getMessage() else ""
         record.args = None
@@ -129,6 +130,8 @@ def configure(verbose: int, quiet: bool, log_format: str | None = None) -> None:
         handler.addFilter(_OneLine())
         handler.dmu_migrate = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+        # A library's warnings.warn prints two plain lines; as a record it is one JSON line.
+        logging.captureWarnings(json_lines)
         _ROOT_LEVEL.append(root.level)
         if verbose:
             root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
@@ -142,6 +145,7 @@ def release() -> None:
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "dmu_migrate", False)]:
         root.removeHandler(old)
+        logging.captureWarnings(False)
     if _ROOT_LEVEL:
         root.setLevel(_ROOT_LEVEL.pop())
 

@@ -135,14 +135,20 @@ def show_result(result: EvolveResult, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(result.as_dict(), default=str))
         return
-    if not (result.rows_written or result.caught_up or result.updated or result.deleted):
-        out.print(f"{result.migration}: up to date, no row left to evolve")
-    else:
+    in_all = f"{result.rows_done}/{result.rows_total} in all"
+    if result.rows_written:
         out.print(
-            f"{result.migration}: wrote {result.rows_written} rows this run "
-            f"({rates(result)}), {result.rows_done}/{result.rows_total} in all"
-            + (" (resumed)" if result.resumed else "")
+            f"{result.migration}: wrote {result.rows_written} rows in the main pass this run "
+            f"({rates(result)}), {in_all}" + (" (resumed)" if result.resumed else "")
         )
+    elif result.caught_up or result.updated or result.deleted:
+        # A re-run: its changes are the in-step line below, not a main pass of 0 rows.
+        out.print(
+            f"{result.migration}: main pass done by an earlier run; this run brought the "
+            f"target in step with the source, {in_all}"
+        )
+    else:
+        out.print(f"{result.migration}: up to date, no row left to evolve")
     if result.outcome == Outcome.REMAINING:
         out.print("stopped at --max-seconds; run the same command again to continue")
     elif result.outcome == Outcome.DONE:  # a finished shard's notes say who cuts over

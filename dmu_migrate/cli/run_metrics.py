@@ -59,6 +59,11 @@ class Run:
 
 
 _ACTIVE: list[Run] = []  # the Run of the command now running, when it has --metrics-file
+# Per command with --metrics-file, its outcomes; and the files this invocation's command
+# answered for (written, or refused as unwritable), so that a failure before or around the
+# command (cli/exits.py) writes one where none was, and never says twice that it cannot.
+OUTCOMES: dict[str, tuple[str, ...]] = {}
+WRITTEN: set[Path] = set()
 
 
 def reported(
@@ -69,6 +74,8 @@ def reported(
     The command body stays as it is but for one call that hands over its result
     (``evolve_numbers``/``verify_numbers``); the file is written however it ends.
     """
+
+    OUTCOMES[command] = outcomes
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(fn, eval_str=True)
@@ -109,6 +116,8 @@ def recorded(
     if path is not None:
         from dmu_migrate.cli.common import user_errors
 
+        WRITTEN.add(path)  # this command answers for the file, refused or written
+
         with user_errors():  # refused before the run, not after hours of work
             _check_writable(path)
     try:
@@ -119,8 +128,11 @@ def recorded(
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
         raise
+    except KeyboardInterrupt:
+        code = 130  # what the shell reports for an interrupt
+        raise
     except BaseException:
-        code = 1  # a bug or an interrupt: still reported, as an error
+        code = 1  # a bug: still reported, as an error
         raise
     finally:
         if path is not None:

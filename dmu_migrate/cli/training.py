@@ -13,6 +13,8 @@ from rich.progress import Progress
 
 from dmu_migrate.cli.common import (
     AsJson,
+    DistractorsOpt,
+    DistractorsUri,
     LabelCol,
     OldCol,
     XCol,
@@ -71,6 +73,8 @@ def train(
         ),
     ] = 0,
     threads: TorchThreads = 0,
+    distractors: DistractorsOpt = "training",
+    distractors_uri: DistractorsUri = None,
     *,
     as_json: AsJson = False,
     **settings: Any,
@@ -106,6 +110,8 @@ def train(
                 tune=tune,
                 threads=threads,
                 on_epoch=None if bar is None else _epoch_progress(bar, epochs),
+                distractors=distractors,
+                distractors_uri=distractors_uri,
                 **flags,
             )
         if not main:
@@ -130,12 +136,22 @@ def train(
                 f"{validation.get('held_out', 'identities')}"
             )
         if m.quality:
-            out.print("  " + m.quality["verdict"])
+            pool = m.quality.get("distractors") or {}
+            if pool:
+                out.print(f"  {gate_size(pool)}")
+            out.print("  " + m.quality["verdict"], soft_wrap=True)
             hint = transition_hint(m.quality, str(report.artifact.path))
             if hint and m.quality["verdict"].startswith("do not deploy"):
                 out.print("  " + hint)
         for key, value in m.parity.items():
             out.print(f"  onnxruntime vs torch {key}: {value:.2e}")
+
+
+def gate_size(pool: dict[str, Any]) -> str:
+    """How many distractors each figure of the gate saw, in one line."""
+    per = pool.get("settings", {})
+    saw = ", ".join(f"{s} {n:,}" for s, n in per.items())
+    return f"distractors from {pool.get('source')}: {saw} ({pool.get('note')})"
 
 
 def _epoch_progress(bar: Progress, epochs: int) -> Callable[[int, dict[str, float]], None]:
@@ -195,7 +211,7 @@ def show_demo(result: DemoResult) -> None:
     """The demo's figures as a person reads them: the report, its verdict, the searches."""
     s = result.search
     out.print(scores_table(result.evaluation, "held-out digits"))
-    out.print(result.evaluation.verdict.line)
+    out.print(result.evaluation.verdict.line, soft_wrap=True)
     out.print(
         f"Milvus search with new-model queries, top-{s.k} results with the query's label: "
         f"alias '{result.evolve.alias}' (evolved) {s.evolved_hits}/{s.possible}, "
@@ -224,7 +240,7 @@ def transition(
     """
     with user_errors():
         needs_train_extra()
-        from dmu_migrate.quality import verdict
+        from dmu_migrate.quality import validated_where, verdict
         from dmu_migrate.training.transition import make_transition
 
         made = make_transition(adapter, out_dir, overwrite)
@@ -247,10 +263,6 @@ def transition(
             f"query = [{fusion['a']:.2f} q_old ; {fusion['b']:.2f} q_new]: validated R@1 "
             f"{100 * fusion['R@1']:.1f}",
         )
-        out.print(
-            "  "
-            + verdict(
-                made.transition.validated,
-                f"validated at training of '{made.transition.manifest.name}'",
-            ).line,
-        )
+        m = made.transition.manifest
+        where = validated_where(m.quality, m.name)
+        out.print("  " + verdict(made.transition.validated, where).line, soft_wrap=True)

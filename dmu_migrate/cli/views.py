@@ -72,9 +72,39 @@ def _status_fields(r: dict[str, Any]) -> dict[str, str]:
         "rows": f"{r['rows_done']}/{r['source_rows']}",
         "last run": last_run(r.get("runs") or []),
         "versions": f"{r['from_version']} -> {r['to_version']}",
-        "alias": f"{r['alias']} -> {r['alias_target']}" if r["alias"] else "-",
+        "alias": _aliases_cell(r),
         "updated": when(r["updated_at"]),
     }
+
+
+def _aliases_cell(r: dict[str, Any]) -> str:
+    """Each alias the migration moved and where it points now; before its first cut-over,
+    the alias it will move."""
+    moved = r.get("aliases") or []
+    if not moved:
+        return f"{r['alias']} -> {r['alias_target']}" if r["alias"] else "-"
+    return ", ".join(
+        f"{a['alias']} -> {a['points_at'] or '-'}"
+        + (" (rolled back)" if a["rolled_back_at"] else "")
+        for a in moved
+    )
+
+
+def describe_alias(a: dict[str, Any]) -> str:
+    """One alias a migration moved: from where, when, and whether a rollback sent it back."""
+    if a["previous"]:
+        origin = f"from '{a['previous']}'"
+    elif a.get("derived"):
+        origin = "(what it named before is unknown: an older ledger record)"
+    else:
+        origin = "(it named no collection before)"
+    moved = f" at {when(a['moved_at'])}" if a.get("moved_at") else ""
+    now = (
+        f"; rolled back {when(a['rolled_back_at'])}"
+        if a["rolled_back_at"]
+        else f"; points at '{a['points_at']}'"
+    )
+    return f"moved alias '{a['alias']}' {origin}{moved}{now}"
 
 
 def _indented(text: str) -> Padding:
@@ -121,5 +151,6 @@ def history_view(rows: list[dict[str, Any]]) -> RenderableType:
         )
         if r.get("quality"):
             lines.append(_indented(r["quality"]))
+        lines += [_indented(describe_alias(a)) for a in r.get("aliases") or []]
         lines += [_indented(describe_event(event)) for event in r.get("runs") or []]
     return Group(*lines)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dmu_migrate.errors import InputError
+from dmu_migrate.evolve import aliases
 from dmu_migrate.evolve.ledger import (
     DONE,
     PRUNED,
@@ -22,8 +23,14 @@ from dmu_migrate.evolve.strategies import STRATEGY_CLASSES
 from dmu_migrate.stores.base import VectorStore
 
 
+def _names(record: Record) -> set[str]:
+    return {n for n in (record.source, record.target, record.alias) if n} | set(
+        record.moved_aliases
+    )
+
+
 def _involves(record: Record, names: set[str]) -> bool:
-    return bool(names & {record.source, record.target, record.alias})
+    return bool(names & _names(record))
 
 
 def _lineage(store: VectorStore, collection: str | None) -> list[Record]:
@@ -40,7 +47,7 @@ def _lineage(store: VectorStore, collection: str | None) -> list[Record]:
         before = len(names)
         for r in records:
             if _involves(r, names):
-                names |= {n for n in (r.source, r.target, r.alias) if n}
+                names |= _names(r)
         grew = len(names) > before
     return [r for r in records if _involves(r, names)]
 
@@ -50,6 +57,9 @@ def migration_status(store: VectorStore, collection: str | None) -> list[dict[st
     for r in _lineage(store, collection):
         row = r.to_dict()
         row["alias_target"] = store.alias_target(r.alias) if r.alias else None
+        # Every alias it moved (``alias`` is only the one it was started for).
+        del row["moved_aliases"]
+        row["aliases"] = aliases.shown(r, store.alias_target)
         if r.status == RUNNING and r.lease_expires < time.time():
             # The run that held it died without a word; the next run resumes from its cursor.
             row["status"] = "interrupted"
@@ -90,20 +100,18 @@ def _latest_done(store: VectorStore, collection: str) -> Record:
 
 
 def rollback(store: VectorStore, collection: str) -> tuple[str, str]:
-    """Undo the newest finished migration of a lineage; the evolved data is kept."""
+    """Undo the cut-over that put the alias named (or the one alias of the collection
+    named) where it is; the evolved data is kept. Migrations that moved no alias
+    (new-field, in-place): undo the newest finished one of the lineage."""
+    records = Ledger(store).history()
+    alias = _alias_named(store, records, collection)
+    if alias is not None:
+        return _rollback_alias(store, records, alias)
     lineage = _lineage(store, collection)
     if lineage and lineage[-1].status == PRUNED:
-        last = lineage[-1]
-        raise InputError(
-            f"migration '{last.key}' was pruned ({_pruned_at(last)}): '{last.source}' no longer "
-            f"exists, so there is nothing to roll back to"
-        )
+        raise _pruned(lineage[-1])
     if lineage and lineage[-1].status == ROLLED_BACK:
-        last = lineage[-1]
-        raise InputError(
-            f"migration '{last.key}' is already rolled back (at {last.finished_at}); "
-            f"'dmu-migrate evolve --reapply' cuts over again"
-        )
+        raise _already(lineage[-1], lineage[-1].finished_at)
     record = _latest_done(store, collection)
     message = STRATEGY_CLASSES[record.strategy].rollback(store, record)
     record.status = ROLLED_BACK
@@ -111,6 +119,80 @@ def rollback(store: VectorStore, collection: str) -> tuple[str, str]:
     record.runs.append({"rolled_back_at": record.finished_at, "what": message})
     Ledger(store).save(record)
     return record.key, message
+
+
+def _alias_named(store: VectorStore, records: list[Record], name: str) -> str | None:
+    """The alias a rollback of ``name`` moves back: ``name`` itself when a migration moved
+    it, else the one alias that the migrations of collection ``name`` moved."""
+    if any(name in r.moved_aliases for r in records):
+        return name
+    collection = store.alias_target(name) or name  # an alias no migration moved
+    # The migrations that wrote the collection, else those that read it.
+    mine = [r for r in records if r.target == collection] or [
+        r for r in records if r.source == collection
+    ]
+    names = list(dict.fromkeys(a for r in mine for a in r.moved_aliases))
+    if len(names) > 1:
+        moved = [r.key for r in mine if r.moved_aliases]
+        raise InputError(
+            f"'{name}' names {len(moved)} migration{'s' if len(moved) > 1 else ''} "
+            f"({', '.join(moved)}) that moved {len(names)} aliases, and rollback moves one "
+            f"alias back at a time; pass --collection ALIAS (one of "
+            f"{', '.join(repr(a) for a in names)})"
+        )
+    return names[0] if names else None
+
+
+def _rollback_alias(store: VectorStore, records: list[Record], alias: str) -> tuple[str, str]:
+    moves = [r for r in records if alias in r.moved_aliases]
+    current = store.alias_target(alias)
+    serving = [r for r in moves if r.target == current and alias in aliases.live(r)]
+    if not serving:
+        raise _not_serving(alias, current, moves)
+    record = serving[-1]
+    if record.status == PRUNED:
+        raise _pruned(record)
+    if record.status == RUNNING and record.lease_expires > time.time():
+        raise InputError(
+            f"migration '{record.key}' is being run by {record.lease_owner}, which would move "
+            f"alias '{alias}' again at its end; wait for it to finish, then roll back"
+        )
+    message = STRATEGY_CLASSES[record.strategy].rollback(store, record, alias)
+    when = now_iso()
+    aliases.mark_rolled_back(record, alias, when)
+    if not aliases.live(record):  # no alias serves its target any more
+        record.status, record.finished_at = ROLLED_BACK, when
+    record.runs.append({"rolled_back_at": when, "what": message, "alias": alias})
+    Ledger(store).save(record)
+    return record.key, message
+
+
+def _not_serving(alias: str, current: str | None, moves: list[Record]) -> InputError:
+    """Why no migration's cut-over of ``alias`` is there to undo."""
+    back = [r for r in moves if aliases.rolled_back_at(r, alias)]
+    if back:
+        latest = max(back, key=lambda r: str(aliases.rolled_back_at(r, alias)))
+        return _already(latest, aliases.rolled_back_at(latest, alias), alias)
+    where = f"points at '{current}'" if current else "names no collection"
+    keys = ", ".join(f"'{r.key}'" for r in moves)
+    return InputError(
+        f"alias '{alias}' {where}, where no recorded migration moved it (it was moved by "
+        f"{keys}); nothing was changed: point it yourself, or see 'dmu-migrate status'"
+    )
+
+
+def _pruned(record: Record) -> InputError:
+    return InputError(
+        f"migration '{record.key}' was pruned ({_pruned_at(record)}): '{record.source}' no "
+        f"longer exists, so there is nothing to roll back to"
+    )
+
+
+def _already(record: Record, when: str | None, alias: str | None = None) -> InputError:
+    what = f"alias '{alias}' of migration '{record.key}'" if alias else f"migration '{record.key}'"
+    return InputError(
+        f"{what} is already rolled back (at {when}); 'dmu-migrate evolve --reapply' cuts over again"
+    )
 
 
 def _pruned_at(record: Record) -> str:
@@ -146,10 +228,13 @@ def prune_plan(store: VectorStore, collection: str) -> tuple[Record, str]:
         )
     if record.strategy == IN_PLACE:
         return record, f"delete the snapshot {record.snapshot} of '{collection}'"
-    if record.alias and store.alias_target(record.alias) == collection:
-        raise InputError(
-            f"alias '{record.alias}' still points at '{collection}'; it is live, not pruned"
-        )
+    # Any migration of it may have moved an alias that a rollback has sent back to it.
+    names = dict.fromkeys(a for r in mine for a in [r.alias, *r.moved_aliases] if a)
+    for alias in names:
+        if store.alias_target(alias) == collection:
+            raise InputError(
+                f"alias '{alias}' still points at '{collection}'; it is live, not pruned"
+            )
     if record.filter:
         raise InputError(
             f"migration '{record.key}' covered only rows matching --filter; '{collection}' "

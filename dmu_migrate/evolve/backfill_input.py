@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from dmu_migrate.data import file_sha256
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve.progress import Meter
-from dmu_migrate.stores.base import CollectionInfo, VectorStore, id_array
+from dmu_migrate.stores.base import CollectionInfo, VectorStore, id_array, id_value
 
 Pair = tuple[np.ndarray, np.ndarray]  # (ids, vectors)
 
@@ -70,7 +70,7 @@ def read_vectors(column: pa.Array, ids: np.ndarray, dim: int, path: Path) -> np.
         k = int(wrong[0])
         size = "no" if lengths[k] < 0 else f"a {lengths[k]}-d"
         raise InputError(
-            f"'{path}' gives id {ids[k]!r} {size} vector but the evolved collection holds "
+            f"'{path}' gives id {id_value(ids[k])!r} {size} vector but the evolved collection holds "
             f"{dim}-d vectors ({len(wrong)} such rows); embed with the migration's new model"
         )
     flat = column.flatten().to_numpy(zero_copy_only=False)
@@ -84,6 +84,15 @@ def check_finite(vectors: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
         raise InputError(
             f"{what} has NaN or inf in the vectors of {int(bad.sum())} rows (first ids: "
             f"{first}); re-embed them"
+        )
+    # A zero vector has no direction: cosine and IP score it 0 against every query, so the
+    # row would vanish from search (evolve refuses such stored vectors too).
+    zero = ~vectors.any(axis=1)
+    if zero.any():
+        first = ids[zero].tolist()[:3]
+        raise InputError(
+            f"{what} has all-zero vectors in {int(zero.sum())} rows (first ids: {first}); "
+            f"a zero vector matches no query, re-embed them"
         )
     return vectors
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from dmu_migrate.evolve.ledger import DONE, Record, now_iso
 from dmu_migrate.evolve.plan import Plan
 from dmu_migrate.evolve.progress import CATCH_UP, ID_DIFF, Meter
-from dmu_migrate.evolve.screen import add_skipped, screen
+from dmu_migrate.evolve.screen import add_skipped, clear_skipped, screen
 from dmu_migrate.evolve.strategies import MISSING, SYNC
 from dmu_migrate.evolve.sync import sync
 from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, diff_ids, verify
-from dmu_migrate.stores.base import VectorStore
+from dmu_migrate.stores.base import VectorStore, id_array
 
 if TYPE_CHECKING:
     from dmu_migrate.evolve.run import Run
@@ -70,9 +68,16 @@ def finish(run: Run, whole_pass: bool) -> None:
         )
         diffed = result.caught_up == 0
     else:
-        result.notes.append(f"{plan.strategy} does not catch up rows added after its pass")
+        # In place, a later run cannot tell a row added in the old space from one the
+        # application wrote in the new space, so no run evolves rows added after the pass.
+        result.notes.append(
+            f"{plan.strategy} evolves only the rows its pass read: rows added to "
+            f"'{plan.source.name}' after it are not evolved by this or any later run; "
+            f"write them with the new model, or use --strategy new-collection, whose "
+            f"re-runs add them"
+        )
     skipped = frozenset(record.skipped)
-    checked = np.asarray([i for i in sample.ids().tolist() if i not in skipped])
+    checked = id_array([i for i in sample.ids().tolist() if i not in skipped])
     result.verify = run.timed(
         "verify",
         lambda: run.step(
@@ -129,26 +134,31 @@ def catch_up(run: Run) -> tuple[int, int, Reservoir]:
     writes few rows itself). Returns (rows written, rows only in the target, sample).
     """
     store, plan, strategy, record = run.store, run.plan, run.strategy, run.record
-    sample = Reservoir(VERIFY_SAMPLE)
+    known_bad = frozenset(record.skipped)
+    sample = Reservoir(VERIFY_SAMPLE, known_bad)
     diffed = Meter(run.report, ID_DIFF, plan.rows).start()
     missing, extra = diff_ids(store, plan, strategy, sample, diffed)
     diffed.end()
-    known_bad = set(record.skipped)
-    missing = [i for i in missing if i not in known_bad]
+    if plan.filter is None and known_bad:  # every source id was compared: the rest are gone
+        behind = set(missing)
+        record.skipped = [i for i in record.skipped if i in behind]
+    # Rows left out earlier are screened again (missing still): one fixed since is written.
     written = Meter(run.report, CATCH_UP, len(missing))
     if missing:
         written.start()
     done = 0
     for start in range(0, len(missing), CATCH_UP_BATCH):
-        ids = np.asarray(missing[start : start + CATCH_UP_BATCH])
+        ids = id_array(missing[start : start + CATCH_UP_BATCH])
         batch, bad = screen(
             store.fetch(plan.source, ids, plan.source.vector_field),
             plan,
             run.options.skip_bad_vectors,
+            known_bad,
         )
         add_skipped(record, plan, bad)
         if len(batch):
             strategy.write(record, batch, plan.chain(batch.vectors))
+            clear_skipped(record, batch.ids)
             done += len(batch)
         written.add(len(ids))  # bad rows left out count as handled
     if done:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from dmu_migrate.stores.base import id_array
+
 Page = tuple[np.ndarray, tuple[np.ndarray, ...]]
 
 
@@ -108,4 +110,4 @@ def windows(
 def pages_of(chunks: Iterable[np.ndarray]) -> Iterator[Page]:
     """Id arrays as pages without columns."""
     for chunk in chunks:
-        yield np.asarray(chunk), ()
+        yield (chunk if isinstance(chunk, np.ndarray) else id_array(list(chunk))), ()

@@ -17,9 +17,10 @@ and a key too long for a primary key is stored under a hashed one (the record
 keeps its real key).
 
 Stores offer no compare-and-set, so a lease is taken by writing it and reading it
-back after SETTLE seconds: of two runs that both found it free, only the last
-writer reads itself back. A run whose read and write lie more than SETTLE / 2
-apart tries again, so a slow writer cannot slip in after the other's read-back.
+back after the settle time (``settle()``, SETTLE seconds unless $DMU_LEASE_SETTLE says
+otherwise): of two runs that both found it free, only the last writer reads itself
+back. A run whose read and write lie more than half the settle time apart tries again,
+so a slow writer cannot slip in after the other's read-back.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import time
 import uuid
@@ -36,7 +38,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
-from dmu_migrate.errors import LeaseHeld, LeaseLost, StoreError
+from dmu_migrate.errors import InputError, LeaseHeld, LeaseLost, StoreError
 from dmu_migrate.stores.base import LEDGER_COLLECTION, Id, VectorStore
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ LEASE_SECONDS = 600.0
 # Milvus server takes a good part of a second; SETTLE must exceed the read-to-write
 # time of a rival run (bounded to SETTLE / 2 below), so it is generous.
 SETTLE = 2.0
+# Overrides SETTLE for every run of this process and its children. A test suite against
+# one private server lowers it (no rival run there is slower); a deployment keeps SETTLE.
+SETTLE_ENV = "DMU_LEASE_SETTLE"
 LEASE_TRIES_SECONDS = 60.0  # keep trying while the store answers too slowly to decide
 CHUNK_CHARS = 32_000  # JSON characters of skipped ids per chunk record
 MAX_KEY_BYTES = 200  # longer keys are stored hashed (Milvus keys stop at 512 bytes)
@@ -53,6 +58,23 @@ MAX_KEY_BYTES = 200  # longer keys are stored hashed (Milvus keys stop at 512 by
 RUNNING, DONE, FAILED, ROLLED_BACK = "running", "done", "failed", "rolled_back"
 STOPPED = "stopped"  # by --max-seconds or an interrupt, with work left: the next run resumes
 PRUNED = "pruned"  # done, and its old collection (or snapshot) deleted
+
+
+def settle() -> float:
+    """Seconds between writing a lease and reading it back: SETTLE, or $DMU_LEASE_SETTLE."""
+    raw = os.environ.get(SETTLE_ENV, "").strip()
+    if not raw:
+        return SETTLE
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 60:
+        raise InputError(
+            f"{SETTLE_ENV}='{raw}' is not a number of seconds in (0, 60]; unset it to use "
+            f"the default {SETTLE:g} s"
+        )
+    return seconds
 
 
 def now_iso() -> str:
@@ -87,6 +109,10 @@ class Record:
     rows_done: int = 0
     source_rows: int = 0
     previous_alias_target: str | None = None
+    # Every alias this migration moved (evolve/aliases.py): alias -> {"previous": what it
+    # named before (None: nothing), "moved_at", "rolled_back_at"}. One migration can move
+    # several (evolve --alias NAME after a plain evolve of the same source and adapter).
+    moved_aliases: dict[str, dict[str, Any]] = field(default_factory=dict)
     snapshot: str | None = None
     pending: dict[str, Any] | None = None  # in-place: the snapshot part being applied
     started_at: str = field(default_factory=now_iso)
@@ -116,6 +142,10 @@ class Record:
     # A bulk-import main pass (evolve/bulk_pass.py): the shared storage and each part's
     # files, rows, last id, import job id and whether the server finished it.
     bulk: dict[str, Any] | None = None
+    # new-collection: this migration created its target. Empty and no longer fitting (its
+    # first batch failed, then the source or the adapters changed), it is made anew; a
+    # collection someone else made is never dropped for it.
+    created_target: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,7 +165,43 @@ class Record:
                 "migration record dmu-migrate wrote; delete it from the ledger (collection "
                 f"'{LEDGER_COLLECTION}', or ledger.json in a Parquet store)"
             )
+        if "moved_aliases" not in raw:  # written by a version that kept one alias only
+            known["moved_aliases"] = derived_moves(raw)
         return cls(**known)
+
+
+CUT_OVER = re.compile(r"alias '(.+)' -> '(.+)'")
+
+
+def derived_moves(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The aliases an older record moved, read from what it kept: its cut-over events and
+    its alias. Only the alias moved last has a known earlier target (the record kept one);
+    the others show it as unknown, and a rollback sends them back to the source."""
+    events = [e for e in raw.get("runs") or [] if isinstance(e, dict)]
+    order: list[str] = []
+    for event in events:
+        found = CUT_OVER.fullmatch(str(event.get("cut_over") or ""))
+        if found:
+            order = [a for a in order if a != found.group(1)] + [found.group(1)]
+    finished = raw.get("status") in (DONE, ROLLED_BACK, PRUNED) and not raw.get("filter")
+    alias = raw.get("alias")
+    if alias and finished and alias not in order:
+        order.insert(0, alias)  # its cut-over event may have aged out of the last 20 runs
+    rolled_back = [
+        next((e["rolled_back_at"] for e in reversed(events) if "rolled_back_at" in e), "earlier")
+        if raw.get("status") == ROLLED_BACK and name == alias
+        else None
+        for name in order
+    ]
+    return {
+        name: {
+            "previous": raw.get("previous_alias_target") if name == order[-1] else None,
+            "moved_at": None,
+            "rolled_back_at": when,
+            "derived": True,  # from a record written before aliases were kept one by one
+        }
+        for name, when in zip(order, rolled_back, strict=True)
+    }
 
 
 def storage_key(key: str) -> str:
@@ -165,7 +231,7 @@ class Ledger:
     def __init__(self, store: VectorStore, owner: str | None = None) -> None:
         self.store = store
         self.owner = owner or this_process()
-        self._chunks: dict[str, tuple[int, int]] = {}  # key -> (ids, chunks) last stored
+        self._chunks: dict[str, tuple[list[Any], int]] = {}  # key -> (ids, chunks) last stored
 
     def load(self, key: str) -> Record | None:
         raw = self.store.ledger_get(storage_key(key))
@@ -177,7 +243,7 @@ class Ledger:
             for n in range(count):
                 part = self.store.ledger_get(storage_key(f"{key}#skipped-{n}")) or {}
                 record.skipped.extend(part.get("ids") or [])
-            self._chunks[key] = (len(record.skipped), count)
+            self._chunks[key] = (list(record.skipped), count)
         return record
 
     def save(self, record: Record) -> None:
@@ -215,14 +281,18 @@ class Ledger:
 
     def _save_skipped(self, key: str, ids: list[Any]) -> int:
         """Store the skipped ids in chunk records (only those that changed); their count."""
-        stored_ids, stored_chunks = self._chunks.get(key, (0, 0))
+        stored_ids, stored_chunks = self._chunks.get(key, ([], 0))
+        if ids == stored_ids and (stored_chunks or not ids):
+            return stored_chunks
         chunks = _chunks(ids)
-        if len(ids) != stored_ids:
-            for n in range(max(0, stored_chunks - 1), len(chunks)):
-                name = f"{key}#skipped-{n}"
-                part = {"key": name, "chunk_of": key, "ids": chunks[n]}
-                self.store.ledger_put(storage_key(name), part)
-            self._chunks[key] = (len(ids), len(chunks))
+        # Ids are appended as runs skip rows, and removed when a fixed row is evolved: an
+        # extension rewrites the last stored chunk on, any other change every chunk.
+        appended = stored_chunks and ids[: len(stored_ids)] == stored_ids
+        for n in range(max(0, stored_chunks - 1) if appended else 0, len(chunks)):
+            name = f"{key}#skipped-{n}"
+            part = {"key": name, "chunk_of": key, "ids": chunks[n]}
+            self.store.ledger_put(storage_key(name), part)
+        self._chunks[key] = (list(ids), len(chunks))
         return len(chunks)
 
     def acquire(self, record: Record, take_over: bool = False) -> None:
@@ -230,6 +300,7 @@ class Ledger:
 
         Write-then-read-back (see the module docstring): of runs that race, one wins.
         """
+        wait = settle()
         deadline = time.monotonic() + LEASE_TRIES_SECONDS
         while time.monotonic() < deadline:
             started = time.monotonic()
@@ -241,16 +312,16 @@ class Ledger:
             if not self.store.shared:
                 return  # one process at a time opens this store (its own lock)
             window = time.monotonic() - started
-            if window > SETTLE / 2:
+            if window > wait / 2:
                 log.info(
                     "lease of %s: reading and writing it took %.1fs (over %.1fs); trying again",
                     record.key,
                     window,
-                    SETTLE / 2,
+                    wait / 2,
                 )
-                time.sleep(random.uniform(0, SETTLE / 2))  # a rival retrying must not stay in step
+                time.sleep(random.uniform(0, wait / 2))  # a rival retrying must not stay in step
                 continue  # our read is too old to rule out a writer in between: again
-            time.sleep(SETTLE)
+            time.sleep(wait)
             now = self.load(record.key)
             if now is not None and now.lease_token == record.lease_token:
                 return

@@ -20,6 +20,7 @@ import numpy as np
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import InputError, NothingToDo
 from dmu_migrate.evolve import BULK, write_path
+from dmu_migrate.evolve.aliases import rolled_back_at
 from dmu_migrate.evolve.finish import finish
 from dmu_migrate.evolve.ledger import DONE, ROLLED_BACK, RUNNING, Ledger, Record
 from dmu_migrate.evolve.plan import IN_PLACE, Plan, make_plan
@@ -64,6 +65,7 @@ def evolve(
     record.status = RUNNING
     with run.recorded():
         run.step("preparing the target", lambda: run.strategy.prepare(record))
+        run.save()  # whether it made the target, on record before any row is written
         # This run reads the whole source itself: counts can then stand in for the id diff.
         whole_pass = not record.main_pass_done and record.cursor is None
         if not record.main_pass_done:
@@ -92,11 +94,14 @@ def open_record(
     """This migration's ledger record and whether it was on record (else a new one)."""
     record = retry.run("reading the ledger", lambda: ledger.load(plan.key))
     if record is not None and options.restart:
-        record = None
+        fresh = plan.new_record()
+        fresh.created_target = record.created_target  # a target it made is still its own
+        return fresh, False
     if record is None:
         return plan.new_record(), False
     check_adapters(record, plan)
-    if record.status == ROLLED_BACK:
+    # Each alias is rolled back on its own: the record stays done while another serves it.
+    if record.status == ROLLED_BACK or rolled_back_at(record, plan.alias):
         keep_rolled_back(record, plan, options)
     if record.filter != plan.filter:  # a full run after a --filter one covers every row
         record.filter = plan.filter
@@ -109,7 +114,8 @@ def keep_rolled_back(record: Record, plan: Plan, options: EvolveOptions) -> None
     if not options.reapply:
         raise NothingToDo(
             f"migration '{plan.key}' was rolled back at {record.finished_at}, so alias "
-            f"'{record.alias}' stays where the rollback put it and nothing was written; pass "
+            f"'{plan.alias or record.alias}' stays where the rollback put it and nothing was "
+            f"written; pass "
             f"--reapply to bring '{plan.target}' in step and cut over again, or --restart to "
             f"start over"
         )
@@ -147,6 +153,8 @@ def main_pass(run: Run) -> bool:
         # Died (or failed) between snapshot and overwrite: the part, not the store,
         # holds that batch's old vectors, so replay it before reading on.
         strategy.apply(record.pending)
+        # Its rows were not counted when the run died: count them with the cursor.
+        record.rows_done += int(record.pending.get("rows", 0))
         record.cursor = record.pending["last_id"]
         record.pending = None
         run.ledger.save(record)
@@ -167,11 +175,9 @@ def main_pass(run: Run) -> bool:
     ):
         for item in ready:
             add_skipped(record, plan, item.skipped)
-            if len(item.batch):
-                write(run, item)
-                run.result.rows_written += len(item.batch)
-                run.sample.add(item.batch.ids)
-            record.cursor = item.last_id
+            write(run, item)  # moves the cursor with the count: nothing may fail in between
+            run.result.rows_written += len(item.batch)
+            run.sample.add(item.batch.ids)
             # The ledger is a resume point, not a log: a lagging cursor only means a
             # few batches are upserted again after a crash. In place it must not lag.
             now = time.perf_counter()
@@ -216,15 +222,22 @@ def prepare(raw: Batch, plan: Plan, options: EvolveOptions) -> Prepared:
 
 
 def write(run: Run, item: Prepared) -> None:
+    """Write one batch, then count its rows and move the cursor past it, together.
+
+    A record saved between the two (a failure records the run) would count rows
+    that the next run, resuming from the old cursor, writes and counts again.
+    """
     record = run.record
-    log.debug("writing %d rows after cursor %r", len(item.batch), record.cursor)
-    pending = run.strategy.write(record, item.batch, item.evolved)
-    if pending is not None:  # a snapshot part of the rows about to be overwritten
-        record.pending = pending
-        run.ledger.save(record)  # the snapshot must be on record before the overwrite
-        run.strategy.apply(pending)
-        record.pending = None
+    if len(item.batch):
+        log.debug("writing %d rows after cursor %r", len(item.batch), record.cursor)
+        pending = run.strategy.write(record, item.batch, item.evolved)
+        if pending is not None:  # a snapshot part of the rows about to be overwritten
+            record.pending = pending
+            run.ledger.save(record)  # the snapshot must be on record before the overwrite
+            run.strategy.apply(pending)
+            record.pending = None
     record.rows_done += len(item.batch)
+    record.cursor = item.last_id
 
 
 def evolve_collection(

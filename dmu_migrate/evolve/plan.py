@@ -12,9 +12,17 @@ from dmu_migrate.errors import AccessDenied, InputError, NothingToDo
 from dmu_migrate.evolve import IN_PLACE, NEW_COLLECTION, STRATEGIES
 from dmu_migrate.evolve import NEW_FIELD as NEW_FIELD  # the strategies import it from here
 from dmu_migrate.evolve.ledger import PRUNED, Ledger, Record
+from dmu_migrate.evolve.screen import bad_rows
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.quality import check_gate, transition_hint, verdict
-from dmu_migrate.stores.base import TAG_FROM, TAG_ORIGIN, TAG_VERSION, CollectionInfo, VectorStore
+from dmu_migrate.quality import check_gate, transition_hint, validated_where, verdict
+from dmu_migrate.stores.base import (
+    RESERVED_NAMES,
+    TAG_FROM,
+    TAG_ORIGIN,
+    TAG_VERSION,
+    CollectionInfo,
+    VectorStore,
+)
 from dmu_migrate.stores.pair import home
 
 log = logging.getLogger(__name__)
@@ -61,7 +69,8 @@ class Plan:
             source_rows=self.rows,
             source_uri=self.source_uri,
             quality="; ".join(
-                f"{a.manifest.name}: {verdict(a.validated, 'validated at training').line}"
+                f"{a.manifest.name}: "
+                f"{verdict(a.validated, validated_where(a.manifest.quality, a.manifest.name)).line}"
                 for a in self.chain.artifacts
             ),
         )
@@ -103,7 +112,8 @@ def check_metric(store: VectorStore, info: CollectionInfo, chain: AdapterChain) 
     keep their meaning (IP equals cosine, L2 is a function of it). On an IP/L2
     collection of vectors of other norms, thresholds and any magnitude the
     scores carried would change without a word. The median norm of the first
-    rows decides, so that a few corrupt rows (the screen's business) do not.
+    rows decides, so that a few corrupt rows (the screen's business) do not; rows the
+    screen refuses or leaves out (NaN, inf, all zero) have no norm to count.
     """
     for artifact in chain.artifacts:
         m = artifact.manifest
@@ -118,7 +128,10 @@ def check_metric(store: VectorStore, info: CollectionInfo, chain: AdapterChain) 
     batch = next(iter(store.iter_batches(info, 256)), None)
     if batch is None or not len(batch):
         return
-    norms = np.linalg.norm(batch.vectors.astype(np.float64), axis=1)
+    vectors = batch.vectors[~bad_rows(batch.vectors)]
+    if not len(vectors):
+        return
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
     if abs(float(np.median(norms)) - 1.0) <= NORM_TOLERANCE:
         return
     raise InputError(
@@ -131,15 +144,16 @@ def check_metric(store: VectorStore, info: CollectionInfo, chain: AdapterChain) 
 def gate(chain: AdapterChain, accept_regression: bool) -> None:
     """Refuse, before anything is written, an upgrade validated as worse than today's system."""
     for artifact in chain.artifacts:
+        where = validated_where(artifact.manifest.quality, artifact.manifest.name)
         if accept_regression:
-            result = verdict(
-                artifact.validated, f"validated at training of '{artifact.manifest.name}'"
-            )
+            result = verdict(artifact.validated, where)
             if result.deploy is False:
                 log.warning("--accept-regression: %s", result.line)
             continue
-        hint = transition_hint(artifact.manifest.quality, str(artifact.path))
-        result = check_gate(artifact.manifest.name, artifact.validated, hint)
+        hint = transition_hint(
+            artifact.manifest.quality, str(artifact.path), artifact.manifest.method
+        )
+        result = check_gate(artifact.manifest.name, artifact.validated, hint, where)
         if result.deploy is None:
             log.warning("adapter '%s': %s", artifact.manifest.name, result.line)
 
@@ -256,7 +270,7 @@ def upgraded_source(
             record.strategy == NEW_COLLECTION
             and record.target == info.name
             and record.to_version == chain.to_version
-            and record.alias == info.alias
+            and info.alias in (record.alias, *record.moved_aliases)
         ):
             if record.status == PRUNED:
                 raise NothingToDo(
@@ -294,11 +308,12 @@ def check_source(store: VectorStore, info: CollectionInfo, chain: AdapterChain) 
     the user's data, which evolve would overwrite in every row.
     """
     versions = [a.manifest.from_version for a in chain.artifacts] + [chain.to_version]
-    allowed: dict[str, list[str] | None] = {
-        TAG_ORIGIN: ORIGINS,
-        TAG_VERSION: versions,
-        TAG_FROM: None,  # any earlier version; the store checks it is not alone
-    }
+    known: dict[str, list[str]] = {TAG_ORIGIN: ORIGINS, TAG_VERSION: versions}
+    # Every reserved name is checked. Those without a fixed set of values (the version
+    # evolved from, the source checksum) must at least not stand alone: evolve writes
+    # them on a row together with its origin tag, so a row holding one without it is
+    # the user's.
+    allowed = {name: known.get(name) for name in RESERVED_NAMES}
     problem = store.source_problem(info.name, allowed)
     if problem:
         raise InputError(f"collection '{info.name}' {problem}")

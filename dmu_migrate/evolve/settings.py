@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from dmu_migrate.errors import InputError
 from dmu_migrate.evolve import ENGINES, INSERT, NEW_COLLECTION, STRATEGIES, WRITE_PATHS
 from dmu_migrate.settings import Bounds, build, check_value, load_toml, setting, unknown_names
 
@@ -189,6 +190,13 @@ class EvolveOptions:
         # Library callers build options directly: the same one-line errors as the flags.
         for name in ("batch_size", "max_seconds", "read_ahead", "write_path"):
             check_value(_FIELDS[name], getattr(self, name))
+        if self.bulk_storage is not None and not self.bulk_storage.strip():
+            # An empty path resolves to the working directory, which no server shares.
+            raise InputError(
+                "--bulk-storage is empty, so import files would go into the working "
+                "directory; give a directory the Milvus server shares or s3://BUCKET/PREFIX, "
+                "or leave --bulk-storage out to insert"
+            )
 
     @classmethod
     def of(cls, s: EvolveSettings) -> EvolveOptions:

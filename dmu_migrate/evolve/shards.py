@@ -15,6 +15,7 @@ never see a target that not every shard has written and verification passed.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -22,12 +23,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
-
 from dmu_migrate.errors import DmuError, InputError, LeaseHeld, StoreError
 from dmu_migrate.evolve import BULK, write_path
 from dmu_migrate.evolve.finish import finish
-from dmu_migrate.evolve.ledger import DONE, RUNNING, STOPPED, Ledger, Record, now_iso
+from dmu_migrate.evolve.ledger import DONE, RUNNING, STOPPED, Ledger, Record, now_iso, settle
 from dmu_migrate.evolve.pipeline import check_adapters, main_pass, open_record
 from dmu_migrate.evolve.plan import IN_PLACE, Plan
 from dmu_migrate.evolve.progress import EVOLVE, SPLIT, Meter, Report, reporter
@@ -41,7 +40,21 @@ log = logging.getLogger(__name__)
 
 SPLIT_WAIT = 600.0  # seconds a --shard run waits for another process to finish the split
 POLL = 1.0
-SETTLE = 0.5  # seconds between taking a lease and reading it back (see claim)
+# JSON bytes of the verification sample a shard keeps in its ledger record: 256 UUIDs
+# take 10k; long string keys must not push the record past Milvus's 65,535 bytes.
+SAMPLE_BYTES = 24_000
+
+
+def within(ids: list[Any], size: int) -> list[Any]:
+    """The first of ``ids`` whose JSON takes at most ``size`` bytes (a uniform sample
+    cut short is still uniform)."""
+    kept: list[Any] = []
+    for value in ids:
+        size -= len(json.dumps(value, ensure_ascii=False).encode()) + 2
+        if size < 0:
+            break
+        kept.append(value)
+    return kept
 
 
 def shard_key(key: str, index: int, count: int) -> str:
@@ -215,7 +228,9 @@ def claim(ledger: Ledger, record: Record, take_over: bool) -> bool:
     free both write it; after a moment only the last writer reads itself back.
     """
     ledger.acquire(record, take_over)
-    time.sleep(SETTLE)
+    if not ledger.store.shared:
+        return True  # one process opens this store at a time: nobody else wrote it
+    time.sleep(settle() / 4)  # 0.5 s at the default: the same lease, read back once more
     now = ledger.load(record.key)
     return now is not None and now.lease_owner == ledger.owner
 
@@ -273,7 +288,7 @@ def run_shard(
         if finished:
             record.main_pass_done, record.whole_pass = True, whole
             record.status, record.finished_at, record.error = DONE, now_iso(), None
-            record.sample = run.sample.ids().tolist()  # finish verifies vectors from every shard
+            record.sample = within(run.sample.ids().tolist(), SAMPLE_BYTES)  # finish verifies them
             run.save()
         else:
             record.status = STOPPED
@@ -302,7 +317,7 @@ def finish_split(run: Run) -> int:
         # Counts stand in for the id diff only when every shard read its range in one go.
         whole = all(s.whole_pass for s in done)
         for s in done:
-            run.sample.add(np.asarray(s.sample))
+            run.sample.add(s.sample)
         if record.bulk is not None:
             from dmu_migrate.evolve.bulk_pass import imported, wait_imported
 

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmu_migrate.errors import VerificationError
+from dmu_migrate.stores.base import id_array
 
 
 def part_path(directory: Path, seq: int) -> Path:
@@ -47,7 +48,7 @@ def write_part(path: Path, ids: np.ndarray, vectors: np.ndarray) -> None:
 
 def read_part(path: Path) -> tuple[np.ndarray, np.ndarray]:
     table = pq.read_table(path)
-    ids = np.asarray(table.column("id").to_pylist())
+    ids = id_array(table.column("id").to_pylist())
     col = table.column("vector").combine_chunks()
     vectors = np.asarray(col.flatten().to_numpy(), dtype=np.float32).reshape(len(ids), -1)
     return ids, vectors

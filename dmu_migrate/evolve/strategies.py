@@ -7,6 +7,7 @@ roll back. The pipeline drives them all the same way.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,6 +18,7 @@ import numpy as np
 
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve import snapshot
+from dmu_migrate.evolve.aliases import record_move
 from dmu_migrate.evolve.ledger import Record
 from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION, NEW_FIELD, Plan
 from dmu_migrate.evolve.sync import EVOLVED, checksums, target_info
@@ -29,8 +31,11 @@ from dmu_migrate.stores.base import (
     TAG_VERSION,
     Batch,
     VectorStore,
+    id_array,
     id_value,
 )
+
+log = logging.getLogger(__name__)
 
 # How a strategy brings its target in step with a source that kept changing after
 # (or during) the main pass; evolve/finish.py runs the step the strategy names.
@@ -91,8 +96,9 @@ class Strategy:
         raise NotImplementedError
 
     @staticmethod
-    def rollback(store: VectorStore, record: Record) -> str:
-        """Undo the cut-over of a finished migration; needs no adapter."""
+    def rollback(store: VectorStore, record: Record, alias: str | None = None) -> str:
+        """Undo the cut-over of a finished migration (of ``alias``, where it moved aliases);
+        needs no adapter."""
         raise NotImplementedError
 
 
@@ -106,18 +112,25 @@ class NewCollection(Strategy):
         self.native: set[Any] = set()  # see find_native
 
     def prepare(self, record: Record) -> None:
-        plan = self.plan
-        if self.store.has_collection(plan.target):
-            problem = self.store.target_problem(plan.source, plan.target, plan.chain.out_dim)
-            if problem:
+        plan, store = self.plan, self.store
+        if store.has_collection(plan.target):
+            problem = store.target_problem(plan.source, plan.target, plan.chain.out_dim)
+            if problem is None:
+                if not record.main_pass_done:
+                    self.find_native()
+                return
+            if not record.created_target or store.count(plan.target):
                 raise StoreError(
                     f"target collection '{plan.target}' exists but {problem}; drop or rename "
                     f"it, then run evolve again"
                 )
-            if not record.main_pass_done:
-                self.find_native()
-        else:
-            self.store.create_like(plan.source, plan.target, plan.chain.out_dim)
+            # This migration made it and no row ever reached it (its first batch failed,
+            # then the source or the adapters changed): nothing to keep, and made anew it
+            # is no blocker.
+            log.warning("target '%s' is empty but %s; created again", plan.target, problem)
+            store.drop_collection(plan.target)
+        store.create_like(plan.source, plan.target, plan.chain.out_dim)
+        record.created_target = True
 
     def write(self, record: Record, batch: Batch, evolved: np.ndarray) -> None:
         if self.native:  # rows the application wrote into the target are never overwritten
@@ -166,7 +179,7 @@ class NewCollection(Strategy):
             target_info(self.store, self.plan), ids, self.plan.source.vector_field
         )
         origins = rows.fields.get(TAG_ORIGIN) or [EVOLVED] * len(ids)
-        return np.asarray([i for i, o in zip(ids.tolist(), origins, strict=True) if o == EVOLVED])
+        return id_array([i for i, o in zip(ids.tolist(), origins, strict=True) if o == EVOLVED])
 
     def written_ids(self) -> Iterator[np.ndarray]:
         return self.store.iter_ids(self.plan.target, ID_BATCH, self.plan.filter)
@@ -195,28 +208,29 @@ class NewCollection(Strategy):
             )
         if plan.alias is None:
             return f"'{plan.target}' is ready"
-        current = self.store.alias_target(plan.alias)
-        if current != plan.target:
-            record.previous_alias_target = current or plan.source.name
+        record_move(record, plan.alias, self.store.alias_target(plan.alias))
         self.store.point_alias(plan.alias, plan.target)
         return f"alias '{plan.alias}' -> '{plan.target}'"
 
     @staticmethod
-    def rollback(store: VectorStore, record: Record) -> str:
-        if not record.alias:
+    def rollback(store: VectorStore, record: Record, alias: str | None = None) -> str:
+        moved = record.moved_aliases.get(alias or "")
+        if alias is None or moved is None:
             raise InputError(
-                f"migration '{record.key}' moved no alias; there is nothing to roll back"
+                f"migration '{record.key}' moved no alias"
+                + (f" '{alias}'" if alias else "")
+                + "; there is nothing to roll back"
             )
-        back = record.previous_alias_target or record.source
+        back = moved.get("previous") or record.source
         if record.source_uri and back == record.source:
             raise InputError(
                 f"migration '{record.key}' evolved '{record.source}' of '{record.source_uri}' "
-                f"into this store, where alias '{record.alias}' named no collection before; "
+                f"into this store, where alias '{alias}' named no collection before; "
                 f"there is nothing here to point it back to: point your application back at "
                 f"'{record.source_uri}', whose '{record.source}' is unchanged"
             )
-        store.point_alias(record.alias, back)
-        return f"alias '{record.alias}' -> '{back}' (evolved collection '{record.target}' kept)"
+        store.point_alias(alias, back)
+        return f"alias '{alias}' -> '{back}' (evolved collection '{record.target}' kept)"
 
 
 class NewField(Strategy):
@@ -248,7 +262,7 @@ class NewField(Strategy):
         )
 
     @staticmethod
-    def rollback(store: VectorStore, record: Record) -> str:
+    def rollback(store: VectorStore, record: Record, alias: str | None = None) -> str:
         return (
             f"vector field '{record.vector_field}' of '{record.source}' was never changed; "
             f"point your queries back at it"
@@ -275,7 +289,7 @@ class InPlace(Strategy):
         seq = len(list(self.directory.glob("part-*.parquet")))
         path = snapshot.part_path(self.directory, seq)
         snapshot.write_part(path, batch.ids, batch.vectors)
-        return {"part": str(path), "last_id": id_value(batch.ids[-1])}
+        return {"part": str(path), "last_id": id_value(batch.ids[-1]), "rows": len(batch)}
 
     def apply(self, pending: dict[str, Any]) -> None:
         """Overwrite from a snapshot part: the part, not the store, holds the old vectors."""
@@ -310,7 +324,7 @@ class InPlace(Strategy):
         return f"vectors of '{self.plan.source.name}' were replaced; snapshot in {self.directory}"
 
     @staticmethod
-    def rollback(store: VectorStore, record: Record) -> str:
+    def rollback(store: VectorStore, record: Record, alias: str | None = None) -> str:
         if not record.snapshot or not Path(record.snapshot).is_dir():
             raise InputError(
                 f"snapshot of '{record.key}' is missing ({record.snapshot}); cannot restore"

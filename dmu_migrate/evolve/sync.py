@@ -27,7 +27,7 @@ import numpy as np
 
 from dmu_migrate.evolve.id_join import Page, Window, windows
 from dmu_migrate.evolve.progress import CATCH_UP, ID_DIFF, Meter, Report, quiet
-from dmu_migrate.evolve.screen import add_skipped, screen
+from dmu_migrate.evolve.screen import add_skipped, clear_skipped, screen
 from dmu_migrate.evolve.settings import batch_rows
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.verify import ID_BATCH, VERIFY_SAMPLE, Reservoir
@@ -38,6 +38,7 @@ from dmu_migrate.stores.base import (
     CollectionInfo,
     Id,
     VectorStore,
+    id_array,
 )
 
 if TYPE_CHECKING:
@@ -150,14 +151,21 @@ def _sort_window(w: Window, hashed: bool, report: SyncReport) -> None:
     report.moved += ids[both][moved].tolist()
 
 
-def compare(store: VectorStore, plan: Plan, hashed: bool, meter: Meter | None = None) -> SyncReport:
+def compare(
+    store: VectorStore,
+    plan: Plan,
+    hashed: bool,
+    meter: Meter | None = None,
+    skipped: frozenset[Id] = frozenset(),
+) -> SyncReport:
     """Sort every id of source and target (see the module docstring); writes nothing.
 
     ``hashed`` reads the source's vectors to find stale rows; without it only
     the ids are compared (missing, deleted), which is what verification needs.
-    ``meter``, if given, counts the source ids as they are merged.
+    ``meter``, if given, counts the source ids as they are merged. ``skipped`` (rows
+    left out as bad) are never drawn into the sample: it is of vectors to check.
     """
-    report = SyncReport()
+    report = SyncReport(sample=Reservoir(VERIFY_SAMPLE, skipped))
     with (
         Stage(_source_rows(store, plan, hashed), 2, "dmu-sync-source") as source,
         Stage(_target_rows(store, plan), 2, "dmu-sync-target") as target,
@@ -181,37 +189,41 @@ def sync(
     ``progress`` hears the comparison as the id diff phase, the repair as catch-up.
     """
     diffed = Meter(progress, ID_DIFF, plan.rows).start()
-    report = compare(store, plan, hashed=True, meter=diffed)
+    known_bad = frozenset(record.skipped)
+    report = compare(store, plan, hashed=True, meter=diffed, skipped=known_bad)
     diffed.end()
-    known_bad = set(record.skipped)
-    todo = {
-        stale: [i for i in ids if i not in known_bad]
-        for ids, stale in ((report.missing, False), (report.stale, True))
-    }
+    if plan.filter is None and known_bad:
+        # Every source id was compared: a row left out earlier that is neither missing nor
+        # stale now is gone from the source, or its evolved row is current again.
+        behind = set(report.missing) | set(report.stale)
+        record.skipped = [i for i in record.skipped if i in behind]
+    # Rows left out earlier are read and screened again: one fixed since is evolved now.
+    todo = {False: report.missing, True: report.stale}
     repaired = Meter(progress, CATCH_UP, len(todo[False]) + len(todo[True]) + len(report.extra))
     if repaired.total:
         repaired.start()
     for start in range(0, len(report.moved), WRITE_BATCH):
-        store.delete_ids(plan.target, np.asarray(report.moved[start : start + WRITE_BATCH]))
+        store.delete_ids(plan.target, id_array(report.moved[start : start + WRITE_BATCH]))
     if report.moved:
         # Measured on Milvus Lite 3.2: a row deleted and then upserted into another
         # partition before a flush shows up in its old partition again.
         store.flush(plan.target)
     for stale, rows in todo.items():
         for start in range(0, len(rows), WRITE_BATCH):
-            chunk = np.asarray(rows[start : start + WRITE_BATCH])
+            chunk = id_array(rows[start : start + WRITE_BATCH])
             fetched = store.fetch(plan.source, chunk, plan.source.vector_field)
-            batch, bad = screen(fetched, plan, skip_bad)
+            batch, bad = screen(fetched, plan, skip_bad, known_bad)
             add_skipped(record, plan, bad)
             if len(batch):
                 strategy.write(record, batch, plan.chain(batch.vectors))
+                clear_skipped(record, batch.ids)
             if stale:
                 report.updated += len(batch)
             else:
                 report.added += len(batch)
             repaired.add(len(chunk))  # bad rows left out count as handled
     for start in range(0, len(report.extra), WRITE_BATCH):
-        chunk = np.asarray(report.extra[start : start + WRITE_BATCH])
+        chunk = id_array(report.extra[start : start + WRITE_BATCH])
         store.delete_ids(plan.target, chunk)
         report.deleted += len(chunk)
         repaired.add(len(chunk))

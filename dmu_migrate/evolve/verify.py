@@ -17,7 +17,7 @@ from dmu_migrate.evolve.id_join import pages_of, windows
 from dmu_migrate.evolve.progress import VERIFY, Meter, Report, quiet
 from dmu_migrate.evolve.self_search import SEARCH_K, SelfSearch, judge, self_search
 from dmu_migrate.evolve.stream import Stage
-from dmu_migrate.stores.base import VectorStore
+from dmu_migrate.stores.base import VectorStore, id_array
 
 if TYPE_CHECKING:
     from dmu_migrate.evolve.plan import Plan
@@ -31,14 +31,17 @@ ID_BATCH = 16384  # ids per page of an id scan: Milvus's largest query window
 class Reservoir:
     """A uniform random sample of k ids from a stream (Algorithm R), seeded for repeatability."""
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, skip: frozenset[Any] = frozenset()) -> None:
         self.k = k
+        self.skip = skip  # ids never drawn (rows left out as bad): the sample stays k strong
         self.seen = 0
         self.chosen: list[Any] = []
         self.rng = np.random.default_rng(0)
 
-    def add(self, ids: np.ndarray) -> None:
-        ids = np.asarray(ids)
+    def add(self, batch: np.ndarray | list[Any]) -> None:
+        ids = batch if isinstance(batch, np.ndarray) else id_array(list(batch))
+        if self.skip:
+            ids = ids[np.fromiter((i not in self.skip for i in ids.tolist()), bool, len(ids))]
         fill = min(max(self.k - len(self.chosen), 0), len(ids))
         self.chosen += ids[:fill].tolist()
         rest = len(ids) - fill
@@ -59,7 +62,7 @@ class Reservoir:
             yield chunk
 
     def ids(self) -> np.ndarray:
-        return np.asarray(self.chosen)
+        return id_array(self.chosen)
 
 
 def diff_sorted(
@@ -126,18 +129,19 @@ def verify(
     scan (so a re-check reads the source's ids once, not once more for a sample).
     """
     from dmu_migrate.evolve.plan import NEW_COLLECTION
+    from dmu_migrate.evolve.screen import still_bad
     from dmu_migrate.evolve.sync import compare
 
     source_rows = store.count(plan.source.name, plan.filter)
     meter = Meter(report, VERIFY, source_rows).start()
-    drawn = Reservoir(VERIFY_SAMPLE)
+    drawn = Reservoir(VERIFY_SAMPLE, skipped)  # of the rows that are there to check
     missing: list[Any] = []
     if not diffed and plan.strategy == NEW_COLLECTION:
         # Both directions: no source row missing, no evolved row whose source row is gone.
         # Rows the application wrote (dmu_origin not 'evolved') count as present, never extra.
-        compared = compare(store, plan, hashed=False, meter=meter)
+        compared = compare(store, plan, hashed=False, meter=meter, skipped=skipped)
         drawn = compared.sample
-        missing = [i for i in compared.missing if i not in skipped]
+        missing = compared.missing
         if compared.extra:
             raise VerificationError(
                 f"{len(compared.extra)} evolved rows of '{plan.target}' (first: {compared.extra[:3]}) "
@@ -145,11 +149,14 @@ def verify(
             )
     elif not diffed:
         missing, _extra = diff_ids(store, plan, strategy, drawn, meter)
-        missing = [i for i in missing if i not in skipped]  # bad vectors left out on purpose
     elif ids is None:
         raise ValueError("verify(diffed=True) needs the ids to check")  # a caller's bug
+    left_out = [i for i in missing if i in skipped]
+    if left_out:  # bad vectors left out on purpose, unless fixed in the source since
+        bad = still_bad(store, plan, left_out)
+        missing = [i for i in missing if i not in bad]
     if ids is None:
-        ids = np.asarray([i for i in drawn.ids().tolist() if i not in skipped])
+        ids = id_array([i for i in drawn.ids().tolist() if i not in skipped])
     if missing:
         raise VerificationError(
             f"{len(missing)} rows of '{plan.source.name}' (first: {missing[:3]}) are not in "

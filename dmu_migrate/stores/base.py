@@ -28,9 +28,13 @@ TAG_ORIGIN = "dmu_origin"  # "evolved" (adapter output) or "native" (new model)
 # Checksum of the source vector an evolved row came from: a re-run sees which source
 # rows changed since (evolve/sync.py). Written per row, so it travels in Batch.fields.
 TAG_SOURCE = "dmu_src"
-TAG_FIELDS = (TAG_VERSION, TAG_FROM, TAG_ORIGIN)
+TAG_FIELDS = (TAG_VERSION, TAG_FROM, TAG_ORIGIN)  # written together, one value per run
+# Every name evolve writes into a user's rows: a Milvus field or dynamic key, a Qdrant
+# payload key, a Parquet column. The one list every store's checks and writes use, so a
+# source holding one of them as its own data is refused before a row is overwritten.
+RESERVED_NAMES = (*TAG_FIELDS, TAG_SOURCE)
 TAG_FIX = (
-    f"where evolve writes its version tags ({', '.join(TAG_FIELDS)}); copy the collection "
+    f"where evolve writes its tags ({', '.join(RESERVED_NAMES)}); copy the collection "
     f"with that field renamed and evolve the copy"
 )
 
@@ -221,9 +225,10 @@ class VectorStore(Protocol):
         ...
 
     def source_problem(self, name: str, allowed: dict[str, list[str] | None]) -> str | None:
-        """None when evolve can copy ``name`` faithfully here: its tag fields are absent or
-        hold only tags (values in ``allowed[tag]``; None: no value check), and nothing
-        in it is beyond create_like. Else the rest of a sentence after "collection 'x'"
+        """None when evolve can copy ``name`` faithfully here: its tag fields (``allowed``
+        names every one of RESERVED_NAMES) are absent or hold only tags (values in
+        ``allowed[tag]``; None: any value, but only on rows that also hold TAG_ORIGIN),
+        and nothing in it is beyond create_like. Else the rest of a sentence after "collection 'x'"
         that says what and the fix (see TAG_FIX)."""
         ...
 

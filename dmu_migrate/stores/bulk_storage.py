@@ -143,6 +143,11 @@ class Bucket:
 
 def open_storage(path: str) -> Storage:
     """The storage ``--bulk-storage`` names, checked writable; one-line errors otherwise."""
+    if not path.strip():  # Path("") is the working directory: never a shared one
+        raise InputError(
+            "--bulk-storage is empty; give a directory the Milvus server shares or "
+            "s3://BUCKET/PREFIX"
+        )
     if path.startswith(UNSUPPORTED):
         raise InputError(
             f"--bulk-storage '{path}': only s3:// object storage (S3, MinIO) is supported; give "

@@ -28,7 +28,7 @@ from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
     PARTITION_KEY,
     RANK_FIELD,
-    TAG_FIELDS,
+    RESERVED_NAMES,
     TAG_SOURCE,
     Batch,
     CollectionInfo,
@@ -367,13 +367,16 @@ class MilvusStore:
         if isinstance(source.schema, ForeignSchema):
             return milvus_schema.foreign_problem(desc, source, new_dim)
         fields = {f["name"]: f for f in desc["fields"]}
-        missing = [t for t in (*TAG_FIELDS, TAG_SOURCE) if t not in fields]
+        missing = [t for t in RESERVED_NAMES if t not in fields]
         if missing:
             return f"it has no tag fields {missing}"
+        nullable = milvus_schema.lost_nullable(source.schema, desc)
+        if nullable is not None:
+            return f"its field '{nullable}' cannot hold null, unlike in '{source.name}'"
         vf = fields.get(source.vector_field)
         if vf is None or int(vf["params"].get("dim", -1)) != new_dim:
             return f"its field '{source.vector_field}' is not a {new_dim}-d float vector"
-        expected = {f["name"] for f in source.schema["fields"]} | {*TAG_FIELDS, TAG_SOURCE}
+        expected = {f["name"] for f in source.schema["fields"]} | set(RESERVED_NAMES)
         # A rank field the user added for plan-backfill --tag is theirs: evolve leaves it be.
         if set(fields) - ({RANK_FIELD} - expected) != expected:
             return f"its fields {sorted(fields)} differ from the source's plus tags"

@@ -71,7 +71,7 @@ class VectorFile:
         self._out.close()
 
 
-def _column(values: list[Any], dtype: int) -> np.ndarray:
+def _column(values: list[Any], dtype: int, name: str = "") -> np.ndarray:
     """A scalar column as the NumPy dtype Milvus 2.3's NumPy importer reads for that type."""
     kinds = {
         DataType.BOOL: np.bool_,
@@ -85,7 +85,16 @@ def _column(values: list[Any], dtype: int) -> np.ndarray:
     if dtype in kinds:
         return np.asarray(values, dtype=kinds[DataType(dtype)])
     if dtype == DataType.VARCHAR:
-        return np.asarray([str(v) for v in values], dtype=np.str_)
+        texts = [str(v) for v in values]
+        # NumPy's fixed-width strings drop trailing NUL characters: such a key would be
+        # imported as another key (and other text changed), so it is refused instead.
+        cut = next((t for t in texts if t.endswith("\x00")), None)
+        if cut is not None:
+            raise StoreError(
+                f"bulk import cannot carry field '{name}' value {cut[:40]!r}, which ends in a "
+                f"NUL character (NumPy files drop it); evolve with --write-path insert"
+            )
+        return np.asarray(texts, dtype=np.str_)
     raise StoreError(f"bulk import cannot write a field of type {DataType(dtype).name}")
 
 
@@ -141,7 +150,7 @@ class Part:
         types = {f["name"]: f["type"] for f in self.schema["fields"]}
         for name, values in self.columns.items():
             path = self.directory / f"{name}.npy"
-            np.save(path, _column(values, types[name]))
+            np.save(path, _column(values, types[name], name))
             files.append(str(path))
         self.columns = {}
         return files

@@ -25,7 +25,14 @@ from typing import Any
 from pymilvus import DataType, Function, MilvusClient, MilvusException
 
 from dmu_migrate.errors import StoreError
-from dmu_migrate.stores.base import TAG_FIELDS, TAG_FIX, TAG_SOURCE, CollectionInfo, ForeignSchema
+from dmu_migrate.stores.base import (
+    RESERVED_NAMES,
+    TAG_FIELDS,
+    TAG_FIX,
+    TAG_ORIGIN,
+    CollectionInfo,
+    ForeignSchema,
+)
 from dmu_migrate.stores.milvus_columns import literal
 
 log = logging.getLogger(__name__)
@@ -169,7 +176,7 @@ def build_schema(desc: dict[str, Any], vector_field: str, new_dim: int) -> Any:
             )
         )
     present = {f["name"] for f in desc["fields"]}
-    for tag in (*TAG_FIELDS, TAG_SOURCE):  # TAG_SOURCE: the checksum that re-runs compare
+    for tag in RESERVED_NAMES:  # with TAG_SOURCE, the checksum that re-runs compare
         if tag not in present:
             schema.add_field(tag, DataType.VARCHAR, max_length=TAG_MAX_LENGTH)
     return schema
@@ -208,7 +215,7 @@ def definition(
     Milvus Lite."""
     fields = {}
     for f in desc["fields"]:
-        if f["name"] == skip or (drop_tags and f["name"] in (*TAG_FIELDS, TAG_SOURCE)):
+        if f["name"] == skip or (drop_tags and f["name"] in RESERVED_NAMES):
             continue
         params = {k: str(v) for k, v in (f.get("params") or {}).items()}
         flags = {k: bool(f.get(k)) for k in _FIELD_FLAGS if k != "description"}
@@ -251,6 +258,17 @@ def first_difference(want: dict[str, Any], got: dict[str, Any]) -> str | None:
     return None
 
 
+def lost_nullable(source_desc: dict[str, Any], target_desc: dict[str, Any]) -> str | None:
+    """A field nullable in the source but not in the target, which then refuses every
+    batch holding a null (measured on 2.3.5: a server before 2.5 takes nullable=True
+    and makes the field non-nullable without a word); None when every one is kept."""
+    made = {f["name"]: f for f in target_desc["fields"]}
+    for f in source_desc["fields"]:
+        if f.get("nullable") and f["name"] in made and not made[f["name"]].get("nullable"):
+            return str(f["name"])
+    return None
+
+
 def create_with_indexes(
     client: MilvusClient,
     source_desc: dict[str, Any],
@@ -276,8 +294,18 @@ def create_with_indexes(
         )
         for partition in partitions:
             client.create_partition(target, partition, timeout=TIMEOUT)
+        described = client.describe_collection(target, timeout=TIMEOUT)
+        nullable = lost_nullable(source_desc, described)
+        if nullable is not None:
+            raise StoreError(
+                f"field '{nullable}' of '{source}' is nullable, but this Milvus made it a field "
+                f"that cannot hold null in '{target}' (nullable fields need Milvus 2.5 or "
+                f"later), so '{target}' was dropped again and nothing was written; evolve into "
+                f"Milvus 2.5 or later, or into a copy of '{source}' with '{nullable}' filled "
+                f"and not nullable"
+            )
         wanted = definition(source_desc, skip, True, lite[0])
-        made = definition(client.describe_collection(target, timeout=TIMEOUT), skip, True, lite[1])
+        made = definition(described, skip, True, lite[1])
         level = wanted["consistency_level"]
         if lite[1] and level not in (None, "Strong"):
             # Reads in a Lite file see every write before them: Strong is all it has.
@@ -336,21 +364,28 @@ def source_problem(
             "a copy without auto_id, or on Milvus Lite"
         )
     fields = {f["name"]: f for f in desc["fields"]}
-    declared = [t for t in TAG_FIELDS if t in fields]
+    declared = [t for t in RESERVED_NAMES if t in fields]
     for tag in declared:
         kind = fields[tag]["type"]
         if kind != DataType.VARCHAR:
             return f"has its own field '{tag}' ({getattr(kind, 'name', kind)}), {TAG_FIX}"
-    if declared and len(declared) != len(TAG_FIELDS):
-        # Evolve adds the three together: one alone was the user's.
+    if declared and not all(t in fields for t in TAG_FIELDS):
+        # Evolve declares the version tags together (and the checksum with them, in any
+        # collection it made since it keeps one): a reserved field without them is the user's.
         return f"has its own field '{declared[0]}', {TAG_FIX}"
     dynamic = bool(desc.get("enable_dynamic_field"))
     for tag, values in allowed.items():
-        if values is None or not (tag in fields or dynamic):
+        if not (tag in fields or dynamic):
             continue
-        expr = f"{tag} not in [{', '.join(literal(v) for v in values)}]"
-        if tag not in fields:  # a dynamic key: a row without it matches "not in" on servers
-            expr = f"(exists {tag}) and ({expr})"
+        if values is None:
+            if tag in fields or TAG_ORIGIN in fields:
+                continue  # declared beside the origin tag: written with it, never alone
+            # A dynamic key written without the origin evolve writes beside it is the user's.
+            expr = f"(exists {tag}) and not (exists {TAG_ORIGIN})"
+        else:
+            expr = f"{tag} not in [{', '.join(literal(v) for v in values)}]"
+            if tag not in fields:  # a dynamic key: a row without it matches "not in" on servers
+                expr = f"(exists {tag}) and ({expr})"
         rows = client.query(
             name,
             filter=expr,
@@ -382,7 +417,7 @@ def create_foreign(client: MilvusClient, source: CollectionInfo, target: str, ne
     else:
         schema.add_field(source.pk_field, DataType.INT64, is_primary=True)
     schema.add_field(source.vector_field, DataType.FLOAT_VECTOR, dim=new_dim)
-    for tag in (*TAG_FIELDS, TAG_SOURCE):
+    for tag in RESERVED_NAMES:
         schema.add_field(tag, DataType.VARCHAR, max_length=TAG_MAX_LENGTH)
     index = client.prepare_index_params()
     index.add_index(
@@ -409,7 +444,7 @@ def foreign_problem(desc: dict[str, Any], source: CollectionInfo, new_dim: int) 
     vector = fields.get(source.vector_field)
     if vector is None or int((vector.get("params") or {}).get("dim", -1)) != new_dim:
         return f"its field '{source.vector_field}' is not a {new_dim}-d float vector"
-    missing = [t for t in (*TAG_FIELDS, TAG_SOURCE) if t not in fields]
+    missing = [t for t in RESERVED_NAMES if t not in fields]
     if missing:
         return f"it has no tag fields {missing}"
     if not desc.get("enable_dynamic_field"):

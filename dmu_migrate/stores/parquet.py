@@ -119,6 +119,7 @@ class ParquetStore:
         self._parts: dict[Path, tuple[tuple[int, int, int], int, pa.Table]] = {}
         self._merged: dict[Path, tuple[tuple[Any, ...], pa.Table]] = {}  # per collection
         self._last_seq = 0
+        self._types = parquet_parts.ColumnTypes()  # what each column merges to, for writes
 
     @classmethod
     def connect(cls, uri: str, token: str | None = None) -> ParquetStore:
@@ -138,9 +139,38 @@ class ParquetStore:
         self._merged.clear()
 
     # -- layout -------------------------------------------------------------------
+    def _read_json(self, path: Path, shape: str, fix: str) -> Any:
+        """A metadata file's JSON, or one line naming the file, its expected shape and the fix."""
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not valid JSON"
+            raise self._bad_shape(path, str(reason), shape, fix) from None
+
+    def _bad_shape(self, path: Path, what: str, shape: str, fix: str) -> StoreError:
+        return StoreError(
+            f"{path} in Parquet store '{self.uri}' is damaged: {what}, where it should hold "
+            f"{shape}; {fix}"
+        )
+
     def _aliases(self) -> dict[str, str]:
         path = self.root / "aliases.json"
-        return dict(json.loads(path.read_text())) if path.exists() else {}
+        if not path.exists():
+            return {}
+        shape = 'an object of alias -> collection names ({"docs": "docs__v2"})'
+        fix = (
+            "restore it from a backup or write it again in that shape (or delete it: the "
+            "collections stay, the aliases are gone)"
+        )
+        raw = self._read_json(path, shape, fix)
+        if not isinstance(raw, dict):
+            raise self._bad_shape(path, f"it holds {type(raw).__name__}", shape, fix)
+        for alias, target in raw.items():
+            if not isinstance(target, str) or not target:
+                raise self._bad_shape(
+                    path, f"alias '{alias}' maps to {json.dumps(target)}", shape, fix
+                )
+        return dict(raw)
 
     def _concrete(self, name: str) -> str:
         concrete = self._aliases().get(name, name)
@@ -153,7 +183,28 @@ class ParquetStore:
         return concrete
 
     def _schema(self, name: str) -> dict[str, Any]:
-        return dict(json.loads((self.root / self._concrete(name) / "schema.json").read_text()))
+        path = self.root / self._concrete(name) / "schema.json"
+        shape = (
+            'an object such as {"format": 1, "pk": "id", "metric": "COSINE", '
+            '"vector_fields": {"vector": 128}}'
+        )
+        fix = "restore it from a backup or write it again in that shape"
+        raw = self._read_json(path, shape, fix)
+        if not isinstance(raw, dict):
+            raise self._bad_shape(path, f"it holds {type(raw).__name__}", shape, fix)
+        for key in ("pk", "metric"):
+            if not isinstance(raw.get(key), str) or not raw[key]:
+                raise self._bad_shape(path, f"'{key}' is {json.dumps(raw.get(key))}", shape, fix)
+        vectors = raw.get("vector_fields")
+        if (
+            not isinstance(vectors, dict)
+            or not vectors
+            or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in vectors.values()
+            )
+        ):
+            raise self._bad_shape(path, f"'vector_fields' is {json.dumps(vectors)}", shape, fix)
+        return dict(raw)
 
     def _next_seq(self) -> int:
         # Strictly increasing within a process even when the clock does not move.
@@ -401,7 +452,22 @@ class ParquetStore:
             else:
                 columns[key] = _column(target, key, values)
         columns.update({k: pa.array([v] * len(batch), pa.string()) for k, v in tags.items()})
-        self._write_part(target, "part", pa.table(columns))
+        table = pa.table(columns)
+        directory = self.root / self._concrete(target)
+        clash = self._types.conflict(directory, table)
+        if clash is not None:
+            # Written, this part would make every later read of the collection fail.
+            key, now, before = clash
+            first, last = batch.ids[[0, -1]].tolist()
+            raise StoreError(
+                f"field '{key}' of the rows written to '{target}' holds {now} values in this "
+                f"batch (ids {first!r} to {last!r}) but {before} in rows "
+                f"written before, which one Parquet column cannot hold; this batch was not "
+                f"written and '{target}' stays readable; make the field's values one type in "
+                f"the source, or write to a Milvus or Qdrant store"
+            )
+        self._write_part(target, "part", table)
+        self._types.wrote(directory, table)
 
     def write_vectors(
         self,
@@ -489,7 +555,22 @@ class ParquetStore:
     # -- ledger --------------------------------------------------------------------
     def _ledger(self) -> dict[str, Any]:
         path = self.root / "ledger.json"
-        return dict(json.loads(path.read_text())) if path.exists() else {}
+        if not path.exists():
+            return {}
+        shape = "an object of migration key -> record object"
+        fix = (
+            "restore it from a backup, or move it aside: the collections and aliases stay, "
+            "but the migrations' records are lost and the next evolve starts over"
+        )
+        raw = self._read_json(path, shape, fix)
+        if not isinstance(raw, dict):
+            raise self._bad_shape(path, f"it holds {type(raw).__name__}", shape, fix)
+        for key, record in raw.items():
+            if not isinstance(record, dict):
+                raise self._bad_shape(
+                    path, f"entry '{key}' is {json.dumps(record)[:40]}", shape, fix
+                )
+        return dict(raw)
 
     def ledger_get(self, key: str) -> dict[str, Any] | None:
         return self._ledger().get(key)

@@ -489,10 +489,11 @@ class QdrantStore:
         wanted = ids.tolist()
         with self._errors(f"update points of collection '{info.name}'", "check --collection"):
             found = self.client.retrieve(info.name, ids=wanted, with_payload=False)
-            missing = {str(i) for i in wanted} - {str(r.id) for r in found}
+            present = {str(r.id) for r in found}
+            missing = [i for i in wanted if str(i) not in present]  # as given: 7, not '7'
             if missing:
                 raise StoreError(
-                    f"collection '{info.name}' lacks ids {sorted(missing)[:5]}; "
+                    f"collection '{info.name}' lacks ids {missing[:5]}; "
                     f"only existing points can get a new vector"
                 )
             rows = vectors.astype(np.float32).tolist()

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dmu_migrate.distractors import PoolFor, describe
 from dmu_migrate.errors import InputError
 from dmu_migrate.quality import measure
 from dmu_migrate.training.backfill_score import fit_backfill_score
@@ -23,6 +24,7 @@ from dmu_migrate.training.loop import (
     TrainResult,
     Validate,
     embed_rows,
+    gate_pool,
     held_out_kind,
     map_score,
     pick_device,
@@ -40,8 +42,11 @@ def fit_adapter(
     config: TrainConfig,
     on_epoch: EpochCallback | None = None,
     checkpoint: Checkpoint | None = None,
+    distractors: PoolFor | None = None,
 ) -> TrainResult:
-    """psi: old -> new space; ``labels`` are codes 0..C-1, or None for unlabelled pairs."""
+    """psi: old -> new space; ``labels`` are codes 0..C-1, or None for unlabelled pairs.
+
+    ``distractors`` join the held-out gallery of the gate's figures (trainer.train)."""
     config.check()
     if len(old) != len(new):
         raise InputError(f"{len(old)} old vectors but {len(new)} new ones; pair them row by row")
@@ -78,7 +83,9 @@ def fit_adapter(
             best_val = _paired_map(adapter, old[val_idx], new[val_idx], ids[val_idx], labels)
             entry |= {"val_new_evolved": best_val, "val": best_val}
         log.append(entry)
-        figures = _figures(adapter, old, new, labels, val_idx, config.seed)
+        figures, crowd = _figures(
+            adapter, old, new, labels, (train_idx, val_idx), config.seed, distractors
+        )
         return TrainResult(
             None,
             adapter,
@@ -90,6 +97,7 @@ def fit_adapter(
             validation,
             None,
             figures,
+            distractors=crowd,
             backfill_score=_score(adapter, old[train_idx], new[train_idx]),
         )
 
@@ -138,6 +146,9 @@ def fit_adapter(
         checkpoint,
         on_epoch,
     )
+    figures, crowd = _figures(
+        adapter, old, new, labels, (train_idx, val_idx), config.seed, distractors
+    )
     return TrainResult(
         new_model=None,
         adapter=adapter,
@@ -148,7 +159,8 @@ def fit_adapter(
         new_dim=new.shape[1],
         validation=validation,
         q_mean=None if q is None else float(q.mean()),
-        quality=_figures(adapter, old, new, labels, val_idx, config.seed),
+        quality=figures,
+        distractors=crowd,
         backfill_score=_score(adapter, old[train_idx], new[train_idx]),
     )
 
@@ -196,14 +208,19 @@ def _figures(
     old: np.ndarray,
     new: np.ndarray,
     labels: np.ndarray | None,
-    val_idx: np.ndarray,
+    split: tuple[np.ndarray, np.ndarray],
     seed: int,
-) -> dict[str, dict[str, float]]:
-    """The deploy settings on the held-out rows; unlabelled pairs have no identities to score."""
+    distractors: PoolFor | None,
+) -> tuple[dict[str, dict[str, float]], dict[str, object]]:
+    """The deploy settings on the held-out rows, and the distractors they saw; unlabelled
+    pairs have no identities to score."""
+    train_idx, val_idx = split
     if not len(val_idx) or labels is None:
-        return {}
+        return {}, {}
     device = next(iter(adapter.parameters())).device
     with torch.no_grad():
         rows = torch.tensor(old[val_idx], dtype=torch.float32, device=device)
         evolved = embed_rows(adapter, rows).cpu().numpy()
-    return measure(old[val_idx], new[val_idx], evolved, labels[val_idx], seed)
+    pool = gate_pool(distractors, train_idx, val_idx, adapter, device)
+    figures = measure(old[val_idx], new[val_idx], evolved, labels[val_idx], seed, distractors=pool)
+    return figures, describe(pool, list(figures))

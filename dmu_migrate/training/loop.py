@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dmu_migrate.distractors import Pool, PoolFor
 from dmu_migrate.errors import InputError
 from dmu_migrate.metrics import retrieval_scores
 from dmu_migrate.training import distributed
@@ -151,6 +152,8 @@ class TrainResult:
     # R@1/mAP per deploy setting on the held-out rows, with the kept weights (quality.py)
     quality: dict[str, dict[str, float]] = field(default_factory=dict)
     fusion: dict[str, float] = field(default_factory=dict)  # transition weights (quality.py)
+    # The distractors those figures saw, per setting (distractors.Pool.describe)
+    distractors: dict[str, Any] = field(default_factory=dict)
     # Predicted alignment error from the old vector: the partial-backfill order (backfill_score.py)
     backfill_score: nn.Module | None = None
 
@@ -273,3 +276,23 @@ def run_epochs(
         return LoopResult(log, len(log), None)
     best_epoch, best = distributed.from_main(lambda: (stopper.best_epoch, stopper.best))
     return LoopResult(log, best_epoch, best)
+
+
+def gate_pool(
+    distractors: PoolFor | None,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    adapter: nn.Module,
+    device: torch.device,
+) -> Pool | None:
+    """The distractors of the held-out gallery, evolved by the kept psi."""
+    if distractors is None:
+        return None
+    pool = distractors(train_idx, val_idx)
+
+    def evolve(old: np.ndarray) -> np.ndarray:
+        rows = torch.tensor(old, dtype=torch.float32, device=device)
+        with torch.no_grad():
+            return embed_rows(adapter, rows).cpu().numpy()
+
+    return pool.evolve(evolve)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dmu_migrate.distractors import PoolFor, describe
 from dmu_migrate.errors import InputError
 from dmu_migrate.quality import fit_fusion, measure
 from dmu_migrate.training import distributed
@@ -25,6 +26,7 @@ from dmu_migrate.training.loop import (
     TrainResult,
     Validate,
     embed_rows,
+    gate_pool,
     held_out_kind,
     map_score,
     pick_device,
@@ -68,8 +70,13 @@ def train(
     config: TrainConfig,
     on_epoch: EpochCallback | None = None,
     checkpoint: Checkpoint | None = None,
+    distractors: PoolFor | None = None,
 ) -> TrainResult:
-    """Train the new model and psi on (x_i, o_i, y_i); labels are codes 0..C-1."""
+    """Train the new model and psi on (x_i, o_i, y_i); labels are codes 0..C-1.
+
+    ``distractors(train_rows, held_out_rows)`` gives the pool that joins the held-out
+    gallery when the gate's figures are measured (distractors.py); None: no pool.
+    """
     config.check()
     config = config.resolved()
     if config.method == "adapter":
@@ -167,6 +174,7 @@ def train(
         score = fit_backfill_score(old[train_idx], evolved.cpu().numpy(), embedded.cpu().numpy())
     figures: dict[str, dict[str, float]] = {}
     fusion: dict[str, float] = {}
+    crowd: dict[str, object] = {}
     if len(val_idx):
         with torch.no_grad():
             held_out = (
@@ -175,8 +183,10 @@ def train(
                 embed_rows(adapter, old_val).cpu().numpy(),
                 labels[val_idx],
             )
-        figures = measure(*held_out, seed=config.seed)
-        fusion = fit_fusion(*held_out)
+        pool = gate_pool(distractors, train_idx, val_idx, adapter, device)
+        figures = measure(*held_out, seed=config.seed, distractors=pool)
+        fusion = fit_fusion(*held_out, distractors=pool)
+        crowd = describe(pool, list(figures))
     return TrainResult(
         new_model=model,
         adapter=adapter,
@@ -193,6 +203,7 @@ def train(
         q_mean=float(q.mean()),
         quality=figures,
         fusion=fusion,
+        distractors=crowd,
         backfill_score=score,
     )
 

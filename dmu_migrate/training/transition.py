@@ -89,12 +89,18 @@ def make_transition(
     """Write ``<name>-transition`` and ``<name>-exit`` beside the artifact (or in out_dir)."""
     base = load_artifact(artifact_path)
     m = base.manifest
+    if m.method.startswith("transition"):
+        raise InputError(
+            f"artifact '{base.path}' was written by transition ({m.method}); derive the "
+            f"transition artifacts from the trained artifact '{m.training.get('base', '?')}'"
+        )
     fusion = m.quality.get("fusion") if m.quality else None
     if not isinstance(fusion, dict) or "a" not in fusion:
         raise InputError(
             f"artifact '{base.path}' has no fitted fusion weights (trained without held-out "
             f"identities); retrain with --val-fraction > 0"
         )
+    check_weights(base, float(fusion["a"]), float(fusion["b"]))
     if base.new_model_path is None:
         raise InputError(
             f"artifact '{base.path}' ships no new_model.onnx; the transition's query encoder "
@@ -157,6 +163,25 @@ def make_transition(
         {ADAPTER: exit_adapter},
     )
     return TransitionArtifacts(transition, exit_artifact)
+
+
+def check_weights(base: Artifact, a: float, b: float) -> None:
+    """A fitted weight of 0 leaves one half of every fused vector unread: twice the
+    dimensions for a ranking one model gives alone, so refuse and name what to deploy."""
+    query = f"[{a:.2f} q_old ; {b:.2f} q_new]"
+    if a <= 0.0:
+        raise InputError(
+            f"the fusion fitted for '{base.path}' gives the old model weight 0 (query "
+            f"{query}): the old half would be stored and never scored, so the transition "
+            f"ranks as the evolved gallery alone at twice the dimensions; deploy the artifact "
+            f"itself: dmu-migrate evolve --adapter {base.path}"
+        )
+    if b <= 0.0:
+        raise InputError(
+            f"the fusion fitted for '{base.path}' gives the new model weight 0 (query "
+            f"{query}): it ranks as today's old->old search, so the transition gains nothing; "
+            f"keep today's system and retrain (see docs/method.md)"
+        )
 
 
 def fused_gallery_graph(adapter_onnx: Path, target: Path) -> None:

@@ -7,6 +7,8 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from dmu_migrate.artifact import (
     ADAPTER,
     BACKFILL_SCORE,
@@ -18,8 +20,9 @@ from dmu_migrate.artifact import (
     write_manifest,
 )
 from dmu_migrate.data import Columns, Table, read_table
+from dmu_migrate.distractors import NONE, TRAINING, Distractors, Pool, PoolFor, pool, table_ids
 from dmu_migrate.errors import InputError
-from dmu_migrate.quality import verdict
+from dmu_migrate.quality import judged_at, verdict
 from dmu_migrate.training import distributed
 from dmu_migrate.training.adapter_only import fit_adapter
 from dmu_migrate.training.checkpoint import FILE, Checkpoint, work_dir
@@ -47,6 +50,7 @@ def train_upgrade(
     resume: bool = False,
     tune: int = 0,
     threads: int | None = None,
+    distractors: Distractors | str = TRAINING,
 ) -> TrainReport:
     """Train by ``config.method`` and write the artifact OUT_DIR/NAME.
 
@@ -57,6 +61,9 @@ def train_upgrade(
     that many Optuna trials on the held-out identities and keeps the best
     (training/tuning.py). ``threads`` sets torch's CPU threads (0: automatic,
     see training/threads.py); None leaves them as the caller has them.
+    ``distractors`` join the held-out gallery where the gate's figures are measured:
+    TRAINING (the table's rows that were not held out), NONE, or stored old vectors
+    (distractors.load: a Parquet or a collection).
     """
     config.check()
     check_tune(config, tune, resume)
@@ -100,11 +107,13 @@ def train_upgrade(
         if tune and ranks > 1:
             raise InputError("--tune runs in one process; start it without torchrun")
 
+        crowd = pool_for(table, distractors)
+
         def fit(c: TrainConfig, saved: Checkpoint | None = checkpoint) -> TrainResult:
             if adapter_mode and new is not None:
                 labels = table.labels if table.labelled else None
-                return fit_adapter(table.old, new, labels, c, on_epoch, saved)
-            return train(table.x, table.old, table.labels, c, on_epoch, saved)
+                return fit_adapter(table.old, new, labels, c, on_epoch, saved, crowd)
+            return train(table.x, table.old, table.labels, c, on_epoch, saved, crowd)
 
         trials: list[dict[str, object]] = []
         if tune > 0:
@@ -124,6 +133,28 @@ def train_upgrade(
 
         # Rank 0 writes the one artifact; the other ranks wait here and return its report.
         return distributed.from_main(publish)
+
+
+def pool_for(table: Table, distractors: Distractors | str) -> PoolFor | None:
+    """The gate's distractors for a held-out split of ``table`` (distractors.py)."""
+    if distractors == NONE:
+        return None
+    ids = table_ids(table.path)
+    classes = table.classes if table.labelled else None
+
+    def held_out_pool(train_idx: np.ndarray, val_idx: np.ndarray) -> Pool:
+        given = distractors
+        if not isinstance(given, Distractors):  # TRAINING: the rows that were not held out
+            given = Distractors(
+                table.old[train_idx],
+                table.classes[table.labels[train_idx]] if table.labelled else None,
+                None if ids is None else ids[train_idx],
+                "the training table",
+            )
+        held_ids = None if ids is None else ids[val_idx]
+        return pool(given, table.old[val_idx], held_ids, classes)
+
+    return held_out_pool
 
 
 def _write_artifact(
@@ -189,10 +220,13 @@ def _write_artifact(
             },
         )
         if result.quality:
+            crowd = result.distractors
+            where = judged_at("held-out identities", crowd.get("count"), crowd.get("source"))
             manifest.quality = {
                 "settings": result.quality,
                 **({"fusion": result.fusion} if result.fusion else {}),
                 **result.validation,
-                "verdict": verdict(result.quality, "held-out identities").line,
+                "distractors": crowd,
+                "verdict": verdict(result.quality, where).line,
             }
         write_manifest(staging, manifest)

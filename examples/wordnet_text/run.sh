@@ -21,3 +21,15 @@ dmu-migrate evaluate "$DATA/eval.parquet" --adapter "$OUT/wordnet-dmu" \
 dmu-migrate train "$DATA/train.parquet" --name wordnet-affine --method adapter \
   --adapter-kind affine --out-dir "$OUT" --overwrite
 dmu-migrate evaluate "$DATA/eval.parquet" --adapter "$OUT/wordnet-affine"
+
+# Serving. The application's collection: the test lemma texts with their old-model (L3)
+# vectors, 'words__v1' behind the alias 'words' that its queries use.
+rm -rf "$DATA/words.db"
+python examples/wordnet_text/old_index.py --table "$DATA/eval.parquet" --uri "$DATA/words.db"
+# On WordNet the quality gate refuses the evolved gallery (new->evolved below old->old,
+# docs/results.md), so evolve would exit 6; --accept-regression goes on anyway, here only
+# to show the serving path. The transition artifacts are what beats old->old on WordNet.
+dmu-migrate evolve --collection words --adapter "$OUT/wordnet-dmu" --uri "$DATA/words.db" --accept-regression
+# A query: text -> all-MiniLM-L6-v2 -> new_model.onnx -> search the alias (now 'words__v2').
+python examples/wordnet_text/serve.py --uri "$DATA/words.db" --alias words \
+  --adapter "$OUT/wordnet-dmu" "a motor vehicle with four wheels"
