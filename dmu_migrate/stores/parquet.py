@@ -153,6 +153,13 @@ class ParquetStore:
             f"{shape}; {fix}"
         )
 
+    def _read_object(self, path: Path, shape: str, fix: str) -> dict[str, Any]:
+        """A metadata file's JSON object; anything else is named with its shape and fix."""
+        raw = self._read_json(path, shape, fix)
+        if not isinstance(raw, dict):
+            raise self._bad_shape(path, f"it holds {type(raw).__name__}", shape, fix)
+        return raw
+
     def _aliases(self) -> dict[str, str]:
         path = self.root / "aliases.json"
         if not path.exists():
@@ -162,9 +169,7 @@ class ParquetStore:
             "restore it from a backup or write it again in that shape (or delete it: the "
             "collections stay, the aliases are gone)"
         )
-        raw = self._read_json(path, shape, fix)
-        if not isinstance(raw, dict):
-            raise self._bad_shape(path, f"it holds {type(raw).__name__}", shape, fix)
+        raw = self._read_object(path, shape, fix)
         for alias, target in raw.items():
             if not isinstance(target, str) or not target:
                 raise self._bad_shape(
@@ -189,9 +194,7 @@ class ParquetStore:
             '"vector_fields": {"vector": 128}}'
         )
         fix = "restore it from a backup or write it again in that shape"
-        raw = self._read_json(path, shape, fix)
-        if not isinstance(raw, dict):
-            raise self._bad_shape(path, f"it holds {type(raw).__name__}", shape, fix)
+        raw = self._read_object(path, shape, fix)
         for key in ("pk", "metric"):
             if not isinstance(raw.get(key), str) or not raw[key]:
                 raise self._bad_shape(path, f"'{key}' is {json.dumps(raw.get(key))}", shape, fix)
@@ -562,9 +565,7 @@ class ParquetStore:
             "restore it from a backup, or move it aside: the collections and aliases stay, "
             "but the migrations' records are lost and the next evolve starts over"
         )
-        raw = self._read_json(path, shape, fix)
-        if not isinstance(raw, dict):
-            raise self._bad_shape(path, f"it holds {type(raw).__name__}", shape, fix)
+        raw = self._read_object(path, shape, fix)
         for key, record in raw.items():
             if not isinstance(record, dict):
                 raise self._bad_shape(
