@@ -21,7 +21,9 @@ from dmu_migrate.evolve import self_search as search_check
 from dmu_migrate.evolve.ledger import DONE, FAILED, Ledger
 from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.self_search import judge, self_search
-from dmu_migrate.stores.base import Batch, Hits
+from dmu_migrate.stores.base import WIDER, Batch, Hits
+from dmu_migrate.stores.milvus_schema import IndexSpec
+from dmu_migrate.stores.milvus_search import fitted
 
 pytestmark = pytest.mark.timeout(300)
 EMBEDDED = pytest.mark.parametrize(
@@ -155,7 +157,7 @@ def test_target_that_does_not_hold_the_searched_vectors_fails_naming_the_cause(
         self_search(store, name, field, ids[:50], wrong)
     message = str(failed.value)
     assert "\n" not in message
-    assert re.search(r"found \d \(\d+%, needs 95%\)", message), message  # a random hit or so
+    assert re.search(r"found \d \([\d.]+%, needs 95%\)", message), message  # a random hit or so
     assert f"ids {ids[0]} (own 1.0000, 10th hit 0." in message, message
     if backend.kind == "parquet":  # an exact search cannot miss a row it holds
         assert "search scored every row" in message, message
@@ -189,7 +191,7 @@ def test_judge_tells_ties_inner_product_and_broken_scores_apart() -> None:
     assert (got.found, got.tied, got.outranked) == (1, 1, 0)
     assert [m.id for m in got.missed] == [3] and [m.id for m in got.impossible] == [4]
     message = got.failure("docs__v2")
-    assert "found 2 (50%, needs 95%)" in message
+    assert "found 2 (50.0%, needs 95%)" in message
     assert "1 missed by the index" in message and "ids 3 (own 1.0000, 10th hit 0.7000)" in message
     assert "under COSINE (ids 4 (own 1.0000, 10th hit 1.4000))" in message
     assert "1 counted found by a tie with equal vectors" in message and "\n" not in message
@@ -199,3 +201,45 @@ def test_judge_tells_ties_inner_product_and_broken_scores_apart() -> None:
     # Distances: equal vectors tie at 0, a farther 10th hit is a miss.
     l2 = Hits([list(range(300, 310)), list(range(310, 320))], [ten(0.0), ten(0.5)], "L2", "x")
     assert judge([6, 7], q[:2], l2).tied == 1 and len(judge([6, 7], q[:2], l2).missed) == 1
+
+
+def test_a_second_look_widens_each_index_budget_up_to_what_milvus_takes() -> None:
+    """The rows a first search missed are searched again with WIDER times the budget,
+    capped where Milvus refuses larger values; exact indexes have nothing to widen."""
+
+    def spec(kind: str, **params: object) -> IndexSpec:
+        return IndexSpec("vector", "vector", kind, "COSINE", dict(params))
+
+    assert fitted(spec("HNSW"), 10, lite=False) == ({"ef": 256}, "HNSW ef=256")
+    assert fitted(spec("HNSW"), 10, lite=False, widen=WIDER)[0] == {"ef": 256 * WIDER}
+    assert fitted(spec("HNSW"), 4000, lite=False, widen=WIDER)[0] == {"ef": 32768}
+    assert fitted(spec("IVF_FLAT", nlist=1024), 10, lite=False)[0] == {"nprobe": 256}
+    assert fitted(spec("IVF_FLAT", nlist=1024), 10, lite=False, widen=2)[0] == {"nprobe": 512}
+    assert fitted(spec("IVF_FLAT", nlist=1024), 10, lite=False, widen=WIDER)[0] == {
+        "nprobe": 1024  # every list: an exact search
+    }
+    assert fitted(spec("AUTOINDEX"), 10, lite=True, widen=WIDER)[0] == {"ef": 256 * WIDER}
+    assert fitted(spec("FLAT"), 10, lite=False, widen=WIDER)[0] == {}
+
+
+@LITE
+def test_rows_missed_by_both_looks_fail_and_the_report_counts_a_second_looks_finds(
+    backend: Backend, digits: Digits
+) -> None:
+    """A sample of rows the collection holds and of vectors it does not: the held ones
+    are found, the others missed by both looks, and the failure says the wider search
+    missed them too."""
+    name = backend.unique("looks")
+    ids = np.arange(100) + 1
+    backend.seed(name, ids, digits.old_te[:100], {"label": [1] * 100})
+    store = backend.open_store()
+    field = backend.vector_name
+    held = store.fetch(store.describe(name), ids[:40], field).vectors
+    wrong = np.random.default_rng(4).normal(size=(10, held.shape[1])).astype(np.float32)
+    with pytest.raises(VerificationError) as failed:
+        self_search(store, name, field, ids[:50], np.vstack([held, wrong]))
+    message = str(failed.value)
+    assert f"also when searched with a {WIDER}x wider budget" in message, message
+    assert re.search(r"found 4\d \(", message), message
+    got = search_check.SelfSearch("HNSW ef=256", "COSINE", 50, found=50, widened=3)
+    assert f"3 of them only by a {WIDER}x wider search" in got.describe()

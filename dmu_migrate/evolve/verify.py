@@ -15,7 +15,7 @@ import numpy as np
 from dmu_migrate.errors import VerificationError
 from dmu_migrate.evolve.id_join import pages_of, windows
 from dmu_migrate.evolve.progress import VERIFY, Meter, Report, quiet
-from dmu_migrate.evolve.self_search import SEARCH_K, SelfSearch, judge, self_search
+from dmu_migrate.evolve.self_search import SEARCH_K, SelfSearch, judge, second_look, self_search
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.stores.base import VectorStore, id_array
 
@@ -209,4 +209,5 @@ def source_search(store: VectorStore, plan: Plan, ids: np.ndarray) -> SelfSearch
     its index finds too few of them."""
     vectors = store.fetch(plan.source, ids, plan.source.vector_field).vectors
     hits = store.search(plan.source.name, plan.source.vector_field, vectors, SEARCH_K)
-    return judge(ids.tolist(), vectors, hits)
+    first = judge(ids.tolist(), vectors, hits)
+    return second_look(store, plan.source.name, plan.source.vector_field, first, vectors, ids)

@@ -106,6 +106,10 @@ class ForeignSchema:
 # defaults, which missed a vector's own id on a 100k-row HNSW collection (M 16,
 # efConstruction 64) that ef 64 found.
 SEARCH_EF = 256
+# How much a second look widens that budget (HNSW ef, IVF nprobe, DiskANN search list) for
+# the rows a first search missed: a sparse HNSW graph (M 4, efConstruction 8) on the
+# 2.3.5 server missed 14 of 256 own rows at ef 256 in one build and none in another.
+WIDER = 16
 
 
 @dataclass(frozen=True)
@@ -177,9 +181,12 @@ class VectorStore(Protocol):
         """Rows by id, in the order given; StoreError when any is missing."""
         ...
 
-    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> Hits:
+    def search(
+        self, name: str, vector_field: str, queries: np.ndarray, k: int, widen: int = 1
+    ) -> Hits:
         """The k nearest rows per query, through the store's own index, searched with
-        parameters fitted to that index (a thorough search, not the index's default)."""
+        parameters fitted to that index (a thorough search, not the index's default),
+        their search budget multiplied by ``widen``."""
         ...
 
     # -- writing -------------------------------------------------------------

@@ -304,12 +304,14 @@ class MilvusStore:
             batch = replace(batch, fields={**batch.fields, PARTITION_KEY: placed})
         return batch
 
-    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> Hits:
+    def search(
+        self, name: str, vector_field: str, queries: np.ndarray, k: int, widen: int = 1
+    ) -> Hits:
         self._ensure_loaded(name)
         concrete = self.client.describe_collection(name)["collection_name"]
         specs = milvus_schema.read_indexes(self.client, concrete)
         index = next((s for s in specs if s.field == vector_field), None)
-        params, said = milvus_search.fitted(index, k, lite=not self.shared)
+        params, said = milvus_search.fitted(index, k, lite=not self.shared, widen=widen)
         metric = (index.metric if index else None) or "COSINE"  # Milvus's default metric
         hits = self.client.search(
             name,

@@ -130,10 +130,12 @@ class StorePair:
             return self.source.fetch(info, ids, vector_field)
         return self.target.fetch(self._view(info), ids, self._mapping().vector(vector_field))
 
-    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> Hits:
+    def search(
+        self, name: str, vector_field: str, queries: np.ndarray, k: int, widen: int = 1
+    ) -> Hits:
         if self._reads(name):
-            return self.source.search(name, vector_field, queries, k)
-        return self.target.search(name, self._mapping().vector(vector_field), queries, k)
+            return self.source.search(name, vector_field, queries, k, widen)
+        return self.target.search(name, self._mapping().vector(vector_field), queries, k, widen)
 
     # -- writing (the target only) -------------------------------------------------------
     def _written(self, name: str) -> str:

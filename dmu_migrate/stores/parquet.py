@@ -350,8 +350,11 @@ class ParquetStore:
     def fetch(self, info: CollectionInfo, ids: np.ndarray, vector_field: str) -> Batch:
         return self._to_batch(info.name, self._rows(info.name, ids), vector_field)
 
-    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> Hits:
-        """Exact search by the collection's metric: Parquet has no index, so every row is scored."""
+    def search(
+        self, name: str, vector_field: str, queries: np.ndarray, k: int, widen: int = 1
+    ) -> Hits:
+        """Exact search by the collection's metric: Parquet has no index, so every row is
+        scored (``widen`` has nothing to widen)."""
         info = self.describe(name, vector_field)
         batch = self._to_batch(info.name, self._table(info.name), vector_field)
         score, higher = _SCORES.get(info.metric, _SCORES["COSINE"])

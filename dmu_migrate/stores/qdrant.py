@@ -511,7 +511,9 @@ class QdrantStore:
                 name, points_selector=models.PointIdsList(points=ids.tolist()), wait=True
             )
 
-    def search(self, name: str, vector_field: str, queries: np.ndarray, k: int) -> Hits:
+    def search(
+        self, name: str, vector_field: str, queries: np.ndarray, k: int, widen: int = 1
+    ) -> Hits:
         with self._errors(f"describe collection '{name}'", "check --collection"):
             config = self.client.get_collection(name).config
         _, vectors = self._vector_params(name)
@@ -521,7 +523,7 @@ class QdrantStore:
         m = own.m if own and own.m is not None else config.hnsw_config.m
         # m = 0 builds no graph: the server scores every point, as local mode always does.
         exact = self.local or m == 0
-        ef = max(k, SEARCH_EF)
+        ef = max(k, SEARCH_EF) * widen
         search = models.SearchParams(
             hnsw_ef=ef,
             # Quantized scores are approximate: rank candidates again on the stored vectors.
