@@ -34,6 +34,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import evolve
 from evolve import ALIAS, SOURCE, machine, milvus_server, seed, settle
 from markdown import replace_section
 
@@ -284,11 +285,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--render", action="store_true", help="rewrite the doc from the JSON")
     parser.add_argument("--results", type=Path, default=RESULTS, help="raw numbers (JSON)")
     parser.add_argument("--doc", type=Path, default=DOC, help="the page whose section is written")
+    parser.add_argument(
+        "--settle-limit", type=float, default=evolve.SETTLE_LIMIT,
+        help="most seconds to wait for an idle machine before each run (0: none)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
 def main() -> None:
     opts = parse()
+    evolve.SETTLE_LIMIT = opts.settle_limit  # settle() reads it there
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the Milvus server
     if not opts.render:
         cases = []
