@@ -34,6 +34,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import evolve
 from evolve import ALIAS, SOURCE, machine, milvus_server, seed, settle
 from markdown import replace_section
 
@@ -114,7 +115,9 @@ def run(uri: str, artifact: str, workers: int, bulk: Path | None = None) -> dict
     }
 
 
-def run_case(rows: int, dim: int, root: Path, uri: str | None) -> dict[str, Any]:
+def run_case(
+    rows: int, dim: int, root: Path, uri: str | None, warm_up: bool = True
+) -> dict[str, Any]:
     """All runs of one size, on a fresh server (or the one at ``uri``, for smoke tests)."""
     from artifacts import make_adapter_artifact  # imports torch: only in the driver
 
@@ -127,9 +130,10 @@ def run_case(rows: int, dim: int, root: Path, uri: str | None) -> dict[str, Any]
         case["id_scan_ids_per_s"] = id_scan_rate(uri)
         # A first run after seeding pays for the server's compaction of the new segments:
         # one unmeasured run, so that no measured run is the first.
-        reset(uri, f"{SOURCE}__v2")
-        settle()
-        case["warm_up"] = run(uri, artifact, 0)
+        if warm_up:
+            reset(uri, f"{SOURCE}__v2")
+            settle()
+            case["warm_up"] = run(uri, artifact, 0)
         bulk_dir = root / f"bulk-{rows}-{dim}"  # the server runs here: it reads this directory
         bulk_dir.mkdir()
         for kind, workers in RUNS:
@@ -284,18 +288,27 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--render", action="store_true", help="rewrite the doc from the JSON")
     parser.add_argument("--results", type=Path, default=RESULTS, help="raw numbers (JSON)")
     parser.add_argument("--doc", type=Path, default=DOC, help="the page whose section is written")
+    parser.add_argument(
+        "--settle-limit", type=float, default=evolve.SETTLE_LIMIT,
+        help="most seconds to wait for an idle machine before each run (0: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-warm-up", dest="warm_up", action="store_false",
+        help="skip the unmeasured first run (for smoke runs whose numbers are not read)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
 def main() -> None:
     opts = parse()
+    evolve.SETTLE_LIMIT = opts.settle_limit  # settle() reads it there
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the Milvus server
     if not opts.render:
         cases = []
         with tempfile.TemporaryDirectory(prefix="dmu-scaling-") as tmp:
             for dim in opts.dims:
                 for rows in opts.rows:
-                    cases.append(run_case(rows, dim, Path(tmp), opts.uri))
+                    cases.append(run_case(rows, dim, Path(tmp), opts.uri, opts.warm_up))
                     report = {"machine": machine(), "cases": cases}
                     opts.results.parent.mkdir(parents=True, exist_ok=True)
                     opts.results.write_text(json.dumps(report, indent=2) + "\n")

@@ -118,6 +118,18 @@ def fast_on(kind: str) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("backend", params, indirect=True)
 
 
+EMBEDDED_KINDS = ("milvus-lite", "qdrant-local", "parquet")
+
+
+def embedded_only() -> pytest.MarkDecorator:
+    """Run a ``backend`` test on the embedded kinds alone (all in the fast suite).
+
+    For checks made before or beside the store (flags, plans, what the ledger already
+    holds): a server would repeat them at seconds a test and test nothing of its own.
+    """
+    return pytest.mark.parametrize("backend", EMBEDDED_KINDS, indirect=True)
+
+
 def _vector_map(vectors: np.ndarray | dict[str, np.ndarray], single: str) -> dict[str, np.ndarray]:
     if isinstance(vectors, dict):
         return {k: np.asarray(v, dtype=np.float32) for k, v in vectors.items()}

@@ -23,8 +23,12 @@ from dmu_migrate.artifact import Artifact
 from dmu_migrate.data import write_table
 from dmu_migrate.evolve.transform import AdapterChain
 
-ROWS = 400
-KILLS = 20  # kill points per store before a run may finish
+# 30 batches of 4: every kill lands in the main pass, with batches left for the final run.
+ROWS = 120
+# Kill points per store before a run may finish: half between batches, half mid-write,
+# each on a run that was itself resumed (the first aside). Every attempt costs two
+# process starts (the run and `status`), so each kill is seconds of the suite.
+KILLS = 4
 TESTS = Path(__file__).resolve().parent
 
 SEED = """
@@ -104,9 +108,9 @@ def test_killed_runs_resume_to_the_uninterrupted_state(
             [sys.executable, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         # Kill point: after k more acknowledged batches, either right there (between
-        # batches) or as the next write starts (mid-write, before its ledger update).
-        # After KILLS kills the run is left to finish.
-        k, mid_write = int(rng.integers(1, 3)), bool(rng.integers(2))
+        # batches) or as the next write starts (mid-write, before its ledger update),
+        # in turn. After KILLS kills the run is left to finish.
+        k, mid_write = int(rng.integers(1, 3)), kills % 2 == 1
         acked, log = 0, []
         assert proc.stderr is not None
         for line in proc.stderr:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from backends import Backend
+from backends import Backend, embedded_only
 from faults import Proxy
 from galleries import Digits
 
@@ -173,6 +173,7 @@ def test_a_stopped_shard_resumes_alone(
     assert_same_rows(backend, single.target, resumed.target)
 
 
+@embedded_only()  # flags and the ledger's split: refused before any shard reads the store
 def test_bad_shard_flags_are_refused(backend: Backend, digits: Digits, artifact: Artifact) -> None:
     _, alias, _ = seed(backend, digits, rows=40)
     store = backend.open_store()
