@@ -28,7 +28,7 @@ from dmu_migrate.evolve.plan import make_plan
 from dmu_migrate.evolve.retry import RetryPolicy, is_transient
 from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.stores.base import open_store
+from dmu_migrate.stores.opener import open_store
 
 ROWS = 160
 

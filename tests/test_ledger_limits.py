@@ -26,7 +26,8 @@ from dmu_migrate.evolve import ledger as ledger_module
 from dmu_migrate.evolve.ledger import Ledger, Record
 from dmu_migrate.evolve.pipeline import EvolveOptions, evolve_collection
 from dmu_migrate.evolve.retry import RetryPolicy, client_error
-from dmu_migrate.stores.base import VectorStore, open_store
+from dmu_migrate.stores.base import VectorStore
+from dmu_migrate.stores.opener import open_store
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -97,7 +98,7 @@ RACER = textwrap.dedent(
     import sys, time
     from dmu_migrate.errors import StoreError
     from dmu_migrate.evolve.ledger import Ledger, Record
-    from dmu_migrate.stores.base import open_store
+    from dmu_migrate.stores.opener import open_store
 
     uri, start, trials = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     store = open_store(uri)

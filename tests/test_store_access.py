@@ -25,7 +25,7 @@ from side_servers import free_port, side_milvus
 
 from dmu_migrate.errors import AccessDenied, StoreError
 from dmu_migrate.evolve.retry import Retrier, RetryPolicy
-from dmu_migrate.stores.base import open_store
+from dmu_migrate.stores.opener import open_store
 
 ROOT = "root:Milvus"  # the server's built-in superuser
 CALL_TIMEOUT = 60

@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Any
 
+from dmu_migrate.evolve.batch import prepare
 from dmu_migrate.evolve.ledger import Ledger, Record
 from dmu_migrate.evolve.plan import Plan
 from dmu_migrate.evolve.progress import EVOLVE
@@ -107,8 +108,6 @@ def bulk_pass(run: Run, storage: Storage | None = None) -> bool:
     ``storage``: as write_path.resolve opened it; else (a resumed pass, a shard) the
     storage the record names is opened.
     """
-    from dmu_migrate.evolve.pipeline import prepare
-
     store, plan, options, record = run.store, run.plan, run.options, run.record
     client = importer(store).client  # the target's: with --target-uri, not the one read
 

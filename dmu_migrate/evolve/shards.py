@@ -26,6 +26,7 @@ from typing import Any
 from dmu_migrate.errors import DmuError, InputError, LeaseHeld, StoreError
 from dmu_migrate.evolve import BULK, write_path
 from dmu_migrate.evolve.finish import finish
+from dmu_migrate.evolve.id_diff import ID_BATCH
 from dmu_migrate.evolve.ledger import DONE, RUNNING, STOPPED, Ledger, Record, now_iso, settle
 from dmu_migrate.evolve.pipeline import check_adapters, main_pass, open_record
 from dmu_migrate.evolve.plan import IN_PLACE, Plan
@@ -33,7 +34,6 @@ from dmu_migrate.evolve.progress import EVOLVE, SPLIT, Meter, Report, reporter
 from dmu_migrate.evolve.retry import Retrier
 from dmu_migrate.evolve.run import EvolveResult, Outcome, Run
 from dmu_migrate.evolve.settings import EvolveOptions
-from dmu_migrate.evolve.verify import ID_BATCH
 from dmu_migrate.stores.base import Id, VectorStore
 
 log = logging.getLogger(__name__)
