@@ -6,8 +6,6 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from dmu_migrate.errors import DmuError
-from dmu_migrate.evolve.retry import client_error
 from dmu_migrate.stores.base import VectorStore, store_token
 from dmu_migrate.stores.opener import crosses as crosses  # where the verbs import it from
 from dmu_migrate.stores.opener import open_run
@@ -52,31 +50,14 @@ def opened_for(
     """The store a migration of ``collection`` runs on (stores/opener.py's open_run), with
     the credentials of ``resolve_token`` and ``resolve_target_token``.
 
-    A store client's own exception (connection lost, disk full, permission) in
-    the body leaves as StoreError (or AccessDenied), so that a script catches
-    the same tree the command line maps to exit codes; anything else is a bug
-    and keeps its traceback.
+    The stores map their clients' exceptions (connection lost, disk full, permission)
+    into StoreError (or AccessDenied) themselves (stores/client_errors.py), so that a
+    script catches the same tree the command line maps to exit codes; anything else
+    is a bug and keeps its traceback.
     """
     credentials = resolve_target_token(target_uri, target_token) if target_uri else None
-    with (
-        _client_errors(),
-        open_run(
-            uri, resolve_token(uri, token), collection, target_uri, credentials, filter
-        ) as store,
-    ):
+    token = resolve_token(uri, token)
+    with open_run(uri, token, collection, target_uri, credentials, filter) as store:
         for hook in AFTER_OPEN:
             hook()
         yield store
-
-
-@contextmanager
-def _client_errors() -> Iterator[None]:
-    try:
-        yield
-    except DmuError:
-        raise
-    except Exception as exc:
-        mapped = client_error(exc, "the store call")
-        if mapped is None:
-            raise
-        raise mapped from exc

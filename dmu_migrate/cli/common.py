@@ -59,14 +59,6 @@ def user_errors() -> Iterator[None]:
     except DmuError as exc:
         print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
-    except Exception as exc:
-        from dmu_migrate.evolve.retry import client_error
-
-        mapped = client_error(exc, "the store call")
-        if mapped is None:
-            raise  # a bug: keep the traceback
-        print_error(str(mapped))
-        raise typer.Exit(mapped.exit_code) from None
 
 
 def choices(names: tuple[str, ...]) -> str:

@@ -116,7 +116,7 @@ def bulk_pass(run: Run, storage: Storage | None = None) -> bool:
         storage = open_storage(record.bulk["storage"] if record.bulk else str(options.bulk_storage))
     parts = Parts(client, plan, run.ledger, record, storage)
     parts.settle_all()  # what a previous run left in flight, before reading on
-    schema = client.describe_collection(plan.target)
+    schema = milvus_bulk.describe(client, plan.target)
     vf, dim = plan.source.vector_field, plan.chain.out_dim
     part_rows = max(1, PART_BYTES // (4 * dim))
     batches = store.iter_batches(

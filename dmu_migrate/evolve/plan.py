@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from dmu_migrate.artifact import load_artifact
-from dmu_migrate.errors import AccessDenied, InputError, NothingToDo
+from dmu_migrate.errors import AccessDenied, InputError, NothingToDo, StoreError, StoreUnavailable
 from dmu_migrate.evolve import IN_PLACE, NEW_COLLECTION, STRATEGIES
 from dmu_migrate.evolve import NEW_FIELD as NEW_FIELD  # the strategies import it from here
 from dmu_migrate.evolve.ledger import PRUNED, Ledger, Record
@@ -346,17 +346,13 @@ def resolve_alias(store: VectorStore, info: CollectionInfo, alias: str | None) -
         )
     try:
         clash = store.alias_target(alias) is None and store.has_collection(alias)
-    except Exception as exc:  # the store refused the name itself
-        from dmu_migrate.evolve.retry import client_error
-
-        mapped = client_error(exc, "")
-        if mapped is None:
-            raise
-        if isinstance(mapped, AccessDenied):  # the user, not the name, was refused
-            raise mapped from exc
+    except (AccessDenied, StoreUnavailable):
+        raise  # the user, or the moment, was refused; not the name
+    except StoreError as exc:  # the store refused the name itself
+        refused = exc.__cause__ or exc  # the store's own words, as it mapped them
         raise InputError(
             f"--alias '{alias}' is not a name '{store.uri}' accepts "
-            f"({' '.join(str(exc).split())[:160]}); use letters, digits and underscores"
+            f"({' '.join(str(refused).split())[:160]}); use letters, digits and underscores"
         ) from exc
     if clash:
         raise InputError(

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.client.types import LoadState
-from pymilvus.exceptions import MilvusUnavailableException
 
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.stores import (
@@ -40,23 +39,10 @@ from dmu_migrate.stores.base import (
     id_array,
     redact,
 )
+from dmu_migrate.stores.client_errors import store_boundary
+from dmu_migrate.stores.milvus_errors import MILVUS
 
 log = logging.getLogger(__name__)
-
-# pymilvus codes: 2 = cannot connect, 8 = rate limited, 9 = denied while the server is busy.
-_TRANSIENT_CODES = {2, 8, 9}
-
-
-def transient(exc: BaseException) -> bool:
-    """Whether a pymilvus error is a passing failure: the server unreachable, or busy.
-
-    pymilvus's errors are told apart here, where pymilvus is used, so that the
-    retry loop reads one answer per client instead of class names.
-    """
-    if isinstance(exc, MilvusUnavailableException):
-        return True
-    return isinstance(exc, MilvusException) and exc.code in _TRANSIENT_CODES
-
 
 _VECTOR_TYPES = {DataType.FLOAT_VECTOR}
 _LEDGER_MAX_LENGTH = 65535
@@ -93,6 +79,8 @@ def _and(*exprs: str | None) -> str:
     return " and ".join(parts)
 
 
+# Every public method maps pymilvus's exceptions into the error tree, here and only here.
+@store_boundary(MILVUS)
 class MilvusStore:
     def __init__(self, client: MilvusClient, uri: str) -> None:
         self.client = client
