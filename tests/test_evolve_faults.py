@@ -158,6 +158,38 @@ def test_only_passing_failures_are_retried() -> None:
     assert mapped(ValueError("bad")) is None  # not the client's: a bug, kept as it is
 
 
+def test_a_store_line_raised_from_a_passing_failure_is_retried() -> None:
+    """A store may word a client failure as its own line (count's refused filter); what lies
+    under it still decides, at the store's boundary, whether it is retried."""
+    from pymilvus import MilvusException
+
+    from dmu_migrate.errors import InputError
+    from dmu_migrate.stores.client_errors import Client, mapped
+    from dmu_migrate.stores.milvus_errors import MILVUS
+
+    def raised(code: int) -> BaseException:
+        try:
+            with mapped(MILVUS, "http://x:19530", "count"):
+                try:
+                    raise MilvusException(code=code, message="no answer")
+                except MilvusException as exc:
+                    raise InputError("filter 'x' is not valid for 'c'; fix --filter") from exc
+        except Exception as exc:
+            return exc
+        raise AssertionError("nothing raised")
+
+    down = raised(2)
+    assert is_transient(down) and "count failed for now" in str(down)
+    refused = raised(1100)
+    assert type(refused) is InputError and not is_transient(refused)
+    plain = Client("Parquet", (OSError,))
+    try:
+        with mapped(plain, "parquet:x", "read"):
+            raise KeyError("a bug")
+    except KeyError:
+        pass  # not the client's: kept as it is, with its traceback
+
+
 def test_qdrant_client_errors_are_judged_by_the_qdrant_store() -> None:
     import httpx
     from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse

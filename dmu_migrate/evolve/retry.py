@@ -47,7 +47,6 @@ class Retrier:
             try:
                 return step()
             except StoreUnavailable as exc:
-                cause = exc.__cause__ or exc  # the client's own words, as the store mapped them
                 now = progress() if progress else None
                 if progress is not None and now != mark:
                     attempt, started, mark = 0, time.monotonic(), now
@@ -55,7 +54,7 @@ class Retrier:
                 if attempt >= self.policy.max_retries or waited > self.policy.timeout:
                     raise StoreError(
                         f"{what} kept failing after {attempt} retries in {waited:.0f}s "
-                        f"({redact(_brief(cause))}); the ledger is intact: run evolve again to "
+                        f"({redact(_brief(exc))}); the ledger is intact: run evolve again to "
                         f"resume, or raise --max-retries/--timeout"
                     ) from exc
                 delay = min(self.policy.max_delay, self.policy.base_delay * 2**attempt)
@@ -63,7 +62,7 @@ class Retrier:
                 log.warning(
                     "%s failed (%s); retry %d in %.1fs",
                     what,
-                    redact(_brief(cause)),
+                    redact(_brief(exc)),
                     attempt + 1,
                     delay,
                 )

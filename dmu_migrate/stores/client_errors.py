@@ -1,12 +1,12 @@
 """A store client's exceptions mapped into the error tree of errors.py, at the store.
 
 Each store module says which exceptions its client raises and which of them pass
-(``Client``); ``maps_errors`` then wraps every public method of its store class (or a
-module's functions that take a raw client) so that such an exception leaves as
-AccessDenied (a denial, stores/access.py), StoreUnavailable (a passing failure, which
-evolve/retry.py retries) or StoreError (any other failure of the client or the disk),
-each one line naming the store and the call. Anything else is a bug and keeps its
-traceback. The retry loop and the command line then read only the error classes.
+(``Client``); ``store_boundary`` wraps every public method of its store class, and
+``maps_errors`` a module's functions that take a raw client, so that such an exception
+leaves as AccessDenied (a denial, stores/access.py), StoreUnavailable (a passing
+failure, which evolve/retry.py retries) or StoreError (any other failure of the client
+or the disk), each one line naming the store and the call. Anything else is a bug and
+keeps its traceback. The retry loop and the command line then read only the classes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dmu_migrate.errors import DmuError, StoreError, StoreUnavailable
+from dmu_migrate.errors import AccessDenied, DmuError, StoreError, StoreUnavailable
 from dmu_migrate.stores.access import access_error, denial
 from dmu_migrate.stores.base import redact
 
@@ -69,15 +69,30 @@ def passes(exc: BaseException, client: Client) -> bool:
 
 
 def store_error(exc: BaseException, client: Client, where: str, what: str) -> StoreError | None:
-    """``exc`` as the error tree has it; None when it is not the client's (a bug)."""
-    if isinstance(exc, DmuError) or not isinstance(exc, client.raises):
+    """``exc`` as the error tree has it; None when it stays as it is.
+
+    A raw client exception becomes AccessDenied, StoreUnavailable or StoreError. A store's
+    own one-line error raised from a client exception (a refused filter, a schema the
+    server would not create) stands, unless a denial or a passing failure lies under it:
+    that decides how it ends (never retried, or retried), whatever the store called it.
+    Anything not raised from the client's exceptions is a bug, or already mapped.
+    """
+    if isinstance(exc, StoreUnavailable | AccessDenied):
+        return None
+    root = next(
+        (e for e in _chain(exc) if isinstance(e, client.raises) and not isinstance(e, DmuError)),
+        None,
+    )
+    if root is None:
         return None
     store = f"{client.name} at '{redact(where)}'" if where else client.name
     denied = access_error(exc, store, what)
     if denied is not None:
         return denied
     if passes(exc, client):
-        return StoreUnavailable(f"{store}: {what} failed for now: {brief(exc)}")
+        return StoreUnavailable(f"{store}: {what} failed for now: {brief(root)}")
+    if isinstance(exc, DmuError):
+        return None
     return StoreError(
         f"{store}: {what} failed: {brief(exc)}; fix the store (space, permissions, "
         f"collection) and run again, the ledger resumes from the last acknowledged batch"

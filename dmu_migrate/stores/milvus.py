@@ -13,7 +13,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.client.types import LoadState
 
-from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.errors import AccessDenied, InputError, StoreError, StoreUnavailable
 from dmu_migrate.stores import (
     access,
     lite_lock,
@@ -39,7 +39,7 @@ from dmu_migrate.stores.base import (
     id_array,
     redact,
 )
-from dmu_migrate.stores.client_errors import store_boundary
+from dmu_migrate.stores.client_errors import store_boundary, store_error
 from dmu_migrate.stores.milvus_errors import MILVUS
 
 log = logging.getLogger(__name__)
@@ -518,7 +518,11 @@ class MilvusStore:
     def alias_target(self, alias: str) -> str | None:
         try:
             return str(self.client.describe_alias(alias)["collection_name"])
-        except MilvusException:
+        except MilvusException as exc:
+            if isinstance(
+                store_error(exc, MILVUS, self.uri, "alias"), AccessDenied | StoreUnavailable
+            ):
+                raise  # the boundary maps it: the server was down or refused, not the alias absent
             return None
 
     def point_alias(self, alias: str, target: str) -> None:
