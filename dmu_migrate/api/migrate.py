@@ -5,20 +5,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dmu_migrate.api.sharding import Fanout, run_fanout
 from dmu_migrate.api.store import crosses, opened_for, resolve_target_token, resolve_token
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve import NEW_COLLECTION
-from dmu_migrate.evolve.plan import Estimate, plan_for
-from dmu_migrate.evolve.progress import Report
+from dmu_migrate.evolve.ledger import Ledger
+from dmu_migrate.evolve.pipeline import evolve as run_evolve
+from dmu_migrate.evolve.plan import Estimate, estimate, plan_for
+from dmu_migrate.evolve.progress import Report, reporter
 from dmu_migrate.evolve.run import EvolveResult
 from dmu_migrate.evolve.settings import MAX_BATCH as MAX_BATCH  # where backfill imports it from
 from dmu_migrate.evolve.settings import EvolveOptions, EvolveSettings, evolve_settings
+from dmu_migrate.evolve.strategies import make_strategy
 from dmu_migrate.evolve.verify import VerifyReport
-
-if TYPE_CHECKING:
-    pass
+from dmu_migrate.evolve.verify import verify as run_verify
 
 # One artifact directory, or several to chain upgrades (oldest first).
 AdapterPaths = str | Path | Sequence[str | Path]
@@ -91,10 +93,6 @@ def evolve(
     ``target_token`` (else DMU_TARGET_TOKEN, else that store's own variable); the
     source store is only read (stores/pair.py, stores/crossing.py).
     """
-    from dmu_migrate.api.sharding import Fanout, run_fanout
-    from dmu_migrate.evolve.pipeline import evolve as run_evolve
-    from dmu_migrate.evolve.plan import estimate
-
     adapters = adapter_paths(adapter)
     s = evolve_settings(config_file, **settings)
     fanout = Fanout.from_flags(s.shards, s.workers, s.shard, s.engine, s.ray_address)
@@ -163,11 +161,6 @@ def verify(
     store (evolve --target-uri). ``on_progress("verify", ids_checked, source_rows)``
     is called as the ids are compared.
     """
-    from dmu_migrate.evolve.ledger import Ledger
-    from dmu_migrate.evolve.progress import reporter
-    from dmu_migrate.evolve.strategies import make_strategy
-    from dmu_migrate.evolve.verify import verify as run_verify
-
     adapters = adapter_paths(adapter)
     if crosses(uri, target_uri):
         if strategy != NEW_COLLECTION:

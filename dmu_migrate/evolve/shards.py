@@ -276,7 +276,9 @@ def run_shard(
     whole = record.cursor == record.start and record.rows_done == 0 and not record.skipped
     run_pass = main_pass
     if parent.bulk is not None:  # the split chose bulk import (write_path.resolve)
-        from dmu_migrate.evolve.bulk_pass import bulk_pass as run_pass  # loads pymilvus
+        # Here, not at the top: it loads pymilvus (seconds), which a Qdrant or Parquet run never
+        # needs.
+        from dmu_migrate.evolve.bulk_pass import bulk_pass as run_pass
         from dmu_migrate.evolve.bulk_pass import shard_storage
 
         shard_storage(parent, record)
@@ -319,6 +321,8 @@ def finish_split(run: Run) -> int:
         for s in done:
             run.sample.add(s.sample)
         if record.bulk is not None:
+            # Here, not at the top: it loads pymilvus (seconds), which a Qdrant or Parquet run never
+            # needs.
             from dmu_migrate.evolve.bulk_pass import imported, wait_imported
 
             rows = imported(*done)

@@ -42,6 +42,7 @@ def open_store(uri: str, token: str | None = None, create: bool = False) -> Vect
     """
     kind = store_kind(uri)
     if kind == "parquet":
+        # Each backend imported here, not at the top: see the module's docstring.
         from dmu_migrate.stores.parquet import ParquetStore
 
         return ParquetStore.connect(uri, token)

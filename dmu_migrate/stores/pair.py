@@ -228,6 +228,8 @@ def _partitions(store: VectorStore, name: str) -> list[str]:
     client = getattr(store, "client", None)
     if store_kind(store.uri) != "milvus" or client is None:
         return []
+    # Here, not at the top: it loads pymilvus (seconds), which a Qdrant or Parquet run never
+    # needs.
     from dmu_migrate.stores import milvus_partitions
 
     return milvus_partitions.named(client, name)
