@@ -90,6 +90,8 @@ def store_error(exc: BaseException, client: Client, where: str, what: str) -> St
     if denied is not None:
         return denied
     if passes(exc, client):
+        if isinstance(exc, DmuError):  # the store's own line ("cannot open ...; check --uri")
+            return StoreUnavailable(str(exc))
         return StoreUnavailable(f"{store}: {what} failed for now: {brief(root)}")
     if isinstance(exc, DmuError):
         return None

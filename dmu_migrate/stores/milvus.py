@@ -183,6 +183,8 @@ class MilvusStore:
                 name, filter=filter or "", output_fields=["count(*)"], consistency_level=STRONG
             )
         except MilvusException as exc:
+            if not filter:
+                raise  # not the filter's fault: the boundary maps it
             raise InputError(
                 f"filter '{filter}' is not valid for '{name}' ({_one_line(exc.message)}); fix --filter"
             ) from exc
