@@ -38,7 +38,7 @@ BATCH = 8192
 
 def read_all(uri: str, dim: int) -> float:
     from dmu_migrate.evolve.settings import batch_rows
-    from dmu_migrate.stores.base import open_store
+    from dmu_migrate.stores.opener import open_store
 
     store = open_store(uri)
     info = store.describe(SOURCE)

@@ -82,7 +82,8 @@ def rows_per_batch(args: argparse.Namespace) -> int:
 
 def seed(uri: str, rows: int, dim: int, index: str = "FLAT") -> float:
     """A source of ``rows`` random unit-norm vectors with an int label, ids 0..rows-1."""
-    from dmu_migrate.stores.base import Batch, open_store
+    from dmu_migrate.stores.base import Batch
+    from dmu_migrate.stores.opener import open_store
 
     create_source(uri, dim, index)
     store = open_store(uri)
@@ -124,7 +125,7 @@ def create_source(uri: str, dim: int, index_type: str = "FLAT") -> None:
 
 def raw_copy(uri: str, batch_size: int) -> float:
     from dmu_migrate.evolve.stream import Stage
-    from dmu_migrate.stores.base import open_store
+    from dmu_migrate.stores.opener import open_store
 
     store = open_store(uri)
     start = time.perf_counter()  # creating the target counts, as it does for evolve
@@ -146,7 +147,7 @@ def naive_copy(uri: str, batch_size: int) -> float:
         return naive_qdrant(uri.removeprefix("qdrant:"), batch_size)
     from pymilvus import MilvusClient
 
-    from dmu_migrate.stores.base import open_store
+    from dmu_migrate.stores.opener import open_store
 
     start = time.perf_counter()  # creating the target counts, as it does for evolve
     store = open_store(uri)  # only to create the target with the source's schema

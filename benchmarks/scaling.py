@@ -166,7 +166,7 @@ def run_label(r: dict[str, Any]) -> str:
 def id_scan_rate(uri: str) -> float:
     """Ids per second of one id-only scan, as the split and the id diff read them."""
     from dmu_migrate.evolve.verify import ID_BATCH
-    from dmu_migrate.stores.base import open_store
+    from dmu_migrate.stores.opener import open_store
 
     store = open_store(uri)
     start = time.perf_counter()

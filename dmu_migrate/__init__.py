@@ -29,6 +29,7 @@ from dmu_migrate.errors import (
     NothingToDo,
     QualityGateError,
     StoreError,
+    StoreUnavailable,
     VerificationError,
 )
 
@@ -87,6 +88,7 @@ __all__ = [
     "InputError",
     "ArtifactError",
     "StoreError",
+    "StoreUnavailable",
     "AccessDenied",
     "LeaseHeld",
     "LeaseLost",

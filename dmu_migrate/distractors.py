@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dmu_migrate.api.store import opened
 from dmu_migrate.data import Columns, Table, vector_column
 from dmu_migrate.errors import InputError
 from dmu_migrate.metrics import l2_normalize
@@ -198,8 +199,6 @@ def from_collection(
 ) -> Distractors:
     """Every stored old vector of a collection, with its id and, where a row has the field
     ``label_field``, its label (a row without one can only be an impostor)."""
-    from dmu_migrate.api.store import opened
-
     vectors: list[np.ndarray] = []
     ids: list[Any] = []
     labels: list[Any] = []

@@ -9,19 +9,20 @@ with the class's ``exit_code``; anything else is a bug and keeps its traceback.
     +-- InputError           exit 2  bad flags, tables or files given by the user
     +-- ArtifactError        exit 3  missing, corrupt or inconsistent upgrade artifact
     +-- StoreError           exit 4  vector store unreachable, missing collection, bad schema
+    |   +-- StoreUnavailable exit 4  a passing failure: unreachable, timed out, rate-limited, busy
     |   +-- AccessDenied     exit 4  the store rejected the credentials or lacks a privilege
     |   +-- LeaseHeld        exit 4  another live run holds the migration's (or shard's) lease
     |       +-- LeaseLost    exit 4  another run took the lease while this one held it
     +-- VerificationError    exit 5  written data does not match what was expected
     +-- QualityGateError     exit 6  the upgrade was validated as worse than not upgrading
 
-Passing failures (a connection lost, a timeout, a rate limit, a busy server)
-are not a class of their own: each client raises its own, and the store module
-that uses that client judges them (``stores.milvus.transient``,
-``stores.qdrant.transient``; ConnectionError, TimeoutError and gRPC's
-UNAVAILABLE-like codes for any). ``evolve.retry`` reads that verdict, retries
-with backoff, and once retries run out raises a StoreError (exit 4) that says
-to run again: the ledger makes the next run resume.
+Each store maps its client library's exceptions into this tree where it calls the
+client, once (stores/client_errors.py; the store modules say which of their client's
+errors pass): a denial becomes AccessDenied, a passing failure (a connection lost, a
+timeout, a rate limit, a busy server) StoreUnavailable, any other client or disk
+failure StoreError. ``evolve.retry`` reads only these classes: it retries
+StoreUnavailable with backoff, and once retries run out raises a StoreError (exit 4)
+that says to run again: the ledger makes the next run resume.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class ArtifactError(DmuError):
 
 class StoreError(DmuError):
     exit_code = 4
+
+
+class StoreUnavailable(StoreError):
+    """A passing failure of the store (unreachable, a timeout, a rate limit, busy): retried
+    with backoff by evolve/retry.py before it reaches the user."""
 
 
 class AccessDenied(StoreError):

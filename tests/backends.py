@@ -42,7 +42,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dmu_migrate.stores.base import LEDGER_COLLECTION, VectorStore, open_store
+from dmu_migrate.stores.base import LEDGER_COLLECTION, VectorStore
+from dmu_migrate.stores.opener import open_store
 
 _DISTANCE = {"COSINE": "Cosine", "IP": "Dot", "L2": "Euclid"}
 T = TypeVar("T")

@@ -220,7 +220,7 @@ def test_milvus_ranks_go_into_a_declared_nullable_field_and_odd_fields_are_refus
     that cannot be cleared, or named partitions, are refused before any write."""
     from pymilvus import DataType, MilvusClient
 
-    from dmu_migrate.stores.base import open_store
+    from dmu_migrate.stores.opener import open_store
 
     uri = str(tmp_path / "ranks.db")
     client = MilvusClient(uri)

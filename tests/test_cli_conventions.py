@@ -25,7 +25,8 @@ from typer.testing import CliRunner
 from dmu_migrate import __version__
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.cli import app
-from dmu_migrate.stores.base import open_store, store_kind, store_token
+from dmu_migrate.stores.base import store_kind, store_token
+from dmu_migrate.stores.opener import open_store
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent

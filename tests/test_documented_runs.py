@@ -26,7 +26,7 @@ from typer.testing import CliRunner, Result
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.cli import app
-from dmu_migrate.stores.base import open_store
+from dmu_migrate.stores.opener import open_store
 
 runner = CliRunner()
 EVOLVE = ["evolve", "--collection", "faces", "--adapter", "adapters/faces-v2", "--uri", "faces.db"]

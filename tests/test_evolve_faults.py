@@ -28,7 +28,7 @@ from dmu_migrate.evolve.plan import make_plan
 from dmu_migrate.evolve.retry import RetryPolicy, is_transient
 from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.stores.base import open_store
+from dmu_migrate.stores.opener import open_store
 
 ROWS = 160
 
@@ -132,29 +132,77 @@ def test_outage_past_the_retry_budget_stops_resumably(
 
 
 def test_only_passing_failures_are_retried() -> None:
+    """A store maps its client's errors (stores/client_errors.py); retry reads the class."""
     from pymilvus import MilvusException
 
-    assert is_transient(ConnectionRefusedError())
-    assert is_transient(MilvusException(code=2, message="Fail connecting to server"))
+    from dmu_migrate.stores.client_errors import store_error
+    from dmu_migrate.stores.milvus_errors import MILVUS
+
+    def mapped(exc: BaseException) -> StoreError | None:
+        return store_error(exc, MILVUS, "http://x:19530", "count")
+
+    assert is_transient(mapped(ConnectionRefusedError()))
+    assert is_transient(mapped(MilvusException(code=2, message="Fail connecting to server")))
     try:
         try:
             raise TimeoutError("read timed out")
         except TimeoutError as inner:
-            raise StoreError("Qdrant at 'x' failed to scroll") from inner
-    except StoreError as wrapped:
-        assert is_transient(wrapped)
-    assert not is_transient(MilvusException(code=1100, message="invalid parameter"))
+            raise MilvusException(code=1, message="query failed") from inner
+    except MilvusException as wrapped:
+        assert is_transient(mapped(wrapped))
+    invalid = mapped(MilvusException(code=1100, message="invalid parameter"))
+    assert isinstance(invalid, StoreError) and not is_transient(invalid)
+    assert str(invalid).startswith("Milvus at 'http://x:19530': count failed: ")
+    assert "invalid parameter" in str(invalid) and "\n" not in str(invalid)
     assert not is_transient(StoreError("collection 'x' does not exist"))
-    assert not is_transient(ValueError("bad"))
+    assert mapped(ValueError("bad")) is None  # not the client's: a bug, kept as it is
+
+
+def test_a_store_line_raised_from_a_passing_failure_is_retried() -> None:
+    """A store may word a client failure as its own line (count's refused filter); what lies
+    under it still decides, at the store's boundary, whether it is retried."""
+    from pymilvus import MilvusException
+
+    from dmu_migrate.errors import InputError
+    from dmu_migrate.stores.client_errors import Client, mapped
+    from dmu_migrate.stores.milvus_errors import MILVUS
+
+    def raised(code: int) -> BaseException:
+        try:
+            with mapped(MILVUS, "http://x:19530", "count"):
+                try:
+                    raise MilvusException(code=code, message="no answer")
+                except MilvusException as exc:
+                    raise InputError("filter 'x' is not valid for 'c'; fix --filter") from exc
+        except Exception as exc:
+            return exc
+        raise AssertionError("nothing raised")
+
+    down = raised(2)
+    assert is_transient(down) and str(down).startswith("filter 'x' is not valid")
+    refused = raised(1100)
+    assert type(refused) is InputError and not is_transient(refused)
+    plain = Client("Parquet", (OSError,))
+    try:
+        with mapped(plain, "parquet:x", "read"):
+            raise KeyError("a bug")
+    except KeyError:
+        pass  # not the client's: kept as it is, with its traceback
 
 
 def test_qdrant_client_errors_are_judged_by_the_qdrant_store() -> None:
     import httpx
     from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+    from dmu_migrate.stores.client_errors import store_error
+    from dmu_migrate.stores.qdrant import QDRANT
+
+    def passing(exc: BaseException) -> bool:
+        return is_transient(store_error(exc, QDRANT, "qdrant://x:6333", "scroll"))
+
     def response(status: int) -> UnexpectedResponse:
         return UnexpectedResponse(status, "x", b"{}", httpx.Headers())
 
-    assert is_transient(response(503)) and is_transient(response(429))
-    assert not is_transient(response(400)) and not is_transient(response(404))
-    assert is_transient(ResponseHandlingException(OSError("no answer")))
+    assert passing(response(503)) and passing(response(429))
+    assert not passing(response(400)) and not passing(response(404))
+    assert passing(ResponseHandlingException(OSError("no answer")))

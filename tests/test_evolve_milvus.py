@@ -15,7 +15,7 @@ from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve.pipeline import EvolveOptions, EvolveResult, evolve_collection
 from dmu_migrate.evolve.plan import target_name
 from dmu_migrate.onnx_model import OnnxModel
-from dmu_migrate.stores.base import open_store
+from dmu_migrate.stores.opener import open_store
 
 
 def run_evolve(

@@ -36,7 +36,8 @@ from dmu_migrate.evolve.shards import (
     run_shard,
 )
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.stores.base import VectorStore, open_store
+from dmu_migrate.stores.base import VectorStore
+from dmu_migrate.stores.opener import open_store
 
 ROWS = 150
 OPTIONS = EvolveOptions(batch_size=16)

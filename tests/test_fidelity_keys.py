@@ -172,7 +172,7 @@ def test_string_keys_and_uuids_evolve_resume_and_catch_up(
 def test_qdrant_integer_and_uuid_ids_in_one_collection_are_refused(tmp_path: Path) -> None:
     from qdrant_client import QdrantClient, models
 
-    from dmu_migrate.stores.base import open_store
+    from dmu_migrate.stores.opener import open_store
 
     client = QdrantClient(path=str(tmp_path / "q"))
     client.create_collection("mixed", models.VectorParams(size=4, distance=models.Distance.DOT))

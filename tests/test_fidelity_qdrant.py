@@ -18,7 +18,8 @@ from dmu_migrate.evolve.pipeline import EvolveOptions, evolve
 from dmu_migrate.evolve.plan import make_plan
 from dmu_migrate.evolve.run import Outcome
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.stores.base import TAG_FIELDS, TAG_SOURCE, open_store
+from dmu_migrate.stores.base import TAG_FIELDS, TAG_SOURCE
+from dmu_migrate.stores.opener import open_store
 
 ROWS = 30
 

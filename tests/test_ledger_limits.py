@@ -25,8 +25,11 @@ from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve import ledger as ledger_module
 from dmu_migrate.evolve.ledger import Ledger, Record
 from dmu_migrate.evolve.pipeline import EvolveOptions, evolve_collection
-from dmu_migrate.evolve.retry import RetryPolicy, client_error
-from dmu_migrate.stores.base import VectorStore, open_store
+from dmu_migrate.evolve.retry import RetryPolicy
+from dmu_migrate.stores.base import VectorStore
+from dmu_migrate.stores.client_errors import store_error
+from dmu_migrate.stores.milvus_errors import MILVUS
+from dmu_migrate.stores.opener import open_store
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -97,7 +100,7 @@ RACER = textwrap.dedent(
     import sys, time
     from dmu_migrate.errors import StoreError
     from dmu_migrate.evolve.ledger import Ledger, Record
-    from dmu_migrate.stores.base import open_store
+    from dmu_migrate.stores.opener import open_store
 
     uri, start, trials = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     store = open_store(uri)
@@ -205,7 +208,8 @@ def test_a_client_error_on_the_write_side_is_one_store_error(
         with pytest.raises(StoreError) as caught:
             evolve_collection(faulty, "digits", [artifact], options=options)
         message = str(caught.value)
-        assert message.startswith("reading and writing batches failed:") and "\n" not in message
+        assert message.startswith("Milvus at ") and "write rows failed:" in message, message
+        assert "\n" not in message
         rec = Ledger(store).load("digits__v1->digits__v2")
         assert rec is not None and rec.status == "failed" and rec.lease_owner is None
     finally:
@@ -216,9 +220,9 @@ def test_client_errors_map_to_store_errors_and_bugs_do_not() -> None:
     milvus = MilvusException(code=1100, message="collection not found[x]\nsecond line")
     disk = OSError(28, "No space left on device")
     for exc in (milvus, disk):
-        mapped = client_error(exc, "writing")
+        mapped = store_error(exc, MILVUS, "gallery.db", "writing")
         assert isinstance(mapped, StoreError) and "\n" not in str(mapped)
-    assert client_error(RuntimeError("bug"), "writing") is None
+    assert store_error(RuntimeError("bug"), MILVUS, "gallery.db", "writing") is None
 
 
 @pytest.mark.integration

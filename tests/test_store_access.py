@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+import grpc
 import numpy as np
 import pytest
 from limits import limit
@@ -25,7 +26,7 @@ from side_servers import free_port, side_milvus
 
 from dmu_migrate.errors import AccessDenied, StoreError
 from dmu_migrate.evolve.retry import Retrier, RetryPolicy
-from dmu_migrate.stores.base import open_store
+from dmu_migrate.stores.opener import open_store
 
 ROOT = "root:Milvus"  # the server's built-in superuser
 CALL_TIMEOUT = 60
@@ -112,7 +113,7 @@ def test_credentials_revoked_during_a_run_stop_it_at_once(auth_server: str) -> N
             # Not waited out as an outage (code 2 "cannot connect" is retried otherwise).
             assert retry.retries == 0 and time.monotonic() - started < 10
             message = str(caught.value)
-            assert message.startswith("counting: the store rejected the credentials"), message
+            assert "Milvus at" in message and "rejected the credentials" in message, message
             assert "DMU_TOKEN" in message and "\n" not in message
         finally:
             store.close()
@@ -143,7 +144,7 @@ def test_a_missing_privilege_is_named(auth_server: str) -> None:
         store.close()
 
 
-class _Rpc(Exception):
+class _Rpc(grpc.RpcError):
     """A gRPC error as grpc raises it: the status behind a method."""
 
     def __init__(self, status: object, details: str) -> None:
@@ -162,10 +163,14 @@ _Rpc.__module__ = "grpc._channel"  # where grpc's own errors live
 
 def test_a_denial_is_never_retried_whatever_wraps_it() -> None:
     """The classification the server tests rely on, also where no such server runs."""
-    import grpc
     from pymilvus import MilvusException
 
-    from dmu_migrate.evolve.retry import client_error, is_transient
+    from dmu_migrate.evolve.retry import is_transient
+    from dmu_migrate.stores.client_errors import store_error
+    from dmu_migrate.stores.milvus_errors import MILVUS
+
+    def client_error(exc: BaseException, what: str) -> StoreError | None:
+        return store_error(exc, MILVUS, "http://x:19530", what)
 
     def wrapped(status: object, details: str) -> MilvusException:
         try:
@@ -178,7 +183,8 @@ def test_a_denial_is_never_retried_whatever_wraps_it() -> None:
 
     refused = wrapped(grpc.StatusCode.UNAUTHENTICATED, "auth check failure")
     down = wrapped(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
-    assert not is_transient(refused) and is_transient(down)
+    assert not is_transient(client_error(refused, "reading"))
+    assert is_transient(client_error(down, "reading"))
     assert isinstance(client_error(refused, "reading"), AccessDenied)
     assert not isinstance(client_error(down, "reading"), AccessDenied)
     denied = client_error(_Rpc(grpc.StatusCode.PERMISSION_DENIED, "permission deny to bob"), "x")

@@ -16,7 +16,8 @@ from backends import Backend
 from pymilvus import MilvusException
 
 from dmu_migrate.errors import InputError, StoreError
-from dmu_migrate.stores.base import TAG_FIELDS, TAG_VERSION, Batch, VectorStore, open_store
+from dmu_migrate.stores.base import TAG_FIELDS, TAG_VERSION, Batch, VectorStore
+from dmu_migrate.stores.opener import open_store
 
 N, DIM, NEW_DIM = 60, 8, 4
 TAGS = {"dmu_version": "v2", "dmu_from": "v1", "dmu_origin": "evolved"}

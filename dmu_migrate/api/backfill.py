@@ -8,11 +8,17 @@ from typing import TYPE_CHECKING
 
 from dmu_migrate.api.migrate import MAX_BATCH
 from dmu_migrate.api.store import opened
+from dmu_migrate.artifact import load_artifact
 from dmu_migrate.errors import InputError, check_range
+from dmu_migrate.evolve.backfill_input import EmbedCall, VectorTable
+from dmu_migrate.evolve.backfill_plan import RankedIds, parse_budget
+from dmu_migrate.evolve.backfill_plan import plan_backfill as run_plan
+from dmu_migrate.evolve.backfill_tag import tag_target, tag_target_of
+from dmu_migrate.evolve.backfill_write import BackfillResult
+from dmu_migrate.evolve.backfill_write import backfill as run_backfill
+from dmu_migrate.evolve.progress import quiet
 
 if TYPE_CHECKING:
-    from dmu_migrate.evolve.backfill_plan import RankedIds
-    from dmu_migrate.evolve.backfill_write import BackfillResult
     from dmu_migrate.evolve.progress import Report
 
 
@@ -42,12 +48,6 @@ def plan_backfill(
     ``on_progress(phase, done, total)`` hears "native ids" (the rows left out, read
     from the evolved collection) and "score", then with ``tag`` "untag" and "tag".
     """
-    from dmu_migrate.artifact import load_artifact
-    from dmu_migrate.evolve.backfill_plan import parse_budget
-    from dmu_migrate.evolve.backfill_plan import plan_backfill as run_plan
-    from dmu_migrate.evolve.backfill_tag import tag_target, tag_target_of
-    from dmu_migrate.evolve.progress import quiet
-
     check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
     if limit is not None:
         check_range("--limit", limit, 1, 10**12)
@@ -93,10 +93,6 @@ def backfill(
     ``on_progress(phase, done, total)`` hears "input check" (the whole input, before
     the first write), then "backfill" (rows written and read back).
     """
-    from dmu_migrate.evolve.backfill_input import EmbedCall, VectorTable
-    from dmu_migrate.evolve.backfill_write import backfill as run_backfill
-    from dmu_migrate.evolve.progress import quiet
-
     check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
     if (input is None) == (embed is None):
         raise InputError("give either --input TABLE or --embed pkg.module:function, not both")

@@ -7,12 +7,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dmu_migrate.artifact import load_artifact
 from dmu_migrate.data import Columns
+from dmu_migrate.distractors import load
 from dmu_migrate.errors import InputError
+from dmu_migrate.evaluation import FARS, EvalReport, backfill_plot_path, plot_backfill, plot_report
+from dmu_migrate.evaluation import evaluate as run_evaluation
+from dmu_migrate.settings import unknown_names
+from dmu_migrate.training.config import (
+    TrainConfig,
+    build_config,
+    load_config_file,
+    parse_image_shape,
+)
 
 if TYPE_CHECKING:
-    from dmu_migrate.evaluation import EvalReport
-    from dmu_migrate.training.config import TrainConfig
     from dmu_migrate.training.report import TrainReport
 
 # Column names default to the data contract's (Columns), written once there.
@@ -55,7 +64,7 @@ def train(
         raise InputError(
             "train needs torch; install the training extra: pip install 'dmu-migrate[train]'"
         ) from None
-    from dmu_migrate.distractors import load
+    # Here, not at the top: it imports torch (the train extra), checked just above.
     from dmu_migrate.training.upgrade import train_upgrade
 
     config = train_config(config_file, **settings)
@@ -79,14 +88,6 @@ def train(
 
 def train_config(config_file: str | Path | None = None, **settings: Any) -> TrainConfig:
     """The settings ``train`` runs with: TrainConfig's defaults, then the file, then ``settings``."""
-    from dmu_migrate.settings import unknown_names
-    from dmu_migrate.training.config import (
-        TrainConfig,
-        build_config,
-        load_config_file,
-        parse_image_shape,
-    )
-
     unknown_names(TrainConfig, "train", settings)
     flags = dict(settings)
     if isinstance(flags.get("image_shape"), str):
@@ -124,11 +125,6 @@ def evaluate(
     vectors, or with ``distractors_uri`` a collection there. ``ceiling`` adds the
     oracle adapter fitted on this gallery (ceiling.py).
     """
-    from dmu_migrate.artifact import load_artifact
-    from dmu_migrate.distractors import load
-    from dmu_migrate.evaluation import FARS, backfill_plot_path, plot_backfill, plot_report
-    from dmu_migrate.evaluation import evaluate as run_evaluation
-
     if plot is not None:
         _check_plotting(Path(plot))
     columns = Columns(label_col, old_col, x_col, role_col, new_col)

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dmu_migrate.api.sharding import Fanout, run_fanout
 from dmu_migrate.api.store import crosses, opened_for, resolve_target_token, resolve_token
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve import NEW_COLLECTION
-from dmu_migrate.evolve.plan import Estimate
-from dmu_migrate.evolve.progress import Report
+from dmu_migrate.evolve.ledger import Ledger
+from dmu_migrate.evolve.pipeline import evolve as run_evolve
+from dmu_migrate.evolve.plan import Estimate, estimate, plan_for
+from dmu_migrate.evolve.progress import Report, reporter
 from dmu_migrate.evolve.run import EvolveResult
 from dmu_migrate.evolve.settings import MAX_BATCH as MAX_BATCH  # where backfill imports it from
 from dmu_migrate.evolve.settings import EvolveOptions, EvolveSettings, evolve_settings
+from dmu_migrate.evolve.strategies import make_strategy
 from dmu_migrate.evolve.verify import VerifyReport
-
-if TYPE_CHECKING:
-    from dmu_migrate.evolve.plan import Plan
-    from dmu_migrate.stores.base import VectorStore
+from dmu_migrate.evolve.verify import verify as run_verify
 
 # One artifact directory, or several to chain upgrades (oldest first).
 AdapterPaths = str | Path | Sequence[str | Path]
@@ -49,21 +50,6 @@ def adapter_paths(adapter: AdapterPaths) -> list[Path]:
     if not paths:
         raise InputError("no adapter given; pass the artifact directory written by train")
     return paths
-
-
-def build_plan(
-    store: VectorStore, collection: str, adapters: list[Path], threads: int, **kwargs: Any
-) -> Plan:
-    from dmu_migrate.artifact import load_artifact
-    from dmu_migrate.evolve.plan import make_plan
-    from dmu_migrate.evolve.transform import AdapterChain
-    from dmu_migrate.stores.pair import StorePair
-
-    chain = AdapterChain([load_artifact(a) for a in adapters], threads)
-    plan = make_plan(store, collection, chain, **kwargs)
-    if isinstance(store, StorePair):  # the ledger record names the store it read
-        plan = replace(plan, source_uri=store.source_uri)
-    return plan
 
 
 def refuse_across(s: EvolveSettings) -> None:
@@ -107,10 +93,6 @@ def evolve(
     ``target_token`` (else DMU_TARGET_TOKEN, else that store's own variable); the
     source store is only read (stores/pair.py, stores/crossing.py).
     """
-    from dmu_migrate.api.sharding import Fanout, run_fanout
-    from dmu_migrate.evolve.pipeline import evolve as run_evolve
-    from dmu_migrate.evolve.plan import estimate
-
     adapters = adapter_paths(adapter)
     s = evolve_settings(config_file, **settings)
     fanout = Fanout.from_flags(s.shards, s.workers, s.shard, s.engine, s.ray_address)
@@ -131,7 +113,7 @@ def evolve(
     }
     options = EvolveOptions.of(s)  # its checks refuse before any store is opened
     with opened_for(uri, token, collection, s.target_uri, target_token, s.filter) as store:
-        plan = build_plan(store, collection, adapters, threads, **plan_args)
+        plan = plan_for(store, collection, adapters, threads, **plan_args)
         if s.dry_run:
             shown = plan.describe()
             if across:
@@ -179,18 +161,13 @@ def verify(
     store (evolve --target-uri). ``on_progress("verify", ids_checked, source_rows)``
     is called as the ids are compared.
     """
-    from dmu_migrate.evolve.ledger import Ledger
-    from dmu_migrate.evolve.progress import reporter
-    from dmu_migrate.evolve.strategies import make_strategy
-    from dmu_migrate.evolve.verify import verify as run_verify
-
     adapters = adapter_paths(adapter)
     if crosses(uri, target_uri):
         if strategy != NEW_COLLECTION:
             raise InputError(f"--target-uri migrations are new-collection ones, not {strategy}")
         alias = alias or collection  # as evolve --target-uri chose it
     with opened_for(uri, token, collection, target_uri, target_token) as store:
-        plan = build_plan(
+        plan = plan_for(
             store,
             collection,
             adapters,

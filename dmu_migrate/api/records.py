@@ -8,6 +8,10 @@ from typing import Any
 
 from dmu_migrate.api.store import opened
 from dmu_migrate.errors import InputError
+from dmu_migrate.evolve import IN_PLACE
+from dmu_migrate.evolve.admin import migration_status, prune_plan
+from dmu_migrate.evolve.admin import prune as run_prune
+from dmu_migrate.evolve.admin import rollback as run_rollback
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,6 @@ def status(
     uri: str = "milvus.db", token: str | None = None, collection: str | None = None
 ) -> Migrations:
     """Migrations recorded in the store: progress, status, versions, alias targets."""
-    from dmu_migrate.evolve.admin import migration_status
-
     with opened(uri, token) as store:
         return Migrations(collection, migration_status(store, collection))
 
@@ -75,8 +77,6 @@ def rollback(collection: str, uri: str = "milvus.db", token: str | None = None) 
     several aliases (they are listed), when there is no finished migration, or
     it was already rolled back or pruned.
     """
-    from dmu_migrate.evolve.admin import rollback as run_rollback
-
     with opened(uri, token) as store:
         return RollbackResult(*run_rollback(store, collection))
 
@@ -93,10 +93,6 @@ def prune(
     Nothing is dropped unless ``yes`` is True or ``confirm(what)`` (given the
     sentence saying what would go) returns True; with neither, InputError.
     """
-    from dmu_migrate.evolve import IN_PLACE
-    from dmu_migrate.evolve.admin import prune as run_prune
-    from dmu_migrate.evolve.admin import prune_plan
-
     with opened(uri, token) as store:
         record, what = prune_plan(store, collection)
         if not yes:

@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dmu_migrate.errors import InputError
+from dmu_migrate.evolve import fanout as engines
+from dmu_migrate.evolve.fanout import ShardJob, default_threads, new_owner
+from dmu_migrate.evolve.shards import evolve_one_shard, evolve_split, parse_shard
+from dmu_migrate.stores.pair import StorePair
 
 if TYPE_CHECKING:
-    from dmu_migrate.evolve.fanout import ShardJob
     from dmu_migrate.evolve.plan import Plan
     from dmu_migrate.evolve.progress import Report
     from dmu_migrate.evolve.run import EvolveResult
@@ -34,8 +37,6 @@ class Fanout:
         engine: str,
         ray_address: str | None,
     ) -> Fanout:
-        from dmu_migrate.evolve.shards import parse_shard
-
         # Their choices and ranges are checked with the settings (evolve/settings.py).
         one = parse_shard(shard) if shard is not None else None
         if one is not None and shards is not None:
@@ -69,8 +70,6 @@ class Fanout:
 
     def threads(self, threads: int) -> int:
         """onnxruntime threads per worker: a local machine's cores are shared out."""
-        from dmu_migrate.evolve.fanout import default_threads
-
         if self.engine == "ray":
             return threads if threads > 0 else 1  # Ray places tasks by the CPUs they ask for
         return default_threads(threads, self.workers if self.parallel else 1)
@@ -87,8 +86,6 @@ class Fanout:
         target: tuple[str, str | None] | None = None,
     ) -> ShardJob:
         """``target``: the uri and token of the store evolve --target-uri writes into."""
-        from dmu_migrate.evolve.fanout import ShardJob, new_owner
-
         count = self.shards or (self.one[1] if self.one else 1)
         return ShardJob(
             uri,
@@ -111,10 +108,6 @@ def run_fanout(
     job: ShardJob,
     on_progress: Report | None,
 ) -> EvolveResult:
-    from dmu_migrate.evolve import fanout as engines
-    from dmu_migrate.evolve.shards import evolve_one_shard, evolve_split
-    from dmu_migrate.stores.pair import StorePair
-
     if fanout.one is not None:
         index, count = fanout.one
         return evolve_one_shard(store, plan, index, count, job.options, on_progress)

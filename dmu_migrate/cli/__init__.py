@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from dmu_migrate import __version__
 from dmu_migrate.cli import (
     admin,
     backfill,
@@ -38,8 +39,6 @@ app = typer.Typer(
 
 def _version(show: bool) -> None:
     if show:
-        from dmu_migrate import __version__
-
         typer.echo(f"dmu-migrate {__version__}")
         raise typer.Exit()
 

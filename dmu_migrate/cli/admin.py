@@ -11,7 +11,9 @@ from dmu_migrate.cli.common import AsJson, PhaseBars, choices, out, progress, us
 from dmu_migrate.cli.migration import Adapters, Collection, TargetToken, Token, Uri
 from dmu_migrate.cli.run_metrics import reported, verify_result
 from dmu_migrate.cli.views import history_view, status_view
+from dmu_migrate.errors import InputError
 from dmu_migrate.evolve import NEW_COLLECTION, STRATEGIES
+from dmu_migrate.stores.base import redact
 
 
 @reported("verify", ("done",), "collection")
@@ -37,6 +39,8 @@ def verify(
     Example: dmu-migrate verify --collection faces__v1 --alias faces --adapter adapters/faces-v2
     """
     with user_errors():
+        # Here, not at the top: the verbs load onnxruntime and the evolve path, which --help
+        # and completion never need.
         from dmu_migrate.api.migrate import verify as run_verify
 
         with progress() as bar:
@@ -79,8 +83,9 @@ def status(
     Example: dmu-migrate status --uri faces.db
     """
     with user_errors():
+        # Here, not at the top: the verbs load onnxruntime and the evolve path, which --help
+        # and completion never need.
         from dmu_migrate.api.records import status as run_status
-        from dmu_migrate.stores.base import redact
 
         rows = run_status(uri=uri, token=token, collection=collection).migrations
         if as_json:
@@ -105,6 +110,8 @@ def history(
     Example: dmu-migrate history --uri faces.db --collection faces
     """
     with user_errors():
+        # Here, not at the top: the verbs load onnxruntime and the evolve path, which --help
+        # and completion never need.
         from dmu_migrate.api.records import history as run_history
 
         rows = run_history(uri=uri, token=token, collection=collection).migrations
@@ -131,6 +138,8 @@ def rollback(
     Example: dmu-migrate rollback --collection faces --uri faces.db
     """
     with user_errors():
+        # Here, not at the top: the verbs load onnxruntime and the evolve path, which --help
+        # and completion never need.
         from dmu_migrate.api.records import rollback as run_rollback
 
         result = run_rollback(collection, uri=uri, token=token)
@@ -154,6 +163,8 @@ def prune(
     Example: dmu-migrate prune --collection faces__v1 --uri faces.db --yes
     """
     with user_errors():
+        # Here, not at the top: the verbs load onnxruntime and the evolve path, which --help
+        # and completion never need.
         from dmu_migrate.api.records import prune as run_prune
 
         result = run_prune(
@@ -173,8 +184,6 @@ def prune(
 
 def _confirm(what: str) -> bool:
     """Ask at the prompt; no answer at all (stdin closed, as under cron) drops nothing."""
-    from dmu_migrate.errors import InputError
-
     try:
         return typer.confirm(f"{what}. This cannot be undone. Continue?")
     except typer.Abort:

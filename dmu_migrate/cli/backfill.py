@@ -60,6 +60,8 @@ def plan_backfill(
     Example: dmu-migrate plan-backfill --collection faces --adapter adapters/faces-v2 --uri faces.db --budget 10% --output plan.parquet
     """
     with user_errors():
+        # Here, not at the top: the verbs load onnxruntime and the evolve path, which --help
+        # and completion never need.
         from dmu_migrate.api.backfill import plan_backfill as run_plan
 
         with progress() as bar:
@@ -150,6 +152,8 @@ def backfill(
     Example: dmu-migrate backfill --collection faces --uri faces.db --input native.parquet
     """
     with user_errors():
+        # Here, not at the top: the verbs load onnxruntime and the evolve path, which --help
+        # and completion never need.
         from dmu_migrate.api.backfill import backfill as run_backfill
 
         with progress() as bar:

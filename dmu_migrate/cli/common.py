@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -19,30 +18,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
-from rich.text import Text
 
+from dmu_migrate.cli import logs
+from dmu_migrate.cli.logs import err as err  # the consoles live with the output flags
+from dmu_migrate.cli.logs import out as out
+from dmu_migrate.cli.logs import print_error as print_error
 from dmu_migrate.errors import DmuError, InputError, NothingToDo
 from dmu_migrate.errors import check_range as check_range  # where the commands import it from
 
 progress_log = logging.getLogger("dmu_migrate.progress")
 
-
-class _Out(Console):
-    """stdout: -q silences it, except for the --json document a script asked for."""
-
-    def print_json(self, *args: Any, **kwargs: Any) -> None:
-        quiet, self.quiet = self.quiet, False
-        try:
-            super().print_json(*args, **kwargs)
-        finally:
-            self.quiet = quiet
-
-
-# markup=False: messages carry user and library text ("pip install 'dmu-migrate[train]'",
-# filters, paths) that Rich would otherwise read as style tags and swallow. Styles are
-# given as Text objects instead.
-out = _Out(markup=False)
-err = Console(stderr=True, markup=False)
 
 LabelCol = Annotated[str, typer.Option(help="Column with the identity / class label.")]
 OldCol = Annotated[str, typer.Option(help="Column with the stored old-model embedding.")]
@@ -74,14 +59,6 @@ def user_errors() -> Iterator[None]:
     except DmuError as exc:
         print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
-    except Exception as exc:
-        from dmu_migrate.evolve.retry import client_error
-
-        mapped = client_error(exc, "the store call")
-        if mapped is None:
-            raise  # a bug: keep the traceback
-        print_error(str(mapped))
-        raise typer.Exit(mapped.exit_code) from None
 
 
 def choices(names: tuple[str, ...]) -> str:
@@ -91,20 +68,8 @@ def choices(names: tuple[str, ...]) -> str:
 
 def say(message: str) -> None:
     """A step of a long command, on stderr beside the bar; -q hides it."""
-    from dmu_migrate.cli import logs
-
     if not logs.QUIET:
         err.print(message, highlight=False, soft_wrap=True)
-
-
-def print_error(message: str) -> None:
-    from dmu_migrate.cli import jsonlog, logs
-
-    if logs.LOG_FORMAT == "json":  # the same one line, as a record a log collector parses
-        err.file.write(jsonlog.line("ERROR", "dmu_migrate.cli", message) + "\n")
-        err.file.flush()
-        return
-    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
 def needs_train_extra() -> None:
@@ -157,8 +122,6 @@ class _Progress(Progress):
 
 
 def progress() -> Progress:
-    from dmu_migrate.cli import logs
-
     at_terminal = err.is_terminal and not logs.QUIET
     return _Progress(
         TextColumn("[progress.description]{task.description}"),

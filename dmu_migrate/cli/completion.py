@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from dmu_migrate.cli.common import user_errors
+from dmu_migrate.errors import InputError
 
 PROGRAM = "dmu-migrate"  # the console script of pyproject.toml, whatever argv[0] is
 COMPLETE_VAR = "_DMU_MIGRATE_COMPLETE"  # the variable Typer reads for that program name
@@ -32,8 +33,6 @@ def completion(
     """
     with user_errors():
         from typer.completion import get_completion_script
-
-        from dmu_migrate.errors import InputError
 
         if shell not in SHELLS:
             raise InputError(f"unknown shell '{shell}'; use one of {', '.join(SHELLS)}")

@@ -158,6 +158,8 @@ def evaluate(
     --reference adapters/faces-v2-independent --plot report.png
     """
     with user_errors():
+        # Here, not at the top: the verbs load onnxruntime and the evolve path, which --help
+        # and completion never need.
         from dmu_migrate.api.build import evaluate as run_evaluation
 
         report = run_evaluation(

@@ -29,6 +29,8 @@ import typer
 from typer import _click
 from typer.core import TyperGroup
 
+from dmu_migrate.cli import jsonlog, run_metrics
+from dmu_migrate.cli.common import err
 from dmu_migrate.errors import DmuError
 
 EXIT_USAGE = 2
@@ -54,7 +56,6 @@ class OneLineGroup(TyperGroup):
                 args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra
             )
         argv = list(sys.argv[1:] if args is None else args)
-        from dmu_migrate.cli import run_metrics
 
         run_metrics.WRITTEN.clear()
         start = time.monotonic()
@@ -157,9 +158,6 @@ def one_line(text: str) -> str:
 
 def say(message: str, argv: list[str], **fields: Any) -> None:
     """The error line, in the format the arguments asked for."""
-    from dmu_migrate.cli import jsonlog
-    from dmu_migrate.cli.common import err
-
     if log_format(argv) == "json":
         record = jsonlog.line(
             "ERROR", "dmu_migrate.cli", message, **{k: v for k, v in fields.items() if v}
@@ -218,8 +216,6 @@ def command_name(argv: list[str]) -> str | None:
 def metrics_on_exit(argv: list[str], code: int, seconds: float) -> None:
     """A failure the command never saw (a usage error, a refused flag, a crash before it ran):
     the metrics file it was asked for still says how the run ended."""
-    from dmu_migrate.cli import run_metrics
-
     command = command_name(argv)
     path = flag_value(argv, "--metrics-file")
     outcomes = run_metrics.OUTCOMES.get(command or "")

@@ -21,8 +21,12 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.text import Text
 
 from dmu_migrate.api import store
+from dmu_migrate.cli import jsonlog
+from dmu_migrate.errors import InputError
 
 # Loggers of the client libraries a command can load; pymilvus installs its own
 # handlers on import, so the policy is applied again after a store is opened.
@@ -48,6 +52,38 @@ QUIET = False  # -q: errors only
 LOG_FORMAT = "text"  # or "json": one JSON object per record and per error line
 # What the app's callback saw before the command name; the command adds its own.
 GLOBAL: dict[str, Any] = {"verbose": 0, "quiet": False, "log_format": None}
+
+
+class _Out(Console):
+    """stdout: -q silences it, except for the --json document a script asked for."""
+
+    def print_json(self, *args: Any, **kwargs: Any) -> None:
+        quiet, self.quiet = self.quiet, False
+        try:
+            super().print_json(*args, **kwargs)
+        finally:
+            self.quiet = quiet
+
+
+# markup=False: messages carry user and library text ("pip install 'dmu-migrate[train]'",
+# filters, paths) that Rich would otherwise read as style tags and swallow. Styles are
+# given as Text objects instead.
+out = _Out(markup=False)
+err = Console(stderr=True, markup=False)
+
+
+def print_error(message: str) -> None:
+    if LOG_FORMAT == "json":  # the same one line, as a record a log collector parses
+        err.file.write(jsonlog.line("ERROR", "dmu_migrate.cli", message) + "\n")
+        err.file.flush()
+        return
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+
+
+def _refuse(message: str) -> None:
+    """A contradiction among the output flags: one line (in the chosen format) and exit 2."""
+    print_error(message)
+    raise typer.Exit(InputError.exit_code)
 
 
 Verbose = Annotated[
@@ -100,23 +136,15 @@ class _OneLine(logging.Filter):
 def configure(verbose: int, quiet: bool, log_format: str | None = None) -> None:
     """Set this invocation's verbosity; every invocation sets it anew (tests run many)."""
     global VERBOSE, QUIET, LOG_FORMAT
-    from dmu_migrate.cli import common, jsonlog
-
     LOG_FORMAT = "text"
     if log_format is not None and log_format not in jsonlog.FORMATS:
-        from dmu_migrate.errors import InputError
-
-        with common.user_errors():
-            raise InputError(f"--log-format must be text or json, got {log_format!r}")
+        _refuse(f"--log-format must be text or json, got {log_format!r}")
     LOG_FORMAT = log_format or "text"
 
     if verbose and quiet:
-        from dmu_migrate.errors import InputError
-
-        with common.user_errors():
-            raise InputError("-q (errors only) and -v (more output) contradict; give one of them")
+        _refuse("-q (errors only) and -v (more output) contradict; give one of them")
     VERBOSE, QUIET = verbose, quiet
-    common.out.quiet = quiet
+    out.quiet = quiet
     ours = logging.getLogger(OURS)
     ours.setLevel(logging.ERROR if quiet else logging.NOTSET)
     release()

@@ -88,6 +88,8 @@ def evolve(
     --uri faces.db --target-uri qdrant://qdrant:6333
     """
     with user_errors():
+        # Here, not at the top: the verbs load onnxruntime and the evolve path, which --help
+        # and completion never need.
         from dmu_migrate.api.migrate import EvolvePreview
         from dmu_migrate.api.migrate import evolve as run_evolve
         from dmu_migrate.evolve.run import EXIT_REMAINING, Outcome
@@ -130,6 +132,8 @@ def show_preview(preview: EvolvePreview, as_json: bool) -> None:
 
 
 def show_result(result: EvolveResult, as_json: bool) -> None:
+    # Here, not at the top: the verbs load onnxruntime and the evolve path, which --help
+    # and completion never need.
     from dmu_migrate.evolve.run import Outcome
 
     if as_json:

@@ -29,6 +29,9 @@ from typing import Annotated, Any
 
 import typer
 
+from dmu_migrate.cli.common import print_error, user_errors
+from dmu_migrate.errors import InputError
+
 PREFIX = "dmu_migrate_"
 LAST_SUCCESS = PREFIX + "last_success_timestamp_seconds"
 ERROR = "error"
@@ -114,8 +117,6 @@ def recorded(
     run = Run()
     start, code = time.monotonic(), 0
     if path is not None:
-        from dmu_migrate.cli.common import user_errors
-
         WRITTEN.add(path)  # this command answers for the file, refused or written
 
         with user_errors():  # refused before the run, not after hours of work
@@ -148,9 +149,6 @@ def _write_or_say(
     The run's own work is done by now and its result already printed: the line says
     so, so that an operator fixes the path instead of re-running a migration.
     """
-    from dmu_migrate.cli.common import print_error
-    from dmu_migrate.errors import InputError
-
     try:
         write(path, run, code, seconds, outcomes)
     except (InputError, OSError) as exc:
@@ -168,8 +166,6 @@ def _unwritable(path: Path, exc: OSError) -> str:
 
 
 def _check_writable(path: Path) -> None:
-    from dmu_migrate.errors import InputError
-
     directory = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise InputError(
@@ -239,8 +235,6 @@ def previous(path: Path, name: str) -> float | None:
 
 def _replace(path: Path, text: str) -> None:
     """Write-then-rename in the target directory: a reader sees the old file or the new one."""
-    from dmu_migrate.errors import InputError
-
     directory = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")

@@ -8,8 +8,11 @@ from typing import Annotated
 
 import typer
 
+from dmu_migrate.api.store import opened
 from dmu_migrate.cli.common import AsJson, check_range, out, progress, user_errors
 from dmu_migrate.cli.migration import Token, Uri
+from dmu_migrate.evolve.settings import MAX_BATCH
+from dmu_migrate.sample import sample_collection
 
 
 def sample(
@@ -57,10 +60,6 @@ def sample(
     Example: dmu-migrate sample --collection faces --uri faces.db --label-field label --limit 1000 --output train_old.parquet
     """
     with user_errors():
-        from dmu_migrate.api.migrate import MAX_BATCH
-        from dmu_migrate.api.store import opened
-        from dmu_migrate.sample import sample_collection
-
         check_range("--batch-size", batch_size, 1, MAX_BATCH, "Milvus's query window")
         check_range("--seed", seed, 0, 2**63 - 1)
         with opened(uri, token) as store, progress() as bar:

@@ -27,7 +27,7 @@ from dmu_migrate.cli.common import (
     user_errors,
 )
 from dmu_migrate.cli.settings import typed, with_settings
-from dmu_migrate.quality import transition_hint
+from dmu_migrate.quality import transition_hint, validated_where, verdict
 from dmu_migrate.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -85,6 +85,7 @@ def train(
     """
     with user_errors():
         needs_train_extra()
+        # Here, not at the top: it imports torch (the train extra), checked just above.
         from dmu_migrate.api.build import train as run_train
         from dmu_migrate.api.build import train_config
         from dmu_migrate.training import distributed
@@ -189,6 +190,7 @@ def demo(
     """
     with user_errors():
         needs_train_extra()
+        # Here, not at the top: it imports torch (the train extra), checked just above.
         from dmu_migrate.demo import run_demo
 
         with progress() as bar:
@@ -240,7 +242,7 @@ def transition(
     """
     with user_errors():
         needs_train_extra()
-        from dmu_migrate.quality import validated_where, verdict
+        # Here, not at the top: it imports torch (the train extra), checked just above.
         from dmu_migrate.training.transition import make_transition
 
         made = make_transition(adapter, out_dir, overwrite)

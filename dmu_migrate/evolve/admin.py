@@ -19,6 +19,7 @@ from dmu_migrate.evolve.ledger import (
     now_iso,
 )
 from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION
+from dmu_migrate.evolve.shards import load_shards
 from dmu_migrate.evolve.strategies import STRATEGY_CLASSES
 from dmu_migrate.stores.base import VectorStore
 
@@ -72,8 +73,6 @@ def migration_status(store: VectorStore, collection: str | None) -> list[dict[st
 
 
 def _shard_status(store: VectorStore, parent: Record) -> list[dict[str, Any]]:
-    from dmu_migrate.evolve.shards import load_shards
-
     out = []
     for index, s in enumerate(load_shards(Ledger(store), parent)):
         out.append(

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from dmu_migrate.evolve.id_diff import ID_BATCH
 from dmu_migrate.evolve.ledger import Ledger, Record
 from dmu_migrate.evolve.plan import NEW_COLLECTION
-from dmu_migrate.evolve.verify import ID_BATCH
 from dmu_migrate.stores.base import TAG_ORIGIN, VectorStore
 
 NATIVE = "native"  # dmu_origin of a row written by the new model itself, never by the adapter

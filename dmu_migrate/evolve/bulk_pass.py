@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Any
 
+from dmu_migrate.evolve.batch import prepare
 from dmu_migrate.evolve.ledger import Ledger, Record
 from dmu_migrate.evolve.plan import Plan
 from dmu_migrate.evolve.progress import EVOLVE
@@ -107,8 +108,6 @@ def bulk_pass(run: Run, storage: Storage | None = None) -> bool:
     ``storage``: as write_path.resolve opened it; else (a resumed pass, a shard) the
     storage the record names is opened.
     """
-    from dmu_migrate.evolve.pipeline import prepare
-
     store, plan, options, record = run.store, run.plan, run.options, run.record
     client = importer(store).client  # the target's: with --target-uri, not the one read
 
@@ -117,7 +116,7 @@ def bulk_pass(run: Run, storage: Storage | None = None) -> bool:
         storage = open_storage(record.bulk["storage"] if record.bulk else str(options.bulk_storage))
     parts = Parts(client, plan, run.ledger, record, storage)
     parts.settle_all()  # what a previous run left in flight, before reading on
-    schema = client.describe_collection(plan.target)
+    schema = milvus_bulk.describe(client, plan.target)
     vf, dim = plan.source.vector_field, plan.chain.out_dim
     part_rows = max(1, PART_BYTES // (4 * dim))
     batches = store.iter_batches(

@@ -15,19 +15,20 @@ import multiprocessing
 import os
 import queue
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dmu_migrate.errors import DmuError, InputError, LeaseHeld, StoreError
 from dmu_migrate.evolve.ledger import this_process
-from dmu_migrate.evolve.plan import Plan
+from dmu_migrate.evolve.plan import Plan, plan_for
 from dmu_migrate.evolve.progress import EVOLVE
 from dmu_migrate.evolve.settings import EvolveOptions
 from dmu_migrate.evolve.shards import ShardOutcome, run_shard
 from dmu_migrate.stores.base import VectorStore, redact
+from dmu_migrate.stores.opener import open_run
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,13 @@ class ShardJob:
     target_token: str | None = None
 
     def plan(self, store: VectorStore) -> Plan:
-        from dmu_migrate.artifact import load_artifact
-        from dmu_migrate.evolve.plan import make_plan
-        from dmu_migrate.evolve.transform import AdapterChain
-
-        chain = AdapterChain([load_artifact(Path(a)) for a in self.adapters], self.threads)
-        return make_plan(store, self.collection, chain, **dict(self.plan_args))
+        return plan_for(
+            store,
+            self.collection,
+            [Path(a) for a in self.adapters],
+            self.threads,
+            **dict(self.plan_args),
+        )
 
 
 def new_owner() -> str:
@@ -78,22 +80,10 @@ def run_job(job: ShardJob, index: int) -> ShardOutcome:
         return failed(index, job.count, exc)
 
 
-@contextmanager
-def _opened(job: ShardJob) -> Iterator[VectorStore]:
-    """The job's store, or the pair of its source and target stores (stores/pair.py)."""
-    from dmu_migrate.stores.base import open_store
-    from dmu_migrate.stores.pair import paired
-
-    source = open_store(job.uri, job.token)
-    try:
-        if job.target_uri is None:
-            yield source
-            return
-        filter = dict(job.plan_args).get("filter")
-        with paired(source, job.target_uri, job.target_token, job.collection, filter) as pair:
-            yield pair
-    finally:
-        source.close()
+def _opened(job: ShardJob) -> AbstractContextManager[VectorStore]:
+    """The job's store, or the pair of its source and target stores, as the run opened them."""
+    filter = dict(job.plan_args).get("filter")
+    return open_run(job.uri, job.token, job.collection, job.target_uri, job.target_token, filter)
 
 
 def failed(index: int, count: int, exc: DmuError) -> ShardOutcome:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dmu_migrate.evolve.id_diff import VERIFY_SAMPLE, Reservoir
 from dmu_migrate.evolve.ledger import DONE, Record, now_iso
 from dmu_migrate.evolve.plan import Plan
 from dmu_migrate.evolve.progress import CATCH_UP, ID_DIFF, Meter
 from dmu_migrate.evolve.screen import add_skipped, clear_skipped, screen
 from dmu_migrate.evolve.strategies import MISSING, SYNC
 from dmu_migrate.evolve.sync import sync
-from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, diff_ids, verify
+from dmu_migrate.evolve.verify import diff_ids, verify
 from dmu_migrate.stores.base import VectorStore, id_array
 
 if TYPE_CHECKING:

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from functools import partial
-
-import numpy as np
 
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.errors import InputError, NothingToDo
 from dmu_migrate.evolve import BULK, write_path
 from dmu_migrate.evolve.aliases import rolled_back_at
+from dmu_migrate.evolve.batch import Prepared, prepare
 from dmu_migrate.evolve.finish import finish
 from dmu_migrate.evolve.ledger import DONE, ROLLED_BACK, RUNNING, Ledger, Record
 from dmu_migrate.evolve.plan import IN_PLACE, Plan, make_plan
@@ -28,11 +26,11 @@ from dmu_migrate.evolve.progress import EVOLVE, Report, reporter
 from dmu_migrate.evolve.retry import Retrier
 from dmu_migrate.evolve.run import EXIT_REMAINING as EXIT_REMAINING
 from dmu_migrate.evolve.run import EvolveResult, Outcome, Run
-from dmu_migrate.evolve.screen import add_skipped, screen
+from dmu_migrate.evolve.screen import add_skipped
 from dmu_migrate.evolve.settings import EvolveOptions, batch_rows
 from dmu_migrate.evolve.stream import Stage
 from dmu_migrate.evolve.transform import AdapterChain
-from dmu_migrate.stores.base import Batch, Id, VectorStore, id_value
+from dmu_migrate.stores.base import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +69,9 @@ def evolve(
         if not record.main_pass_done:
             run_pass = main_pass
             if path == BULK:
-                from dmu_migrate.evolve.bulk_pass import bulk_pass  # loads pymilvus
+                # Here, not at the top: it loads pymilvus (seconds), which a Qdrant or
+                # Parquet run never needs.
+                from dmu_migrate.evolve.bulk_pass import bulk_pass
 
                 run_pass = partial(bulk_pass, storage=storage)
             finished = run.timed(
@@ -203,22 +203,6 @@ def main_pass(run: Run) -> bool:
     if record.parent is None:  # shards leave it to finish: one flush, not one per shard
         store.flush(plan.target)
     return True
-
-
-@dataclass
-class Prepared:
-    """One batch ready to write: good rows, their evolved vectors, and what was left out."""
-
-    batch: Batch
-    evolved: np.ndarray
-    skipped: list[Id]
-    last_id: Id  # the last id read, kept or not: the cursor after this batch
-
-
-def prepare(raw: Batch, plan: Plan, options: EvolveOptions) -> Prepared:
-    batch, skipped = screen(raw, plan, options.skip_bad_vectors)
-    evolved = plan.chain(batch.vectors) if len(batch) else batch.vectors
-    return Prepared(batch, evolved, skipped, id_value(raw.ids[-1]))
 
 
 def write(run: Run, item: Prepared) -> None:

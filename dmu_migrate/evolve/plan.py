@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from dmu_migrate.errors import AccessDenied, InputError, NothingToDo
+from dmu_migrate.artifact import load_artifact
+from dmu_migrate.errors import AccessDenied, InputError, NothingToDo, StoreError, StoreUnavailable
 from dmu_migrate.evolve import IN_PLACE, NEW_COLLECTION, STRATEGIES
 from dmu_migrate.evolve import NEW_FIELD as NEW_FIELD  # the strategies import it from here
 from dmu_migrate.evolve.ledger import PRUNED, Ledger, Record
@@ -158,6 +161,16 @@ def gate(chain: AdapterChain, accept_regression: bool) -> None:
             log.warning("adapter '%s': %s", artifact.manifest.name, result.line)
 
 
+def plan_for(
+    store: VectorStore, collection: str, adapters: list[Path], threads: int, **kwargs: Any
+) -> Plan:
+    """The plan of evolving ``collection`` through the artifacts at ``adapters`` (oldest
+    first), run with ``threads`` onnxruntime threads (0: its default); ``kwargs`` are
+    make_plan's. What evolve, verify and every shard worker plan with."""
+    chain = AdapterChain([load_artifact(Path(a)) for a in adapters], threads)
+    return make_plan(store, collection, chain, **kwargs)
+
+
 def make_plan(
     store: VectorStore,
     collection: str,
@@ -190,6 +203,8 @@ def make_plan(
         raise InputError(f"--filter selects no rows of '{collection}'; check the expression")
     if not across_metric:
         check_metric(store, info, chain)
+    # The ledger record names the store it read when that is another than the ledger's.
+    source_uri = home(store).uri if home(store) is not store else None
 
     if strategy == IN_PLACE or (strategy == NEW_COLLECTION and filter is None):
         # Both change what the application's queries search; new-field and a
@@ -213,6 +228,7 @@ def make_plan(
             chain,
             filter,
             rows,
+            source_uri,
         )
 
     if alias is not None:
@@ -250,6 +266,7 @@ def make_plan(
         chain,
         filter,
         rows,
+        source_uri,
     )
 
 
@@ -329,17 +346,13 @@ def resolve_alias(store: VectorStore, info: CollectionInfo, alias: str | None) -
         )
     try:
         clash = store.alias_target(alias) is None and store.has_collection(alias)
-    except Exception as exc:  # the store refused the name itself
-        from dmu_migrate.evolve.retry import client_error
-
-        mapped = client_error(exc, "")
-        if mapped is None:
-            raise
-        if isinstance(mapped, AccessDenied):  # the user, not the name, was refused
-            raise mapped from exc
+    except (AccessDenied, StoreUnavailable):
+        raise  # the user, or the moment, was refused; not the name
+    except StoreError as exc:  # the store refused the name itself
+        refused = exc.__cause__ or exc  # the store's own words, as it mapped them
         raise InputError(
             f"--alias '{alias}' is not a name '{store.uri}' accepts "
-            f"({' '.join(str(exc).split())[:160]}); use letters, digits and underscores"
+            f"({' '.join(str(refused).split())[:160]}); use letters, digits and underscores"
         ) from exc
     if clash:
         raise InputError(

@@ -20,13 +20,14 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from dmu_migrate.errors import DmuError
+from dmu_migrate.evolve.id_diff import VERIFY_SAMPLE, Reservoir
 from dmu_migrate.evolve.ledger import FAILED, LEASE_SECONDS, STOPPED, Ledger, Record
 from dmu_migrate.evolve.plan import Plan
 from dmu_migrate.evolve.progress import Report, quiet
 from dmu_migrate.evolve.retry import Retrier
 from dmu_migrate.evolve.settings import EvolveOptions
 from dmu_migrate.evolve.strategies import Strategy, make_strategy
-from dmu_migrate.evolve.verify import VERIFY_SAMPLE, Reservoir, VerifyReport
+from dmu_migrate.evolve.verify import VerifyReport
 from dmu_migrate.stores.base import VectorStore
 
 log = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from typing import Any
 from dmu_migrate.errors import DmuError, InputError, LeaseHeld, StoreError
 from dmu_migrate.evolve import BULK, write_path
 from dmu_migrate.evolve.finish import finish
+from dmu_migrate.evolve.id_diff import ID_BATCH
 from dmu_migrate.evolve.ledger import DONE, RUNNING, STOPPED, Ledger, Record, now_iso, settle
 from dmu_migrate.evolve.pipeline import check_adapters, main_pass, open_record
 from dmu_migrate.evolve.plan import IN_PLACE, Plan
@@ -33,7 +34,6 @@ from dmu_migrate.evolve.progress import EVOLVE, SPLIT, Meter, Report, reporter
 from dmu_migrate.evolve.retry import Retrier
 from dmu_migrate.evolve.run import EvolveResult, Outcome, Run
 from dmu_migrate.evolve.settings import EvolveOptions
-from dmu_migrate.evolve.verify import ID_BATCH
 from dmu_migrate.stores.base import Id, VectorStore
 
 log = logging.getLogger(__name__)
@@ -276,7 +276,9 @@ def run_shard(
     whole = record.cursor == record.start and record.rows_done == 0 and not record.skipped
     run_pass = main_pass
     if parent.bulk is not None:  # the split chose bulk import (write_path.resolve)
-        from dmu_migrate.evolve.bulk_pass import bulk_pass as run_pass  # loads pymilvus
+        # Here, not at the top: it loads pymilvus (seconds), which a Qdrant or Parquet run never
+        # needs.
+        from dmu_migrate.evolve.bulk_pass import bulk_pass as run_pass
         from dmu_migrate.evolve.bulk_pass import shard_storage
 
         shard_storage(parent, record)
@@ -319,6 +321,8 @@ def finish_split(run: Run) -> int:
         for s in done:
             run.sample.add(s.sample)
         if record.bulk is not None:
+            # Here, not at the top: it loads pymilvus (seconds), which a Qdrant or Parquet run never
+            # needs.
             from dmu_migrate.evolve.bulk_pass import imported, wait_imported
 
             rows = imported(*done)

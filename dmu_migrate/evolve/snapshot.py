@@ -18,12 +18,18 @@ import pyarrow.parquet as pq
 
 from dmu_migrate.errors import VerificationError
 from dmu_migrate.stores.base import id_array
+from dmu_migrate.stores.client_errors import Client, maps_errors
+
+# The snapshot directory is a small store of its own: its disk's and pyarrow's failures
+# leave as StoreError, here.
+SNAPSHOT = Client("the in-place snapshot", (pa.ArrowException, OSError))
 
 
 def part_path(directory: Path, seq: int) -> Path:
     return directory / f"part-{seq:08d}.parquet"
 
 
+@maps_errors(SNAPSHOT, "writing a part")
 def write_part(path: Path, ids: np.ndarray, vectors: np.ndarray) -> None:
     """Write, fsync, rename, then read back: a snapshot that cannot restore is no snapshot."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +52,7 @@ def write_part(path: Path, ids: np.ndarray, vectors: np.ndarray) -> None:
         )
 
 
+@maps_errors(SNAPSHOT, "reading a part")
 def read_part(path: Path) -> tuple[np.ndarray, np.ndarray]:
     table = pq.read_table(path)
     ids = id_array(table.column("id").to_pylist())
@@ -54,6 +61,7 @@ def read_part(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return ids, vectors
 
 
+@maps_errors(SNAPSHOT, "reading the parts")
 def iter_parts(directory: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for path in sorted(directory.glob("part-*.parquet")):
         yield read_part(path)

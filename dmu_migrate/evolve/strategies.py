@@ -19,10 +19,10 @@ import numpy as np
 from dmu_migrate.errors import InputError, StoreError
 from dmu_migrate.evolve import snapshot
 from dmu_migrate.evolve.aliases import record_move
+from dmu_migrate.evolve.id_diff import ID_BATCH, diff_sorted
 from dmu_migrate.evolve.ledger import Record
 from dmu_migrate.evolve.plan import IN_PLACE, NEW_COLLECTION, NEW_FIELD, Plan
 from dmu_migrate.evolve.sync import EVOLVED, checksums, target_info
-from dmu_migrate.evolve.verify import ID_BATCH, diff_sorted
 from dmu_migrate.stores.base import (
     PARTITION_KEY,
     TAG_FROM,

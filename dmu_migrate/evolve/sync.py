@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dmu_migrate.evolve.id_diff import ID_BATCH, VERIFY_SAMPLE, Reservoir
 from dmu_migrate.evolve.id_join import Page, Window, windows
 from dmu_migrate.evolve.progress import CATCH_UP, ID_DIFF, Meter, Report, quiet
 from dmu_migrate.evolve.screen import add_skipped, clear_skipped, screen
 from dmu_migrate.evolve.settings import batch_rows
 from dmu_migrate.evolve.stream import Stage
-from dmu_migrate.evolve.verify import ID_BATCH, VERIFY_SAMPLE, Reservoir
 from dmu_migrate.stores.base import (
     PARTITION_KEY,
     TAG_ORIGIN,

@@ -6,75 +6,30 @@ never see an unverified target.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dmu_migrate.errors import VerificationError
-from dmu_migrate.evolve.id_join import pages_of, windows
+from dmu_migrate.evolve import NEW_COLLECTION
+from dmu_migrate.evolve.id_diff import ID_BATCH as ID_BATCH
+from dmu_migrate.evolve.id_diff import VERIFY_SAMPLE as VERIFY_SAMPLE
+from dmu_migrate.evolve.id_diff import Reservoir as Reservoir
+from dmu_migrate.evolve.id_diff import diff_sorted as diff_sorted
 from dmu_migrate.evolve.progress import VERIFY, Meter, Report, quiet
+from dmu_migrate.evolve.screen import still_bad
 from dmu_migrate.evolve.self_search import SEARCH_K, SelfSearch, judge, second_look, self_search
 from dmu_migrate.evolve.stream import Stage
+from dmu_migrate.evolve.sync import compare
 from dmu_migrate.stores.base import VectorStore, id_array
 
 if TYPE_CHECKING:
     from dmu_migrate.evolve.plan import Plan
     from dmu_migrate.evolve.strategies import Strategy
 
-VERIFY_SAMPLE = 256
 VERIFY_TOLERANCE = 1e-5
-ID_BATCH = 16384  # ids per page of an id scan: Milvus's largest query window
-
-
-class Reservoir:
-    """A uniform random sample of k ids from a stream (Algorithm R), seeded for repeatability."""
-
-    def __init__(self, k: int, skip: frozenset[Any] = frozenset()) -> None:
-        self.k = k
-        self.skip = skip  # ids never drawn (rows left out as bad): the sample stays k strong
-        self.seen = 0
-        self.chosen: list[Any] = []
-        self.rng = np.random.default_rng(0)
-
-    def add(self, batch: np.ndarray | list[Any]) -> None:
-        ids = batch if isinstance(batch, np.ndarray) else id_array(list(batch))
-        if self.skip:
-            ids = ids[np.fromiter((i not in self.skip for i in ids.tolist()), bool, len(ids))]
-        fill = min(max(self.k - len(self.chosen), 0), len(ids))
-        self.chosen += ids[:fill].tolist()
-        rest = len(ids) - fill
-        if rest:
-            # The i-th of the rest is the (seen + fill + i + 1)-th id: it replaces slot j,
-            # drawn from [0, that position), when j < k. One draw per id, made at once.
-            drawn = self.rng.integers(self.seen + fill + 1 + np.arange(rest))
-            kept = np.flatnonzero(drawn < self.k)  # in stream order
-            # tolist() gives plain Python ids of any key kind (int, str, UUID string);
-            # an object array of strings has no .item() per element.
-            for slot, value in zip(drawn[kept].tolist(), ids[fill + kept].tolist(), strict=True):
-                self.chosen[slot] = value
-        self.seen += len(ids)
-
-    def tee(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        for chunk in chunks:
-            self.add(chunk)
-            yield chunk
-
-    def ids(self) -> np.ndarray:
-        return id_array(self.chosen)
-
-
-def diff_sorted(
-    left: Iterable[np.ndarray], right: Iterable[np.ndarray] | None
-) -> tuple[list[Any], list[Any]]:
-    """Ids only in ``left`` and ids only in ``right``; both streams ascending and unique."""
-    only_left: list[Any] = []
-    only_right: list[Any] = []
-    for w in windows(pages_of(left), pages_of(right or [])):
-        only_left += w.left[0][w.left_only].tolist()
-        only_right += w.right[0][w.right_only].tolist()
-    return only_left, only_right
 
 
 def diff_ids(
@@ -128,10 +83,6 @@ def verify(
     ``ids`` are the rows whose vectors are checked; None draws them from the id
     scan (so a re-check reads the source's ids once, not once more for a sample).
     """
-    from dmu_migrate.evolve.plan import NEW_COLLECTION
-    from dmu_migrate.evolve.screen import still_bad
-    from dmu_migrate.evolve.sync import compare
-
     source_rows = store.count(plan.source.name, plan.filter)
     meter = Meter(report, VERIFY, source_rows).start()
     drawn = Reservoir(VERIFY_SAMPLE, skipped)  # of the rows that are there to check

@@ -16,6 +16,7 @@ from dmu_migrate.evolve.plan import NEW_COLLECTION, Plan
 from dmu_migrate.evolve.settings import EvolveOptions
 from dmu_migrate.stores.base import VectorStore
 from dmu_migrate.stores.bulk_storage import Storage, open_storage
+from dmu_migrate.stores.pair import StorePair
 
 if TYPE_CHECKING:
     from dmu_migrate.stores.milvus import MilvusStore
@@ -58,8 +59,6 @@ def resolve(
 
 def _ends(store: VectorStore) -> tuple[VectorStore, VectorStore]:
     """(the store read, the store written): a pair's two, else ``store`` twice."""
-    from dmu_migrate.stores.pair import StorePair
-
     return (store.source, store.target) if isinstance(store, StorePair) else (store, store)
 
 

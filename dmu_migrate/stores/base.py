@@ -1,4 +1,4 @@
-"""The small protocol every vector store backend implements, and URI dispatch.
+"""The small protocol every vector store backend implements, and what a URI names.
 
 Vectors cross this boundary as float32 arrays ``(n, d)`` beside an id array;
 each backend converts to and from its client's wire format internally.
@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.errors import InputError
 
 # Version tags written on every evolved row; filterable scalar fields / payload keys.
 TAG_VERSION = "dmu_version"  # the embedding space the vector lives in now
@@ -311,7 +311,7 @@ TOKEN_ENV = {"milvus": "MILVUS_TOKEN", "qdrant": "QDRANT_API_KEY"}
 
 
 def store_kind(uri: str) -> str:
-    """'milvus', 'qdrant' or 'parquet': which backend a URI names (see open_store)."""
+    """'milvus', 'qdrant' or 'parquet': which backend a URI names (see stores/opener.py)."""
     if uri.startswith("parquet:"):
         return "parquet"
     if uri.startswith(("qdrant://", "qdrants://", "qdrant:")):
@@ -345,54 +345,3 @@ def store_token(uri: str, token: str | None) -> str | None:
         return token
     name = TOKEN_ENV.get(store_kind(uri))
     return (os.environ.get(name) or None) if name else None
-
-
-def _qdrant_url(uri: str) -> str:
-    """http(s)://host:6333 (or :6334, gRPC) as the qdrant(s)://host:6333 form QdrantStore takes."""
-    parts = urlsplit(uri)
-    scheme = "qdrants" if parts.scheme == "https" else "qdrant"
-    netloc = parts.netloc.rsplit(":", 1)[0] + ":6333"
-    return urlunsplit((scheme, netloc, parts.path, parts.query, ""))
-
-
-def open_store(uri: str, token: str | None = None, create: bool = False) -> VectorStore:
-    """Open the store a URI names.
-
-    ``./file.db``                   Milvus Lite (embedded, the default)
-    ``http(s)://host:19530``        a Milvus server (any port but Qdrant's)
-    ``http(s)://host:6333``         a Qdrant server (its REST port 6333 or gRPC port 6334)
-    ``qdrant://host:6333``          a Qdrant server on any port (``qdrants://`` for TLS)
-    ``qdrant:path/to/dir``          Qdrant local mode (embedded, for tests and small data)
-    ``parquet:path/to/dir``         a directory of Parquet files (offline evolve, snapshots)
-
-    ``create``: a Milvus Lite file that does not exist yet is made (a target store);
-    otherwise a missing one is refused, since it is most likely a typo in --uri.
-    """
-    kind = store_kind(uri)
-    if kind == "parquet":
-        from dmu_migrate.stores.parquet import ParquetStore
-
-        return ParquetStore.connect(uri, token)
-    if kind == "qdrant":
-        from dmu_migrate.stores.qdrant import QdrantStore
-
-        if uri.startswith(("http://", "https://")):
-            uri = _qdrant_url(uri)
-        return QdrantStore.connect(uri, token)
-    if uri.startswith(("http://", "https://", "tcp://", "grpc://")):
-        from dmu_migrate.stores.milvus import MilvusStore
-
-        return MilvusStore.connect(uri, token)
-    if "://" in uri:
-        scheme = uri.split("://", 1)[0]
-        raise InputError(
-            f"unknown store URI scheme '{scheme}://' in '{redact(uri)}'; use a Milvus Lite file "
-            f"(./gallery.db), a Milvus server (http://host:19530) or Qdrant (qdrant://host:6333)"
-        )
-    if not uri.endswith(".db"):
-        raise InputError(f"store URI '{uri}' is not a Milvus Lite file; it must end in '.db'")
-    if not create and not Path(uri).exists():
-        raise StoreError(f"no Milvus Lite database at '{uri}'; check --uri")
-    from dmu_migrate.stores.milvus import MilvusStore
-
-    return MilvusStore.connect(uri, token)

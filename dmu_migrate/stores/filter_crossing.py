@@ -62,6 +62,8 @@ def carry(text: str, source_kind: str, target_kind: str) -> str:
 
 
 def _from_qdrant(text: str) -> list[Clause]:
+    # Here, not at the top: it loads qdrant_client (seconds), which a Parquet or Milvus
+    # store never needs.
     from dmu_migrate.stores.qdrant_filter import parse_filter
 
     parsed = parse_filter(text)

@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.client.types import LoadState
-from pymilvus.exceptions import MilvusUnavailableException
 
-from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.errors import AccessDenied, InputError, StoreError, StoreUnavailable
 from dmu_migrate.stores import (
     access,
     lite_lock,
@@ -40,23 +39,10 @@ from dmu_migrate.stores.base import (
     id_array,
     redact,
 )
+from dmu_migrate.stores.client_errors import store_boundary, store_error
+from dmu_migrate.stores.milvus_errors import MILVUS
 
 log = logging.getLogger(__name__)
-
-# pymilvus codes: 2 = cannot connect, 8 = rate limited, 9 = denied while the server is busy.
-_TRANSIENT_CODES = {2, 8, 9}
-
-
-def transient(exc: BaseException) -> bool:
-    """Whether a pymilvus error is a passing failure: the server unreachable, or busy.
-
-    pymilvus's errors are told apart here, where pymilvus is used, so that the
-    retry loop reads one answer per client instead of class names.
-    """
-    if isinstance(exc, MilvusUnavailableException):
-        return True
-    return isinstance(exc, MilvusException) and exc.code in _TRANSIENT_CODES
-
 
 _VECTOR_TYPES = {DataType.FLOAT_VECTOR}
 _LEDGER_MAX_LENGTH = 65535
@@ -93,6 +79,8 @@ def _and(*exprs: str | None) -> str:
     return " and ".join(parts)
 
 
+# Every public method maps pymilvus's exceptions into the error tree, here and only here.
+@store_boundary(MILVUS)
 class MilvusStore:
     def __init__(self, client: MilvusClient, uri: str) -> None:
         self.client = client
@@ -195,6 +183,8 @@ class MilvusStore:
                 name, filter=filter or "", output_fields=["count(*)"], consistency_level=STRONG
             )
         except MilvusException as exc:
+            if not filter:
+                raise  # not the filter's fault: the boundary maps it
             raise InputError(
                 f"filter '{filter}' is not valid for '{name}' ({_one_line(exc.message)}); fix --filter"
             ) from exc
@@ -532,7 +522,11 @@ class MilvusStore:
     def alias_target(self, alias: str) -> str | None:
         try:
             return str(self.client.describe_alias(alias)["collection_name"])
-        except MilvusException:
+        except MilvusException as exc:
+            if isinstance(
+                store_error(exc, MILVUS, self.uri, "alias"), AccessDenied | StoreUnavailable
+            ):
+                raise  # the boundary maps it: the server was down or refused, not the alias absent
             return None
 
     def point_alias(self, alias: str, target: str) -> None:

@@ -30,8 +30,10 @@ from typing import IO, Any
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.errors import InputError, StoreError, StoreUnavailable
 from dmu_migrate.stores.bulk_storage import Storage
+from dmu_migrate.stores.client_errors import Client, maps_errors, store_boundary
+from dmu_migrate.stores.milvus_errors import MILVUS
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,8 @@ def unsupported(schema: dict[str, Any], vector_field: str) -> str | None:
     return None
 
 
+# A part's files on this machine's disk (space, permissions), before any storage sees them.
+@store_boundary(Client("the bulk import's part files", (OSError,)))
 class Part:
     """One import's rows: vectors streamed to disk, the other columns kept until close."""
 
@@ -160,6 +164,13 @@ def _handler(client: MilvusClient) -> Any:
     return client._get_connection()  # the same handler MilvusClient's own calls use
 
 
+@maps_errors(MILVUS, "describing the target")
+def describe(client: MilvusClient, collection: str) -> dict[str, Any]:
+    """The target collection's schema as the importer writes files for it."""
+    return client.describe_collection(collection)
+
+
+@maps_errors(MILVUS, "submitting an import job")
 def submit(client: MilvusClient, collection: str, files: list[str]) -> int:
     try:
         return int(_handler(client).do_bulk_insert(collection, "", files, timeout=TIMEOUT))
@@ -170,6 +181,7 @@ def submit(client: MilvusClient, collection: str, files: list[str]) -> int:
         ) from None
 
 
+@maps_errors(MILVUS, "listing import jobs")
 def find_job(client: MilvusClient, collection: str, files: list[str]) -> int | None:
     """The server's job for exactly these files, if a previous run submitted it."""
     tasks = _handler(client).list_bulk_insert_tasks(0, collection, timeout=TIMEOUT)
@@ -179,10 +191,12 @@ def find_job(client: MilvusClient, collection: str, files: list[str]) -> int | N
     return None
 
 
+@maps_errors(MILVUS, "reading an import job")
 def state_of(client: MilvusClient, job: int) -> str:
     return str(_handler(client).get_bulk_insert_state(job, timeout=TIMEOUT).state_name)
 
 
+@maps_errors(MILVUS, "waiting for an import job")
 def wait(
     client: MilvusClient,
     job: int,
@@ -212,6 +226,7 @@ def wait(
         time.sleep(POLL_SECONDS)
 
 
+@maps_errors(MILVUS, "counting imported rows")
 def wait_visible(client: MilvusClient, collection: str, rows: int, timeout: float = 600) -> bool:
     """Wait until a count sees ``rows``: a completed job's segments reach the query nodes a
     little later, and verification (and the cut-over) must not run before they do."""
@@ -248,6 +263,7 @@ def hint(reason: str) -> str:
     return ""
 
 
+@maps_errors(MILVUS, "probing --bulk-storage")
 def probe(client: MilvusClient, storage: Storage) -> None:
     """Import one row into a throw-away collection: proves the server reads ``storage``.
 
@@ -267,6 +283,8 @@ def probe(client: MilvusClient, storage: Storage) -> None:
         client.create_collection(name, schema=schema, timeout=TIMEOUT)
         try:
             wait(client, submit(client, name, files), name, timeout=300)
+        except StoreUnavailable:
+            raise  # the server, not the storage: retried as any passing failure
         except StoreError as exc:
             raise InputError(f"--bulk-storage '{storage.uri}': {exc}") from None
         finally:

@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 from pymilvus import MilvusClient
 
+from dmu_migrate.stores.client_errors import maps_errors
 from dmu_migrate.stores.milvus_columns import in_list, literal
+from dmu_migrate.stores.milvus_errors import MILVUS
 
 DEFAULT = "_default"
 STRONG = "Strong"
@@ -32,6 +34,7 @@ _WINDOW = 16384  # a server's largest query result (offset + limit)
 _CHUNK = 1000  # ids per "in [...]" filter: keeps the expression within server limits
 
 
+@maps_errors(MILVUS, "listing partitions")
 def named(client: MilvusClient, name: str) -> list[str]:
     """The partitions besides ``_default`` whose rows a copy must place; [] with a partition key."""
     desc = client.describe_collection(name, timeout=TIMEOUT)

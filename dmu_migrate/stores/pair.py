@@ -14,7 +14,6 @@ through the source store (read_setup_from). The source store is never written.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -221,25 +220,6 @@ class StorePair:
         """The two stores were opened by the caller, who closes them."""
 
 
-@contextmanager
-def paired(
-    source: VectorStore,
-    target_uri: str,
-    target_token: str | None,
-    collection: str,
-    filter: str | None = None,
-) -> Iterator[StorePair]:
-    """``source`` paired with the target store at ``target_uri`` (created if missing),
-    which is closed on leaving; ``source`` stays the caller's."""
-    from dmu_migrate.stores.base import open_store
-
-    target = open_store(target_uri, target_token, create=True)
-    try:
-        yield StorePair(source, target, collection, filter)
-    finally:
-        target.close()
-
-
 def home(store: VectorStore) -> VectorStore:
     """The store the source collection (and the alias it may be read through) lives in."""
     return store.source if isinstance(store, StorePair) else store
@@ -250,6 +230,8 @@ def _partitions(store: VectorStore, name: str) -> list[str]:
     client = getattr(store, "client", None)
     if store_kind(store.uri) != "milvus" or client is None:
         return []
+    # Here, not at the top: it loads pymilvus (seconds), which a Qdrant or Parquet run never
+    # needs.
     from dmu_migrate.stores import milvus_partitions
 
     return milvus_partitions.named(client, name)

@@ -55,6 +55,7 @@ from dmu_migrate.stores.base import (
     choose_vector_field,
     id_array,
 )
+from dmu_migrate.stores.client_errors import Client, store_boundary
 from dmu_migrate.stores.parquet_filter import milvus_style_mask
 
 _SEQ = b"dmu_seq"
@@ -110,6 +111,8 @@ def _column(collection: str, key: str, values: list[Any]) -> pa.Array:
         ) from exc
 
 
+# pyarrow's errors and the disk's: every public method maps them into the error tree here.
+@store_boundary(Client("Parquet", (pa.ArrowException, OSError)))
 class ParquetStore:
     def __init__(self, root: Path, uri: str) -> None:
         self.root = root

@@ -28,11 +28,12 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import grpc
 import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from dmu_migrate.errors import InputError, StoreError
+from dmu_migrate.errors import InputError, StoreError, StoreUnavailable
 from dmu_migrate.stores import access, qdrant_schema
 from dmu_migrate.stores.base import (
     LEDGER_COLLECTION,
@@ -52,6 +53,7 @@ from dmu_migrate.stores.base import (
     id_array,
     redact,
 )
+from dmu_migrate.stores.client_errors import Client, passes, store_boundary
 from dmu_migrate.stores.qdrant_filter import parse_filter
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,12 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, ResponseHandlingException):  # the request never got an answer
         return True
     return isinstance(exc, UnexpectedResponse) and exc.status_code in _TRANSIENT_HTTP
+
+
+# The client's HTTP and gRPC errors, and the disk's under local mode.
+QDRANT = Client(
+    "Qdrant", (UnexpectedResponse, ResponseHandlingException, grpc.RpcError, OSError), transient
+)
 
 
 _METRICS = {"Cosine": "COSINE", "Dot": "IP", "Euclid": "L2"}
@@ -105,6 +113,8 @@ def _ids_array(name: str, ids: list[Any]) -> np.ndarray:
     return id_array(ids)
 
 
+# Its methods map their client calls in _errors; this maps any call made outside one.
+@store_boundary(QDRANT)
 class QdrantStore:
     def __init__(self, client: QdrantClient, uri: str, local: bool) -> None:
         self.client = client
@@ -164,7 +174,8 @@ class QdrantStore:
 
     @contextmanager
     def _errors(self, what: str, fix: str) -> Iterator[None]:
-        """Client failures as one-line StoreErrors naming the object and the fix."""
+        """Client failures as one-line errors naming the object and the fix: the one place
+        this store maps its client's exceptions (a passing one is StoreUnavailable)."""
         try:
             yield
         except (InputError, StoreError):
@@ -177,7 +188,8 @@ class QdrantStore:
             detail = getattr(exc, "details", None)
             text = detail() if callable(detail) else str(exc)
             text = redact(" ".join(str(text).split())[:300])
-            raise StoreError(f"Qdrant at '{self.uri}' failed to {what} ({text}); {fix}") from exc
+            kind = StoreUnavailable if passes(exc, QDRANT) else StoreError
+            raise kind(f"Qdrant at '{self.uri}' failed to {what} ({text}); {fix}") from exc
 
     # -- discovery ---------------------------------------------------------------
     def _aliases(self) -> dict[str, str]:

@@ -16,6 +16,8 @@ import os
 
 import torch
 
+from dmu_migrate.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # A cap for the small heads, not a measured optimum; big plug-in models (image
@@ -40,8 +42,6 @@ def auto_threads() -> int:
 def use_threads(requested: int) -> int:
     """Set torch's CPU threads: ``requested`` (> 0), else the environment's, else auto_threads."""
     if requested < 0:
-        from dmu_migrate.errors import InputError
-
         raise InputError(f"--threads must be >= 0 (0 = automatic), got {requested}")
     if requested > 0:
         threads, why = requested, "--threads"
