@@ -64,6 +64,10 @@ class Manifest:
     # Retrieval on identities held out of training: {"settings": {setting: {"R@1", "mAP"}},
     # "rows", "identities", "verdict"}; empty when nothing was held out (quality.py).
     quality: dict[str, Any] = field(default_factory=dict)
+    # The score offset of evolved items in a mixed gallery, fitted on the held-out identities
+    # (calibration.py): {"offset", "shares", "draws", "queries", "R@1"}; empty, or a manifest
+    # written before it existed: offset 0, searched exactly as before.
+    calibration: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     tool_version: str = __version__
 
@@ -94,6 +98,12 @@ class Artifact:
         """R@1/mAP per setting measured at training on held-out identities, if any."""
         settings = self.manifest.quality.get("settings") if self.manifest.quality else None
         return settings if isinstance(settings, dict) and settings else None
+
+    @property
+    def offset(self) -> float:
+        """The calibrated score offset of evolved items over native ones (0: none)."""
+        value = self.manifest.calibration.get("offset", 0.0)
+        return float(value) if _number(value) else 0.0
 
     @property
     def label(self) -> str:
@@ -192,6 +202,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "training": (dict,),
     "parity": (dict,),
     "quality": (dict,),
+    "calibration": (dict,),
     "format": (str,),
     "tool_version": (str,),
 }
@@ -233,6 +244,10 @@ def check_types(manifest_path: Path, raw: Any) -> None:
         not isinstance(fusion, dict) or not all(_number(v) for v in fusion.values())
     ):
         raise refuse("quality.fusion", fusion, "an object of numbers")
+
+    offset = (raw.get("calibration") or {}).get("offset", 0.0)
+    if not _number(offset) or not 0.0 <= offset < 0.5:
+        raise refuse("calibration.offset", offset, "a number in [0, 0.5)")
 
 
 def _number(value: Any) -> bool:

@@ -140,6 +140,12 @@ def train(
             if pool:
                 out.print(f"  {gate_size(pool)}")
             out.print("  " + m.quality["verdict"], soft_wrap=True)
+            offset = m.calibration.get("offset")
+            if offset is not None:
+                out.print(
+                    f"  calibrated origins: evolved items score +{offset:.2f} over native "
+                    f"ones in a mixed gallery (fitted on the held-out identities)"
+                )
             hint = transition_hint(m.quality, str(report.artifact.path))
             if hint and m.quality["verdict"].startswith("do not deploy"):
                 out.print("  " + hint)
