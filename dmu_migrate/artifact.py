@@ -6,6 +6,9 @@
       new_model.onnx    new-model input -> new embedding (input "x", output "embedding")
       backfill_score.onnx  stored old vector -> (n, 1) score, higher = re-embed sooner
                         (input "old", output "score"; optional: older artifacts lack it)
+      item_model.onnx   calibrated artifacts only (training/calibrated.py): new-model input
+                        -> the stored vector of a native row; new_model.onnx is then the
+                        query encoder
 
 Both embedding models L2-normalise their output, so the store's metric is cosine / IP.
 Reading an artifact checks every file against its recorded checksum, so a
@@ -33,6 +36,7 @@ MANIFEST = "manifest.json"
 ADAPTER = "adapter.onnx"
 NEW_MODEL = "new_model.onnx"
 BACKFILL_SCORE = "backfill_score.onnx"
+ITEM_MODEL = "item_model.onnx"  # calibrated artifacts: the encoder of native rows
 _VERSION_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
@@ -89,6 +93,12 @@ class Artifact:
         return self.path / NEW_MODEL if NEW_MODEL in self.manifest.files else None
 
     @property
+    def item_model_path(self) -> Path | None:
+        """The encoder of stored native rows, where it differs from the query encoder
+        (a calibrated artifact, training/calibrated.py); else new_model.onnx serves both."""
+        return self.path / ITEM_MODEL if ITEM_MODEL in self.manifest.files else None
+
+    @property
     def backfill_score_path(self) -> Path | None:
         """The partial-backfill ranking model (backfill_curve.py), if the artifact ships one."""
         return self.path / BACKFILL_SCORE if BACKFILL_SCORE in self.manifest.files else None
@@ -141,7 +151,7 @@ def write_manifest(directory: Path, manifest: Manifest) -> Path:
     """
     files = {
         name: file_sha256(directory / name)
-        for name in (ADAPTER, NEW_MODEL, BACKFILL_SCORE)
+        for name in (ADAPTER, NEW_MODEL, BACKFILL_SCORE, ITEM_MODEL)
         if (directory / name).exists()
     }
     tmp = directory / (MANIFEST + ".tmp")

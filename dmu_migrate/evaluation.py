@@ -246,6 +246,13 @@ def evaluate(
     """
     if new_col is not None:
         columns = replace(columns, new=new_col)
+    if artifact.manifest.method == "calibrated":
+        # Its vectors carry the stored constants: the base's plain ones are what is scored.
+        raise InputError(
+            f"artifact '{artifact.path}' is the calibrated deploy form of "
+            f"'{artifact.manifest.training.get('base', '?')}'; evaluate the base artifact, "
+            f"whose calibration offset evaluate applies"
+        )
     if not 0.0 <= mixed_fraction <= 1.0:
         raise InputError(f"--mixed-fraction is {mixed_fraction}; give a share between 0 and 1")
     table = read_table(table_path, columns, need_x=needs_x(artifact, reference))

@@ -1,0 +1,139 @@
+"""The calibrated deploy artifact (training/calibrated.py) end to end: evolve writes
+[psi(o) ; k], backfill writes item_model.onnx's [f ; 0], and one search of the store with
+new_model.onnx's [q ; 1] ranks as the calibrated score does, on the digits gallery in
+Milvus Lite."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from galleries import Digits, Gallery, read_all
+from typer.testing import CliRunner
+
+from dmu_migrate import calibration
+from dmu_migrate.api.store import opened
+from dmu_migrate.artifact import MANIFEST, NEW_MODEL, Artifact, load_artifact
+from dmu_migrate.cli import app
+from dmu_migrate.data import write_table
+from dmu_migrate.errors import InputError
+from dmu_migrate.evaluation import evaluate
+from dmu_migrate.metrics import l2_normalize
+from dmu_migrate.onnx_model import OnnxModel
+from dmu_migrate.training.calibrated import make_calibrated
+
+runner = CliRunner()
+OFFSET = 0.1  # larger than the digits fit, so that the extra dimension decides rankings
+
+
+def with_offset(artifact: Artifact, root: Path, offset: float, drop_encoder: bool = False) -> Path:
+    target = root / "base"
+    shutil.copytree(artifact.path, target)
+    raw = json.loads((target / MANIFEST).read_text())
+    raw["calibration"] = {"offset": offset}
+    if drop_encoder:  # as an adapter-only upgrade ships it
+        (target / NEW_MODEL).unlink()
+        del raw["files"][NEW_MODEL]
+        raw["input_dim"] = None
+    (target / MANIFEST).write_text(json.dumps(raw))
+    return target
+
+
+def test_the_derived_models_append_the_constants(artifact: Artifact, tmp_path: Path) -> None:
+    base = load_artifact(with_offset(artifact, tmp_path, OFFSET))
+    made = make_calibrated(base.path, tmp_path / "out", metric="ip")
+    m = made.manifest
+    assert (
+        made.path.name == "digits-v2-calibrated"
+        and m.to_version == f"{base.manifest.to_version}_cal"
+    )
+    assert m.new_dim == base.manifest.new_dim + 1 and m.metric == "ip"
+    assert made.item_model_path is not None and made.offset == 0.0  # a deploy form, not refitted
+    old = np.random.default_rng(0).normal(size=(7, m.old_dim)).astype(np.float32)
+    evolved = OnnxModel(made.adapter_path)(old)
+    np.testing.assert_allclose(evolved[:, :-1], OnnxModel(base.adapter_path)(old), atol=1e-6)
+    np.testing.assert_allclose(evolved[:, -1], OFFSET, atol=1e-7)  # ip: k = c
+    assert base.new_model_path is not None and made.new_model_path is not None
+    x = np.random.default_rng(1).normal(size=(5, m.input_dim or 0)).astype(np.float32)
+    f = OnnxModel(base.new_model_path)(x)
+    np.testing.assert_allclose(OnnxModel(made.new_model_path)(x), np.hstack([f, np.ones((5, 1))]))
+    np.testing.assert_allclose(OnnxModel(made.item_model_path)(x), np.hstack([f, np.zeros((5, 1))]))
+
+
+def test_an_adapter_only_base_gets_encoders_of_the_new_embedding(
+    artifact: Artifact, tmp_path: Path
+) -> None:
+    made = make_calibrated(with_offset(artifact, tmp_path, OFFSET, drop_encoder=True))
+    assert made.manifest.input_dim == made.manifest.new_dim - 1
+    e = np.random.default_rng(2).normal(size=(4, made.manifest.input_dim)).astype(np.float32)
+    assert made.new_model_path is not None and made.item_model_path is not None
+    np.testing.assert_allclose(
+        OnnxModel(made.new_model_path)(e), np.hstack([l2_normalize(e), np.ones((4, 1))]), atol=1e-6
+    )
+
+
+def test_nothing_to_calibrate_is_refused(
+    artifact: Artifact, digits: Digits, tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match="offset 0") as err:
+        make_calibrated(with_offset(artifact, tmp_path, 0.0))
+    assert "\n" not in str(err.value) and not (tmp_path / "digits-v2-calibrated").exists()
+    made = make_calibrated(with_offset(artifact, tmp_path / "b", OFFSET))
+    with pytest.raises(InputError, match="derived"):
+        make_calibrated(made.path, tmp_path / "again")
+    with pytest.raises(InputError, match="evaluate the base artifact"):
+        evaluate(digits.eval_path, made)
+
+
+def test_one_store_search_ranks_by_the_calibrated_score(
+    gallery: Gallery, digits: Digits, artifact: Artifact, tmp_path: Path
+) -> None:
+    made = make_calibrated(with_offset(artifact, tmp_path, OFFSET))  # the gallery is COSINE
+    db = str(gallery.db)
+    evolved = runner.invoke(
+        app, ["evolve", "--collection", "digits", "--adapter", str(made.path), "--uri", db]
+    )
+    assert evolved.exit_code == 0, evolved.output
+    # 30% of the items re-embedded natively, through the item encoder.
+    x_gallery = digits.x_te[~digits.is_query]
+    native = np.random.default_rng(0).permutation(len(gallery.ids))[: round(0.3 * len(gallery.ids))]
+    assert made.item_model_path is not None and made.new_model_path is not None
+    items = OnnxModel(made.item_model_path)(x_gallery[native])
+    write_table(tmp_path / "native.parquet", {"id": gallery.ids[native], "vector": items})
+    args = ["--collection", "digits", "--uri", db, "--input", str(tmp_path / "native.parquet")]
+    wrote = runner.invoke(app, ["backfill", *args])
+    assert wrote.exit_code == 0, wrote.output
+
+    target = "digits__" + made.manifest.to_version
+    rows = read_all(gallery.db, target)
+    stored = np.asarray([rows[int(i)]["vector"] for i in gallery.ids], np.float32)
+    k = calibration.stored_constant(OFFSET, "cosine")
+    is_native = np.isin(np.arange(len(gallery.ids)), native)
+    np.testing.assert_allclose(stored[:, -1], np.where(is_native, 0.0, k), atol=1e-6)
+
+    # The intended score: cosine of the plain vectors, plus the offset for evolved items
+    # (scaled as the cosine encoding scales them).
+    base = load_artifact(tmp_path / "base")
+    assert base.new_model_path is not None
+    q = OnnxModel(base.new_model_path)(digits.x_te[digits.is_query])
+    plain = l2_normalize(stored[:, :-1])
+    slope = np.sqrt(1 - OFFSET**2)
+    intended = np.where(is_native[None, :], q @ plain.T, slope * (q @ plain.T) + OFFSET)
+    best = np.sort(intended, axis=1)
+    clear = best[:, -1] - best[:, -2] > 1e-4  # no near-tie for the top spot
+    with opened(db, None) as store:
+        hits = store.search(target, "vector", OnnxModel(made.new_model_path)(q_input(digits)), 1)
+    got = np.asarray([h[0] for h in hits.ids])
+    want = gallery.ids[np.argmax(intended, axis=1)]
+    assert clear.sum() > 0.9 * len(q)
+    np.testing.assert_array_equal(got[clear], want[clear])
+    # Without the offset the top spot differs for some query: the extra dimension decides.
+    uncalibrated = gallery.ids[np.argmax(q @ plain.T, axis=1)]
+    assert (uncalibrated != want).any()
+
+
+def q_input(digits: Digits) -> np.ndarray:
+    return digits.x_te[digits.is_query]
