@@ -137,3 +137,18 @@ def test_one_store_search_ranks_by_the_calibrated_score(
 
 def q_input(digits: Digits) -> np.ndarray:
     return digits.x_te[digits.is_query]
+
+
+def test_the_command_writes_the_calibrated_artifact(artifact: Artifact, tmp_path: Path) -> None:
+    base = with_offset(artifact, tmp_path, OFFSET)
+    shown = runner.invoke(app, ["calibrate", "--adapter", str(base), "--metric", "l2"])
+    assert shown.exit_code == 0, shown.output
+    made = load_artifact(tmp_path / "digits-v2-calibrated")
+    assert f"{made.path}" in " ".join(shown.stdout.split()) and "+0.10" in shown.stdout
+    assert made.manifest.training["stored_constant"] == calibration.stored_constant(OFFSET, "l2")
+    again = runner.invoke(app, ["calibrate", "--adapter", str(base), "--json"])
+    assert again.exit_code == 2 and "--overwrite" in again.output  # it exists: one line
+    again = runner.invoke(app, ["calibrate", "--adapter", str(base), "--json", "--overwrite"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["metric"] == "cosine"
+    wrong = runner.invoke(app, ["calibrate", "--adapter", str(base), "--metric", "hamming"])
+    assert wrong.exit_code == 2 and "metric 'hamming'" in wrong.output

@@ -86,7 +86,8 @@ def calibration_line(calibrated: dict[str, Any]) -> str:
     return (
         f"calibrated origins: evolved items score +{offset:.2f} over native ones in "
         f"new->mixed and the partial backfill (R@1 {before.get('R@1', float('nan')):.4f} "
-        f"without it, as a store searches until evolve writes it: docs/method.md)"
+        f"without it, as a store serving the artifact itself ranks; deploy the offset "
+        f"with 'dmu-migrate calibrate')"
     )
 
 
