@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from galleries import Digits, Gallery, read_all
+from backends import Backend
+from galleries import Digits, Gallery, read_all, seed_gallery
+from migrations import run
 from typer.testing import CliRunner
 
 from dmu_migrate import calibration
@@ -21,6 +23,8 @@ from dmu_migrate.cli import app
 from dmu_migrate.data import write_table
 from dmu_migrate.errors import InputError
 from dmu_migrate.evaluation import evaluate
+from dmu_migrate.evolve.backfill_input import VectorTable
+from dmu_migrate.evolve.backfill_write import backfill
 from dmu_migrate.metrics import l2_normalize
 from dmu_migrate.onnx_model import OnnxModel
 from dmu_migrate.training.calibrated import make_calibrated
@@ -70,9 +74,8 @@ def test_an_adapter_only_base_gets_encoders_of_the_new_embedding(
     assert made.manifest.input_dim == made.manifest.new_dim - 1
     e = np.random.default_rng(2).normal(size=(4, made.manifest.input_dim)).astype(np.float32)
     assert made.new_model_path is not None and made.item_model_path is not None
-    np.testing.assert_allclose(
-        OnnxModel(made.new_model_path)(e), np.hstack([l2_normalize(e), np.ones((4, 1))]), atol=1e-6
-    )
+    want = l2_normalize(np.hstack([l2_normalize(e), np.ones((4, 1), np.float32)]))  # cosine
+    np.testing.assert_allclose(OnnxModel(made.new_model_path)(e), want, atol=1e-6)
 
 
 def test_nothing_to_calibrate_is_refused(
@@ -110,9 +113,10 @@ def test_one_store_search_ranks_by_the_calibrated_score(
     target = "digits__" + made.manifest.to_version
     rows = read_all(gallery.db, target)
     stored = np.asarray([rows[int(i)]["vector"] for i in gallery.ids], np.float32)
-    k = calibration.stored_constant(OFFSET, "cosine")
     is_native = np.isin(np.arange(len(gallery.ids)), native)
-    np.testing.assert_allclose(stored[:, -1], np.where(is_native, 0.0, k), atol=1e-6)
+    # Unit vectors for a cosine collection: [psi(o) ; k] / sqrt(1 + k^2) ends in c itself.
+    np.testing.assert_allclose(stored[:, -1], np.where(is_native, 0.0, OFFSET), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)
 
     # The intended score: cosine of the plain vectors, plus the offset for evolved items
     # (scaled as the cosine encoding scales them).
@@ -152,3 +156,38 @@ def test_the_command_writes_the_calibrated_artifact(artifact: Artifact, tmp_path
     assert again.exit_code == 0 and json.loads(again.stdout)["metric"] == "cosine"
     wrong = runner.invoke(app, ["calibrate", "--adapter", str(base), "--metric", "hamming"])
     assert wrong.exit_code == 2 and "metric 'hamming'" in wrong.output
+
+
+def test_every_store_holds_the_extra_dimension_and_searches_by_it(
+    backend: Backend, digits: Digits, artifact: Artifact, tmp_path: Path
+) -> None:
+    """The same scheme on each store kind (Milvus Lite, the 2.3 server, Qdrant, Parquet),
+    through the library: evolve, backfill from a table, one search of the store."""
+    made = make_calibrated(with_offset(artifact, tmp_path, OFFSET))
+    source, alias, ids = seed_gallery(backend, digits)
+    store = backend.open_store()
+    done = run(store, alias, [made])
+    assert done.target is not None
+    x = digits.x_te[: len(ids)]
+    native = np.random.default_rng(1).permutation(len(ids))[: round(0.3 * len(ids))]
+    assert made.item_model_path is not None and made.new_model_path is not None
+    items = OnnxModel(made.item_model_path)(x[native])
+    write_table(tmp_path / "native.parquet", {"id": ids[native], "vector": items})
+    backfill(store, alias, VectorTable(tmp_path / "native.parquet"))
+
+    rows = backend.read_all(done.target)
+    stored = np.asarray([rows[i][backend.vector_name] for i in ids.tolist()], np.float32)
+    is_native = np.isin(np.arange(len(ids)), native)
+    np.testing.assert_allclose(stored[:, -1], np.where(is_native, 0.0, OFFSET), atol=1e-6)
+    # Queries: other digits than the gallery's, through the query encoder.
+    x_q = digits.x_te[len(ids) : len(ids) + 60]
+    q = OnnxModel(made.new_model_path)(x_q)
+    plain = l2_normalize(stored[:, :-1])
+    cos = q[:, :-1] @ plain.T
+    intended = np.where(is_native[None, :], cos, np.sqrt(1 - OFFSET**2) * cos + OFFSET)
+    best = np.sort(intended, axis=1)
+    clear = best[:, -1] - best[:, -2] > 1e-4
+    hits = store.search(done.target, done.target_field or backend.vector_name, q, 1)
+    got = np.asarray([h[0] for h in hits.ids])
+    assert clear.sum() > 0.9 * len(q)
+    np.testing.assert_array_equal(got[clear], ids[np.argmax(intended, axis=1)][clear])

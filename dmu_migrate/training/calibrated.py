@@ -6,6 +6,7 @@ that ``evolve`` runs like any other:
 
     adapter.onnx      stored old vector -> [psi(o) ; k]   the evolved rows evolve writes
     new_model.onnx    model input -> [f(x) ; 1]           queries
+                      (both scaled to unit length for a cosine collection)
     item_model.onnx   model input -> [f(x) ; 0]           native rows: backfill's vectors
                                                           and the application's inserts
     backfill_score.onnx                                   the base's, unchanged
@@ -70,19 +71,22 @@ def make_calibrated(
     if target.exists() and not overwrite:
         raise InputError(f"artifact '{target}' already exists; pass --overwrite to replace it")
     encoder_input = m.input_dim if base.new_model_path is not None else m.new_dim
+    # A cosine store scores (and Qdrant stores) unit vectors: the derived models return
+    # them, which changes no cosine. ip and l2 read the lengths, so theirs stay as derived.
+    unit = metric == "cosine"
     with staged(target) as staging:
-        append_constant(base.adapter_path, staging / ADAPTER, k)
+        append_constant(base.adapter_path, staging / ADAPTER, k, unit)
         encoder = base.new_model_path
         if encoder is None:  # adapter-only: the encoders take the new model's embedding
             encoder = staging / "normalize.onnx"
             normalize_graph(m.new_dim, encoder)
-        append_constant(encoder, staging / NEW_MODEL, 1.0)
+        append_constant(encoder, staging / NEW_MODEL, 1.0, unit)
         append_constant(encoder, staging / ITEM_MODEL, 0.0)
         if encoder.parent == staging:
             encoder.unlink()
         if base.backfill_score_path is not None:
             shutil.copyfile(base.backfill_score_path, staging / BACKFILL_SCORE)
-        parity = _parity(base, staging, k, encoder_input)
+        parity = _parity(base, staging, k, encoder_input, unit)
         manifest = Manifest(
             name=target.name,
             from_version=m.from_version,
@@ -92,6 +96,7 @@ def make_calibrated(
             new_dim=m.new_dim + 1,
             input_dim=encoder_input,
             metric=metric,
+            normalized=unit,
             opset=OPSET,
             parity=parity,
             training={"base": m.name, "offset": offset, "stored_constant": k, "metric": metric},
@@ -103,7 +108,9 @@ def make_calibrated(
     return load_artifact(target)
 
 
-def _parity(base: Artifact, staging: Path, k: float, encoder_input: int | None) -> dict[str, float]:
+def _parity(
+    base: Artifact, staging: Path, k: float, encoder_input: int | None, unit: bool
+) -> dict[str, float]:
     """Each derived model against its definition on random inputs; refuse a mismatch."""
     m = base.manifest
     rng = np.random.default_rng(0)
@@ -113,6 +120,7 @@ def _parity(base: Artifact, staging: Path, k: float, encoder_input: int | None) 
     f = OnnxModel(base.new_model_path)(x) if base.new_model_path is not None else l2_normalize(x)
 
     def error(name: str, got_from: np.ndarray, want: np.ndarray) -> float:
+        want = l2_normalize(want) if unit else want
         return float(np.abs(OnnxModel(staging / name)(got_from) - want).max())
 
     column = np.ones((64, 1), np.float32)
@@ -130,8 +138,9 @@ def _parity(base: Artifact, staging: Path, k: float, encoder_input: int | None) 
     return parity
 
 
-def append_constant(source: Path, target: Path, value: float) -> None:
-    """A model with one output (n, d) -> the same with a column of ``value``: (n, d + 1)."""
+def append_constant(source: Path, target: Path, value: float, unit: bool = False) -> None:
+    """A model with one output (n, d) -> the same with a column of ``value``: (n, d + 1),
+    scaled to unit length with ``unit``."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -154,9 +163,20 @@ def append_constant(source: Path, target: Path, value: float) -> None:
             helper.make_node("ReduceL2", [inner], ["dmu_row"], axes=[1], keepdims=1),
             helper.make_node("Mul", ["dmu_row", "dmu_zero"], ["dmu_zeros"]),
             helper.make_node("Add", ["dmu_zeros", "dmu_value"], ["dmu_column"]),
-            helper.make_node("Concat", [inner, "dmu_column"], [out.name], axis=1),
+            helper.make_node(
+                "Concat", [inner, "dmu_column"], ["dmu_wide" if unit else out.name], axis=1
+            ),
         ]
     )
+    if unit:
+        graph.initializer.append(helper.make_tensor("dmu_eps", TensorProto.FLOAT, [], [1e-12]))
+        graph.node.extend(
+            [
+                helper.make_node("ReduceL2", ["dmu_wide"], ["dmu_norm"], axes=[1], keepdims=1),
+                helper.make_node("Max", ["dmu_norm", "dmu_eps"], ["dmu_norm_safe"]),
+                helper.make_node("Div", ["dmu_wide", "dmu_norm_safe"], [out.name]),
+            ]
+        )
     dims = out.type.tensor_type.shape.dim
     if dims[1].HasField("dim_value"):
         dims[1].dim_value = dims[1].dim_value + 1
