@@ -81,7 +81,7 @@ def main() -> None:
         f"all evolved R@1 {exact(0.0, np.array([], int)):.4f}, all native {exact(0.0, np.arange(len(gl))):.4f}"
     )
     print("| offset | " + " | ".join(f"{s:.0%} native" for s in SHARES) + " | mean 5-30% |")
-    for offset in OFFSETS:
+    for offset in sorted({*OFFSETS, artifact.offset}):
         row = [float(np.mean([exact(offset, n) for n in draws[s]])) for s in SHARES]
         cells = " | ".join(f"{100 * v:.2f}" for v in row)
         print(f"| {offset:+.2f} | {cells} | {100 * np.mean(row[:4]):.2f} |")
