@@ -139,8 +139,11 @@ def _parity(
 
 
 def append_constant(source: Path, target: Path, value: float, unit: bool = False) -> None:
-    """A model with one output (n, d) -> the same with a column of ``value``: (n, d + 1),
-    scaled to unit length with ``unit``."""
+    """A model with one unit-length output (n, d) -> the same with a column of ``value``:
+    (n, d + 1), scaled by 1 / sqrt(1 + value^2) to unit length with ``unit``.
+
+    The column is cut from the output (a slice times 0, plus the value) and the scale is
+    a constant, so the derived model costs a copy of its output, not another norm."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -151,32 +154,28 @@ def append_constant(source: Path, target: Path, value: float, unit: bool = False
     for node in graph.node:
         node.output[:] = [inner if name == out.name else name for name in node.output]
         node.input[:] = [inner if name == out.name else name for name in node.input]
+    scale = 1.0 / float(np.sqrt(1.0 + value * value)) if unit else 1.0
     graph.initializer.extend(
         [
+            helper.make_tensor("dmu_start", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("dmu_end", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("dmu_axis", TensorProto.INT64, [1], [1]),
             helper.make_tensor("dmu_zero", TensorProto.FLOAT, [], [0.0]),
             helper.make_tensor("dmu_value", TensorProto.FLOAT, [], [float(value)]),
+            helper.make_tensor("dmu_scale", TensorProto.FLOAT, [], [scale]),
         ]
     )
+    wide = "dmu_wide" if unit else out.name
     graph.node.extend(
         [
-            # A (n, 1) column shaped by the batch: any row's norm times 0, plus the value.
-            helper.make_node("ReduceL2", [inner], ["dmu_row"], axes=[1], keepdims=1),
-            helper.make_node("Mul", ["dmu_row", "dmu_zero"], ["dmu_zeros"]),
+            helper.make_node("Slice", [inner, "dmu_start", "dmu_end", "dmu_axis"], ["dmu_first"]),
+            helper.make_node("Mul", ["dmu_first", "dmu_zero"], ["dmu_zeros"]),
             helper.make_node("Add", ["dmu_zeros", "dmu_value"], ["dmu_column"]),
-            helper.make_node(
-                "Concat", [inner, "dmu_column"], ["dmu_wide" if unit else out.name], axis=1
-            ),
+            helper.make_node("Concat", [inner, "dmu_column"], [wide], axis=1),
         ]
     )
     if unit:
-        graph.initializer.append(helper.make_tensor("dmu_eps", TensorProto.FLOAT, [], [1e-12]))
-        graph.node.extend(
-            [
-                helper.make_node("ReduceL2", ["dmu_wide"], ["dmu_norm"], axes=[1], keepdims=1),
-                helper.make_node("Max", ["dmu_norm", "dmu_eps"], ["dmu_norm_safe"]),
-                helper.make_node("Div", ["dmu_wide", "dmu_norm_safe"], [out.name]),
-            ]
-        )
+        graph.node.append(helper.make_node("Mul", [wide, "dmu_scale"], [out.name]))
     dims = out.type.tensor_type.shape.dim
     if dims[1].HasField("dim_value"):
         dims[1].dim_value = dims[1].dim_value + 1
