@@ -6,6 +6,9 @@
       new_model.onnx    new-model input -> new embedding (input "x", output "embedding")
       backfill_score.onnx  stored old vector -> (n, 1) score, higher = re-embed sooner
                         (input "old", output "score"; optional: older artifacts lack it)
+      item_model.onnx   calibrated artifacts only (training/calibrated.py): new-model input
+                        -> the stored vector of a native row; new_model.onnx is then the
+                        query encoder
 
 Both embedding models L2-normalise their output, so the store's metric is cosine / IP.
 Reading an artifact checks every file against its recorded checksum, so a
@@ -33,6 +36,7 @@ MANIFEST = "manifest.json"
 ADAPTER = "adapter.onnx"
 NEW_MODEL = "new_model.onnx"
 BACKFILL_SCORE = "backfill_score.onnx"
+ITEM_MODEL = "item_model.onnx"  # calibrated artifacts: the encoder of native rows
 _VERSION_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
@@ -64,6 +68,10 @@ class Manifest:
     # Retrieval on identities held out of training: {"settings": {setting: {"R@1", "mAP"}},
     # "rows", "identities", "verdict"}; empty when nothing was held out (quality.py).
     quality: dict[str, Any] = field(default_factory=dict)
+    # The score offset of evolved items in a mixed gallery, fitted on the held-out identities
+    # (calibration.py): {"offset", "shares", "draws", "queries", "R@1"}; empty, or a manifest
+    # written before it existed: offset 0, searched exactly as before.
+    calibration: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     tool_version: str = __version__
 
@@ -85,6 +93,12 @@ class Artifact:
         return self.path / NEW_MODEL if NEW_MODEL in self.manifest.files else None
 
     @property
+    def item_model_path(self) -> Path | None:
+        """The encoder of stored native rows, where it differs from the query encoder
+        (a calibrated artifact, training/calibrated.py); else new_model.onnx serves both."""
+        return self.path / ITEM_MODEL if ITEM_MODEL in self.manifest.files else None
+
+    @property
     def backfill_score_path(self) -> Path | None:
         """The partial-backfill ranking model (backfill_curve.py), if the artifact ships one."""
         return self.path / BACKFILL_SCORE if BACKFILL_SCORE in self.manifest.files else None
@@ -94,6 +108,12 @@ class Artifact:
         """R@1/mAP per setting measured at training on held-out identities, if any."""
         settings = self.manifest.quality.get("settings") if self.manifest.quality else None
         return settings if isinstance(settings, dict) and settings else None
+
+    @property
+    def offset(self) -> float:
+        """The calibrated score offset of evolved items over native ones (0: none)."""
+        value = self.manifest.calibration.get("offset", 0.0)
+        return float(value) if _number(value) else 0.0
 
     @property
     def label(self) -> str:
@@ -131,7 +151,7 @@ def write_manifest(directory: Path, manifest: Manifest) -> Path:
     """
     files = {
         name: file_sha256(directory / name)
-        for name in (ADAPTER, NEW_MODEL, BACKFILL_SCORE)
+        for name in (ADAPTER, NEW_MODEL, BACKFILL_SCORE, ITEM_MODEL)
         if (directory / name).exists()
     }
     tmp = directory / (MANIFEST + ".tmp")
@@ -192,6 +212,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "training": (dict,),
     "parity": (dict,),
     "quality": (dict,),
+    "calibration": (dict,),
     "format": (str,),
     "tool_version": (str,),
 }
@@ -233,6 +254,10 @@ def check_types(manifest_path: Path, raw: Any) -> None:
         not isinstance(fusion, dict) or not all(_number(v) for v in fusion.values())
     ):
         raise refuse("quality.fusion", fusion, "an object of numbers")
+
+    offset = (raw.get("calibration") or {}).get("offset", 0.0)
+    if not _number(offset) or not 0.0 <= offset < 0.5:
+        raise refuse("calibration.offset", offset, "a number in [0, 0.5)")
 
 
 def _number(value: Any) -> bool:

@@ -5,7 +5,8 @@ new model (when its raw data still exists) replaces psi(o) by f: the gallery is
 then part evolved, part natively new (new->mixed). Which items should go first?
 The artifact's ``backfill_score.onnx`` scores each stored old vector (higher:
 re-embed sooner); this module measures new->mixed along that order against a
-random one, at a few budgets (shares of the gallery re-embedded).
+random one, at a few budgets (shares of the gallery re-embedded). Evolved items
+score the artifact's calibrated offset above native ones (calibration.py).
 
 Numpy only: ``evaluate`` runs it without torch.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmu_migrate import calibration
 from dmu_migrate.metrics import retrieval_scores
 
 BUDGETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
@@ -70,13 +72,15 @@ def curve(
     leave_one_out: bool,
     budgets: Sequence[float] = BUDGETS,
     name: str = "ranked",
+    offset: float = 0.0,
 ) -> Curve:
-    """new->mixed with the first ``budget`` share of ``order`` natively new, per budget."""
+    """new->mixed with the first ``budget`` share of ``order`` natively new, per budget;
+    evolved items scored ``offset`` above native ones (calibration.py)."""
     values: dict[str, list[float]] = {m: [] for m in METRICS}
+    queries = calibration.queries(queries, offset)
     for budget in budgets:
-        mixed = evolved.copy()
         native = order[: round(budget * len(order))]
-        mixed[native] = new[native]
+        mixed = calibration.gallery(evolved, new, native, offset)
         s = retrieval_scores(
             queries, q_labels, mixed, g_labels, ks=(1,), leave_one_out=leave_one_out
         )
@@ -95,6 +99,7 @@ def random_curve(
     seed: int,
     budgets: Sequence[float] = BUDGETS,
     draws: int = RANDOM_DRAWS,
+    offset: float = 0.0,
 ) -> Curve:
     """The mean curve of ``draws`` seeded random orders: what re-embedding blindly buys."""
     rng = np.random.default_rng(seed)
@@ -108,6 +113,7 @@ def random_curve(
             rng.permutation(len(new)),
             leave_one_out,
             budgets,
+            offset=offset,
         )
         for _ in range(draws)
     ]
@@ -144,6 +150,7 @@ class BackfillReport:
 
     random: Curve
     ranked: Curve | None = None
+    offset: float = 0.0  # the evolved items' calibrated score offset the curves were scored with
 
     @property
     def line(self) -> str:
@@ -164,6 +171,7 @@ class BackfillReport:
             "ranked": self.ranked.as_dict() if self.ranked is not None else None,
             "random": self.random.as_dict(),
             "random_draws": RANDOM_DRAWS,
+            "offset": self.offset,
             "beats_random": {m: self.beats_random(m) for m in METRICS},
             "summary": self.line,
         }
@@ -178,13 +186,16 @@ def measure(
     scores: np.ndarray | None,
     leave_one_out: bool,
     seed: int,
+    offset: float = 0.0,
 ) -> BackfillReport:
-    """Both curves of one gallery; ``scores`` (one per gallery row) give the ranked order."""
+    """Both curves of one gallery; ``scores`` (one per gallery row) give the ranked order;
+    ``offset``: the artifact's calibration of evolved items (calibration.py)."""
     args = (queries, q_labels, evolved, new, g_labels)
     ranked = None
     if scores is not None:
-        ranked = curve(*args, order_by_score(scores), leave_one_out)
-    return BackfillReport(random_curve(*args, leave_one_out, seed), ranked)
+        ranked = curve(*args, order_by_score(scores), leave_one_out, offset=offset)
+    random = random_curve(*args, leave_one_out, seed, offset=offset)
+    return BackfillReport(random, ranked, offset)
 
 
 def plot_curves(report: BackfillReport, path: str | Path, title: str) -> Path:

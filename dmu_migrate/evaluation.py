@@ -15,6 +15,8 @@ artifact's training table, as train's gate was (distractors.py). Beside new->evo
 the adapter's ceiling: the same form fitted on this gallery's pairs (ceiling.py).
 Beside them, the partial-backfill curve (backfill_curve.py): new->mixed as a growing
 share of the gallery is re-embedded, in the artifact's ranked order and at random.
+new->mixed and the curve score evolved items with the artifact's calibrated offset, as a
+cosine collection stores them (calibration.py); the report gives the offset.
 Only onnxruntime is used (matplotlib for the optional chart), so evaluation
 runs wherever evolve runs.
 """
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from dmu_migrate import backfill_curve as backfill
+from dmu_migrate import calibration
 from dmu_migrate import distractors as crowd
 from dmu_migrate.artifact import Artifact
 from dmu_migrate.ceiling import Ceiling, form_of, gap_closed, oracle
@@ -70,6 +73,9 @@ class EvalReport:
     # The distractors beside the gallery, and how many each setting's figure saw
     distractors: dict[str, Any] = field(default_factory=lambda: crowd.describe(None, []))
     ceiling: Ceiling | None = None  # the oracle adapter fitted on this gallery (ceiling.py)
+    # The artifact's offset of evolved items in new->mixed and the backfill curve
+    # (calibration.py), with new->mixed scored without it when it is not 0
+    calibration: dict[str, Any] = field(default_factory=lambda: {"offset": 0.0})
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -88,6 +94,7 @@ class EvalReport:
             "derived": self.derived.as_dict(),
             "distractors": self.distractors,
             "ceiling": self.ceiling.as_dict() if self.ceiling is not None else None,
+            "calibration": self.calibration,
             "verdict": self.verdict.line,
             "transition_hint": self.transition_hint,
             "backfill": self.backfill.as_dict() if self.backfill is not None else None,
@@ -165,13 +172,14 @@ def split_roles(table: Table, columns: Columns) -> tuple[np.ndarray, np.ndarray,
     return np.flatnonzero(is_query), np.flatnonzero(~is_query), False
 
 
-def mixed_gallery(evolved: np.ndarray, new: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A seeded ``fraction`` of the rows natively new, the rest evolved."""
+def mixed_gallery(
+    evolved: np.ndarray, new: np.ndarray, fraction: float, seed: int, offset: float = 0.0
+) -> np.ndarray:
+    """A seeded ``fraction`` of the rows natively new, the rest evolved; with an
+    ``offset``, stored as a cosine collection holds them calibrated (calibration.py)."""
     rng = np.random.default_rng(seed)
     native = rng.permutation(len(new))[: round(fraction * len(new))]
-    mixed = evolved.copy()
-    mixed[native] = new[native]
-    return mixed
+    return calibration.gallery(evolved, new, native, offset)
 
 
 def score(
@@ -238,14 +246,22 @@ def evaluate(
     """
     if new_col is not None:
         columns = replace(columns, new=new_col)
+    if artifact.manifest.method == "calibrated":
+        # Its vectors carry the stored constants: the base's plain ones are what is scored.
+        raise InputError(
+            f"artifact '{artifact.path}' is the calibrated deploy form of "
+            f"'{artifact.manifest.training.get('base', '?')}'; evaluate the base artifact, "
+            f"whose calibration offset evaluate applies"
+        )
     if not 0.0 <= mixed_fraction <= 1.0:
         raise InputError(f"--mixed-fraction is {mixed_fraction}; give a share between 0 and 1")
     table = read_table(table_path, columns, need_x=needs_x(artifact, reference))
     vectors, source = embed(artifact, table, columns)
     q_idx, g_idx, loo = split_roles(table, columns)
     gallery_rows = {kind: v[g_idx] for kind, v in vectors.items()}
+    offset = artifact.offset
     gallery_rows["mixed"] = mixed_gallery(
-        gallery_rows["evolved"], gallery_rows["new"], mixed_fraction, seed
+        gallery_rows["evolved"], gallery_rows["new"], mixed_fraction, seed, offset
     )
     q_labels, g_labels = table.labels[q_idx], table.labels[g_idx]
     training = artifact.manifest.training.get("table")
@@ -258,8 +274,11 @@ def evaluate(
     scores = {}
     for setting in SETTINGS:
         query_kind, gallery_kind = setting.split("->")
+        queries = vectors[query_kind][q_idx]
+        if gallery_kind == "mixed":
+            queries = calibration.queries(queries, offset)
         scores[setting] = score(
-            vectors[query_kind][q_idx],
+            queries,
             q_labels,
             gallery_rows[gallery_kind],
             g_labels,
@@ -267,6 +286,13 @@ def evaluate(
             fars,
             beside(pool, gallery_kind),
         )
+
+    calibrated: dict[str, Any] = {"offset": offset}
+    if offset:
+        # The same mixed gallery with no offset: what the calibration buys on this table.
+        plain = mixed_gallery(gallery_rows["evolved"], gallery_rows["new"], mixed_fraction, seed)
+        before = score(vectors["new"][q_idx], q_labels, plain, g_labels, loo, ())
+        calibrated["new->mixed uncalibrated"] = before.as_dict()
 
     fusion = artifact.manifest.quality.get("fusion") if artifact.manifest.quality else None
     if isinstance(fusion, dict) and "a" in fusion:
@@ -303,6 +329,7 @@ def evaluate(
             ranks,
             loo,
             seed,
+            offset,
         )
 
     ref_scores = None
@@ -324,6 +351,7 @@ def evaluate(
         backfill=curves,
         distractors=crowd.describe(pool, list(scores) + ([CEILING] if top else []), pool_source),
         ceiling=top,
+        calibration=calibrated,
     )
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from dmu_migrate import calibration
 from dmu_migrate.distractors import Pool
-from dmu_migrate.errors import QualityGateError
+from dmu_migrate.errors import InputError, QualityGateError
 from dmu_migrate.metrics import l2_normalize, retrieval_scores
 
 # Settings measured at train time; "fused" is the transition deploy mode
@@ -44,26 +46,29 @@ def measure(
     seed: int = 0,
     mixed_fraction: float = 0.5,
     distractors: Pool | None = None,
+    offset: float = 0.0,
 ) -> dict[str, dict[str, float]]:
     """R@1 and mAP of each setting, leave-one-out over the rows (held-out identities).
 
     new->mixed draws a seeded ``mixed_fraction`` of the gallery natively new,
-    as the store holds after new inserts. ``distractors`` (evolved) join every
+    as the store holds after new inserts, with evolved items scored ``offset``
+    above native ones (calibration.py). ``distractors`` (evolved) join every
     gallery built from stored old vectors: old, and evolved (distractors.py).
     """
     vectors = {"old": l2_normalize(old), "new": l2_normalize(new), "evolved": l2_normalize(evolved)}
     native = np.random.default_rng(seed).permutation(len(labels))
     native = native[: round(mixed_fraction * len(labels))]
-    mixed = vectors["evolved"].copy()
-    mixed[native] = vectors["new"][native]
-    vectors["mixed"] = mixed
+    vectors["mixed"] = calibration.gallery(vectors["evolved"], vectors["new"], native, offset)
     out: dict[str, dict[str, float]] = {}
     for setting in SETTINGS:
         query, gallery = setting.split("->")
-        if vectors[query].shape[1] != vectors[gallery].shape[1]:
+        queries = vectors[query]
+        if gallery == "mixed":
+            queries = calibration.queries(queries, offset)
+        if queries.shape[1] != vectors[gallery].shape[1]:
             continue  # new->old across sizes: the spaces cannot be compared
         s = retrieval_scores(
-            vectors[query],
+            queries,
             labels,
             vectors[gallery],
             labels,
@@ -74,6 +79,21 @@ def measure(
         )
         out[setting] = {"R@1": float(s.recall[1]), "mAP": float(s.mean_ap)}
     return out
+
+
+def fit_calibration(
+    new: np.ndarray, evolved: np.ndarray, labels: np.ndarray, seed: int = 0
+) -> dict[str, Any]:
+    """The evolved items' score offset fitted on held-out rows, leave-one-out
+    (calibration.fit_offset), as the manifest records it; empty where psi does not map
+    into the new space (no mixed gallery exists) or no row has a partner."""
+    if new.shape[1] != evolved.shape[1] or len(labels) < 2:
+        return {}
+    try:
+        fitted = calibration.fit_offset(new, labels, evolved, new, labels, True, seed)
+    except InputError:
+        return {}
+    return fitted.as_dict()
 
 
 def fused_gallery(old: np.ndarray, evolved: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ def test_every_command_has_a_section_with_its_real_help() -> None:
     """The rendered help is what the program prints (the page is not a separate text)."""
     titles = [title for title, _ in sections()]
     assert titles[0] == "dmu-migrate" and "dmu-migrate evolve" in titles
-    assert "dmu-migrate completion" in titles and len(titles) == 15
+    assert "dmu-migrate completion" in titles and len(titles) == 16
     printed = CliRunner().invoke(
         app, ["sample", "--help"], prog_name="dmu-migrate", terminal_width=100
     )

@@ -46,6 +46,8 @@ def elsewhere(where: str, args: list[str]) -> str | None:
         return "test_cli.py, test_cli_train.py; --tune at library level in test_tuning.py"
     if command == "evaluate":
         return "test_evaluation.py::test_cli_reference_json_and_chart"
+    if command == "calibrate":
+        return "test_calibrated_store.py::test_the_command_writes_the_calibrated_artifact"
     if command == "demo":
         return "test_cli.py::test_demo_runs_and_refuses_foreign_workdir"
     if command == "completion":

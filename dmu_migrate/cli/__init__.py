@@ -61,6 +61,7 @@ def configure(
 
 app.command()(training.train)
 app.command()(training.transition)
+app.command()(training.calibrate)
 app.command()(evaluation.evaluate)
 app.command()(migration.evolve)
 app.command()(admin.verify)

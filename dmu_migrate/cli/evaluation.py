@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -74,6 +74,20 @@ def distractor_caption(report: EvalReport) -> str:
         f"{d['count']:,} distractors from {d['source']} beside the gallery of "
         f"{', '.join(with_pool)}; none for {', '.join(without)} (they would need the raw "
         f"items). A distractor never counts as a hit."
+    )
+
+
+def calibration_line(calibrated: dict[str, Any]) -> str:
+    """The offset new->mixed and the curve were scored with, and what it changed here."""
+    offset = float(calibrated.get("offset", 0.0))
+    if not offset:
+        return "calibrated origins: offset 0 (evolved and native items scored as stored)"
+    before = calibrated.get("new->mixed uncalibrated") or {}
+    return (
+        f"calibrated origins: evolved items score +{offset:.2f} over native ones in "
+        f"new->mixed and the partial backfill (R@1 {before.get('R@1', float('nan')):.4f} "
+        f"without it, as a store serving the artifact itself ranks; deploy the offset "
+        f"with 'dmu-migrate calibrate')"
     )
 
 
@@ -208,6 +222,7 @@ def evaluate(
         else:
             out.print("no --reference: gain captured and new->new degradation need one")
         out.print(derived_table(report))
+        out.print(calibration_line(report.calibration))
         curves = backfill_table(report)
         if curves is not None and report.backfill is not None:
             out.print(curves)

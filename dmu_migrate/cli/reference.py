@@ -26,7 +26,7 @@ PREAMBLE = f"""\
 
 Every command below is printed as `dmu-migrate COMMAND --help` prints it. What
 the commands do in depth: [training.md](training.md) (`train`, `evaluate`,
-`transition`), [evolve.md](evolve.md) (`evolve`, `verify`, `status`, `history`,
+`transition`, `calibrate`), [evolve.md](evolve.md) (`evolve`, `verify`, `status`, `history`,
 `rollback`, `prune`, `--target-uri`, shards), [backfill.md](backfill.md)
 (`plan-backfill`, `backfill`).
 

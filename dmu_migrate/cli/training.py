@@ -141,6 +141,12 @@ def train(
             if pool:
                 out.print(f"  {gate_size(pool)}")
             out.print("  " + m.quality["verdict"], soft_wrap=True)
+            offset = m.calibration.get("offset")
+            if offset is not None:
+                out.print(
+                    f"  calibrated origins: evolved items score +{offset:.2f} over native "
+                    f"ones in a mixed gallery (fitted on the held-out identities)"
+                )
             hint = transition_hint(m.quality, str(report.artifact.path))
             if hint and m.quality["verdict"].startswith("do not deploy"):
                 out.print("  " + hint)
@@ -222,6 +228,49 @@ def show_demo(result: DemoResult) -> None:
     for label, top_evolved, top_old in s.examples:
         out.print(f"  query digit {label}: evolved top-1 {top_evolved}, old top-1 {top_old}")
     out.print(f"artifact: {result.train.artifact.path}   database: {result.database}")
+
+
+def calibrate(
+    adapter: Annotated[Path, typer.Option(help="Artifact directory written by train.")],
+    metric: Annotated[
+        str,
+        typer.Option(help="Metric of the collection it deploys to: cosine, ip or l2."),
+    ] = "cosine",
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Where to write it (default: beside the artifact).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Derive <name>-calibrated (v1 -> v2_cal): the fitted offset of evolved items stored
+    as one extra dimension, for a gallery that mixes evolved and native items.
+
+    evolve with it stores [psi(o) ; k]; backfill and the application's inserts store
+    its item_model.onnx output [f ; 0]; queries use its new_model.onnx, [q ; 1]. One
+    search then scores an evolved item the fitted offset above a native one of the
+    same cosine (docs/method.md, "Calibrated origins").
+
+    Example: dmu-migrate calibrate --adapter adapters/faces-v2
+    """
+    with user_errors():
+        needs_train_extra()
+        from dmu_migrate.training.calibrated import make_calibrated
+
+        made = make_calibrated(adapter, out_dir, metric, overwrite)
+        m = made.manifest
+        if as_json:
+            out.print_json(json.dumps({"path": str(made.path), **m.__dict__}, default=str))
+            return
+        out.print(
+            f"calibrated: {made.path} ({m.from_version} -> {m.to_version}, {m.old_dim}-d -> "
+            f"{m.new_dim}-d, {metric})",
+            soft_wrap=True,
+        )
+        out.print(
+            f"  evolved rows [psi(o) ; {m.training['stored_constant']:.4f}] (adapter.onnx), "
+            f"native rows [f ; 0] (item_model.onnx), queries [q ; 1] (new_model.onnx): "
+            f"evolved items score +{m.training['offset']:.2f}"
+        )
 
 
 def transition(

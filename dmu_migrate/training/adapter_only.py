@@ -8,13 +8,15 @@ Labels are optional: without them every row is its own identity.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from dmu_migrate.distractors import PoolFor, describe
 from dmu_migrate.errors import InputError
-from dmu_migrate.quality import measure
+from dmu_migrate.quality import fit_calibration, measure
 from dmu_migrate.training.backfill_score import fit_backfill_score
 from dmu_migrate.training.checkpoint import Checkpoint
 from dmu_migrate.training.closed_form import SELECT_FRACTION, fit_procrustes, select_affine
@@ -83,7 +85,7 @@ def fit_adapter(
             best_val = _paired_map(adapter, old[val_idx], new[val_idx], ids[val_idx], labels)
             entry |= {"val_new_evolved": best_val, "val": best_val}
         log.append(entry)
-        figures, crowd = _figures(
+        figures, crowd, calibrated = _figures(
             adapter, old, new, labels, (train_idx, val_idx), config.seed, distractors
         )
         return TrainResult(
@@ -99,6 +101,7 @@ def fit_adapter(
             figures,
             distractors=crowd,
             backfill_score=_score(adapter, old[train_idx], new[train_idx]),
+            calibration=calibrated,
         )
 
     olds = torch.tensor(old[train_idx], dtype=torch.float32, device=device)
@@ -146,7 +149,7 @@ def fit_adapter(
         checkpoint,
         on_epoch,
     )
-    figures, crowd = _figures(
+    figures, crowd, calibrated = _figures(
         adapter, old, new, labels, (train_idx, val_idx), config.seed, distractors
     )
     return TrainResult(
@@ -162,6 +165,7 @@ def fit_adapter(
         quality=figures,
         distractors=crowd,
         backfill_score=_score(adapter, old[train_idx], new[train_idx]),
+        calibration=calibrated,
     )
 
 
@@ -211,16 +215,20 @@ def _figures(
     split: tuple[np.ndarray, np.ndarray],
     seed: int,
     distractors: PoolFor | None,
-) -> tuple[dict[str, dict[str, float]], dict[str, object]]:
-    """The deploy settings on the held-out rows, and the distractors they saw; unlabelled
-    pairs have no identities to score."""
+) -> tuple[dict[str, dict[str, float]], dict[str, object], dict[str, Any]]:
+    """The deploy settings on the held-out rows, the distractors they saw and the
+    calibrated offset (quality.fit_calibration); unlabelled pairs have no identities to score."""
     train_idx, val_idx = split
     if not len(val_idx) or labels is None:
-        return {}, {}
+        return {}, {}, {}
     device = next(iter(adapter.parameters())).device
     with torch.no_grad():
         rows = torch.tensor(old[val_idx], dtype=torch.float32, device=device)
         evolved = embed_rows(adapter, rows).cpu().numpy()
     pool = gate_pool(distractors, train_idx, val_idx, adapter, device)
-    figures = measure(old[val_idx], new[val_idx], evolved, labels[val_idx], seed, distractors=pool)
-    return figures, describe(pool, list(figures))
+    calibrated = fit_calibration(new[val_idx], evolved, labels[val_idx], seed)
+    offset = float(calibrated.get("offset", 0.0))
+    figures = measure(
+        old[val_idx], new[val_idx], evolved, labels[val_idx], seed, distractors=pool, offset=offset
+    )
+    return figures, describe(pool, list(figures)), calibrated

@@ -156,6 +156,8 @@ class TrainResult:
     distractors: dict[str, Any] = field(default_factory=dict)
     # Predicted alignment error from the old vector: the partial-backfill order (backfill_score.py)
     backfill_score: nn.Module | None = None
+    # The evolved items' score offset in mixed galleries (calibration.Calibration.as_dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

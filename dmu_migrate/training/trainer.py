@@ -9,13 +9,15 @@ all, on detached targets. Adapter-only training lives in adapter_only.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from dmu_migrate.distractors import PoolFor, describe
 from dmu_migrate.errors import InputError
-from dmu_migrate.quality import fit_fusion, measure
+from dmu_migrate.quality import fit_calibration, fit_fusion, measure
 from dmu_migrate.training import distributed
 from dmu_migrate.training.adapter_only import fit_adapter
 from dmu_migrate.training.backfill_score import fit_backfill_score
@@ -175,6 +177,7 @@ def train(
     figures: dict[str, dict[str, float]] = {}
     fusion: dict[str, float] = {}
     crowd: dict[str, object] = {}
+    calibrated: dict[str, Any] = {}
     if len(val_idx):
         with torch.no_grad():
             held_out = (
@@ -184,7 +187,9 @@ def train(
                 labels[val_idx],
             )
         pool = gate_pool(distractors, train_idx, val_idx, adapter, device)
-        figures = measure(*held_out, seed=config.seed, distractors=pool)
+        calibrated = fit_calibration(*held_out[1:], seed=config.seed)
+        offset = float(calibrated.get("offset", 0.0))
+        figures = measure(*held_out, seed=config.seed, distractors=pool, offset=offset)
         fusion = fit_fusion(*held_out, distractors=pool)
         crowd = describe(pool, list(figures))
     return TrainResult(
@@ -205,6 +210,7 @@ def train(
         fusion=fusion,
         distractors=crowd,
         backfill_score=score,
+        calibration=calibrated,
     )
 
 

@@ -218,6 +218,7 @@ def _write_artifact(
                 "log": result.log,
                 **({"tuning": trials} if trials else {}),
             },
+            calibration=result.calibration,
         )
         if result.quality:
             crowd = result.distractors

@@ -13,8 +13,11 @@ What an application does once ``evolve`` has moved the alias:
 3. Search the alias. It points at the evolved collection, whose vectors are
    psi(old) in the new model's space.
 
-New items are embedded exactly like queries and written through the alias with
-``dmu_origin`` = ``native``, so that later ``evolve`` runs leave them alone.
+New items are embedded like queries and written through the alias with
+``dmu_origin`` = ``native``, so that later ``evolve`` runs leave them alone. With
+an artifact from ``dmu-migrate calibrate`` (one dimension wider: evolved rows
+[psi(o) ; k], queries [q ; 1]), new items go through its ``item_model.onnx``
+instead ([f ; 0]): ``item_encoder`` picks it.
 
 Usage (after run.sh, which ends with these steps):
   python examples/wordnet_text/serve.py --uri words.db --alias words \
@@ -38,11 +41,11 @@ from prepare import NEW_MODEL, TOKENIZER, TextEncoder, wheel_file  # noqa: E402
 class QueryEncoder:
     """text -> new backbone -> new_model.onnx (when the artifact has one) -> unit vector."""
 
-    def __init__(self, adapter: Path) -> None:
+    def __init__(self, adapter: Path, head_file: str = "new_model.onnx") -> None:
         import onnxruntime as ort
 
         self.backbone = TextEncoder(wheel_file(*NEW_MODEL), wheel_file(*TOKENIZER))
-        head = adapter / "new_model.onnx"
+        head = adapter / head_file
         self.head = ort.InferenceSession(str(head)) if head.exists() else None
         manifest = json.loads((adapter / "manifest.json").read_text())
         self.version = str(manifest.get("to_version", "v2"))
@@ -53,6 +56,12 @@ class QueryEncoder:
             return x
         name = self.head.get_inputs()[0].name  # "x"
         return np.asarray(self.head.run(None, {name: x})[0], np.float32)
+
+
+def item_encoder(adapter: Path) -> QueryEncoder:
+    """The encoder of new items: a calibrated artifact's item_model.onnx, else the queries'."""
+    item = "item_model.onnx"
+    return QueryEncoder(adapter, item if (adapter / item).exists() else "new_model.onnx")
 
 
 def is_qdrant(uri: str) -> bool:
